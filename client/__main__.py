@@ -1,0 +1,3 @@
+from csm.client.cli import main
+
+main()

@@ -1,0 +1,79 @@
+"""Printing rows: an aligned table for people, JSON, JSON lines or CSV for programs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+FORMATS = ("table", "json", "jsonl", "csv")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def format_options(fn: F) -> F:
+    """``--json``, ``--jsonl`` and ``--csv`` (the default is a table)."""
+    for flag, help_ in reversed((
+        ("json", "Output a JSON array of objects."),
+        ("jsonl", "Output one JSON object per line."),
+        ("csv", "Output CSV with a header row."),
+    )):
+        fn = click.option(f"--{flag}", "fmt", flag_value=flag, help=help_)(fn)
+    return fn
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return " ".join(str(v).split()) if isinstance(v, str) else str(v)
+
+
+def _jsonable(v: Any) -> Any:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+
+
+def emit_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str | None) -> None:
+    out = sys.stdout
+    if fmt == "json":
+        json.dump([{c: _jsonable(v) for c, v in zip(columns, r)} for r in rows], out, ensure_ascii=False, indent=2)
+        out.write("\n")
+    elif fmt == "jsonl":
+        for r in rows:
+            out.write(json.dumps({c: _jsonable(v) for c, v in zip(columns, r)}, ensure_ascii=False) + "\n")
+    elif fmt == "csv":
+        w = csv.writer(out)
+        w.writerow(columns)
+        w.writerows([[_jsonable(v) for v in r] for r in rows])
+    else:
+        table(columns, rows)
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Aligned columns; on a terminal, the widest columns are cut to fit its width."""
+    cells = [[_cell(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    if sys.stdout.isatty():
+        room = shutil.get_terminal_size().columns - 2 * (len(columns) - 1)
+        while sum(widths) > room and max(widths) > 12:
+            widths[widths.index(max(widths))] -= 1
+
+    def line(vals: Sequence[str]) -> str:
+        parts = [(v if len(v) <= w else v[: max(w - 1, 0)] + "…").ljust(w) for v, w in zip(vals, widths)]
+        return "  ".join(parts).rstrip()
+
+    click.echo(line(list(columns)))
+    click.echo(line(["-" * w for w in widths]))
+    for r in cells:
+        click.echo(line(r))
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=False, indent=2))

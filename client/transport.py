@@ -1,0 +1,72 @@
+"""Talking to csmd: one DEALER socket per request, closed after it (the Lazy Pirate rule).
+
+ZeroMQ's ``connect`` succeeds even when nobody listens, and a REQ socket jams after
+a lost reply, so "is the daemon there?" is answered before ZeroMQ is involved: no
+socket file, or a socket file nobody accepts on (a stale one after a crash), means
+not running, at once. Past that, every wait has a deadline; long requests stream
+``Progress`` messages that both feed a progress bar and prove the daemon is alive.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from csm.shared import paths, protocol
+from csm.shared.errors import DaemonError, DaemonNotRunning, NotFound, QueryError
+from csm.shared.protocol import Error, Message, Progress
+
+START_HINT = "start it with 'csmd' (or 'csm service install' to run it at login)"
+ERRORS: dict[str, type[DaemonError]] = {"query": QueryError, "not_found": NotFound}
+
+
+def _check_listening(sock: Path) -> None:
+    if not sock.exists():
+        raise DaemonNotRunning(f"csmd is not running (no socket at {sock}); {START_HINT}")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(sock))
+    except (ConnectionRefusedError, FileNotFoundError):
+        raise DaemonNotRunning(f"csmd is not running (stale socket at {sock}); {START_HINT}") from None
+    except OSError as e:
+        raise DaemonNotRunning(f"cannot reach csmd at {sock}: {e.strerror}; {START_HINT}") from None
+    finally:
+        probe.close()
+
+
+def request(
+    msg: Message,
+    *,
+    timeout_s: float = 10.0,
+    on_progress: Callable[[Progress], None] | None = None,
+    sock: Path | None = None,
+) -> Message:
+    """Send ``msg`` and return the final reply; ``timeout_s`` bounds each wait for a message."""
+    import zmq  # here, so that 'csm --help' does not pay for it
+
+    sock = sock or paths.socket_path()
+    _check_listening(sock)
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    s.setsockopt(zmq.IMMEDIATE, 1)
+    try:
+        s.connect(paths.endpoint(sock))
+        s.send(protocol.encode(msg))
+        while True:
+            if not s.poll(int(timeout_s * 1000)):
+                raise DaemonNotRunning(
+                    f"csmd did not answer within {timeout_s:g} s on {sock}; check 'csm service logs' or restart csmd"
+                )
+            reply = protocol.decode_reply(s.recv())
+            if isinstance(reply, Progress):
+                if on_progress is not None:
+                    on_progress(reply)
+                continue
+            if isinstance(reply, Error):
+                raise ERRORS.get(reply.code, DaemonError)(reply.message)
+            return reply
+    finally:
+        s.close(linger=0)

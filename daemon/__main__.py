@@ -1,0 +1,3 @@
+from csm.daemon.main import main
+
+main()

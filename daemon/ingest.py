@@ -1,0 +1,470 @@
+"""The ingest thread: decides what changed in a file and moves rows and checkpoint together.
+
+Watcher events and rescans are only hints ("look at this path"); the truth is always
+re-derived here from the file and its checkpoint row. For each visit:
+
+1. appended   -> read from the committed offset to the last ``\\n``;
+2. partial    -> bytes after the last ``\\n`` are never consumed;
+3. truncated  -> size below the offset, size shrank, or the bytes before the offset
+                 changed: read again from 0 as a new generation;
+4. replaced   -> same path, new inode or new head: read again from 0 as a new generation;
+5. renamed    -> a new path whose (dev, inode, head) is a live checkpoint's whose old path
+                 is gone: the checkpoint follows the file, nothing is read twice;
+6. deleted    -> rows stay; the checkpoint is marked gone with the time;
+7. inode reuse never inherits an offset: only a live checkpoint with a matching head can
+   move, and a gone one never does.
+
+A re-read (3, 4) re-attaches each unchanged line to its existing row instead of
+inserting it again, so it adds nothing twice and loses nothing: lines that vanished
+from the file keep their rows under the old generation.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from csm.daemon import reader
+from csm.daemon.parse import BadLine, LineView, parse, prompt_text
+from csm.daemon.store import FileRow, Store, now_iso
+from csm.shared.config import Config
+from csm.shared.protocol import Backlog
+
+log = logging.getLogger("csm.ingest")
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+MESSAGE_TYPES = frozenset({"user", "assistant"})
+ERROR_HEAD = 200
+
+
+def _iso_mtime(mtime_ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime_ns / 1e9))
+
+
+def describe_path(root: Path, path: Path) -> tuple[str, str, str | None]:
+    """(project, session key, parent session) from where a file sits under its root.
+
+    ``<project>/<session>.jsonl`` is a main session. ``<project>/<session>/subagents/
+    agent-<id>.jsonl`` (at any depth below the session folder) is a subagent whose
+    parent is the folder's session. The project is the folder name, an opaque key:
+    Claude Code's encoding of the cwd into it cannot be reversed.
+    """
+    rel = path.relative_to(root).parts
+    project = rel[0] if len(rel) > 1 else ""
+    stem = path.stem
+    if len(rel) <= 2:
+        return project, stem, None
+    parent = rel[1]
+    key = stem if stem.startswith("agent-") else f"{parent}/{'/'.join(rel[2:])[:-len('.jsonl')]}"
+    return project, key, parent
+
+
+@dataclass
+class SessionAgg:
+    """One batch's contribution to one session's figures."""
+
+    project: str
+    parent: str | None
+    is_subagent: bool
+    cwd: str | None = None
+    first_ts: str | None = None
+    last_ts: str | None = None
+    lines: int = 0
+    messages: int = 0
+    custom_title: str | None = None
+    ai_title: str | None = None
+    summary: str | None = None
+    first_prompt: str | None = None
+    models: set[str] = field(default_factory=set)
+
+    def add(self, v: LineView, counted: bool) -> None:
+        ts = v.timestamp
+        if ts:
+            if self.first_ts is None or ts < self.first_ts:
+                self.first_ts = ts
+            if self.last_ts is None or ts > self.last_ts:
+                self.last_ts = ts
+        if v.cwd:
+            self.cwd = v.cwd
+        if counted:
+            self.lines += 1
+            if v.type in MESSAGE_TYPES and not v.is_meta:
+                self.messages += 1
+        if v.custom_title:
+            self.custom_title = v.custom_title
+        if v.ai_title:
+            self.ai_title = v.ai_title
+        if v.summary and v.type == "summary":
+            self.summary = v.summary
+        if v.type == "assistant" and v.message is not None and v.message.model:
+            if not v.message.model.startswith("<"):
+                self.models.add(v.message.model)
+
+
+@dataclass
+class Totals:
+    """What one sync or visit did, for ``csm sync`` and the log."""
+
+    files_scanned: int = 0
+    files_changed: int = 0
+    lines: int = 0
+    errors: int = 0
+
+    def __iadd__(self, other: Totals) -> Totals:
+        self.files_scanned += other.files_scanned
+        self.files_changed += other.files_changed
+        self.lines += other.lines
+        self.errors += other.errors
+        return self
+
+
+CommitHook = Callable[[FileRow, list[tuple[Any, ...]]], None]
+
+
+class Ingestor:
+    """Owns the writer connection; every method runs on the ingest thread."""
+
+    def __init__(self, store: Store, roots: list[Path], config: Config, exclude: Iterable[Path] = ()) -> None:
+        self.store = store
+        self.roots = roots
+        self.config = config
+        self.exclude = {str(p) for p in exclude}
+        self.files: dict[str, FileRow] = {f.path: f for f in store.files()}
+        self.next_id = store.next_file_id()
+        self.have_prompt: set[str] = {
+            r[0] for r in store.conn.execute("SELECT session_id FROM session_stats WHERE first_prompt IS NOT NULL")
+        }
+        self.events = store.count_events()
+        self.backlog: Backlog | None = None
+        self.on_commit: list[CommitHook] = []
+        self.stopping = threading.Event()
+
+    # --- scanning ------------------------------------------------------------------
+
+    def root_of(self, path: Path) -> Path | None:
+        for root in self.roots:
+            if path.is_relative_to(root):
+                return root
+        return None
+
+    def discover(self, top: Path) -> Iterable[tuple[str, os.stat_result]]:
+        """Every regular ``*.jsonl`` under ``top``; symlinks are never followed."""
+        stack = [str(top)]
+        while stack:
+            d = stack.pop()
+            try:
+                it = os.scandir(d)
+            except OSError:
+                continue
+            with it:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.name.endswith(".jsonl") and entry.is_file(follow_symlinks=False):
+                            if entry.path not in self.exclude:
+                                yield entry.path, entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+
+    def rescan(self, progress: Callable[[], None] | None = None, top: Path | None = None) -> Totals:
+        """Compare every file under the roots (or ``top``) with its checkpoint and catch up.
+
+        Unchanged files (same inode, size and mtime) cost one ``stat``; the rest are
+        visited. Files whose checkpoints lie under a scanned root but that no longer
+        exist are marked gone — never those of other roots.
+        """
+        totals = Totals()
+        tops = [top] if top else [r for r in self.roots if r.is_dir()]
+        seen: set[str] = set()
+        todo: list[tuple[str, int]] = []
+        for t in tops:
+            for path, st in self.discover(t):
+                seen.add(path)
+                totals.files_scanned += 1
+                f = self.files.get(path)
+                if (
+                    f is None or f.gone_at or f.inode != st.st_ino or f.dev != st.st_dev
+                    or f.size != st.st_size or f.mtime_ns != st.st_mtime_ns
+                ):
+                    todo.append((path, max(0, st.st_size - (f.offset if f and not f.gone_at else 0))))
+        self.backlog = Backlog(files_total=len(todo), bytes_total=sum(n for _, n in todo))
+        started = time.monotonic()
+        try:
+            for path, size in todo:
+                if self.stopping.is_set():
+                    break
+                totals += self.visit(path)
+                b = self.backlog
+                b.files_done += 1
+                b.bytes_done += size
+                elapsed = time.monotonic() - started
+                b.rate_bps = b.bytes_done / elapsed if elapsed > 0 else 0.0
+                b.eta_s = (b.bytes_total - b.bytes_done) / b.rate_bps if b.rate_bps else None
+                if progress:
+                    progress()
+        finally:
+            self.backlog = None
+        prefixes = [str(t) + os.sep for t in tops]
+        for path, f in list(self.files.items()):
+            if not f.gone_at and path not in seen and any(path.startswith(p) for p in prefixes):
+                if not os.path.lexists(path):
+                    self.mark_gone(f)
+        return totals
+
+    # --- one file ------------------------------------------------------------------
+
+    def mark_gone(self, f: FileRow) -> None:
+        f.gone_at = now_iso()
+        with self.store.transaction():
+            self.store.mark_gone(f.file_id, f.gone_at)
+        log.info("source file gone, rows kept: %s", f.path)
+
+    def moved(self, src: str, dest: str) -> Totals:
+        """A rename seen by the watcher: the checkpoint follows the file when it is the same file."""
+        f = self.files.get(src)
+        if f is not None and not f.gone_at and dest not in self.files:
+            try:
+                st = os.stat(dest, follow_symlinks=False)
+            except OSError:
+                st = None
+            if st is not None and (st.st_dev, st.st_ino) == (f.dev, f.inode):
+                self._rename(f, dest)
+        totals = self.visit(dest) if dest.endswith(".jsonl") else Totals()
+        if src in self.files and not os.path.lexists(src) and not self.files[src].gone_at:
+            self.mark_gone(self.files[src])
+        return totals
+
+    def _rename(self, f: FileRow, dest: str) -> None:
+        root = self.root_of(Path(dest))
+        if root is None:
+            return
+        del self.files[f.path]
+        log.info("renamed: %s -> %s (offset %d kept)", f.path, dest, f.offset)
+        f.path = dest
+        f.root = str(root)
+        f.project, f.session_key, parent = describe_path(root, Path(dest))
+        f.parent_session = parent or f.parent_session
+        self.files[dest] = f
+        with self.store.transaction():
+            self.store.save_file(f, _iso_mtime(f.mtime_ns))
+
+    def visit(self, path: str) -> Totals:
+        """Bring one path's rows and checkpoint up to date with the file."""
+        totals = Totals(files_scanned=1)
+        if path in self.exclude:
+            return totals
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except FileNotFoundError:
+            f = self.files.get(path)
+            if f is not None and not f.gone_at:
+                self.mark_gone(f)
+            return totals
+        except OSError as e:
+            self._unreadable(path, e)
+            totals.errors += 1
+            return totals
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return totals
+            f = self._identify(path, fd, st)
+            if f is None:
+                return totals
+            changed = self._catch_up(f, fd, st, totals)
+            totals.files_changed += int(changed)
+        finally:
+            os.close(fd)
+        return totals
+
+    def _unreadable(self, path: str, e: OSError) -> None:
+        if e.errno in (errno.ELOOP, errno.ENXIO):  # a symlink (not followed) or a socket/FIFO
+            return
+        root = self.root_of(Path(path))
+        if root is None:
+            return
+        f = self.files.get(path)
+        if f is None:
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except OSError:
+                return
+            f = self._new_row(path, root, st)
+            with self.store.transaction():
+                self.store.save_file(f, _iso_mtime(st.st_mtime_ns))
+            self.files[path] = f
+        with self.store.transaction():
+            self.store.insert_errors([(f.file_id, path, f.generation, -1, 0, f"cannot read file: {e.strerror}", b"")])
+        log.warning("cannot read %s: %s", path, e.strerror)
+
+    def _new_row(self, path: str, root: Path, st: os.stat_result) -> FileRow:
+        project, key, parent = describe_path(root, Path(path))
+        f = FileRow(
+            file_id=self.next_id, path=path, root=str(root), project=project, session_key=key,
+            parent_session=parent, dev=st.st_dev, inode=st.st_ino, size=0, mtime_ns=-1, offset=0,
+        )  # mtime -1: never saved yet, so the first visit always writes the checkpoint
+        self.next_id += 1
+        return f
+
+    def _identify(self, path: str, fd: int, st: os.stat_result) -> FileRow | None:
+        """The checkpoint this file continues, reset to offset 0 when it must be read again."""
+        f = self.files.get(path)
+        if f is None:
+            root = self.root_of(Path(path))
+            if root is None:
+                return None
+            moved = self._rename_source(path, fd, st)
+            if moved is not None:
+                self._rename(moved, path)
+                return moved
+            f = self._new_row(path, root, st)
+            self.files[path] = f
+            return f
+        why = None
+        if f.gone_at:
+            why = "reappeared"
+            f.gone_at = None
+        elif (f.dev, f.inode) != (st.st_dev, st.st_ino):
+            why = "replaced (new inode)"
+        elif st.st_size < f.offset or st.st_size < f.size:
+            why = f"truncated ({f.size} -> {st.st_size} bytes)"
+        elif not reader.head_matches(fd, f.head_len, f.head_hash):
+            why = "replaced (new head)"
+        elif f.offset and reader.tail(fd, f.offset) != f.tail_hash:
+            why = "rewritten before the checkpoint"
+        if why:
+            log.info("%s: %s; reading it again from the start", path, why)
+            f.generation += 1
+            f.offset = 0
+            f.size, f.mtime_ns = 0, -1
+            f.dev, f.inode = st.st_dev, st.st_ino
+            f.head_len, f.head_hash, f.tail_hash = 0, None, None
+        return f
+
+    def _rename_source(self, path: str, fd: int, st: os.stat_result) -> FileRow | None:
+        for f in self.files.values():
+            if (
+                (f.dev, f.inode) == (st.st_dev, st.st_ino) and not f.gone_at and f.path != path
+                and not os.path.lexists(f.path) and st.st_size >= f.offset
+                and f.head_len and reader.head_matches(fd, f.head_len, f.head_hash)
+            ):
+                return f
+        return None
+
+    def _catch_up(self, f: FileRow, fd: int, st: os.stat_result, totals: Totals) -> bool:
+        """Read and commit every complete line after the checkpoint, batch by batch."""
+        if st.st_size == f.offset and f.size == st.st_size and f.mtime_ns == st.st_mtime_ns:
+            return False
+        reattach = self._old_rows(f) if f.generation else None
+        changed = False
+        while True:
+            data = reader.read_complete(fd, f.offset, self.config.batch_bytes)
+            if not data:
+                break
+            changed = True
+            lines = data.split(b"\n")
+            lines.pop()  # what follows the last newline: nothing
+            start = f.offset
+            for i in range(0, len(lines), self.config.batch_lines):
+                chunk = lines[i : i + self.config.batch_lines]
+                start = self._commit(f, fd, st, start, chunk, reattach, totals)
+            if self.stopping.is_set():
+                break
+        if not changed and (f.size != st.st_size or f.mtime_ns != st.st_mtime_ns or f.head_len < reader.HEAD_LEN):
+            # Only a partial line arrived (or nothing at all): remember what was seen.
+            self._commit(f, fd, st, f.offset, [], None, totals)
+        return changed
+
+    def _old_rows(self, f: FileRow) -> dict[str, list[int]] | None:
+        rows: dict[str, list[int]] = {}
+        for rowid, raw in self.store.old_generation_rows(f.file_id, f.generation):
+            rows.setdefault(raw, []).append(rowid)
+        return rows or None
+
+    def _commit(
+        self, f: FileRow, fd: int, st: os.stat_result, start: int, lines: list[bytes],
+        reattach: dict[str, list[int]] | None, totals: Totals,
+    ) -> int:
+        """Store ``lines`` (which begin at ``start``) and move the checkpoint past them, atomically."""
+        rows: list[tuple[Any, ...]] = []
+        moves: list[tuple[int, int, int]] = []
+        errors: list[tuple[Any, ...]] = []
+        sessions: dict[str, SessionAgg] = {}
+        gen = f.generation
+        fallback_session = f.parent_session or f.session_key
+        is_sub = f.parent_session is not None or f.session_key.startswith("agent-")
+        agg = None
+        pos = start
+        for line in lines:
+            offset = pos
+            pos += len(line) + 1
+            try:
+                raw = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                errors.append((f.file_id, f.path, gen, offset, len(line), f"invalid UTF-8: {e.reason} at byte {e.start}",
+                               line[:ERROR_HEAD]))
+                continue
+            try:
+                v = parse(line)
+            except BadLine as e:
+                errors.append((f.file_id, f.path, gen, offset, len(line), str(e), line[:ERROR_HEAD]))
+                continue
+            if f.parent_session is None and f.session_key.startswith("agent-") and v.session_id:
+                f.parent_session = v.session_id  # a flat (Claude Code <= 2.0) subagent file
+            if agg is None:
+                agg = sessions[f.session_key] = SessionAgg(f.project, f.parent_session, is_sub)
+            old = reattach.get(raw) if reattach else None
+            if old:
+                moves.append((gen, offset, old.pop()))
+                agg.add(v, counted=False)
+                continue
+            rows.append((f.file_id, gen, offset, v.session_id or fallback_session, v.uuid, v.parent_uuid, v.type,
+                         v.timestamp, raw))
+            agg.add(v, counted=True)
+            if agg.first_prompt is None and f.session_key not in self.have_prompt:
+                agg.first_prompt = prompt_text(v)
+        end = pos
+        # The new checkpoint is built aside and adopted only once it is committed, so a
+        # failed transaction (disk full, locked) leaves memory and database agreeing.
+        g = msgspec.structs.replace(f, offset=end, size=max(st.st_size, end), mtime_ns=st.st_mtime_ns,
+                                    tail_hash=reader.tail(fd, end))
+        if g.head_len < reader.HEAD_LEN:
+            g.head_len, g.head_hash = reader.head(fd, g.size)
+        with self.store.transaction():
+            if rows:
+                self.store.insert_events(rows)
+            if moves:
+                self.store.reattach(moves)
+            if errors:
+                self.store.insert_errors(errors)
+            if agg is not None:
+                if agg.parent is None:
+                    agg.parent = f.parent_session
+                self.store.upsert_sessions([
+                    (key, a.project, a.parent, int(a.is_subagent), a.cwd, a.first_ts, a.last_ts, a.lines, a.messages,
+                     a.custom_title, a.ai_title, a.summary, a.first_prompt)
+                    for key, a in sessions.items()
+                ])
+                self.store.add_models([(key, m) for key, a in sessions.items() for m in a.models])
+            self.store.save_file(g, _iso_mtime(st.st_mtime_ns))
+        for name in FileRow.__struct_fields__:
+            setattr(f, name, getattr(g, name))
+        if agg is not None and agg.first_prompt:
+            self.have_prompt.add(f.session_key)
+        self.events += len(rows)
+        totals.lines += len(rows)
+        totals.errors += len(errors)
+        for hook in self.on_commit:
+            hook(f, rows)
+        return end

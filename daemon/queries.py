@@ -1,0 +1,69 @@
+"""Read-only SQL for clients, on connections that cannot write.
+
+Three locks on the door: the connection is opened ``mode=ro`` with ``query_only``;
+an authorizer denies writes, ATTACH, state-changing pragmas and extension loading;
+and a progress handler stops a query that runs past its time limit. A row cap
+bounds the reply. Queries run on their own threads and connections, so a slow one
+delays neither ingestion nor ``csm status``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from csm.daemon.store import open_reader
+from csm.shared.errors import QueryError
+from csm.shared.protocol import Rows
+
+TIME_LIMIT_S = 10.0
+_READ_PRAGMAS = frozenset({
+    "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list", "database_list",
+    "compile_options", "function_list", "pragma_list", "table_list", "collation_list", "module_list",
+    "data_version", "page_count", "page_size", "freelist_count", "user_version", "schema_version",
+    "journal_mode", "encoding",
+})
+_ALLOWED = frozenset({
+    sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE,
+})
+
+
+def _authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None, source: str | None) -> int:
+    if action in _ALLOWED:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and arg1 and arg1.lower() in _READ_PRAGMAS and arg2 is None:
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+def open_query_connection(db: Path) -> sqlite3.Connection:
+    conn = open_reader(db)
+    conn.set_authorizer(_authorizer)
+    return conn
+
+
+def run_sql(conn: sqlite3.Connection, sql: str, params: list[Any], max_rows: int,
+            time_limit_s: float = TIME_LIMIT_S) -> Rows:
+    deadline = time.monotonic() + time_limit_s
+
+    def too_long() -> int:
+        return int(time.monotonic() > deadline)
+
+    conn.set_progress_handler(too_long, 10_000)
+    try:
+        cur = conn.execute(sql, params)
+        columns = [d[0] for d in cur.description or ()]
+        rows = cur.fetchmany(max_rows + 1)
+    except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError) as e:
+        text = str(e)
+        if text == "interrupted":
+            raise QueryError(f"query stopped after the {time_limit_s:g} s time limit") from None
+        if "not authorized" in text or "readonly" in text or "read-only" in text:
+            raise QueryError("csm query sql is read-only: only SELECT (and read-only PRAGMAs) are allowed") from None
+        raise QueryError(f"SQL error: {text}") from None
+    finally:
+        conn.set_progress_handler(None, 0)
+    truncated = len(rows) > max_rows
+    return Rows(columns=columns, rows=[list(r) for r in rows[:max_rows]], truncated=truncated)

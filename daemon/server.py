@@ -1,0 +1,157 @@
+"""The control socket: a ZeroMQ ROUTER on ``ipc://`` in the user's private runtime dir.
+
+Only the main thread touches ZeroMQ. Other threads answer through ``post``, which
+puts the reply in an outbox and wakes the main loop through a pipe (the same pipe
+signals use), so the loop blocks in ``poll`` with no timeout and an idle daemon
+wakes only when something happens.
+
+A request is one frame (after the routing envelope); anything malformed, unknown or
+too large gets an ``Error`` reply and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import zmq
+
+from csm.shared import paths, protocol
+from csm.shared.errors import PathError
+from csm.shared.protocol import Error, Message
+
+log = logging.getLogger("csm.server")
+
+Envelope = list[bytes]
+Reply = Callable[[Message], None]
+Dispatch = Callable[[protocol.Request, Reply], None]
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` 0700, or refuse it if someone else could reach into it."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        raise PathError(f"socket folder {path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); refusing")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise PathError(
+            f"socket folder {path} is open to others (mode {stat.S_IMODE(st.st_mode):o}); "
+            f"run 'chmod 700 {path}' and start csmd again"
+        )
+
+
+class Server:
+    def __init__(self, sock_path: Path) -> None:
+        self.sock_path = sock_path
+        self.ctx = zmq.Context()
+        self.ctx.linger = 0
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_REQUEST_BYTES)
+        self.router.sndhwm = 10_000
+        self.outbox: queue.SimpleQueue[tuple[Envelope, bytes]] = queue.SimpleQueue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.stopping = False
+
+    def bind(self) -> None:
+        """Bind the socket; the caller holds the single-instance lock, so a leftover file is stale."""
+        private_dir(self.sock_path.parent)
+        try:
+            self.sock_path.unlink()
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)
+        try:
+            self.router.bind(paths.endpoint(self.sock_path))
+        finally:
+            os.umask(old)
+        os.chmod(self.sock_path, 0o600)
+
+    def wake(self) -> None:
+        try:
+            os.write(self.wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
+
+    def post(self, envelope: Envelope, msg: Message) -> None:
+        """Send a reply from any thread."""
+        self.outbox.put((envelope, protocol.encode(msg)))
+        self.wake()
+
+    def replier(self, envelope: Envelope) -> Reply:
+        return lambda msg: self.post(envelope, msg)
+
+    def serve(self, dispatch: Dispatch, tick: Callable[[], float | None] | None = None) -> None:
+        """Run until ``stop``; ``tick`` runs after every wake-up and returns the next timeout (s)."""
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.wake_r, zmq.POLLIN)
+        timeout: float | None = None
+        while not self.stopping:
+            ready = dict(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+            if self.router in ready:
+                self._receive(dispatch)
+            if self.wake_r in ready:
+                try:
+                    while os.read(self.wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            self._flush()
+            if tick is not None:
+                timeout = tick()
+        self._flush()
+
+    def _receive(self, dispatch: Dispatch) -> None:
+        while True:
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                continue  # nothing to route a reply to
+            envelope, payload = frames[:-1], frames[-1]
+            reply = self.replier(envelope)
+            try:
+                request = protocol.decode_request(payload)
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                reply(Error(code="bad_request", message=f"malformed request: {e}"))
+                continue
+            try:
+                dispatch(request, reply)
+            except Exception as e:  # a bug must not take the daemon down
+                log.exception("request %s failed", type(request).__name__)
+                reply(Error(code="internal", message=f"{type(e).__name__}: {e}"))
+
+    def _flush(self) -> None:
+        while True:
+            try:
+                envelope, data = self.outbox.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self.router.send_multipart([*envelope, data], zmq.NOBLOCK)
+            except zmq.ZMQError as e:
+                # EHOSTUNREACH: the client went away (ROUTER_MANDATORY); EAGAIN: it stopped reading.
+                log.debug("reply dropped: %s", e)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wake()
+
+    def close(self) -> None:
+        self.router.close(linger=0)
+        self.ctx.term()
+        for fd in (self.wake_r, self.wake_w):
+            os.close(fd)
+        try:
+            self.sock_path.unlink()
+        except FileNotFoundError:
+            pass

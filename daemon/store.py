@@ -1,0 +1,247 @@
+"""The SQLite database: opening, migrating, and the writer's few statements.
+
+There is exactly one writer connection, owned by the ingest thread. Every change
+that moves a checkpoint is one ``BEGIN IMMEDIATE`` transaction holding both the rows
+and the new offset, so the two can never disagree after a crash or power loss
+(WAL + ``synchronous=NORMAL``: a committed transaction survives a csmd crash; a power
+loss may roll back the last few, and the rolled-back bytes are simply read again).
+Readers use their own read-only connections (``open_reader``) and never block it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from csm.daemon.migrations import MIGRATIONS
+from csm.shared.errors import DatabaseError
+
+BUSY_TIMEOUT_MS = 5000
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class FileRow(msgspec.Struct, kw_only=True):
+    """A file's checkpoint row (``sync_metadata``)."""
+
+    file_id: int
+    path: str
+    root: str
+    project: str
+    session_key: str
+    parent_session: str | None
+    dev: int
+    inode: int
+    size: int
+    mtime_ns: int
+    offset: int
+    generation: int = 0
+    head_len: int = 0
+    head_hash: bytes | None = None
+    tail_hash: bytes | None = None
+    gone_at: str | None = None
+
+
+_FILE_COLUMNS = (
+    "file_id, file_path, root, project, session_key, parent_session, dev, inode, size, mtime_ns, "
+    "last_position, generation, head_len, head_hash, tail_hash, gone_at"
+)
+
+
+def _file_row(r: Sequence[Any]) -> FileRow:
+    return FileRow(
+        file_id=r[0], path=r[1], root=r[2], project=r[3], session_key=r[4], parent_session=r[5],
+        dev=r[6], inode=r[7], size=r[8], mtime_ns=r[9], offset=r[10], generation=r[11],
+        head_len=r[12], head_hash=r[13], tail_hash=r[14], gone_at=r[15],
+    )
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite does; its -wal and -shm inherit the mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
+def migrate(conn: sqlite3.Connection, db: Path) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS _csm_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    applied = {r[0] for r in conn.execute("SELECT name FROM _csm_migrations")}
+    known = {name for name, _ in MIGRATIONS}
+    if applied - known:
+        raise DatabaseError(
+            f"{db} was written by a newer csm (it has migrations {sorted(applied - known)}); "
+            "upgrade csm, or move the file away to rebuild it from the transcripts that still exist"
+        )
+    for number, (name, sql) in enumerate(MIGRATIONS, 1):
+        if name in applied:
+            continue
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{sql}\n"
+                f"INSERT INTO _csm_migrations VALUES ('{name}', '{now_iso()}');\n"
+                f"PRAGMA user_version = {number};\nCOMMIT;"
+            )
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+def open_writer(db: Path) -> sqlite3.Connection:
+    """Open (creating and migrating) the database for the one writer."""
+    try:
+        _create_private(db)
+        conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+            raise DatabaseError(f"{db}: cannot switch to WAL mode (is it on a network filesystem?)")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA cache_size = -8192")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA journal_size_limit = 67108864")
+        migrate(conn, db)
+        return conn
+    except sqlite3.DatabaseError as e:
+        raise DatabaseError(
+            f"cannot open database {db}: {e}. If it is damaged, move it away and restart csmd to "
+            "rebuild it from the transcripts that still exist (lines of deleted transcripts cannot be rebuilt)"
+        ) from None
+
+
+def open_reader(db: Path) -> sqlite3.Connection:
+    """A read-only connection: it can never take the write lock, so it never delays ingestion."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA query_only = 1")
+    return conn
+
+
+class Store:
+    """The writer's statements. Not thread-safe: one ingest thread calls it."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def close(self) -> None:
+        try:
+            self.conn.execute("PRAGMA optimize")
+        finally:
+            self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # --- files ---------------------------------------------------------------------
+
+    def files(self) -> list[FileRow]:
+        return [_file_row(r) for r in self.conn.execute(f"SELECT {_FILE_COLUMNS} FROM sync_metadata")]
+
+    def next_file_id(self) -> int:
+        return self.conn.execute("SELECT COALESCE(max(file_id), 0) + 1 FROM sync_metadata").fetchone()[0]
+
+    def save_file(self, f: FileRow, mtime_iso: str) -> None:
+        """Insert or update a checkpoint row (call inside a transaction)."""
+        self.conn.execute(
+            "INSERT INTO sync_metadata (file_path, last_position, last_modified, last_synced_at, file_id, root, "
+            "project, session_key, parent_session, dev, inode, size, mtime_ns, generation, head_len, head_hash, "
+            "tail_hash, gone_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(file_id) DO UPDATE SET file_path=excluded.file_path, last_position=excluded.last_position, "
+            "last_modified=excluded.last_modified, last_synced_at=excluded.last_synced_at, root=excluded.root, "
+            "project=excluded.project, session_key=excluded.session_key, "
+            "parent_session=COALESCE(excluded.parent_session, parent_session), dev=excluded.dev, "
+            "inode=excluded.inode, size=excluded.size, mtime_ns=excluded.mtime_ns, generation=excluded.generation, "
+            "head_len=excluded.head_len, head_hash=excluded.head_hash, tail_hash=excluded.tail_hash, "
+            "gone_at=excluded.gone_at",
+            (f.path, f.offset, mtime_iso, now_iso(), f.file_id, f.root, f.project, f.session_key, f.parent_session,
+             f.dev, f.inode, f.size, f.mtime_ns, f.generation, f.head_len, f.head_hash, f.tail_hash, f.gone_at),
+        )
+
+    def mark_gone(self, file_id: int, when: str) -> None:
+        self.conn.execute("UPDATE sync_metadata SET gone_at = ? WHERE file_id = ?", (when, file_id))
+
+    # --- rows ----------------------------------------------------------------------
+
+    def insert_events(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """rows: (file_id, generation, line_offset, session_id, uuid, parent_uuid, type, timestamp, raw)."""
+        self.conn.executemany(
+            "INSERT INTO events (file_id, generation, line_offset, session_id, uuid, parent_uuid, type, timestamp, "
+            "raw) VALUES (?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
+
+    def old_generation_rows(self, file_id: int, generation: int) -> Iterator[tuple[int, str]]:
+        """(id, raw) of a file's rows from earlier generations, to re-attach on a re-read."""
+        return self.conn.execute(
+            "SELECT id, raw FROM events WHERE file_id = ? AND generation < ?", (file_id, generation)
+        )
+
+    def reattach(self, moves: Iterable[tuple[int, int, int]]) -> None:
+        """moves: (generation, line_offset, id) — an unchanged line found again at a new position."""
+        self.conn.executemany("UPDATE events SET generation = ?, line_offset = ? WHERE id = ?", moves)
+
+    def insert_errors(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """rows: (file_id, file_path, generation, line_offset, length, error, head)."""
+        ts = now_iso()
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO sync_errors (file_id, file_path, generation, line_offset, length, error, head, "
+            "seen_at) VALUES (?,?,?,?,?,?,?,?)",
+            [(*r, ts) for r in rows],
+        )
+
+    def upsert_sessions(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """rows: (session_id, project, parent, is_subagent, cwd, first_ts, last_ts, lines, messages,
+        custom_title, ai_title, summary, first_prompt). Counts add up; titles: the last one wins,
+        except the first prompt, which is kept."""
+        self.conn.executemany(
+            "INSERT INTO session_stats (session_id, project, parent_session_id, is_subagent, cwd, first_ts, "
+            "last_ts, lines, messages, custom_title, ai_title, summary, first_prompt) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(session_id) DO UPDATE SET "
+            "parent_session_id = COALESCE(parent_session_id, excluded.parent_session_id), "
+            "cwd = COALESCE(excluded.cwd, cwd), "
+            "first_ts = CASE WHEN first_ts IS NULL OR excluded.first_ts < first_ts "
+            "THEN COALESCE(excluded.first_ts, first_ts) ELSE first_ts END, "
+            "last_ts = CASE WHEN last_ts IS NULL OR excluded.last_ts > last_ts "
+            "THEN COALESCE(excluded.last_ts, last_ts) ELSE last_ts END, "
+            "lines = lines + excluded.lines, messages = messages + excluded.messages, "
+            "custom_title = COALESCE(excluded.custom_title, custom_title), "
+            "ai_title = COALESCE(excluded.ai_title, ai_title), "
+            "summary = COALESCE(excluded.summary, summary), "
+            "first_prompt = COALESCE(first_prompt, excluded.first_prompt)",
+            rows,
+        )
+
+    def add_models(self, rows: Iterable[tuple[str, str]]) -> None:
+        self.conn.executemany("INSERT OR IGNORE INTO session_models VALUES (?, ?)", rows)
+
+    # --- figures -------------------------------------------------------------------
+
+    def count_events(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM events").fetchone()[0]
+
+
+def figures(conn: sqlite3.Connection) -> dict[str, int]:
+    """The small counts ``csm status`` shows; cheap, so any reader may ask at any time."""
+    q = conn.execute
+    return {
+        "files": q("SELECT count(*) FROM sync_metadata WHERE gone_at IS NULL").fetchone()[0],
+        "files_gone": q("SELECT count(*) FROM sync_metadata WHERE gone_at IS NOT NULL").fetchone()[0],
+        "sessions": q("SELECT count(*) FROM session_stats").fetchone()[0],
+        "sessions_gone": q("SELECT count(*) FROM sessions WHERE NOT file_present").fetchone()[0],
+        "errors": q("SELECT count(*) FROM sync_errors").fetchone()[0],
+    }

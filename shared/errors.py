@@ -1,0 +1,60 @@
+"""Typed errors shared by the daemon and the CLI.
+
+Each class carries the exit code a script can rely on; the CLI turns any of them
+into one line on stderr in one place (``csm.client.cli.main``). Messages are
+written for the user: what went wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class CsmError(Exception):
+    """Base of every error csm reports to a user."""
+
+    exit_code = 1
+
+
+class PathError(CsmError):
+    """A path csm needs cannot be used."""
+
+
+class ConfigError(CsmError):
+    """The config file is invalid."""
+
+    exit_code = 78  # EX_CONFIG
+
+
+class DaemonNotRunning(CsmError):
+    """No csmd answers on the control socket."""
+
+    exit_code = 3
+
+
+class DaemonError(CsmError):
+    """csmd answered with an error."""
+
+    exit_code = 1
+
+
+class QueryError(DaemonError):
+    """A query was refused or failed (bad SQL, a write, a limit hit)."""
+
+    exit_code = 4
+
+
+class NotFound(DaemonError):
+    """A session, file or other named thing does not exist."""
+
+    exit_code = 5
+
+
+class AlreadyRunning(CsmError):
+    """Another csmd holds the lock."""
+
+    exit_code = 1
+
+
+class DatabaseError(CsmError):
+    """The database cannot be opened or used."""
+
+    exit_code = 1

@@ -1,0 +1,93 @@
+"""Where csm keeps its state and where Claude Code keeps transcripts.
+
+Every path csm uses is computed here and nowhere else, so that tests (and users)
+can move all of it with the standard environment variables: ``HOME``,
+``XDG_DATA_HOME``, ``XDG_CONFIG_HOME``, ``XDG_STATE_HOME``, ``XDG_RUNTIME_DIR`` and
+``CLAUDE_CONFIG_DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+from csm.shared.errors import PathError
+
+APP = "csm"
+DB_NAME = "csm.db"
+SOCKET_NAME = "csmd.sock"
+# sockaddr_un.sun_path is 108 bytes on Linux (104 on macOS) including the NUL;
+# ZeroMQ refuses longer ipc:// endpoints.
+MAX_IPC_PATH = 103
+
+
+def data_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP, appauthor=False))
+
+
+def db_path() -> Path:
+    return data_dir() / DB_NAME
+
+
+def lock_path(db: Path) -> Path:
+    """The single-instance lock lives beside the database it protects."""
+    return db.with_name(db.name + ".lock")
+
+
+def config_path() -> Path:
+    return Path(platformdirs.user_config_dir(APP, appauthor=False)) / "config.toml"
+
+
+def runtime_dir() -> Path:
+    """The private folder that holds the control socket.
+
+    ``$XDG_RUNTIME_DIR`` is per-user, tmpfs and 0700 on systemd machines; without it
+    (macOS, containers) the user state dir is the next private place.
+    """
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base:
+        return Path(base) / APP
+    return Path(platformdirs.user_state_dir(APP, appauthor=False))
+
+
+def socket_path() -> Path:
+    path = runtime_dir() / SOCKET_NAME
+    if len(os.fsencode(path)) > MAX_IPC_PATH:
+        raise PathError(
+            f"control socket path is {len(os.fsencode(path))} bytes, over the {MAX_IPC_PATH}-byte "
+            f"limit of unix sockets: {path}; set XDG_RUNTIME_DIR to a shorter folder"
+        )
+    return path
+
+
+def endpoint(sock: Path | None = None) -> str:
+    return "ipc://" + str(sock or socket_path())
+
+
+def claude_roots() -> list[Path]:
+    """The ``projects/`` folders Claude Code writes transcripts into.
+
+    ``$CLAUDE_CONFIG_DIR`` replaces the defaults when set; it may be a comma-separated
+    list whose entries are either a Claude config dir or a ``projects/`` dir itself
+    (ccusage reads it the same way). Otherwise both historical defaults are used,
+    whichever exist; when neither does, ``~/.claude/projects`` is returned so that the
+    daemon picks it up once Claude Code creates it.
+    """
+    env = os.environ.get("CLAUDE_CONFIG_DIR", "").strip()
+    if env:
+        roots: list[Path] = []
+        for entry in env.split(","):
+            entry = entry.strip()
+            if not entry:
+                continue
+            p = Path(entry).expanduser()
+            root = p if p.name == "projects" else p / "projects"
+            if root not in roots:
+                roots.append(root)
+        return roots
+    home = Path.home()
+    defaults = [home / ".claude" / "projects", home / ".config" / "claude" / "projects"]
+    existing = [p for p in defaults if p.is_dir()]
+    return existing or defaults[:1]

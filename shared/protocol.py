@@ -1,0 +1,130 @@
+"""The control-socket protocol: every message csm and csmd exchange.
+
+Requests and replies are tagged msgspec Structs, msgpack on the wire, one message per
+ZeroMQ frame. A client sends one request and reads replies until it gets a *final*
+one: most requests get exactly one reply; long requests (sync) first stream
+``Progress`` messages, which also tell the client the daemon is alive.
+
+Evolution rules (msgspec's): new fields get defaults, fields are never reordered or
+retyped, unknown fields are ignored, so an older CLI can talk to a newer daemon.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+PROTOCOL = 1
+MAX_REQUEST_BYTES = 1 << 20
+
+
+class Message(msgspec.Struct, kw_only=True, omit_defaults=True, tag=True):
+    """Base of all messages: keyword-only so fields can be added in any order later."""
+
+
+# --- requests -----------------------------------------------------------------------
+
+
+class Status(Message, kw_only=True):
+    pass
+
+
+class Sync(Message, kw_only=True):
+    """Rescan every root and ingest what is new; replies when done (or at once with ``wait=False``)."""
+
+    wait: bool = True
+
+
+class Query(Message, kw_only=True):
+    """Read-only SQL on the daemon's database."""
+
+    sql: str
+    params: list[Any] = []
+    max_rows: int = 10_000
+
+
+Request = Status | Sync | Query
+
+
+# --- replies ------------------------------------------------------------------------
+
+
+class Error(Message, kw_only=True):
+    code: str
+    message: str
+
+
+class Ok(Message, kw_only=True):
+    message: str = ""
+
+
+class Backlog(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Work through a backlog, as files and bytes done of the total."""
+
+    files_done: int = 0
+    files_total: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+    rate_bps: float = 0.0
+    eta_s: float | None = None
+
+
+class StatusReply(Message, kw_only=True):
+    version: str
+    protocol: int = PROTOCOL
+    pid: int
+    uptime_s: float
+    state: str
+    db_path: str
+    roots: list[str]
+    files: int
+    files_gone: int = 0
+    events: int
+    sessions: int
+    sessions_gone: int = 0
+    errors: int
+    last_sync_at: str | None = None
+    watch_mode: str = "watching"
+    backlog: Backlog | None = None
+    last_error: str | None = None
+
+
+class Progress(Message, kw_only=True):
+    backlog: Backlog
+
+
+class SyncReply(Message, kw_only=True):
+    files_scanned: int
+    files_changed: int
+    lines_ingested: int
+    errors: int
+    seconds: float
+
+
+class Rows(Message, kw_only=True):
+    columns: list[str]
+    rows: list[list[Any]]
+    truncated: bool = False
+
+
+Reply = Error | Ok | StatusReply | Progress | SyncReply | Rows
+
+FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows)
+
+_encoder = msgspec.msgpack.Encoder()
+_request_decoder = msgspec.msgpack.Decoder(Request)
+_reply_decoder = msgspec.msgpack.Decoder(Reply)
+
+
+def encode(msg: Message) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode_request(data: bytes) -> Request:
+    """Decode a request; raises ``msgspec.DecodeError``/``ValidationError`` on bad input."""
+    return _request_decoder.decode(data)
+
+
+def decode_reply(data: bytes) -> Reply:
+    return _reply_decoder.decode(data)

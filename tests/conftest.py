@@ -1,0 +1,61 @@
+"""Isolation for every test: a private HOME, XDG dirs, Claude config dir and runtime dir."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from csmtest import Csmd
+
+
+def pytest_report_header() -> str:
+    return f"sqlite {sqlite3.sqlite_version}"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Point every path csm computes into ``tmp_path``; nothing reaches the real home."""
+    home = tmp_path / "home"
+    home.mkdir()
+    # The runtime dir must be short: unix socket paths are limited to ~104 bytes.
+    run = Path(tempfile.mkdtemp(prefix="csm-", dir="/tmp"))
+    run.chmod(0o700)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "claude"))
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.setenv("CSM_RAISE_ERRORS", "")
+    yield tmp_path
+    shutil.rmtree(run, ignore_errors=True)
+
+
+@pytest.fixture
+def projects(tmp_path: Path) -> Path:
+    """The Claude Code projects/ folder csmd watches by default in tests."""
+    p = tmp_path / "claude" / "projects"
+    p.mkdir(parents=True)
+    return p
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "csm" / "csm.db"
+
+
+@pytest.fixture
+def csmd(tmp_path: Path, projects: Path) -> Iterator[Csmd]:
+    """A factory-started csmd on the isolated paths; stopped (and checked) at the end."""
+    d = Csmd(tmp_path)
+    yield d
+    if d.alive:
+        code = d.stop()
+        assert code == 0, f"csmd exited {code} on SIGTERM:\n{d.log()}"

@@ -1,0 +1,125 @@
+"""Test helpers: a real csmd subprocess, the real CLI, and waiting on conditions.
+
+Every helper takes its environment from the test's isolated one (see conftest), so
+nothing here can touch the real home directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+FIXTURES = Path(__file__).parent / "fixtures"
+REAL = FIXTURES / "real"
+SHARED_REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
+
+
+def wait_for(cond: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll ``cond`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last value {value!r})")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def run_csm(*args: str, env: dict[str, str] | None = None, timeout: float = 60, input: str | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+    """The real ``csm`` CLI in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "csm.client", *args], env=env or dict(os.environ),
+                          capture_output=True, text=True, timeout=timeout, input=input)
+
+
+def csm_json(*args: str) -> Any:
+    r = run_csm(*args, "--json")
+    assert r.returncode == 0, f"csm {' '.join(args)} failed ({r.returncode}): {r.stderr}"
+    return json.loads(r.stdout)
+
+
+def sql(*args: Any) -> list[dict[str, Any]]:
+    """Rows from ``csm query sql --json``."""
+    return csm_json("query", "sql", *args)
+
+
+def scalar(query: str) -> Any:
+    rows = sql(query)
+    return next(iter(rows[0].values())) if rows else None
+
+
+class Csmd:
+    """A real csmd subprocess with the test's environment."""
+
+    def __init__(self, tmp: Path, args: list[str] | None = None) -> None:
+        self.tmp = tmp
+        self.args = args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = tmp / "csmd.log"
+        self.starts = 0
+
+    def start(self, wait: bool = True, extra: list[str] | None = None) -> Csmd:
+        self.starts += 1
+        log = open(self.log_path, "ab")
+        log.write(f"--- start {self.starts}\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen([sys.executable, "-m", "csm.daemon", *self.args, *(extra or [])],
+                                     stdout=log, stderr=log, env=dict(os.environ))
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"csmd exited with {self.proc.returncode}:\n{self.log()}")
+            r = run_csm("status", "--json", timeout=10)
+            return r.returncode == 0 and json.loads(r.stdout)["last_sync_at"] is not None
+
+        wait_for(ready, timeout, "csmd to finish its first scan")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def db_rows(db: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Read the database directly (read-only), for checks the CLI does not expose."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(query, params).fetchall()
+    finally:
+        conn.close()
+
+
+def line_count(path: Path) -> int:
+    """Complete lines in a file: what csm must have ingested (rows plus bad lines)."""
+    return path.read_bytes().count(b"\n")
