@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -129,6 +129,22 @@ class Totals:
 
 
 CommitHook = Callable[[FileRow, list[tuple[Any, ...]]], None]
+"""Called after each commit with the file and its new ``events`` rows (id first)."""
+
+
+class Sink(Protocol):
+    """Derived data (indexes, usage, …) the writer keeps current in the same transaction as the rows.
+
+    ``add`` sees each newly inserted line; ``write`` stores what was collected, inside the
+    batch's transaction; ``clear`` forgets it (after a commit, or when the batch rolled back).
+    Re-attached lines (a re-read of an unchanged line) are not added again.
+    """
+
+    def add(self, event_id: int, f: FileRow, view: LineView, line: bytes) -> None: ...
+
+    def write(self, store: Store) -> None: ...
+
+    def clear(self) -> None: ...
 
 
 class Ingestor:
@@ -145,8 +161,10 @@ class Ingestor:
             r[0] for r in store.conn.execute("SELECT session_id FROM session_stats WHERE first_prompt IS NOT NULL")
         }
         self.events = store.count_events()
+        self.next_event_id = store.max_event_id() + 1
         self.backlog: Backlog | None = None
         self.on_commit: list[CommitHook] = []
+        self.sinks: list[Sink] = []
         self.stopping = threading.Event()
 
     # --- scanning ------------------------------------------------------------------
@@ -406,6 +424,8 @@ class Ingestor:
         is_sub = f.parent_session is not None or f.session_key.startswith("agent-")
         agg = None
         pos = start
+        next_id = self.next_event_id
+        sinks = self.sinks
         for line in lines:
             offset = pos
             pos += len(line) + 1
@@ -429,8 +449,11 @@ class Ingestor:
                 moves.append((gen, offset, old.pop()))
                 agg.add(v, counted=False)
                 continue
-            rows.append((f.file_id, gen, offset, v.session_id or fallback_session, v.uuid, v.parent_uuid, v.type,
-                         v.timestamp, raw))
+            rows.append((next_id, f.file_id, gen, offset, v.session_id or fallback_session, v.uuid, v.parent_uuid,
+                         v.type, v.timestamp, raw))
+            for sink in sinks:
+                sink.add(next_id, f, v, line)
+            next_id += 1
             agg.add(v, counted=True)
             if agg.first_prompt is None and f.session_key not in self.have_prompt:
                 agg.first_prompt = prompt_text(v)
@@ -441,6 +464,29 @@ class Ingestor:
                                     tail_hash=reader.tail(fd, end))
         if g.head_len < reader.HEAD_LEN:
             g.head_len, g.head_hash = reader.head(fd, g.size)
+        try:
+            self._write(f, g, st, rows, moves, errors, sessions, agg)
+        finally:
+            for sink in sinks:
+                sink.clear()
+        self.next_event_id = next_id
+        for name in FileRow.__struct_fields__:
+            setattr(f, name, getattr(g, name))
+        if agg is not None and agg.first_prompt:
+            self.have_prompt.add(f.session_key)
+        self.events += len(rows)
+        totals.lines += len(rows)
+        totals.errors += len(errors)
+        for hook in self.on_commit:
+            hook(f, rows)
+        return end
+
+    def _write(
+        self, f: FileRow, g: FileRow, st: os.stat_result, rows: list[tuple[Any, ...]],
+        moves: list[tuple[int, int, int]], errors: list[tuple[Any, ...]], sessions: dict[str, SessionAgg],
+        agg: SessionAgg | None,
+    ) -> None:
+        """One transaction: the rows, what derives from them, and the checkpoint past them."""
         with self.store.transaction():
             if rows:
                 self.store.insert_events(rows)
@@ -457,14 +503,6 @@ class Ingestor:
                     for key, a in sessions.items()
                 ])
                 self.store.add_models([(key, m) for key, a in sessions.items() for m in a.models])
+            for sink in self.sinks:
+                sink.write(self.store)
             self.store.save_file(g, _iso_mtime(st.st_mtime_ns))
-        for name in FileRow.__struct_fields__:
-            setattr(f, name, getattr(g, name))
-        if agg is not None and agg.first_prompt:
-            self.have_prompt.add(f.session_key)
-        self.events += len(rows)
-        totals.lines += len(rows)
-        totals.errors += len(errors)
-        for hook in self.on_commit:
-            hook(f, rows)
-        return end

@@ -178,12 +178,19 @@ class Store:
     # --- rows ----------------------------------------------------------------------
 
     def insert_events(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """rows: (file_id, generation, line_offset, session_id, uuid, parent_uuid, type, timestamp, raw)."""
+        """rows: (id, file_id, generation, line_offset, session_id, uuid, parent_uuid, type, timestamp, raw).
+
+        Ids are assigned by the writer (``max_event_id`` + 1, …) so that derived tables filled in
+        the same transaction (sinks) can point at a row before it is inserted.
+        """
         self.conn.executemany(
-            "INSERT INTO events (file_id, generation, line_offset, session_id, uuid, parent_uuid, type, timestamp, "
-            "raw) VALUES (?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO events (id, file_id, generation, line_offset, session_id, uuid, parent_uuid, type, "
+            "timestamp, raw) VALUES (?,?,?,?,?,?,?,?,?,?)",
             rows,
         )
+
+    def max_event_id(self) -> int:
+        return self.conn.execute("SELECT COALESCE(max(id), 0) FROM events").fetchone()[0]
 
     def old_generation_rows(self, file_id: int, generation: int) -> Iterator[tuple[int, str]]:
         """(id, raw) of a file's rows from earlier generations, to re-attach on a re-read."""
