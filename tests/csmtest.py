@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from csm.shared.errors import DaemonNotRunning
+
 T = TypeVar("T")
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = FIXTURES / "real"
@@ -50,9 +52,25 @@ def csm_json(*args: str) -> Any:
     return json.loads(r.stdout)
 
 
-def sql(*args: Any) -> list[dict[str, Any]]:
-    """Rows from ``csm query sql --json``."""
-    return csm_json("query", "sql", *args)
+def sql(query: str, *params: Any) -> list[dict[str, Any]]:
+    """Rows of a read-only query, asked of the running csmd over its socket (in-process: fast
+    enough to poll; tests of the CLI's own output use ``run_csm``)."""
+    from csm.client.transport import request
+    from csm.shared.protocol import Query, Rows
+
+    reply = request(Query(sql=query, params=list(params)), timeout_s=10)
+    assert isinstance(reply, Rows)
+    return [dict(zip(reply.columns, r)) for r in reply.rows]
+
+
+def status() -> dict[str, Any]:
+    """``csm status --json``, asked in-process."""
+    import msgspec
+
+    from csm.client.transport import request
+    from csm.shared.protocol import Status
+
+    return msgspec.to_builtins(request(Status(), timeout_s=10))
 
 
 def scalar(query: str) -> Any:
@@ -87,8 +105,10 @@ class Csmd:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"csmd exited with {self.proc.returncode}:\n{self.log()}")
-            r = run_csm("status", "--json", timeout=10)
-            return r.returncode == 0 and json.loads(r.stdout)["last_sync_at"] is not None
+            try:
+                return status()["last_sync_at"] is not None
+            except DaemonNotRunning:
+                return False
 
         wait_for(ready, timeout, "csmd to finish its first scan")
 
