@@ -371,11 +371,12 @@ class Ingestor:
         return f
 
     def _rename_source(self, path: str, fd: int, st: os.stat_result) -> FileRow | None:
-        for f in self.files.values():
+        """A live checkpoint this new path continues: same (dev, inode), old path gone, same head."""
+        for other in self.store.paths_with_inode(st.st_dev, st.st_ino):
+            f = self.files.get(other)
             if (
-                (f.dev, f.inode) == (st.st_dev, st.st_ino) and not f.gone_at and f.path != path
-                and not os.path.lexists(f.path) and st.st_size >= f.offset
-                and f.head_len and reader.head_matches(fd, f.head_len, f.head_hash)
+                f is not None and not f.gone_at and f.path != path and not os.path.lexists(f.path)
+                and st.st_size >= f.offset and f.head_len and reader.head_matches(fd, f.head_len, f.head_hash)
             ):
                 return f
         return None

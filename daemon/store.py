@@ -172,6 +172,10 @@ class Store:
              f.dev, f.inode, f.size, f.mtime_ns, f.generation, f.head_len, f.head_hash, f.tail_hash, f.gone_at),
         )
 
+    def paths_with_inode(self, dev: int, inode: int) -> list[str]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT file_path FROM sync_metadata WHERE dev = ? AND inode = ? AND gone_at IS NULL", (dev, inode))]
+
     def mark_gone(self, file_id: int, when: str) -> None:
         self.conn.execute("UPDATE sync_metadata SET gone_at = ? WHERE file_id = ?", (when, file_id))
 
