@@ -15,6 +15,7 @@ import click
 import msgspec
 
 from csm.client import render
+from csm.client.service import service
 from csm.client.transport import request
 from csm.shared import __version__, protocol
 from csm.shared.errors import CsmError
@@ -148,6 +149,9 @@ def query_sql(sql: str, params: tuple[str, ...], max_rows: int, fmt: str | None)
     render.emit_rows(reply.columns, reply.rows, fmt)
     if reply.truncated:
         click.echo(f"csm: output stopped at {max_rows} rows (--max-rows)", err=True)
+
+
+cli.add_command(service)
 
 
 def main() -> None:

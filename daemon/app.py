@@ -19,6 +19,7 @@ from pathlib import Path
 from csm.daemon import queries
 from csm.daemon.ingest import Ingestor
 from csm.daemon.lock import InstanceLock
+from csm.daemon.notify import Notifier
 from csm.daemon.server import Reply, Server
 from csm.daemon.store import Store, figures, open_reader, open_writer
 from csm.daemon.syncer import Syncer
@@ -39,6 +40,8 @@ class Daemon:
         self.sock = sock
         self.started = time.monotonic()
         self.local = threading.local()
+        self.notifier = Notifier()
+        self.next_ping = 0.0
 
     def run(self) -> int:
         lock = InstanceLock(paths.lock_path(self.db))
@@ -65,11 +68,14 @@ class Daemon:
         log.info("csmd %s (pid %d): database %s, roots %s, socket %s", __version__, os.getpid(), self.db,
                  ", ".join(map(str, self.roots)), self.sock)
         self.watcher.start()
-        self.syncer.start()
+        self.syncer.start()  # its first job is the initial scan
+        self.notifier.ready()
+        tick = self._watchdog_tick if self.notifier.watchdog_interval_s else None
         try:
-            self.server.serve(self.dispatch)
+            self.server.serve(self.dispatch, tick)
         finally:
             log.info("stopping")
+            self.notifier.stopping()
             self.watcher.stop()
             self.syncer.stop()
             self.syncer.join()
@@ -81,6 +87,21 @@ class Daemon:
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.server.stop()
+
+    def _watchdog_tick(self) -> float:
+        """Ping systemd's watchdog from the main loop, while the ingest thread lives.
+
+        A hung main loop or a dead ingest thread stops the pings, and systemd restarts
+        csmd. Set only under ``WatchdogSec=``, so an unsupervised csmd never wakes idly.
+        """
+        interval = self.notifier.watchdog_interval_s
+        assert interval is not None
+        now = time.monotonic()
+        if now >= self.next_ping:
+            if self.syncer.is_alive():
+                self.notifier.watchdog()
+            self.next_ping = now + interval
+        return self.next_ping - now
 
     # --- requests ------------------------------------------------------------------
 

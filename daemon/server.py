@@ -12,6 +12,7 @@ too large gets an ``Error`` reply and the loop goes on.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import stat
@@ -89,13 +90,13 @@ class Server:
         return lambda msg: self.post(envelope, msg)
 
     def serve(self, dispatch: Dispatch, tick: Callable[[], float | None] | None = None) -> None:
-        """Run until ``stop``; ``tick`` runs after every wake-up and returns the next timeout (s)."""
+        """Run until ``stop``; ``tick`` runs first and after every wake-up, and returns the next timeout (s)."""
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
-        timeout: float | None = None
+        timeout = tick() if tick is not None else None
         while not self.stopping:
-            ready = dict(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+            ready = dict(poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000))))
             if self.router in ready:
                 self._receive(dispatch)
             if self.wake_r in ready:

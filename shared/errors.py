@@ -58,3 +58,15 @@ class DatabaseError(CsmError):
     """The database cannot be opened or used."""
 
     exit_code = 1
+
+
+class ServiceError(CsmError):
+    """Installing or removing the login service failed (the manager refused, or this OS has none csm knows)."""
+
+    exit_code = 1
+
+
+class ServiceManagerMissing(ServiceError):
+    """No service manager is reachable from here (a container, a session without a user manager)."""
+
+    exit_code = 69  # EX_UNAVAILABLE

@@ -9,6 +9,7 @@ can move all of it with the standard environment variables: ``HOME``,
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import platformdirs
@@ -21,6 +22,10 @@ SOCKET_NAME = "csmd.sock"
 # sockaddr_un.sun_path is 108 bytes on Linux (104 on macOS) including the NUL;
 # ZeroMQ refuses longer ipc:// endpoints.
 MAX_IPC_PATH = 103
+SYSTEMD_UNIT = "csm.service"
+LAUNCHD_LABEL = "dev.csm.csmd"
+# The variables that move csm's paths (see the module docstring), HOME aside.
+PATH_VARIABLES = ("CLAUDE_CONFIG_DIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR")
 
 
 def data_dir() -> Path:
@@ -91,3 +96,34 @@ def claude_roots() -> list[Path]:
     defaults = [home / ".claude" / "projects", home / ".config" / "claude" / "projects"]
     existing = [p for p in defaults if p.is_dir()]
     return existing or defaults[:1]
+
+
+def csmd_command() -> list[str]:
+    """How a service manager starts the csmd of the Python environment this csm runs in.
+
+    Console scripts sit beside the interpreter (``bin/``) in venv, pipx and uv tool
+    installs alike. ``sys.executable`` is not resolved: in a venv it is a symlink whose
+    location is what makes it that venv. Without a ``csmd`` script (running from a
+    source tree), the module is the entry point.
+    """
+    python = Path(sys.executable).absolute()
+    script = python.parent / "csmd"
+    if os.access(script, os.X_OK):
+        return [str(script)]
+    return [str(python), "-m", "csm.daemon"]
+
+
+def systemd_unit_path() -> Path:
+    """Where systemd's user manager looks for a user's own units."""
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    config = Path(base) if os.path.isabs(base) else Path.home() / ".config"  # systemd ignores a relative one
+    return config / "systemd" / "user" / SYSTEMD_UNIT
+
+
+def launchd_plist_path() -> Path:
+    return Path.home() / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
+
+
+def launchd_log_path() -> Path:
+    """launchd captures csmd's stderr here (systemd sends it to the journal)."""
+    return Path.home() / "Library" / "Logs" / APP / "csmd.log"
