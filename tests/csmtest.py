@@ -106,7 +106,7 @@ class Csmd:
             if self.proc.poll() is not None:
                 raise AssertionError(f"csmd exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                return status()["last_sync_at"] is not None
+                return status().get("last_sync_at") is not None  # omitted (a default) until the first scan ends
             except DaemonNotRunning:
                 return False
 
