@@ -213,6 +213,14 @@ def _daemon() -> protocol.StatusReply | None:
     return reply
 
 
+def _outside_pid(m: Manager, reachable: bool) -> int | None:
+    """The pid of a csmd that answers but is not the service's own: it holds the archive's lock."""
+    daemon = _daemon()
+    if daemon is None or daemon.pid == m.state(reachable).pid:
+        return None
+    return daemon.pid
+
+
 def _show(steps: list[Step]) -> None:
     for step in steps:
         match step:
@@ -225,8 +233,7 @@ def _show(steps: list[Step]) -> None:
             case Remove(path):
                 click.echo(f"would remove {path}")
             case Run(argv, may_fail):
-                click.echo(f"would run: {shlex.join(argv)}" + ("  (a failure is expected if not loaded)"
-                                                                if may_fail else ""))
+                click.echo(f"would run: {shlex.join(argv)}" + ("  (a failure is ignored)" if may_fail else ""))
 
 
 def _apply(steps: list[Step]) -> None:
@@ -283,21 +290,20 @@ def service_install(dry_run: bool) -> None:
     m = manager_for(this_os_manager())
     problem = m.problem()
     steps = m.install_steps()
-    daemon = _daemon()
-    outside = daemon is not None and daemon.pid != m.state(problem is None).pid
+    outside = _outside_pid(m, problem is None)
     if dry_run:
         if problem:
             click.echo(f"csm: note: {_missing(m, problem)}", err=True)
         if outside:
-            click.echo(f"csm: note: csmd is running outside the service (pid {daemon.pid}); stop it before "
+            click.echo(f"csm: note: csmd is running outside the service (pid {outside}); stop it before "
                        "installing", err=True)
         _show(steps)
         return
     if problem:
         raise _missing(m, problem)
     if outside:
-        raise ServiceError(f"csmd is already running outside the service (pid {daemon.pid}), and two cannot share "
-                           f"the archive; stop it ('kill {daemon.pid}') and install again")
+        raise ServiceError(f"csmd is already running outside the service (pid {outside}), and two cannot share "
+                           f"the archive; stop it ('kill {outside}') and install again")
     _apply(steps)
     click.echo(f"installed the {m.kind} {m.path}; csmd runs now and at every login ('csm service status')")
 

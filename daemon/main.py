@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,25 @@ import click
 from csm.shared import __version__, paths
 from csm.shared import config as config_mod
 from csm.shared.errors import CsmError
+
+
+class JournalFormatter(logging.Formatter):
+    """For stderr read by journald: it stamps the time itself, and a ``<N>`` prefix sets the
+    line's syslog priority, so ``journalctl --user -u csm -p warning`` finds the problems."""
+
+    PRIORITIES = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self.PRIORITIES.get(record.levelno, 6)}>{record.name}: {super().format(record)}"
+
+
+def _stderr_is_journal() -> bool:
+    """systemd sets ``JOURNAL_STREAM`` to the device and inode of the stream it connected."""
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,8 +59,10 @@ def cli(roots: tuple[Path, ...], db: Path | None, config_file: Path | None, log_
 
     cfg = config_mod.load(config_file or paths.config_path())
     level = (log_level or cfg.log_level).upper()
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level, logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JournalFormatter() if _stderr_is_journal() else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), handlers=[handler])
     root_list = [p.expanduser().absolute() for p in roots] or [Path(r).expanduser() for r in cfg.roots] \
         or paths.claude_roots()
     db_path = (db or (Path(cfg.db).expanduser() if cfg.db else paths.db_path())).absolute()

@@ -1,4 +1,5 @@
-"""sd_notify: a real csmd tells a real unix datagram socket (standing in for systemd) READY, WATCHDOG, STOPPING."""
+"""csmd as systemd runs it: sd_notify to a real unix datagram socket (READY, WATCHDOG, STOPPING), and log
+lines for journald."""
 
 from __future__ import annotations
 
@@ -87,3 +88,14 @@ class TestNotifier:
         n.watchdog()
         assert [r.levelname for r in caplog.records] == ["WARNING"]
         assert "cannot notify" in caplog.records[0].getMessage()
+
+
+def test_under_journald_log_lines_carry_a_priority_and_no_time(csmd: Csmd, monkeypatch: pytest.MonkeyPatch,
+                                                               projects: Path) -> None:
+    csmd.log_path.touch()
+    st = csmd.log_path.stat()
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")  # what systemd sets for a journal stream
+    csmd.start()
+    assert csmd.stop() == 0
+    lines = [ln for ln in csmd.log().splitlines() if not ln.startswith("--- start")]
+    assert lines[0].startswith("<6>csm.daemon: csmd ") and lines[-1] == "<6>csm.daemon: stopping", lines
