@@ -112,9 +112,12 @@ class Systemd:
         return _render(self.name)
 
     def install_steps(self) -> list[Step]:
-        # restart, not start: it also starts a stopped unit, and makes a second install take the new file
+        # reset-failed: a unit that hit its start limit refuses even a manual start until then.
+        # restart, not start: it also starts a stopped unit, and makes a second install take the new file.
         return [Write(self.path, self.render()), Run(self.systemctl("daemon-reload")),
-                Run(self.systemctl("enable", paths.SYSTEMD_UNIT)), Run(self.systemctl("restart", paths.SYSTEMD_UNIT))]
+                Run(self.systemctl("enable", paths.SYSTEMD_UNIT)),
+                Run(self.systemctl("reset-failed", paths.SYSTEMD_UNIT), may_fail=True),
+                Run(self.systemctl("restart", paths.SYSTEMD_UNIT))]
 
     def uninstall_steps(self, reachable: bool) -> list[Step]:
         # enable/disable only move symlinks, so disabling works without a reachable manager

@@ -141,6 +141,7 @@ class TestCommandsHere:
         assert r.stdout == (f"would write {unit}:\n{printed}\n"
                             "would run: systemctl --user daemon-reload\n"
                             "would run: systemctl --user enable csm.service\n"
+                            "would run: systemctl --user reset-failed csm.service  (a failure is ignored)\n"
                             "would run: systemctl --user restart csm.service\n")
         assert not unit.exists() and not (tmp_path / "config" / "systemd").exists()
         if SYSTEMCTL:
