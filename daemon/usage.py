@@ -1,0 +1,141 @@
+"""Token accounting: every API response counted once, kept current by the writer.
+
+Claude Code writes one response as several lines (one per content block) that share
+``message.id`` and ``requestId`` and repeat the usage, only the last line's
+``output_tokens`` being final; a resumed session copies earlier lines into its new file;
+a subagent's responses are in its own file and embedded again in the parent's
+``progress`` lines (``data.message``), and sometimes only there. So:
+
+1. usage comes from ``assistant`` lines and from messages embedded in ``progress`` lines;
+2. copies share a key: ``message.id`` + ``requestId`` (``message.id`` alone without a
+   ``requestId``; a response without ``message.id`` cannot be matched and counts alone);
+3. of the copies, the row keeps the best: a non-sidechain copy first, then the largest
+   total (input + output + cache writes + cache reads), then one with ``usage.speed``.
+
+The rank is a total order, so the result does not depend on which file is read first
+(equal copies keep the one stored first). ``usage_entries`` holds one row per key; the
+triggers of migration ``m003_usage`` keep ``usage_slots`` (quarter-hour sums) in step.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from csm.daemon.parse import LineView, MessageView, Usage, embedded_message
+from csm.daemon.prices import PriceTable, Tokens
+from csm.daemon.store import FileRow, Store
+
+_COLUMNS = (
+    "key", "message_id", "request_id", "event_id", "session_id", "project", "ts", "timestamp", "model",
+    "input_tokens", "output_tokens", "cache_creation_tokens", "cache_creation_5m_tokens",
+    "cache_creation_1h_tokens", "cache_read_tokens", "speed", "sidechain", "embedded", "cost_usd",
+)
+_TOTAL = "{0}input_tokens + {0}output_tokens + {0}cache_creation_tokens + {0}cache_read_tokens"
+_RANK = "(1 - {0}sidechain, " + _TOTAL + ", {0}speed IS NOT NULL)"
+UPSERT = (
+    f"INSERT INTO usage_entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+    f"ON CONFLICT(key) DO UPDATE SET ({', '.join(_COLUMNS[1:])}) = "
+    f"({', '.join('excluded.' + c for c in _COLUMNS[1:])}) "
+    f"WHERE {_RANK.format('excluded.')} > {_RANK.format('usage_entries.')}"
+)
+# Positions in a row tuple (see _COLUMNS).
+_IN, _OUT, _CC, _CR, _SPEED, _SIDE = 9, 10, 11, 14, 15, 16
+
+
+def _rank(row: tuple[Any, ...]) -> tuple[int, int, bool]:
+    return (1 - row[_SIDE], row[_IN] + row[_OUT] + row[_CC] + row[_CR], row[_SPEED] is not None)
+
+
+def epoch_ms(timestamp: str | None) -> int | None:
+    """Milliseconds since the epoch of an ISO-8601 time (UTC when it names no offset)."""
+    if not timestamp:
+        return None
+    try:
+        t = datetime.datetime.fromisoformat(timestamp)
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=datetime.timezone.utc)
+    return int(t.timestamp() * 1000)
+
+
+def tokens(u: Usage) -> Tokens:
+    cc = u.cache_creation_input_tokens or 0
+    one_hour = (u.cache_creation.ephemeral_1h_input_tokens or 0) if u.cache_creation else 0
+    return Tokens(
+        input=u.input_tokens or 0, output=u.output_tokens or 0, cache_write_5m=max(cc - one_hour, 0),
+        cache_write_1h=one_hour, cache_read=u.cache_read_input_tokens or 0, speed=u.speed,
+    )
+
+
+class UsageSink:
+    """The ``Sink`` (see ``daemon/ingest.py``) that keeps ``usage_entries`` current."""
+
+    def __init__(self, prices: PriceTable) -> None:
+        self.prices = prices
+        self.pending: dict[str, tuple[Any, ...]] = {}
+
+    def prepare(self, store: Store) -> None:
+        """Recompute stored costs if the price table changed since they were computed."""
+        conn = store.conn
+        row = conn.execute("SELECT value FROM usage_meta WHERE name = 'prices'").fetchone()
+        if row is not None and row[0] == self.prices.fingerprint:
+            return
+        with store.transaction():
+            updates = []
+            for key, model, i, o, c5, c1, cc, cr, speed, cost in conn.execute(
+                "SELECT key, model, input_tokens, output_tokens, cache_creation_5m_tokens, "
+                "cache_creation_1h_tokens, cache_creation_tokens, cache_read_tokens, speed, cost_usd "
+                "FROM usage_entries"
+            ):
+                one_hour = c1 or 0
+                new = self.prices.cost(model, Tokens(i, o, cc - one_hour if c5 is None else c5, one_hour, cr, speed))
+                if new != cost:
+                    updates.append((new, key))
+            conn.executemany("UPDATE usage_entries SET cost_usd = ? WHERE key = ?", updates)
+            conn.execute("INSERT OR REPLACE INTO usage_meta VALUES ('prices', ?)", (self.prices.fingerprint,))
+
+    def add(self, event_id: int, f: FileRow, view: LineView, line: bytes) -> None:
+        kind = view.type
+        if kind == "assistant":
+            msg: MessageView | None = view.message
+            if msg is None or msg.usage is None:
+                return
+            request_id, sidechain, timestamp, embedded = view.request_id, view.is_sidechain, view.timestamp, 0
+        elif kind == "progress":
+            e = embedded_message(view, line)
+            if e is None:
+                return
+            msg = e.message
+            assert msg is not None and msg.usage is not None
+            request_id, sidechain, timestamp, embedded = e.request_id, e.is_sidechain, e.timestamp, 1
+            timestamp = timestamp or view.timestamp
+        else:
+            return
+        ts = epoch_ms(timestamp)
+        if ts is None:
+            return  # a response that cannot be placed in time is left out of the usage
+        assert msg.usage is not None
+        t = tokens(msg.usage)
+        if msg.id:
+            key = f"{msg.id} {request_id}" if request_id else msg.id
+        else:
+            key = f"line {event_id}"
+        split = msg.usage.cache_creation is not None
+        row = (
+            key, msg.id, request_id, event_id, f.session_key, f.project, ts, timestamp, msg.model,
+            t.input, t.output, t.cache_write_5m + t.cache_write_1h, t.cache_write_5m if split else None,
+            t.cache_write_1h if split else None, t.cache_read, t.speed, int(bool(sidechain)), embedded,
+            self.prices.cost(msg.model, t),
+        )
+        old = self.pending.get(key)
+        if old is None or _rank(row) > _rank(old):
+            self.pending[key] = row
+
+    def write(self, store: Store) -> None:
+        if self.pending:
+            store.conn.executemany(UPSERT, self.pending.values())
+
+    def clear(self) -> None:
+        self.pending = {}
