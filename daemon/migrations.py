@@ -141,7 +141,6 @@ CREATE TABLE usage_entries (
     cost_usd REAL
 ) WITHOUT ROWID;
 CREATE INDEX usage_entries_session ON usage_entries(session_id);
-CREATE INDEX usage_entries_ts ON usage_entries(ts);
 
 -- usage_entries summed per UTC quarter hour (slot = ts / 900000), project, session and model,
 -- kept exact by the triggers below, so reports read a few thousand rows, not every

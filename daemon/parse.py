@@ -45,6 +45,14 @@ class MessageView(msgspec.Struct):
     usage: Usage | None = None
 
 
+class ProgressData(msgspec.Struct):
+    """A ``progress`` line's ``data``: its ``message`` (a subagent's, in ``agent_progress``) left
+    undecoded. Decoding it into this costs what skipping it costs, and saves searching the bytes
+    of every hook and bash progress line for a message they do not have."""
+
+    message: msgspec.Raw = None  # type: ignore[assignment]
+
+
 class LineView(msgspec.Struct, rename="camel"):
     type: str | None = None
     uuid: str | None = None
@@ -59,8 +67,8 @@ class LineView(msgspec.Struct, rename="camel"):
     summary: str | None = None
     ai_title: str | None = None
     custom_title: str | None = None
-    data: msgspec.Raw = None  # type: ignore[assignment]
-    """``progress`` lines' payload, left undecoded: see ``embedded_message``."""
+    data: ProgressData | None = None
+    """``progress`` lines' payload: only whether it embeds a message (see ``embedded_message``)."""
 
 
 class EmbeddedMessage(msgspec.Struct, rename="camel"):
@@ -73,29 +81,20 @@ class EmbeddedMessage(msgspec.Struct, rename="camel"):
     message: MessageView | None = None
 
 
-class ProgressData(msgspec.Struct):
-    message: EmbeddedMessage | None = None
-
-
 _decoder = msgspec.json.Decoder(LineView)
 _any_decoder = msgspec.json.Decoder()
-_progress_decoder = msgspec.json.Decoder(ProgressData)
+_embedded_decoder = msgspec.json.Decoder(EmbeddedMessage)
 
 
-def embedded_message(view: LineView, line: bytes) -> EmbeddedMessage | None:
-    """The API response a ``progress`` line embeds, if it has one with usage.
-
-    ``data`` is decoded only when the line contains ``"usage"`` at all (a byte search), so
-    the hook and bash progress lines that make up most of a transcript cost nothing here.
-    """
-    data = view.data
-    if data is None or view.type != "progress" or b'"usage"' not in line:
+def embedded_message(view: LineView) -> EmbeddedMessage | None:
+    """The API response a ``progress`` line embeds in ``data.message``, if it has one with usage."""
+    if view.data is None or view.data.message is None or view.type != "progress":
         return None
     try:
-        msg = _progress_decoder.decode(data).message
+        msg = _embedded_decoder.decode(view.data.message)
     except (msgspec.ValidationError, msgspec.DecodeError):
-        return None
-    if msg is None or msg.message is None or msg.message.usage is None:
+        return None  # a message of another shape (a string, say) carries no usage
+    if msg.message is None or msg.message.usage is None:
         return None
     return msg
 
@@ -156,8 +155,15 @@ def _lenient(line: bytes) -> LineView:
         summary=_str(obj, "summary"),
         ai_title=_str(obj, "aiTitle"),
         custom_title=_str(obj, "customTitle"),
-        data=msgspec.Raw(msgspec.json.encode(obj["data"])) if "data" in obj else None,
+        data=_progress_data(obj.get("data")),
     )
+
+
+def _progress_data(data: Any) -> ProgressData | None:
+    if not isinstance(data, dict):
+        return None
+    msg = data.get("message")
+    return ProgressData(message=msgspec.Raw(msgspec.json.encode(msg)) if msg is not None else None)
 
 
 def prompt_text(view: LineView) -> str | None:

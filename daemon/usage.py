@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from csm.daemon.parse import LineView, MessageView, Usage, embedded_message
+from csm.daemon.parse import LineView, MessageView, embedded_message
 from csm.daemon.prices import PriceTable, Tokens
 from csm.daemon.store import FileRow, Store
 
@@ -39,11 +39,12 @@ UPSERT = (
     f"({', '.join('excluded.' + c for c in _COLUMNS[1:])}) "
     f"WHERE {_RANK.format('excluded.')} > {_RANK.format('usage_entries.')}"
 )
-# Positions in a row tuple (see _COLUMNS).
-_IN, _OUT, _CC, _CR, _SPEED, _SIDE = 9, 10, 11, 14, 15, 16
+# Positions in a row (see _COLUMNS).
+_TS, _TIMESTAMP, _MODEL, _IN, _OUT, _CC, _CC5M, _CC1H, _CR, _SPEED, _SIDE = range(6, 17)
+_COST = 18
 
 
-def _rank(row: tuple[Any, ...]) -> tuple[int, int, bool]:
+def _rank(row: list[Any]) -> tuple[int, int, bool]:
     return (1 - row[_SIDE], row[_IN] + row[_OUT] + row[_CC] + row[_CR], row[_SPEED] is not None)
 
 
@@ -60,21 +61,12 @@ def epoch_ms(timestamp: str | None) -> int | None:
     return int(t.timestamp() * 1000)
 
 
-def tokens(u: Usage) -> Tokens:
-    cc = u.cache_creation_input_tokens or 0
-    one_hour = (u.cache_creation.ephemeral_1h_input_tokens or 0) if u.cache_creation else 0
-    return Tokens(
-        input=u.input_tokens or 0, output=u.output_tokens or 0, cache_write_5m=max(cc - one_hour, 0),
-        cache_write_1h=one_hour, cache_read=u.cache_read_input_tokens or 0, speed=u.speed,
-    )
-
-
 class UsageSink:
     """The ``Sink`` (see ``daemon/ingest.py``) that keeps ``usage_entries`` current."""
 
     def __init__(self, prices: PriceTable) -> None:
         self.prices = prices
-        self.pending: dict[str, tuple[Any, ...]] = {}
+        self.pending: dict[str, list[Any]] = {}
 
     def prepare(self, store: Store) -> None:
         """Recompute stored costs if the price table changed since they were computed."""
@@ -97,6 +89,10 @@ class UsageSink:
             conn.execute("INSERT OR REPLACE INTO usage_meta VALUES ('prices', ?)", (self.prices.fingerprint,))
 
     def add(self, event_id: int, f: FileRow, view: LineView, line: bytes) -> None:
+        """Keep the line's response if it is the best copy of its key seen in this batch.
+
+        The hot path: what only the kept copies need (time, cost) waits for ``write``.
+        """
         kind = view.type
         if kind == "assistant":
             msg: MessageView | None = view.message
@@ -104,38 +100,45 @@ class UsageSink:
                 return
             request_id, sidechain, timestamp, embedded = view.request_id, view.is_sidechain, view.timestamp, 0
         elif kind == "progress":
-            e = embedded_message(view, line)
+            e = embedded_message(view)
             if e is None:
                 return
             msg = e.message
-            assert msg is not None and msg.usage is not None
-            request_id, sidechain, timestamp, embedded = e.request_id, e.is_sidechain, e.timestamp, 1
-            timestamp = timestamp or view.timestamp
+            request_id, sidechain, timestamp, embedded = e.request_id, e.is_sidechain, e.timestamp or view.timestamp, 1
         else:
             return
-        ts = epoch_ms(timestamp)
-        if ts is None:
-            return  # a response that cannot be placed in time is left out of the usage
-        assert msg.usage is not None
-        t = tokens(msg.usage)
+        assert msg is not None and msg.usage is not None
+        u = msg.usage
         if msg.id:
             key = f"{msg.id} {request_id}" if request_id else msg.id
         else:
             key = f"line {event_id}"
-        split = msg.usage.cache_creation is not None
-        row = (
-            key, msg.id, request_id, event_id, f.session_key, f.project, ts, timestamp, msg.model,
-            t.input, t.output, t.cache_write_5m + t.cache_write_1h, t.cache_write_5m if split else None,
-            t.cache_write_1h if split else None, t.cache_read, t.speed, int(bool(sidechain)), embedded,
-            self.prices.cost(msg.model, t),
-        )
+        cc = u.cache_creation_input_tokens or 0
+        split = u.cache_creation
+        one_hour = (split.ephemeral_1h_input_tokens or 0) if split else 0
+        row = [
+            key, msg.id, request_id, event_id, f.session_key, f.project, None, timestamp, msg.model,
+            u.input_tokens or 0, u.output_tokens or 0, cc, max(cc - one_hour, 0) if split else None,
+            one_hour if split else None, u.cache_read_input_tokens or 0, u.speed, int(bool(sidechain)), embedded,
+            None,
+        ]
         old = self.pending.get(key)
         if old is None or _rank(row) > _rank(old):
             self.pending[key] = row
 
     def write(self, store: Store) -> None:
-        if self.pending:
-            store.conn.executemany(UPSERT, self.pending.values())
+        rows = []
+        for row in self.pending.values():
+            ts = epoch_ms(row[_TIMESTAMP])
+            if ts is None:
+                continue  # a response that cannot be placed in time is left out of the usage
+            five_min = row[_CC] if row[_CC5M] is None else row[_CC5M]
+            row[_TS] = ts
+            row[_COST] = self.prices.cost(row[_MODEL], Tokens(row[_IN], row[_OUT], five_min, row[_CC1H] or 0,
+                                                              row[_CR], row[_SPEED]))
+            rows.append(row)
+        if rows:
+            store.conn.executemany(UPSERT, rows)
 
     def clear(self) -> None:
         self.pending = {}
