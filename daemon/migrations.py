@@ -143,8 +143,8 @@ CREATE TABLE usage_entries (
 CREATE INDEX usage_entries_session ON usage_entries(session_id);
 
 -- usage_entries summed per UTC quarter hour (slot = ts / 900000), project, session and model,
--- kept exact by the triggers below, so reports read a few thousand rows, not every
--- response. Quarter hours, because every time zone's offset is a multiple of 15 minutes:
+-- kept exact by the triggers below (a better copy replaces a row as a delete and an insert),
+-- so reports read a few thousand rows, not every response. Quarter hours, because every time zone's offset is a multiple of 15 minutes:
 -- a local day is always a whole number of slots.
 CREATE TABLE usage_slots (
     slot INTEGER NOT NULL,
@@ -186,31 +186,6 @@ CREATE TRIGGER usage_slots_remove AFTER DELETE ON usage_entries BEGIN
         AND model = COALESCE(OLD.model, '');
     DELETE FROM usage_slots WHERE slot = OLD.ts / 900000 AND project = OLD.project
         AND session_id = OLD.session_id AND model = COALESCE(OLD.model, '') AND responses = 0;
-END;
-
--- A replaced copy: take the old one out of its slot and put the new one in (maybe another slot).
-CREATE TRIGGER usage_slots_replace AFTER UPDATE ON usage_entries BEGIN
-    UPDATE usage_slots SET responses = responses - 1, input_tokens = input_tokens - OLD.input_tokens,
-        output_tokens = output_tokens - OLD.output_tokens,
-        cache_creation_tokens = cache_creation_tokens - OLD.cache_creation_tokens,
-        cache_read_tokens = cache_read_tokens - OLD.cache_read_tokens,
-        cost_usd = cost_usd - COALESCE(OLD.cost_usd, 0),
-        unpriced_tokens = unpriced_tokens - CASE WHEN OLD.cost_usd IS NULL THEN OLD.input_tokens
-            + OLD.output_tokens + OLD.cache_creation_tokens + OLD.cache_read_tokens ELSE 0 END
-    WHERE slot = OLD.ts / 900000 AND project = OLD.project AND session_id = OLD.session_id
-        AND model = COALESCE(OLD.model, '');
-    DELETE FROM usage_slots WHERE slot = OLD.ts / 900000 AND project = OLD.project
-        AND session_id = OLD.session_id AND model = COALESCE(OLD.model, '') AND responses = 0;
-    INSERT INTO usage_slots VALUES (
-        NEW.ts / 900000, NEW.project, NEW.session_id, COALESCE(NEW.model, ''), 1, NEW.input_tokens,
-        NEW.output_tokens, NEW.cache_creation_tokens, NEW.cache_read_tokens, COALESCE(NEW.cost_usd, 0),
-        CASE WHEN NEW.cost_usd IS NULL THEN NEW.input_tokens + NEW.output_tokens + NEW.cache_creation_tokens
-             + NEW.cache_read_tokens ELSE 0 END)
-    ON CONFLICT DO UPDATE SET responses = responses + 1, input_tokens = input_tokens + excluded.input_tokens,
-        output_tokens = output_tokens + excluded.output_tokens,
-        cache_creation_tokens = cache_creation_tokens + excluded.cache_creation_tokens,
-        cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
-        cost_usd = cost_usd + excluded.cost_usd, unpriced_tokens = unpriced_tokens + excluded.unpriced_tokens;
 END;
 
 -- Small settings of the usage sink (the price table the stored costs were computed with).

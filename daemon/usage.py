@@ -31,14 +31,21 @@ _COLUMNS = (
     "input_tokens", "output_tokens", "cache_creation_tokens", "cache_creation_5m_tokens",
     "cache_creation_1h_tokens", "cache_read_tokens", "speed", "sidechain", "embedded", "cost_usd",
 )
-_TOTAL = "{0}input_tokens + {0}output_tokens + {0}cache_creation_tokens + {0}cache_read_tokens"
-_RANK = "(1 - {0}sidechain, " + _TOTAL + ", {0}speed IS NOT NULL)"
-UPSERT = (
-    f"INSERT INTO usage_entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
-    f"ON CONFLICT(key) DO UPDATE SET ({', '.join(_COLUMNS[1:])}) = "
-    f"({', '.join('excluded.' + c for c in _COLUMNS[1:])}) "
-    f"WHERE {_RANK.format('excluded.')} > {_RANK.format('usage_entries.')}"
-)
+_TOTAL = "input_tokens + output_tokens + cache_creation_tokens + cache_read_tokens"
+INSERT = (f"INSERT INTO usage_entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+          "ON CONFLICT(key) DO NOTHING")
+DELETE_WORSE = (f"DELETE FROM usage_entries WHERE key = ? AND (1 - sidechain, {_TOTAL}, speed IS NOT NULL) "
+                "< (?, ?, ?)")
+"""A better copy replaces a row as a delete and an insert, so the triggers that keep
+``usage_slots`` only ever add or take away a whole row."""
+REBUILD_SLOTS = f"""
+DELETE FROM usage_slots;
+INSERT INTO usage_slots
+SELECT ts / 900000, project, session_id, COALESCE(model, ''), count(*), sum(input_tokens), sum(output_tokens),
+       sum(cache_creation_tokens), sum(cache_read_tokens), sum(COALESCE(cost_usd, 0)),
+       sum(CASE WHEN cost_usd IS NULL THEN {_TOTAL} ELSE 0 END)
+FROM usage_entries GROUP BY 1, 2, 3, 4;
+"""
 # Positions in a row (see _COLUMNS).
 _TS, _TIMESTAMP, _MODEL, _IN, _OUT, _CC, _CC5M, _CC1H, _CR, _SPEED, _SIDE = range(6, 17)
 _COST = 18
@@ -69,7 +76,7 @@ class UsageSink:
         self.pending: dict[str, list[Any]] = {}
 
     def prepare(self, store: Store) -> None:
-        """Recompute stored costs if the price table changed since they were computed."""
+        """Recompute stored costs (and their sums) if the price table changed since they were computed."""
         conn = store.conn
         row = conn.execute("SELECT value FROM usage_meta WHERE name = 'prices'").fetchone()
         if row is not None and row[0] == self.prices.fingerprint:
@@ -86,6 +93,8 @@ class UsageSink:
                 if new != cost:
                     updates.append((new, key))
             conn.executemany("UPDATE usage_entries SET cost_usd = ? WHERE key = ?", updates)
+            for statement in REBUILD_SLOTS.split(";")[:-1]:
+                conn.execute(statement)
             conn.execute("INSERT OR REPLACE INTO usage_meta VALUES ('prices', ?)", (self.prices.fingerprint,))
 
     def add(self, event_id: int, f: FileRow, view: LineView, line: bytes) -> None:
@@ -138,7 +147,8 @@ class UsageSink:
                                                               row[_CR], row[_SPEED]))
             rows.append(row)
         if rows:
-            store.conn.executemany(UPSERT, rows)
+            store.conn.executemany(DELETE_WORSE, [(r[0], *_rank(r)) for r in rows])
+            store.conn.executemany(INSERT, rows)
 
     def clear(self) -> None:
         self.pending = {}

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from csm.daemon.parse import parse
 from csm.daemon.prices import PriceTable, Tokens
 from csm.daemon.store import FileRow, Store, open_writer
-from csm.daemon.usage import UsageSink
+from csm.daemon.usage import REBUILD_SLOTS, UsageSink
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,3 +117,43 @@ def test_update_script_merges_litellm_files(tmp_path: Path) -> None:
     assert opus.fast == 6.0 and opus.cache_write_1h == 10.0
     assert opus.above_200k is not None and opus.above_200k.input == 10.0
     assert msgspec.json.decode(out.read_bytes())["unit"] == "USD per million tokens"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["m1", "m2", "m3"]), st.booleans(), st.integers(0, 50), st.integers(0, 3),
+                          st.sampled_from(["2026-02-10T23:50:00Z", "2026-02-11T00:10:00Z"]),
+                          st.sampled_from(["s1", "s2"])), min_size=1, max_size=25),
+       st.integers(1, 6))
+def test_slots_always_equal_the_sums_of_the_best_copies(
+        tmp_path_factory: pytest.TempPathFactory, copies: list[tuple[str, bool, int, int, str, str]], batch: int,
+) -> None:
+    """Whatever the order and batching of the copies, each key keeps its best copy and the slots add up."""
+    store = Store(open_writer(tmp_path_factory.mktemp("db") / "csm.db"))
+    sink = UsageSink(PriceTable.shipped())
+    sink.prepare(store)
+    best: dict[str, tuple[int, int]] = {}
+    for start in range(0, len(copies), batch):
+        for i, (mid, side, out, cr, ts, session) in enumerate(copies[start:start + batch], start):
+            obj = {"type": "assistant", "timestamp": ts, "requestId": "r", "isSidechain": side,
+                   "message": {"id": mid, "model": "claude-opus-4-6",
+                               "usage": {"input_tokens": 1, "output_tokens": out, "cache_read_input_tokens": cr}}}
+            line = json.dumps(obj).encode()
+            f = FileRow(file_id=1, path=f"/p/{session}.jsonl", root="/p", project="p", session_key=session,
+                        parent_session=None, dev=0, inode=0, size=0, mtime_ns=0, offset=0)
+            sink.add(i + 1, f, parse(line), line)
+            rank = (0 if side else 1, 1 + out + cr)
+            best[mid] = max(best.get(mid, rank), rank)
+        with store.transaction():
+            sink.write(store)
+        sink.clear()
+    q = store.conn.execute
+    stored = {k.split()[0]: (1 - s, t) for k, s, t in q(
+        "SELECT key, sidechain, input_tokens + output_tokens + cache_read_tokens FROM usage_entries")}
+    assert stored == best
+    sums = "SELECT slot, project, session_id, model, responses, input_tokens, output_tokens, cache_read_tokens, " \
+           "round(cost_usd, 9), unpriced_tokens FROM usage_slots ORDER BY 1, 2, 3, 4"
+    kept = q(sums).fetchall()
+    for statement in REBUILD_SLOTS.split(";")[:-1]:
+        q(statement)
+    assert kept == q(sums).fetchall()
+    store.close()
