@@ -180,6 +180,8 @@ def query_usage(by: str, since: str | None, until: str | None, tz: str | None, p
     assert isinstance(reply, protocol.UsageRows)
     if fmt is not None:
         render.emit_rows(reply.columns, reply.rows, fmt)
+    elif not reply.rows:
+        click.echo("no API responses recorded in this range", err=True)
     else:
         render.usage_table(reply.columns, reply.rows)
     if reply.unpriced_models:

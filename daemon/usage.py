@@ -64,7 +64,7 @@ def epoch_ms(timestamp: str | None) -> int | None:
     except ValueError:
         return None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=datetime.timezone.utc)
+        t = t.replace(tzinfo=datetime.UTC)
     return int(t.timestamp() * 1000)
 
 

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from csm.daemon.parse import parse
 from csm.daemon.prices import PriceTable, Tokens
 from csm.daemon.store import FileRow, Store, open_writer
 from csm.daemon.usage import REBUILD_SLOTS, UsageSink
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +103,7 @@ def test_update_script_merges_litellm_files(tmp_path: Path) -> None:
     out = tmp_path / "prices.json"
     script = ROOT / "packaging" / "update_prices.py"
     for files in ([str(old)], [str(new)]):
-        r = subprocess.run([sys.executable, str(script), *files, "--table", str(out), "--date", "2026-03-04"],
+        r = subprocess.run([sys.executable, str(script), *files, "--table", str(out), "--date", "2026-03-04"], check=False,
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
     t = PriceTable(out.read_bytes())

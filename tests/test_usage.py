@@ -7,9 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import ccusage
+import pytest
 from csmtest import REAL, Csmd, csm_json, run_csm, sql, wait_for
 
 OPUS = "claude-opus-4-6"  # $5 / $25 / $6.25 (5-minute writes) / $10 (1-hour writes) / $0.50 per million
@@ -46,8 +45,7 @@ def progress(msg: dict[str, Any], req: str, ts: str = "2026-02-10T12:00:00.000Z"
 def write(path: Path, *lines: dict[str, Any], mode: str = "w") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, mode) as f:
-        for obj in lines:
-            f.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        f.writelines(json.dumps(obj, separators=(",", ":")) + "\n" for obj in lines)
 
 
 def usage_rows() -> list[dict[str, Any]]:
