@@ -216,6 +216,9 @@ class TestReport:
 
     def test_bad_arguments_get_one_line(self, csmd: Csmd, projects: Path) -> None:
         csmd.start()
+        empty = run_csm("query", "usage")
+        assert empty.returncode == 0 and empty.stdout == "" and "no API responses" in empty.stderr
+        assert report() == []
         for args, words in ((["--tz", "Mars/Olympus"], "unknown time zone"), (["--since", "last tuesday"], "as a day"),
                             (["--since", "2026-02-10", "--until", "2026-02-01"], "before")):
             r = run_csm("query", "usage", *args)
