@@ -136,7 +136,7 @@ def query() -> None:
 def query_sql(sql: str, params: tuple[str, ...], max_rows: int, fmt: str | None) -> None:
     """Run read-only SQL against the archive.
 
-    The public views are lines, sessions, projects and usage (see README). Writes are refused.
+    The public views are lines, sessions, projects, usage and session_usage (see README). Writes are refused.
 
     \b
     Examples:

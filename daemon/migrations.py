@@ -120,7 +120,7 @@ M003_USAGE = """
 -- messages embedded in the parent's progress lines) the row keeps the best: a non-sidechain
 -- copy first, then the largest token total, then one that has usage.speed.
 CREATE TABLE usage_entries (
-    key TEXT PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
     message_id TEXT,
     request_id TEXT,
     event_id INTEGER NOT NULL,
@@ -139,7 +139,7 @@ CREATE TABLE usage_entries (
     sidechain INTEGER NOT NULL,
     embedded INTEGER NOT NULL,
     cost_usd REAL
-) WITHOUT ROWID;
+);
 CREATE INDEX usage_entries_session ON usage_entries(session_id);
 
 -- usage_entries summed per UTC quarter hour (slot = ts / 900000), project, session and model,
@@ -197,6 +197,14 @@ SELECT session_id, project, timestamp, model, input_tokens, output_tokens, cache
        cache_read_tokens, cost_usd, cache_creation_5m_tokens, cache_creation_1h_tokens, speed,
        message_id, request_id, sidechain, embedded AS from_progress, event_id
 FROM usage_entries;
+
+-- Public, stable: usage per session, from the quarter-hour sums (cheap for every session at once).
+CREATE VIEW session_usage AS
+SELECT session_id, project, sum(responses) AS responses, sum(input_tokens) AS input_tokens,
+       sum(output_tokens) AS output_tokens, sum(cache_creation_tokens) AS cache_creation_tokens,
+       sum(cache_read_tokens) AS cache_read_tokens, sum(cost_usd) AS cost_usd,
+       sum(unpriced_tokens) AS unpriced_tokens
+FROM usage_slots GROUP BY session_id, project;
 """
 
 MIGRATIONS: list[tuple[str, str]] = [

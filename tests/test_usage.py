@@ -201,6 +201,12 @@ class TestReport:
         assert {(r["session_id"], r["project"], r["input_tokens"]) for r in report("--by", "session")} == {
             ("s1", "alpha", 3), ("s2", "beta", 4)}
         assert {r["project"]: r["responses"] for r in report("--by", "project")} == {"alpha": 2, "beta": 1}
+        per_session = sql("SELECT session_id, responses, input_tokens, output_tokens, cost_usd FROM session_usage "
+                          "ORDER BY session_id")
+        summed = sql("SELECT session_id, count(*) AS responses, sum(input_tokens) AS input_tokens, "
+                     "sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd FROM usage "
+                     "GROUP BY session_id ORDER BY session_id")
+        assert per_session == summed and [r["input_tokens"] for r in per_session] == [3, 4]
         assert [r["input_tokens"] for r in report("--project", "alpha", "--tz", "UTC")] == [1, 2]
         assert [r["day"] for r in report("--since", "20260202", "--tz", "UTC")] == ["2026-02-02", "2026-02-03"]
         assert [r["day"] for r in report("--until", "2026-02-02", "--tz", "UTC")] == ["2026-01-31", "2026-02-02"]
