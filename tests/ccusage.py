@@ -43,12 +43,16 @@ def layout(name: str, dest: Path) -> Path:
 def run(binary: str, name: str) -> dict[str, Any]:
     """ccusage's daily report (UTC) for fixture set ``name``, in a throw-away home."""
     with tempfile.TemporaryDirectory(prefix="csm-ccusage-") as tmp:
-        home = Path(tmp)
-        config = layout(name, home)
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "CLAUDE_CONFIG_DIR": str(config),
-               "XDG_CACHE_HOME": str(home / "cache"), "XDG_CONFIG_HOME": str(home / "config"), "NO_COLOR": "1"}
-        out = subprocess.run([binary, *ARGS], env=env, capture_output=True, text=True, timeout=120, check=True)
-        return json.loads(out.stdout)
+        return run_in(binary, layout(name, Path(tmp)))
+
+
+def run_in(binary: str, config: Path) -> dict[str, Any]:
+    """ccusage's daily report (UTC) for the Claude config dir ``config`` (its ``projects/``)."""
+    home = config.parent
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "CLAUDE_CONFIG_DIR": str(config),
+           "XDG_CACHE_HOME": str(home / "cache"), "XDG_CONFIG_HOME": str(home / "config"), "NO_COLOR": "1"}
+    out = subprocess.run([binary, *ARGS], env=env, capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(out.stdout)
 
 
 def golden(name: str) -> dict[str, Any]:

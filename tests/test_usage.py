@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import ccusage
 import pytest
-from csmtest import REAL, Csmd, csm_json, run_csm, sql, wait_for
+from csmtest import REAL, SHARED_REAL, Csmd, csm_json, run_csm, sql, wait_for
 
 OPUS = "claude-opus-4-6"  # $5 / $25 / $6.25 (5-minute writes) / $10 (1-hour writes) / $0.50 per million
 
@@ -250,6 +251,21 @@ class TestMatchesCcusage:
         for name in ("real", "usage", "handmade"):
             live = ccusage.run(binary, name)
             assert live["daily"] == ccusage.golden(name)["daily"], f"ccusage's answer for '{name}' changed"
+
+    def test_every_reference_transcript_matches_live_ccusage(self, csmd: Csmd, tmp_path: Path) -> None:
+        """All of Claude Code's own transcripts in the project's reference set (29 MB), when both are here."""
+        binary = ccusage.find()
+        shared = Path(os.environ.get("CSM_SHARED_REAL", SHARED_REAL))
+        spotter = shared / "marot__spotter" / "test" / "fixtures" / "transcripts"
+        real_projects = shared / "handgemacht-ai__claude-code-log" / "test" / "test_data" / "real_projects"
+        if not binary or not spotter.is_dir() or not real_projects.is_dir():
+            pytest.skip("needs ccusage (CSM_CCUSAGE) and the shared reference transcripts (CSM_SHARED_REAL)")
+        projects = tmp_path / "ref" / ".claude" / "projects"
+        shutil.copytree(spotter, projects / "spotter", ignore=shutil.ignore_patterns("*.txt"))
+        shutil.copytree(real_projects, projects, dirs_exist_ok=True)
+        csmd.args = ["--root", str(projects)]
+        csmd.start()
+        assert_matches(report("--tz", "UTC"), ccusage.run_in(binary, projects.parent))
 
 
 def assert_matches(csm: list[dict[str, Any]], golden: dict[str, Any]) -> None:
