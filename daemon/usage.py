@@ -12,8 +12,8 @@ a subagent's responses are in its own file and embedded again in the parent's
 3. of the copies, the row keeps the best: a non-sidechain copy first, then the largest
    total (input + output + cache writes + cache reads), then one with ``usage.speed``.
 
-The rank is a total order, so the result does not depend on which file is read first
-(equal copies keep the one stored first). ``usage_entries`` holds one row per key; the
+The totals do not depend on which file is read first (of equal copies, the one stored
+first keeps its session). ``usage_entries`` holds one row per key; the
 triggers of migration ``m003_usage`` keep ``usage_slots`` (quarter-hour sums) in step.
 """
 
