@@ -137,7 +137,7 @@ def query() -> None:
 def query_sql(sql: str, params: tuple[str, ...], max_rows: int, fmt: str | None) -> None:
     """Run read-only SQL against the archive.
 
-    The public views are lines, sessions and projects (see README). Writes are refused.
+    The public views are lines, sessions, projects, usage and session_usage (see README). Writes are refused.
 
     \b
     Examples:
@@ -149,6 +149,46 @@ def query_sql(sql: str, params: tuple[str, ...], max_rows: int, fmt: str | None)
     render.emit_rows(reply.columns, reply.rows, fmt)
     if reply.truncated:
         click.echo(f"csm: output stopped at {max_rows} rows (--max-rows)", err=True)
+
+
+@query.command("usage")
+@click.option("--by", type=click.Choice(["day", "week", "month", "session", "project", "model"]), default="day",
+              show_default=True, help="Group by calendar day, week (from Monday), month, session, project or model.")
+@click.option("--since", metavar="WHEN", help="First day: YYYY-MM-DD, YYYYMMDD, today, yesterday, Nd or Nw.")
+@click.option("--until", metavar="WHEN", help="Last day (included), in the same forms.")
+@click.option("--tz", metavar="ZONE", help="Time zone of days and weeks (IANA name). Default: this machine's.")
+@click.option("--project", "-p", metavar="P", help="Only this project (its folder name, as in 'csm query sql').")
+@render.format_options
+def query_usage(by: str, since: str | None, until: str | None, tz: str | None, project: str | None,
+                fmt: str | None) -> None:
+    """Tokens and cost of every API response, counted once.
+
+    Input, output, cache-creation and cache-read tokens and the cost in USD from csm's
+    price table. A model the table does not price keeps its tokens and is marked
+    "unpriced" (never counted as $0). See README, "Token accounting", for what counts.
+
+    \b
+    Examples:
+      csm query usage                          # per day, in your time zone
+      csm query usage --by month --tz UTC
+      csm query usage --since 7d --by model
+      csm query usage --by session --since 2026-02-01 --until 2026-02-14 --json
+    """
+    from csm.shared.timerange import local_zone_name
+
+    req = protocol.UsageReport(by=by, since=since, until=until, tz=tz or local_zone_name(), project=project)
+    reply = request(req, timeout_s=30.0)
+    assert isinstance(reply, protocol.UsageRows)
+    if fmt is not None:
+        render.emit_rows(reply.columns, reply.rows, fmt)
+    elif not reply.rows:
+        click.echo("no API responses recorded in this range", err=True)
+    else:
+        render.usage_table(reply.columns, reply.rows)
+    if reply.unpriced_models:
+        click.echo(f"* unpriced (no price in csm's table of {reply.prices_updated}): "
+                   f"{', '.join(reply.unpriced_models)}; their tokens are shown, their cost is not in cost_usd",
+                   err=True)
 
 
 cli.add_command(service)

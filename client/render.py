@@ -56,8 +56,8 @@ def emit_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str | 
         table(columns, rows)
 
 
-def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Aligned columns; on a terminal, the widest columns are cut to fit its width."""
+def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[int] = ()) -> None:
+    """Aligned columns (those in ``right`` to the right); on a terminal, the widest are cut to fit."""
     cells = [[_cell(v) for v in r] for r in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     if sys.stdout.isatty():
@@ -66,7 +66,8 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
             widths[widths.index(max(widths))] -= 1
 
     def line(vals: Sequence[str]) -> str:
-        parts = [(v if len(v) <= w else v[: max(w - 1, 0)] + "…").ljust(w) for v, w in zip(vals, widths)]
+        parts = [(v if len(v) <= w else v[: max(w - 1, 0)] + "…") for v, w in zip(vals, widths)]
+        parts = [p.rjust(w) if i in right else p.ljust(w) for i, (p, w) in enumerate(zip(parts, widths))]
         return "  ".join(parts).rstrip()
 
     click.echo(line(list(columns)))
@@ -77,3 +78,40 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False, indent=2))
+
+
+_USAGE_HEADINGS = {"cache_creation_tokens": "cache_write", "cache_read_tokens": "cache_read",
+                   "input_tokens": "input", "output_tokens": "output", "total_tokens": "total", "cost_usd": "cost"}
+
+
+def _usd(cost: float | None, unpriced: int) -> str:
+    if cost is None:
+        return "unpriced*"
+    return f"${cost:,.2f}" + ("*" if unpriced else "")
+
+
+def usage_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A usage report for people: thousands separators, dollars, "*" on costs that leave tokens unpriced."""
+    keys = columns.index("responses")
+    cost_at, unpriced_at = columns.index("cost_usd"), columns.index("unpriced_tokens")
+    shown = [c for c in columns if c != "unpriced_tokens"]
+
+    def cells(r: Sequence[Any]) -> list[str]:
+        out = [str(v) for v in r[:keys]]
+        for i in range(keys, len(columns)):
+            if i == cost_at:
+                out.append(_usd(r[i], r[unpriced_at]))
+            elif i != unpriced_at:
+                out.append(f"{r[i]:,}")
+        return out
+
+    body = [cells(r) for r in rows]
+    if len(rows) > 1:
+        sums = [sum(r[i] or 0 for r in rows) for i in range(keys, len(columns))]
+        unpriced = sums[unpriced_at - keys]
+        all_unpriced = all(r[cost_at] is None for r in rows)
+        total = ["Total"] + [""] * (keys - 1) + sums
+        total[cost_at] = None if all_unpriced else sums[cost_at - keys]
+        total[unpriced_at] = unpriced
+        body.append(cells(total))
+    table([_USAGE_HEADINGS.get(c, c) for c in shown], body, right=range(keys, len(shown)))

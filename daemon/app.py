@@ -11,23 +11,27 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from csm.daemon import queries
+from csm.daemon import queries, reports
 from csm.daemon.ingest import Ingestor
 from csm.daemon.lock import InstanceLock
 from csm.daemon.notify import Notifier
 from csm.daemon.server import Reply, Server
 from csm.daemon.store import Store, figures, open_reader, open_writer
+from csm.daemon.prices import PriceTable
 from csm.daemon.syncer import Syncer
+from csm.daemon.usage import UsageSink
 from csm.daemon.watcher import Watcher
 from csm.shared import __version__, paths
 from csm.shared.config import Config
 from csm.shared.errors import QueryError
-from csm.shared.protocol import Error, Ok, Query, Request, Status, StatusReply, Sync
+from csm.shared.protocol import Error, Message, Ok, Query, Request, Status, StatusReply, Sync, UsageReport
 
 log = logging.getLogger("csm.daemon")
 
@@ -55,6 +59,10 @@ class Daemon:
         store = Store(open_writer(self.db))
         own = [self.db, self.db.with_name(self.db.name + "-wal"), self.db.with_name(self.db.name + "-shm")]
         self.ingestor = Ingestor(store, self.roots, self.config, exclude=own)
+        self.prices = PriceTable.shipped()
+        usage = UsageSink(self.prices)
+        usage.prepare(store)
+        self.ingestor.sinks.append(usage)
         self.syncer = Syncer(self.ingestor, self.config.rescan_interval_s)
         self.watcher = Watcher(self.roots, self.syncer, self.config.watch, self.config.poll_interval_s)
         self.syncer.before_rescan.append(self.watcher.check)
@@ -114,8 +122,10 @@ class Daemon:
             case Sync():
                 self.syncer.request_sync(lambda msg: None)
                 reply(Ok(message="sync requested"))
-            case Query():
-                self.pool.submit(self._query, request, reply)
+            case Query(sql=sql, params=params, max_rows=max_rows):
+                self.pool.submit(self._answer, reply, lambda conn: queries.run_sql(conn, sql, params, max_rows))
+            case UsageReport():
+                self.pool.submit(self._answer, reply, lambda conn: reports.usage(conn, request, self.prices.updated))
 
     def status(self) -> StatusReply:
         f = figures(self.reader)
@@ -142,15 +152,16 @@ class Daemon:
             last_error=self.syncer.last_error,
         )
 
-    def _connection(self):  # type: ignore[no-untyped-def]
+    def _connection(self) -> sqlite3.Connection:
         conn = getattr(self.local, "conn", None)
         if conn is None:
             conn = self.local.conn = queries.open_query_connection(self.db)
         return conn
 
-    def _query(self, request: Query, reply: Reply) -> None:
+    def _answer(self, reply: Reply, work: Callable[[sqlite3.Connection], Message]) -> None:
+        """Run a read-only ``work`` on this pool thread's connection and reply with its result."""
         try:
-            reply(queries.run_sql(self._connection(), request.sql, request.params, request.max_rows))
+            reply(work(self._connection()))
         except QueryError as e:
             reply(Error(code="query", message=str(e)))
         except Exception as e:

@@ -113,6 +113,101 @@ SELECT project, count(*) AS sessions, sum(lines) AS lines, sum(messages) AS mess
 FROM sessions s GROUP BY project;
 """
 
+M003_USAGE = """
+-- One row per counted API response (see README "Token accounting"). key is message.id and
+-- requestId (message.id alone without a requestId; the line's own event id without a
+-- message.id). Of the copies of one response (streamed lines, resumed sessions, subagent
+-- messages embedded in the parent's progress lines) the row keeps the best: a non-sidechain
+-- copy first, then the largest token total, then one that has usage.speed.
+CREATE TABLE usage_entries (
+    key TEXT NOT NULL UNIQUE,
+    message_id TEXT,
+    request_id TEXT,
+    event_id INTEGER NOT NULL,
+    session_id TEXT NOT NULL,
+    project TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    timestamp TEXT NOT NULL,
+    model TEXT,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cache_creation_tokens INTEGER NOT NULL,
+    cache_creation_5m_tokens INTEGER,
+    cache_creation_1h_tokens INTEGER,
+    cache_read_tokens INTEGER NOT NULL,
+    speed TEXT,
+    sidechain INTEGER NOT NULL,
+    embedded INTEGER NOT NULL,
+    cost_usd REAL
+);
+CREATE INDEX usage_entries_session ON usage_entries(session_id);
+
+-- usage_entries summed per UTC quarter hour (slot = ts / 900000), project, session and model,
+-- kept exact by the triggers below (a better copy replaces a row as a delete and an insert),
+-- so reports read a few thousand rows, not every response. Quarter hours, because every time zone's offset is a multiple of 15 minutes:
+-- a local day is always a whole number of slots.
+CREATE TABLE usage_slots (
+    slot INTEGER NOT NULL,
+    project TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    responses INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cache_creation_tokens INTEGER NOT NULL,
+    cache_read_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    unpriced_tokens INTEGER NOT NULL,
+    PRIMARY KEY (slot, project, session_id, model)
+) WITHOUT ROWID;
+
+CREATE TRIGGER usage_slots_add AFTER INSERT ON usage_entries BEGIN
+    INSERT INTO usage_slots VALUES (
+        NEW.ts / 900000, NEW.project, NEW.session_id, COALESCE(NEW.model, ''), 1, NEW.input_tokens,
+        NEW.output_tokens, NEW.cache_creation_tokens, NEW.cache_read_tokens, COALESCE(NEW.cost_usd, 0),
+        CASE WHEN NEW.cost_usd IS NULL THEN NEW.input_tokens + NEW.output_tokens + NEW.cache_creation_tokens
+             + NEW.cache_read_tokens ELSE 0 END)
+    ON CONFLICT DO UPDATE SET responses = responses + 1, input_tokens = input_tokens + excluded.input_tokens,
+        output_tokens = output_tokens + excluded.output_tokens,
+        cache_creation_tokens = cache_creation_tokens + excluded.cache_creation_tokens,
+        cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+        cost_usd = cost_usd + excluded.cost_usd, unpriced_tokens = unpriced_tokens + excluded.unpriced_tokens;
+END;
+
+CREATE TRIGGER usage_slots_remove AFTER DELETE ON usage_entries BEGIN
+    UPDATE usage_slots SET responses = responses - 1, input_tokens = input_tokens - OLD.input_tokens,
+        output_tokens = output_tokens - OLD.output_tokens,
+        cache_creation_tokens = cache_creation_tokens - OLD.cache_creation_tokens,
+        cache_read_tokens = cache_read_tokens - OLD.cache_read_tokens,
+        cost_usd = cost_usd - COALESCE(OLD.cost_usd, 0),
+        unpriced_tokens = unpriced_tokens - CASE WHEN OLD.cost_usd IS NULL THEN OLD.input_tokens
+            + OLD.output_tokens + OLD.cache_creation_tokens + OLD.cache_read_tokens ELSE 0 END
+    WHERE slot = OLD.ts / 900000 AND project = OLD.project AND session_id = OLD.session_id
+        AND model = COALESCE(OLD.model, '');
+    DELETE FROM usage_slots WHERE slot = OLD.ts / 900000 AND project = OLD.project
+        AND session_id = OLD.session_id AND model = COALESCE(OLD.model, '') AND responses = 0;
+END;
+
+-- Small settings of the usage sink (the price table the stored costs were computed with).
+CREATE TABLE usage_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+
+-- Public, stable: one row per counted API response.
+CREATE VIEW usage AS
+SELECT session_id, project, timestamp, model, input_tokens, output_tokens, cache_creation_tokens,
+       cache_read_tokens, cost_usd, cache_creation_5m_tokens, cache_creation_1h_tokens, speed,
+       message_id, request_id, sidechain, embedded AS from_progress, event_id
+FROM usage_entries;
+
+-- Public, stable: usage per session, from the quarter-hour sums (cheap for every session at once).
+CREATE VIEW session_usage AS
+SELECT session_id, project, sum(responses) AS responses, sum(input_tokens) AS input_tokens,
+       sum(output_tokens) AS output_tokens, sum(cache_creation_tokens) AS cache_creation_tokens,
+       sum(cache_read_tokens) AS cache_read_tokens, sum(cost_usd) AS cost_usd,
+       sum(unpriced_tokens) AS unpriced_tokens
+FROM usage_slots GROUP BY session_id, project;
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
+    ("m003_usage", M003_USAGE),
 ]

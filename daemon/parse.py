@@ -19,19 +19,38 @@ class BadLine(Exception):
     """A line that cannot be stored; ``str(self)`` says why."""
 
 
+class CacheCreation(msgspec.Struct):
+    ephemeral_5m_input_tokens: int | None = None
+    ephemeral_1h_input_tokens: int | None = None
+
+
 class Usage(msgspec.Struct):
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
+    """``message.usage``; a ``null`` count (seen in hand-edited files) reads as 0."""
+
+    input_tokens: int | None = 0
+    output_tokens: int | None = 0
+    cache_creation_input_tokens: int | None = 0
+    cache_read_input_tokens: int | None = 0
+    cache_creation: CacheCreation | None = None
+    speed: str | None = None
 
 
 class MessageView(msgspec.Struct):
     id: str | None = None
     role: str | None = None
     model: str | None = None
-    content: msgspec.Raw | None = None
+    # msgspec cannot put Raw in a union (``Raw | None`` rejects any non-null value), so the
+    # absent field defaults to None while a present one, even ``null``, is Raw.
+    content: msgspec.Raw = None  # type: ignore[assignment]
     usage: Usage | None = None
+
+
+class ProgressData(msgspec.Struct):
+    """A ``progress`` line's ``data``: its ``message`` (a subagent's, in ``agent_progress``) left
+    undecoded. Decoding it into this costs what skipping it costs, and saves searching the bytes
+    of every hook and bash progress line for a message they do not have."""
+
+    message: msgspec.Raw = None  # type: ignore[assignment]
 
 
 class LineView(msgspec.Struct, rename="camel"):
@@ -48,10 +67,36 @@ class LineView(msgspec.Struct, rename="camel"):
     summary: str | None = None
     ai_title: str | None = None
     custom_title: str | None = None
+    data: ProgressData | None = None
+    """``progress`` lines' payload: only whether it embeds a message (see ``embedded_message``)."""
+
+
+class EmbeddedMessage(msgspec.Struct, rename="camel"):
+    """A message a ``progress`` line carries in ``data.message`` (a subagent's, in ``agent_progress``)."""
+
+    type: str | None = None
+    timestamp: str | None = None
+    request_id: str | None = None
+    is_sidechain: bool | None = None
+    message: MessageView | None = None
 
 
 _decoder = msgspec.json.Decoder(LineView)
 _any_decoder = msgspec.json.Decoder()
+_embedded_decoder = msgspec.json.Decoder(EmbeddedMessage)
+
+
+def embedded_message(view: LineView) -> EmbeddedMessage | None:
+    """The API response a ``progress`` line embeds in ``data.message``, if it has one with usage."""
+    if view.data is None or view.data.message is None or view.type != "progress":
+        return None
+    try:
+        msg = _embedded_decoder.decode(view.data.message)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None  # a message of another shape (a string, say) carries no usage
+    if msg.message is None or msg.message.usage is None:
+        return None
+    return msg
 
 
 def parse(line: bytes) -> LineView:
@@ -89,7 +134,9 @@ def _lenient(line: bytes) -> LineView:
     view = None
     if isinstance(msg, dict):
         try:
-            view = msgspec.convert(msg, MessageView)
+            view = msgspec.convert({k: v for k, v in msg.items() if k != "content"}, MessageView)
+            if "content" in msg:
+                view.content = msgspec.Raw(msgspec.json.encode(msg["content"]))
         except msgspec.ValidationError:
             view = MessageView(id=_str(msg, "id"), role=_str(msg, "role"), model=_str(msg, "model"))
     side = obj.get("isSidechain")
@@ -108,7 +155,15 @@ def _lenient(line: bytes) -> LineView:
         summary=_str(obj, "summary"),
         ai_title=_str(obj, "aiTitle"),
         custom_title=_str(obj, "customTitle"),
+        data=_progress_data(obj.get("data")),
     )
+
+
+def _progress_data(data: Any) -> ProgressData | None:
+    if not isinstance(data, dict):
+        return None
+    msg = data.get("message")
+    return ProgressData(message=msgspec.Raw(msgspec.json.encode(msg)) if msg is not None else None)
 
 
 def prompt_text(view: LineView) -> str | None:

@@ -44,7 +44,21 @@ class Query(Message, kw_only=True):
     max_rows: int = 10_000
 
 
-Request = Status | Sync | Query
+class UsageReport(Message, kw_only=True):
+    """Token and cost totals of the counted API responses, grouped (``csm query usage``).
+
+    ``since``/``until`` are the user's words (``7d``, ``2026-02-10``, ``today``), read by
+    the daemon in ``tz`` (an IANA zone name), where day boundaries are computed too.
+    """
+
+    by: str = "day"
+    since: str | None = None
+    until: str | None = None
+    tz: str = "UTC"
+    project: str | None = None
+
+
+Request = Status | Sync | Query | UsageReport
 
 
 # --- replies ------------------------------------------------------------------------
@@ -108,9 +122,19 @@ class Rows(Message, kw_only=True):
     truncated: bool = False
 
 
-Reply = Error | Ok | StatusReply | Progress | SyncReply | Rows
+class UsageRows(Message, kw_only=True):
+    """Rows of a usage report; ``unpriced_models`` had tokens but no price (their cost is not in ``cost_usd``)."""
 
-FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows)
+    columns: list[str]
+    rows: list[list[Any]]
+    unpriced_models: list[str] = []
+    prices_updated: str = ""
+    tz: str = "UTC"
+
+
+Reply = Error | Ok | StatusReply | Progress | SyncReply | Rows | UsageRows
+
+FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows)
 
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(Request)
