@@ -60,9 +60,18 @@ def _plain(obj: Any) -> Any:
 def _backlog_line(b: protocol.Backlog) -> str:
     if b.counting:
         return f"listing files: {b.files_total} to read so far, {_human_bytes(b.bytes_total)}"
-    eta = f", ETA {b.eta_s:.0f} s" if b.eta_s is not None else ""
+    eta = f", ETA {_duration(b.eta_s)}" if b.eta_s is not None else ""
     return (f"{b.files_done}/{b.files_total} files, {_human_bytes(b.bytes_done)}/{_human_bytes(b.bytes_total)} "
             f"at {_human_bytes(b.rate_bps)}/s{eta}")
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
 
 
 def _bar(b: protocol.Backlog, width: int = 30) -> str:

@@ -145,6 +145,26 @@ class TestEvents:
         assert rows("SELECT sum(lines) FROM sessions") == [[1000]]
 
 
+class TestRoots:
+    def test_a_root_made_after_start_is_watched_from_the_next_rescan(self, csmd: Csmd, tmp_path: Path) -> None:
+        """A missing root is looked for at each rescan (every second here, 60 s by default): the
+        rescan that finds it ingests its files and the watch starts then; the same when it
+        is deleted and made again."""
+        configure(tmp_path, "rescan_interval_s = 1\n")
+        late = tmp_path / "late" / "projects"
+        csmd.args = ["--root", str(late)]
+        csmd.start()
+        pid = csmd.proc.pid
+        assert inotify_watches(pid) == 0
+        for n in range(2):
+            append(late / "p" / "s.jsonl", line(n, "late"))
+            wait_for(lambda: count() == n + 1, timeout=5, what="a line in a root that appeared")
+            wait_for(lambda: inotify_watches(pid) >= 2, timeout=5, what="watches on the root and its folder")
+            shutil.rmtree(late)
+            wait_for(lambda: inotify_watches(pid) == 0, timeout=5, what="the watch of a deleted root to go")
+        assert count() == 2 and "is gone; it is watched again once it exists" in csmd.log()
+
+
 class TestOwnFilesAndIdle:
     def test_own_files_are_never_read_and_reads_do_not_wake_csmd(
         self, csmd: Csmd, projects: Path, tmp_path: Path,
