@@ -54,8 +54,9 @@ def cli(roots: tuple[Path, ...], db: Path | None, config_file: Path | None, log_
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, settings.config.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # watchdog logs every inotify event at debug level: with the log file inside a root,
-    # each line logged would be an event logging another line, forever.
-    logging.getLogger("watchdog").setLevel(max(logging.INFO, logging.getLogger().level))
+    # each line logged would be an event logging another line, forever. Its warnings
+    # (a queue overflow) always pass: the watcher acts on them.
+    logging.getLogger("watchdog").setLevel(min(max(logging.INFO, logging.getLogger().level), logging.WARNING))
     if settings.file_exists:
         logging.getLogger("csm.daemon").info("settings from %s", settings.file)
     daemon = Daemon(settings, paths.socket_path())

@@ -12,8 +12,9 @@ Rules learnt from watchdog's failure modes:
   when the database sits inside a root;
 - a new folder is rescanned when it appears, since files written into it before its
   watch existed produce no events;
-- inotify queue overflows are not reported to handlers, so the periodic rescan is the
-  real guarantee. ``check`` runs before every rescan: it restarts a dead observer,
+- inotify queue overflows are not reported to handlers; watchdog (7.x) only logs them,
+  so a log handler on its logger (``OverflowAlarm``) asks for a rescan at once. The
+  periodic rescan stays the real guarantee. ``check`` runs before every rescan: it restarts a dead observer,
   watches roots that appeared since (so a root created after start is watched from the
   next rescan on) and looks for watches the kernel refused;
 - when watches cannot be added (ENOSPC: ``fs.inotify.max_user_watches``; EMFILE:
@@ -67,6 +68,18 @@ class FaultInjected(RuntimeError):
     """Raised in the dispatch thread by the ``kill-watcher`` fault (tests only)."""
 
 
+class OverflowAlarm(logging.Handler):
+    """watchdog says "Inotify queue overflowed" only in its log (which shows it): rescan, events were lost."""
+
+    def __init__(self, syncer: Syncer) -> None:
+        super().__init__(logging.WARNING)
+        self.syncer = syncer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in str(record.msg).lower():
+            self.syncer.request_rescan()
+
+
 class Hints(FileSystemEventHandler):
     def __init__(self, syncer: Syncer, own: set[str]) -> None:
         self.syncer = syncer
@@ -117,6 +130,7 @@ class Watcher:
             self._poll("watching disabled")
             log.info("file watching disabled; rescanning every %g s", self.poll_interval_s)
             return
+        logging.getLogger("watchdog").addHandler(OverflowAlarm(self.syncer))
         self._start_observer()
 
     def stop(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -158,7 +159,7 @@ class TestRoots:
         assert inotify_watches(pid) == 0
         for n in range(2):
             append(late / "p" / "s.jsonl", line(n, "late"))
-            wait_for(lambda: count() == n + 1, timeout=5, what="a line in a root that appeared")
+            wait_for(lambda n=n: count() == n + 1, timeout=5, what="a line in a root that appeared")
             wait_for(lambda: inotify_watches(pid) >= 2, timeout=5, what="watches on the root and its folder")
             shutil.rmtree(late)
             wait_for(lambda: inotify_watches(pid) == 0, timeout=5, what="the watch of a deleted root to go")
@@ -214,8 +215,8 @@ class TestRecovery:
             reply = request(protocol.Fault(action=action))
             assert isinstance(reply, protocol.Ok), reply
             append(f, line(n))
-            wait_for(lambda: status().watcher_restarts == n, timeout=10, what=f"restart after {action}")
-            wait_for(lambda: count() == n + 1, timeout=5, what=f"the line written around {action}")
+            wait_for(lambda n=n: status().watcher_restarts == n, timeout=10, what=f"restart after {action}")
+            wait_for(lambda n=n: count() == n + 1, timeout=5, what=f"the line written around {action}")
             assert inotify_watches(pid) >= 2, "the new observer must watch again"
         log = csmd.log()
         assert "thread csm-watch died: FaultInjected" in log
@@ -223,6 +224,29 @@ class TestRecovery:
         assert csm_json("status")["watch_mode"] == "watching"  # the CLI's JSON has every field
         append(projects / "q" / "s9.jsonl", line(0, "s9"))
         wait_for(lambda: count("session_id = 's9'") == 1, timeout=5, what="a new folder after the restarts")
+
+    def test_an_inotify_queue_overflow_triggers_a_rescan(self, csmd: Csmd, projects: Path, tmp_path: Path) -> None:
+        """csmd is stopped (SIGSTOP) while more events than the kernel queues
+        (``fs.inotify.max_queued_events``) happen; the last file's events are lost. watchdog
+        only logs the overflow; the rescan it must trigger finds that file long before the
+        hour-long rescan interval would."""
+        configure(tmp_path, NO_RESCAN)
+        a, b, lost = (projects / "p" / f"{n}.jsonl" for n in ("a", "b", "lost"))
+        append(a, line(0, "a"))
+        append(b, line(0, "b"))
+        csmd.start()
+        queued = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+        csmd.proc.send_signal(signal.SIGSTOP)
+        try:
+            with open(a, "ab") as fa, open(b, "ab") as fb:
+                for n in range(1, queued + 1000):  # alternate, so the kernel merges no two events
+                    (fa if n % 2 else fb).write(line(n, "a" if n % 2 else "b"))
+                    (fa if n % 2 else fb).flush()
+            append(lost, line(0, "lost"))
+        finally:
+            csmd.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: count("session_id = 'lost'") == 1, timeout=10, what="the file whose events were lost")
+        assert "Inotify queue overflowed" in csmd.log()
 
     def test_faults_are_refused_without_the_test_switch(self, csmd: Csmd) -> None:
         csmd.start()
