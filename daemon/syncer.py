@@ -183,8 +183,9 @@ class Syncer(threading.Thread):
         for src, dest in moves:
             ing.moved(src, dest)
         for d in dirs:
-            # A new folder's files may have been written before its watch existed.
-            ing.rescan(top=Path(d))
+            # A new folder's files may have been written before its watch existed; a folder
+            # moved in whole may be a large history, so its progress goes to waiting syncs.
+            ing.rescan(self._progress(), top=Path(d))
         for p in paths:
             ing.visit(p)
         if rescan:
