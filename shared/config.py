@@ -16,9 +16,8 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_type_hints
 
 import msgspec
 
@@ -30,7 +29,7 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Effective settings; the field docstrings are the README's table."""
+    """Effective settings. README's table of keys says the same as these docstrings: keep them in step."""
 
     roots: list[str] = []
     """Transcript roots (Claude Code ``projects/`` folders); empty means ``$CLAUDE_CONFIG_DIR`` or the defaults."""
@@ -97,7 +96,7 @@ def load(path: Path) -> tuple[Config, dict[str, int], bool]:
         key = re.split(r"[.\[`]", at.lstrip("."), maxsplit=1)[0] if at else ""
         if not key:
             raise ConfigError(f"{path}: {message}") from None
-        choices = typing.get_args(typing.get_type_hints(Config).get(key))
+        choices = get_args(get_type_hints(Config).get(key))
         if message.startswith("Invalid enum value") and choices:
             message += f" (one of: {', '.join(choices)})"
         raise ConfigError(f"{_where(path, lines, key)}: bad value for '{key}': {message}") from None
@@ -168,7 +167,7 @@ def _where(path: Path, lines: dict[str, int], key: str) -> str:
 
 
 def _syntax_error(path: Path, text: str, message: str) -> str:
-    """``path:line: message (near 'key')`` from tomllib's ``... (at line N, column M)``."""
+    """``path:line: TOML syntax error: message (in 'key')`` from tomllib's ``... (at line N, column M)``."""
     m = re.search(r"\(at (?:line (\d+), column \d+|end of document)\)$", message)
     if not m:
         return f"{path}: {message}"

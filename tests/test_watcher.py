@@ -271,20 +271,21 @@ class TestRecovery:
 
 def _unshare_works() -> bool:
     try:
-        return subprocess.run(["unshare", "-U", "-r", "sh", "-c", "echo 1 > /proc/sys/user/max_inotify_watches"],
-                              capture_output=True, timeout=10).returncode == 0
+        return shutil.which("nsenter") is not None and subprocess.run(
+            ["unshare", "-U", "-r", "sh", "-c", "echo 1 > /proc/sys/user/max_inotify_watches"],
+            capture_output=True, timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
 
-@pytest.mark.skipif(not _unshare_works(), reason="needs user namespaces (unshare -U -r) to lower inotify limits")
+@pytest.mark.skipif(not _unshare_works(), reason="needs user namespaces (unshare -U -r, nsenter) to set inotify limits")
 class TestInotifyLimits:
     """Real inotify limits, lowered for csmd alone.
 
     In a new user namespace ``/proc/sys/user/max_inotify_{watches,instances}`` are that
     namespace's own limits, writable without privileges and invisible to the rest of the
     machine, so csmd meets a real ENOSPC / EMFILE from the kernel (the global
-    ``fs.inotify`` limits are left alone).
+    ``fs.inotify`` limits are left alone). ``nsenter`` raises them again from outside.
     """
 
     @pytest.mark.parametrize("knob,value,expect", [
@@ -309,3 +310,10 @@ class TestInotifyLimits:
         ask(protocol.Sync())
         ask(protocol.Sync())
         assert csmd.log().count("falling back to polling rescans") == 1, csmd.log()
+
+        # Room again (the namespace's limit raised from outside): csmd watches every folder again.
+        subprocess.run(["nsenter", "-U", "-t", str(csmd.proc.pid), "sh", "-c",
+                        f"echo 1000 > /proc/sys/user/{knob}"], check=True, timeout=10)
+        wait_for(lambda: status().watch_mode == "watching", timeout=5, what="watching again")
+        assert inotify_watches(csmd.proc.pid) == 1 + 3 * 4, "the root, and p, p/s, p/s/subagents for each p"
+        assert "inotify has room again" in csmd.log()
