@@ -201,7 +201,10 @@ class Watcher:
                 obs.unschedule(watch)
             except KeyError:
                 pass
-            log.info("%s is gone; it is watched again once it exists", root)
+            if root.is_dir():
+                log.warning("the watch of %s stopped; watching it again", root)
+            else:
+                log.info("%s is gone; it is watched again once it exists", root)
         self._schedule()
         self._verify()
 
