@@ -163,7 +163,9 @@ class TestRoots:
             wait_for(lambda: inotify_watches(pid) >= 2, timeout=5, what="watches on the root and its folder")
             shutil.rmtree(late)
             wait_for(lambda: inotify_watches(pid) == 0, timeout=5, what="the watch of a deleted root to go")
-        assert count() == 2 and "is gone; it is watched again once it exists" in csmd.log()
+        wait_for(lambda: "is gone; it is watched again once it exists" in csmd.log(), timeout=5,
+                 what="the rescan noticing the deleted root")
+        assert count() == 2
 
 
 class TestOwnFilesAndIdle:
