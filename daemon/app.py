@@ -68,6 +68,7 @@ class Daemon:
         self.watcher = Watcher(self.roots, self.syncer, enabled=self.config.watch,
                                poll_interval_s=self.config.poll_interval_s, own=own)
         self.syncer.before_rescan.append(self.watcher.check)
+        self.syncer.after_new_dirs.append(self.watcher.verify)
         threading.excepthook = self._thread_died
         self.reader = open_reader(self.db)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query")

@@ -53,6 +53,7 @@ class Syncer(threading.Thread):
         self.last_sync_at: str | None = None
         self.last_error: str | None = None
         self.before_rescan: list[Callable[[], None]] = []
+        self.after_new_dirs: list[Callable[[], None]] = []
         self.scans = 0
 
     # --- called from other threads -------------------------------------------------
@@ -101,12 +102,12 @@ class Syncer(threading.Thread):
 
     def run(self) -> None:
         backoff = 0.0
-        next_rescan = time.monotonic()
+        last_rescan = -float("inf")  # the interval is read afresh each time: polling may start or stop
         stopping = self.ingestor.stopping
         while not stopping.is_set():
             with self.cond:
                 while not (self.paths or self.dirs or self.moves or self.rescan_due or stopping.is_set()):
-                    timeout = next_rescan - time.monotonic()
+                    timeout = last_rescan + self.interval_s - time.monotonic()
                     if timeout <= 0:
                         self.rescan_due = True
                         break
@@ -142,7 +143,7 @@ class Syncer(threading.Thread):
                 for reply in waiters:
                     reply(Error(code="internal", message=self.last_error))
                 self.state = "idle"
-                next_rescan = time.monotonic() + self.interval_s
+                last_rescan = time.monotonic()
                 continue
             finally:
                 self.serving = []
@@ -151,7 +152,7 @@ class Syncer(threading.Thread):
             backoff = 0.0
             self.last_error = None
             if rescan:
-                next_rescan = time.monotonic() + self.interval_s
+                last_rescan = time.monotonic()
         self.state = "stopped"
 
     def _progress(self) -> Callable[[], None]:
@@ -186,6 +187,9 @@ class Syncer(threading.Thread):
             # A new folder's files may have been written before its watch existed; a folder
             # moved in whole may be a large history, so its progress goes to waiting syncs.
             ing.rescan(self._progress(), top=Path(d))
+        if dirs:
+            for hook in self.after_new_dirs:
+                hook()
         for p in paths:
             ing.visit(p)
         if rescan:

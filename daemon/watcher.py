@@ -206,10 +206,16 @@ class Watcher:
             else:
                 log.info("%s is gone; it is watched again once it exists", root)
         self._schedule()
-        self._verify()
+        self.verify()
 
-    def _verify(self) -> None:
-        """When the kernel has no room for one more watch, look for folders it refused us."""
+    def verify(self) -> None:
+        """When the kernel has no room for one more watch, look for folders it refused us.
+
+        Run before each rescan and after new folders appear (whose watches watchdog may
+        have failed to add without a word); the probe costs microseconds.
+        """
+        if not self.enabled or self.observer is None:
+            return
         err = probe_limit()
         if err is not None and self.limited is None:
             missing = unwatched_dirs(list(self.watched))
@@ -230,7 +236,7 @@ class Watcher:
         self.limited = None
         self._start_observer()
         if self.limited is None:
-            self._verify()
+            self.verify()
         if self.limited is None:
             self.warned = False
             self.mode = "watching"

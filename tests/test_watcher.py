@@ -319,3 +319,19 @@ class TestInotifyLimits:
         wait_for(lambda: status().watch_mode == "watching", timeout=5, what="watching again")
         assert inotify_watches(csmd.proc.pid) == 1 + 3 * 4, "the root, and p, p/s, p/s/subagents for each p"
         assert "inotify has room again" in csmd.log()
+
+    def test_a_new_folder_refused_later_is_noticed_at_once(self, csmd: Csmd, projects: Path, tmp_path: Path) -> None:
+        """Room for the root, ``p`` and one more folder: ``q`` gets the last watch, ``r`` is refused
+        (watchdog says nothing); the check that follows new folders finds it, no rescan needed."""
+        configure(tmp_path, "poll_interval_s = 0.3\n" + NO_RESCAN)
+        append(projects / "p" / "s.jsonl", line(0, "sp"))
+        csmd.prefix = ["unshare", "-U", "-r", "sh", "-c", 'echo 3 > /proc/sys/user/max_inotify_watches && exec "$@"', "sh"]
+        csmd.start()
+        append(projects / "q" / "s.jsonl", line(0, "sq"))
+        wait_for(lambda: count("session_id = 'sq'") == 1, timeout=5, what="a line in the last folder with room")
+        assert status().watch_mode == "watching"
+        (projects / "r").mkdir()
+        wait_for(lambda: "folders not watched" in status().watch_mode, timeout=5, what="the refused folder noticed")
+        assert "e.g. " + str(projects / "r") in status().watch_mode
+        append(projects / "r" / "s.jsonl", line(0, "sr"))
+        wait_for(lambda: count("session_id = 'sr'") == 1, timeout=5, what="a line in the refused folder, by polling")
