@@ -69,7 +69,7 @@ class Resolved(msgspec.Struct, kw_only=True):
         return Path(self.config.db)
 
 
-def load(path: Path) -> tuple[Config, dict[str, int], bool]:
+def _read(path: Path) -> tuple[Config, dict[str, int], bool]:
     """The file's settings, the line each key is on, and whether the file exists."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -106,7 +106,9 @@ def resolve(config_file: Path | None = None, overrides: dict[str, tuple[Any, str
     """Defaults, then the file, then ``overrides`` (``key -> (value, flag)`` from csmd's command line)."""
     from_flag = config_file is not None
     file = (config_file or paths.config_path()).expanduser().absolute()
-    cfg, lines, exists = load(file)
+    cfg, lines, exists = _read(file)
+    if from_flag and not exists:
+        raise ConfigError(f"config file not found: {file}")  # named on purpose: a typo, not "no settings"
     sources: dict[str, Setting] = {}
     given = msgspec.structs.asdict(cfg)
     defaults = msgspec.structs.asdict(Config())

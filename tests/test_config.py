@@ -104,6 +104,15 @@ def test_a_bad_file_names_key_and_line_and_csmd_does_not_start(tmp_path: Path, b
     assert show.returncode == 78 and show.stderr == r.stderr.replace("csmd: error: ", "csm: ")
 
 
+def test_a_config_file_named_on_the_command_line_must_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    r = subprocess.run([sys.executable, "-m", "csm.daemon", "--config", str(missing)], capture_output=True,
+                       text=True, timeout=20)
+    assert (r.returncode, r.stderr) == (78, f"csmd: error: config file not found: {missing}\n")
+    show = run_csm("config", "show", "--file", str(missing))
+    assert (show.returncode, show.stderr) == (78, f"csm: config file not found: {missing}\n")
+
+
 def test_config_show_file_option_checks_a_file_even_with_a_daemon(csmd: Csmd, tmp_path: Path) -> None:
     csmd.start()
     new = tmp_path / "new.toml"
