@@ -14,13 +14,15 @@ Rules learnt from watchdog's failure modes:
   watch existed produce no events;
 - inotify queue overflows are not reported to handlers; watchdog (7.x) only logs them,
   so a log handler on its logger (``OverflowAlarm``) asks for a rescan at once. The
-  periodic rescan stays the real guarantee. ``check`` runs before every rescan: it restarts a dead observer,
-  watches roots that appeared since (so a root created after start is watched from the
-  next rescan on) and looks for watches the kernel refused;
+  periodic rescan stays the real guarantee;
+- ``check`` runs before every rescan: it restarts a dead observer, watches roots that
+  appeared since (so a root created after start is watched from the next rescan on)
+  and looks for watches the kernel refused (``verify``, also run after new folders
+  appear). A thread dying of an exception asks for a rescan at once (app.py);
 - when watches cannot be added (ENOSPC: ``fs.inotify.max_user_watches``; EMFILE:
   ``max_user_instances``) csm polls with rescans every ``poll_interval_s`` instead and
   says so once in the log and in ``csm status``. watchdog raises for the root's watch
-  but skips a sub-folder's refusal silently, so ``check`` probes the limit with a
+  but skips a sub-folder's refusal silently, so ``verify`` probes the limit with a
   watch of its own and, when it is full, compares the folders with the kernel's list
   of csm's watches (``/proc/self/fdinfo``). When room comes back, csm watches again.
 """
