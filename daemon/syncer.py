@@ -134,7 +134,6 @@ class Syncer(threading.Thread):
                     self.moves[:0] = moves
                     self.rescan_due = self.rescan_due or rescan
                     self.waiters[:0] = waiters
-                    self.serving = []
                     self.cond.wait(backoff)
                 continue
             except Exception as e:

@@ -91,7 +91,6 @@ class TestEvents:
         assert count() == 2
         whole = line(2)
         append(f, whole[:20])
-        append(f, line(3, "other-file-marker")[:0])
         append(projects / "p" / "marker.jsonl", line(0, "marker"))
         wait_for(lambda: count("session_id = 'marker'") == 1, what="a marker written after the partial line")
         assert count("session_id = 's1'") == 2, "a line without its newline must wait"
