@@ -15,6 +15,7 @@ import click
 import msgspec
 
 from csm.client import render
+from csm.client.db import db
 from csm.client.transport import request
 from csm.shared import __version__, protocol
 from csm.shared.errors import CsmError
@@ -147,7 +148,12 @@ def query_sql(sql: str, params: tuple[str, ...], max_rows: int, fmt: str | None)
     assert isinstance(reply, protocol.Rows)
     render.emit_rows(reply.columns, reply.rows, fmt)
     if reply.truncated:
-        click.echo(f"csm: output stopped at {max_rows} rows (--max-rows)", err=True)
+        n = len(reply.rows)
+        why = "--max-rows" if n >= max_rows else "csmd's query_max_rows setting"
+        click.echo(f"csm: output stopped at {n} rows ({why})", err=True)
+
+
+cli.add_command(db)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +21,12 @@ from csm.daemon import queries
 from csm.daemon.ingest import Ingestor
 from csm.daemon.lock import InstanceLock
 from csm.daemon.server import Reply, Server
-from csm.daemon.store import Store, figures, open_reader, open_writer
+from csm.daemon.store import Store, figures, open_reader, open_writer, way_out
 from csm.daemon.syncer import Syncer
 from csm.daemon.watcher import Watcher
 from csm.shared import __version__, paths
 from csm.shared.config import Config
-from csm.shared.errors import QueryError
+from csm.shared.errors import DatabaseError, QueryError
 from csm.shared.protocol import Error, Ok, Query, Request, Status, StatusReply, Sync
 
 log = logging.getLogger("csm.daemon")
@@ -45,6 +46,8 @@ class Daemon:
         lock.acquire()
         try:
             return self._run()
+        except sqlite3.DatabaseError as e:  # damage found past the header, while loading the checkpoints
+            raise DatabaseError(f"cannot use database {self.db}: {e}; {way_out(self.db)}") from None
         finally:
             lock.release()
 
@@ -129,7 +132,8 @@ class Daemon:
 
     def _query(self, request: Query, reply: Reply) -> None:
         try:
-            reply(queries.run_sql(self._connection(), request.sql, request.params, request.max_rows))
+            reply(queries.run_sql(self._connection(), request.sql, request.params,
+                                  min(request.max_rows, self.config.query_max_rows), self.config.query_time_limit_s))
         except QueryError as e:
             reply(Error(code="query", message=str(e)))
         except Exception as e:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sqlite3
 import stat
 import threading
 import time
@@ -243,9 +244,10 @@ class Ingestor:
     # --- one file ------------------------------------------------------------------
 
     def mark_gone(self, f: FileRow) -> None:
-        f.gone_at = now_iso()
+        when = now_iso()
         with self.store.transaction():
-            self.store.mark_gone(f.file_id, f.gone_at)
+            self.store.mark_gone(f.file_id, when)
+        f.gone_at = when  # only once committed, so a failed write is retried
         log.info("source file gone, rows kept: %s", f.path)
 
     def moved(self, src: str, dest: str) -> Totals:
@@ -278,7 +280,21 @@ class Ingestor:
             self.store.save_file(f, _iso_mtime(f.mtime_ns))
 
     def visit(self, path: str) -> Totals:
-        """Bring one path's rows and checkpoint up to date with the file."""
+        """Bring one path's rows and checkpoint up to date with the file.
+
+        A database error propagates (the syncer backs off and retries everything); any
+        other failure is a bug confined to this file: it is logged, the file's checkpoint
+        stays where it was, and the other files go on.
+        """
+        try:
+            return self._visit(path)
+        except sqlite3.Error:
+            raise
+        except Exception:
+            log.exception("cannot ingest %s (its checkpoint stays; other files go on)", path)
+            return Totals(files_scanned=1, errors=1)
+
+    def _visit(self, path: str) -> Totals:
         totals = Totals(files_scanned=1)
         if path in self.exclude:
             return totals

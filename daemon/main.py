@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -37,13 +38,14 @@ def cli(roots: tuple[Path, ...], db: Path | None, config_file: Path | None, log_
     """
     from csm.daemon.app import Daemon
 
+    os.umask(0o077)  # whatever csmd creates (database, WAL, lock, socket) is the user's alone
     cfg = config_mod.load(config_file or paths.config_path())
     level = (log_level or cfg.log_level).upper()
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     root_list = [p.expanduser().absolute() for p in roots] or [Path(r).expanduser() for r in cfg.roots] \
         or paths.claude_roots()
-    db_path = (db or (Path(cfg.db).expanduser() if cfg.db else paths.db_path())).absolute()
+    db_path = db.absolute() if db else config_mod.db_file(cfg)
     if no_watch:
         cfg.watch = False
     daemon = Daemon(cfg, db_path, [r.absolute() for r in root_list], paths.socket_path())

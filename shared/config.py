@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 
+from csm.shared import paths
 from csm.shared.errors import ConfigError
 
 
@@ -33,6 +34,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     poll_interval_s: float = 2.0
     """Rescan period when the watcher is off or cannot watch (inotify limits)."""
     log_level: str = "info"
+    query_time_limit_s: float = 10.0
+    """Wall time after which ``csm query sql`` stops a query (keep it below the CLI's 30 s wait)."""
+    query_max_rows: int = 100_000
+    """Most rows one query may return, whatever the client asks for."""
 
 
 def load(path: Path) -> Config:
@@ -51,6 +56,11 @@ def load(path: Path) -> Config:
         return msgspec.convert(data, Config)
     except msgspec.ValidationError as e:
         raise ConfigError(f"{path}: {_with_line(str(e), text)}") from None
+
+
+def db_file(cfg: Config) -> Path:
+    """The database csmd uses when no ``--db`` is given."""
+    return (Path(cfg.db).expanduser() if cfg.db else paths.db_path()).absolute()
 
 
 def _with_line(message: str, text: str) -> str:
