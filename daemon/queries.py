@@ -36,6 +36,10 @@ _ALLOWED = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE
 def _authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None, source: str | None) -> int:
     if action in _ALLOWED:
         return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_UPDATE and arg1 in ("sqlite_master", "sqlite_schema"):
+        # SQLite asks this while preparing a pragma table-valued function
+        # (``pragma_table_info('x')``); the read-only connection could not write it anyway.
+        return sqlite3.SQLITE_OK
     if action == sqlite3.SQLITE_FUNCTION:
         return sqlite3.SQLITE_DENY if (arg2 or "").lower() in _DENIED_FUNCTIONS else sqlite3.SQLITE_OK
     if action == sqlite3.SQLITE_PRAGMA and arg1:
@@ -72,7 +76,7 @@ def run_sql(conn: sqlite3.Connection, sql: str, params: list[Any], max_rows: int
             raise QueryError(
                 f"query stopped after the {time_limit_s:g} s time limit (query_time_limit_s in csmd's config)"
             ) from None
-        if "not authorized" in text or "readonly" in text or "read-only" in text:
+        if "not authorized" in text or "authorization denied" in text or "readonly" in text or "read-only" in text:
             raise QueryError("csm query sql is read-only: only SELECT (and read-only PRAGMAs) are allowed") from None
         raise QueryError(f"SQL error: {text}") from None
     finally:
