@@ -24,7 +24,6 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-import msgspec
 import zmq
 
 from csm.shared import paths, protocol
@@ -152,7 +151,7 @@ class Server:
                 continue
             try:
                 request = protocol.decode_request(frames[-1].buffer)
-            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            except Exception as e:  # DecodeError, ValidationError, UnicodeDecodeError (bad UTF-8 in a str)…
                 reply(Error(code="bad_request", message=f"malformed request: {e}"))
                 continue
             try:
