@@ -16,6 +16,10 @@ from csm.shared import paths, protocol
 from csm.shared.errors import DaemonNotRunning, DatabaseError, PathError
 
 
+WAY_OUT = ("restore it from a backup, or move it away and start csmd to rebuild it from the transcripts that "
+           "still exist (lines of transcripts deleted since cannot come back)")
+
+
 def _configured(config_file: Path | None) -> Path:
     return config_mod.db_file(config_mod.load(config_file or paths.config_path()))
 
@@ -77,8 +81,7 @@ def db_check(db_file: Path | None, full: bool, json_: bool) -> None:
         finally:
             conn.close()
     except sqlite3.Error as e:
-        raise DatabaseError(f"{path}: {e}; restore it from a backup, or move it away and start csmd to rebuild it "
-                            "from the transcripts that still exist") from None
+        raise DatabaseError(f"{path}: {e}; {WAY_OUT}") from None
     ok = problems == ["ok"]
     if json_:
         render.emit_json({"path": str(path), "check": pragma, "ok": ok, "schema_version": version,
@@ -89,6 +92,4 @@ def db_check(db_file: Path | None, full: bool, json_: bool) -> None:
         for p in problems:
             click.echo(p)
     if not ok:
-        raise DatabaseError(f"{path} is damaged ({len(problems)} problems found by {pragma}); restore it from a "
-                            "backup, or move it away and start csmd to rebuild it from the transcripts that still "
-                            "exist (lines of transcripts deleted since cannot come back)")
+        raise DatabaseError(f"{path} is damaged ({len(problems)} problems found by {pragma}); {WAY_OUT}")
