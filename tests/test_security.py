@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -214,9 +215,14 @@ class TestPrivateFiles:
     def test_a_database_open_to_others_is_closed(self, csmd: Csmd, projects: Path, db: Path) -> None:
         append(projects / "p" / "s1.jsonl", line(0))
         csmd.start()
+        conn = sqlite3.connect(db)  # leaves -wal and -shm behind while it is open
+        conn.execute("PRAGMA journal_mode")
         csmd.stop()
-        for f in db.parent.iterdir():
+        for f in (db, db.with_name("csm.db-wal"), db.with_name("csm.db-shm")):
+            assert f.exists(), f
             f.chmod(0o644)
         csmd.start()
-        assert mode(db) == 0o600
+        conn.close()
+        for f in (db, db.with_name("csm.db-wal"), db.with_name("csm.db-shm")):
+            assert mode(f) == 0o600, f
         assert run_csm("status").returncode == 0
