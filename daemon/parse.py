@@ -68,6 +68,8 @@ def parse(line: bytes) -> LineView:
         return _lenient(line)
     except msgspec.DecodeError as e:
         return _view(_standard_json(line, e))
+    except RecursionError as e:  # nested deeper than any decoder goes
+        raise BadLine(f"invalid JSON: {e}") from None
 
 
 def _reject_constant(name: str) -> None:
@@ -107,6 +109,8 @@ def _lenient(line: bytes) -> LineView:
         obj = _any_decoder.decode(line)
     except msgspec.DecodeError as e:  # a number out of range is reported as a type error
         obj = _standard_json(line, e)
+    except RecursionError as e:  # the typed pass stopped at a wrong type before the deep part
+        raise BadLine(f"invalid JSON: {e}") from None
     return _view(obj)
 
 

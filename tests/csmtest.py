@@ -123,3 +123,12 @@ def db_rows(db: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
 def line_count(path: Path) -> int:
     """Complete lines in a file: what csm must have ingested (rows plus bad lines)."""
     return path.read_bytes().count(b"\n")
+
+
+def refused_start(csmd: Csmd) -> tuple[int, str]:
+    """Start csmd expecting it to refuse: its exit code and what it printed for this start."""
+    csmd.start(wait=False)
+    assert csmd.proc is not None
+    code = csmd.proc.wait(20)
+    csmd.proc = None
+    return code, csmd.log().rsplit(f"--- start {csmd.starts}\n", 1)[1]

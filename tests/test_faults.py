@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from csmtest import Csmd, csm_json, db_rows, run_csm, wait_for
+from csmtest import Csmd, csm_json, db_rows, refused_start, run_csm, wait_for
 from test_end_to_end import append, line
 
 
@@ -28,14 +28,6 @@ def expected(n: int, start: int = 0) -> list[str]:
 
 def fat_line(i: int) -> bytes:
     return line(i, extra="x" * 400)
-
-
-def refused_start(csmd: Csmd) -> tuple[int, str]:
-    csmd.start(wait=False)
-    assert csmd.proc is not None
-    code = csmd.proc.wait(20)
-    csmd.proc = None
-    return code, csmd.log().rsplit(f"--- start {csmd.starts}\n", 1)[1]
 
 
 @pytest.fixture

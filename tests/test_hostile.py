@@ -147,14 +147,17 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
-odd_lines = st.sampled_from([
+ODD_LINES = [
     b'{"type":"user","sessionId":"\\ud83d","message":{"role":"user","content":"cut \\ud83d"}}\n',  # lone surrogate
     b'{"type":"assistant","message":{"usage":{"input_tokens":1e400}}}\n',  # beyond a double
     b'\xef\xbb\xbf{"type":"user"}\n',  # a BOM
     b'{"type":"user"}\r\n', b"\x00" * 40 + b"\n", b"[" * 3000 + b"]" * 3000 + b"\n", b"\n", b"   \n",
     b'{"uuid": 5, "sessionId": ["x"], "timestamp": {}, "message": "text"}\n', b'{"a": NaN}\n',
     b'{"a": "\xff\xfe"}\n', b'{"type": "user"', b'"just a string"\n', b"1234\n", b"null\n",
-])
+    b'{"message":' + b"[" * 3000 + b"]" * 3000 + b"}\n", b'{"x":' + b"[" * 3000 + b"]" * 3000 + b"}\n",  # too deep
+    b'{"type":"user","message":{"content":' + b"[" * 500 + b"]" * 500 + b"}}\n",  # deep, yet within limits
+]
+odd_lines = st.sampled_from(ODD_LINES)
 junk = st.one_of(
     st.binary(max_size=200),
     json_values.map(lambda v: json.dumps(v).encode() + b"\n"),
@@ -197,6 +200,19 @@ class TestJunkInLiveTranscripts:
         assert "Traceback" not in csmd.log()
         s = csm_json("status")
         assert s["errors"] == db_rows(db, "SELECT count(*) FROM sync_errors")[0][0]
+
+    def test_each_odd_line_is_a_row_or_a_bad_line(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        f = projects / "p" / "odd.jsonl"
+        csmd.start()
+        for chunk in ODD_LINES:  # one write each, so csmd also sees partial lines grow
+            append(f, chunk)
+        append(f, b"\n" + line(1, "odd", uuid="marker"))
+        wait_for(lambda: db_rows(db, "SELECT count(*) FROM events WHERE uuid = 'marker'")[0][0] == 1, 10, "marker")
+        complete = f.read_bytes().split(b"\n")[:-1]
+        bad = sum(not is_json_object(x) for x in complete)
+        assert db_rows(db, "SELECT count(*) FROM events") == [(len(complete) - bad,)]
+        assert db_rows(db, "SELECT count(*) FROM sync_errors") == [(bad,)]
+        assert "Traceback" not in csmd.log()
 
     def test_a_line_cut_inside_an_emoji_is_kept(self, csmd: Csmd, projects: Path, db: Path) -> None:
         """JSON.stringify writes a lone surrogate as an escape: valid JSON, so the line is stored."""

@@ -20,7 +20,7 @@ import zmq
 
 from csm.shared import protocol
 
-from csmtest import Csmd, csm_json, run_csm, scalar, wait_for
+from csmtest import Csmd, csm_json, refused_start, run_csm, scalar, wait_for
 from test_end_to_end import append, line
 
 ROOT = os.geteuid() == 0
@@ -34,15 +34,6 @@ def runtime_csm() -> Path:
 
 def mode(p: Path) -> int:
     return stat.S_IMODE(os.lstat(p).st_mode)
-
-
-def refused_start(csmd: Csmd) -> tuple[int, str]:
-    """Start csmd expecting it to refuse: its exit code and what it printed for this start."""
-    csmd.start(wait=False)
-    assert csmd.proc is not None
-    code = csmd.proc.wait(20)
-    csmd.proc = None
-    return code, csmd.log().rsplit(f"--- start {csmd.starts}\n", 1)[1]
 
 
 def as_user(uid: int, fn: Callable[[], object]) -> object:
