@@ -121,8 +121,16 @@ class Daemon:
             last_sync_at=self.syncer.last_sync_at,
             watch_mode=self.watcher.mode,
             backlog=backlog,
-            last_error=self.syncer.last_error,
+            last_error=self.syncer.last_error or self._stuck(),
         )
+
+    def _stuck(self) -> str | None:
+        stuck = dict(self.ingestor.stuck)  # a copy: the ingest thread may change it meanwhile
+        if not stuck:
+            return None
+        path, error = next(iter(stuck.items()))
+        more = f" (and {len(stuck) - 1} more files)" if len(stuck) > 1 else ""
+        return f"cannot ingest {path}{more}: {error}; see the log"
 
     def _connection(self):  # type: ignore[no-untyped-def]
         conn = getattr(self.local, "conn", None)

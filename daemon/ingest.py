@@ -167,6 +167,9 @@ class Ingestor:
         self.on_commit: list[CommitHook] = []
         self.sinks: list[Sink] = []
         self.stopping = threading.Event()
+        self.stuck: dict[str, str] = {}
+        self.skipped: set[str] = set()
+        """Files whose last visit failed with an unexpected error (a bug), for ``csm status``."""
 
     # --- scanning ------------------------------------------------------------------
 
@@ -287,16 +290,19 @@ class Ingestor:
         stays where it was, and the other files go on.
         """
         try:
-            return self._visit(path)
+            totals = self._visit(path)
         except sqlite3.Error:
             raise
-        except Exception:
+        except Exception as e:
             log.exception("cannot ingest %s (its checkpoint stays; other files go on)", path)
+            self.stuck[path] = f"{type(e).__name__}: {e}"
             return Totals(files_scanned=1, errors=1)
+        self.stuck.pop(path, None)
+        return totals
 
     def _visit(self, path: str) -> Totals:
         totals = Totals(files_scanned=1)
-        if path in self.exclude:
+        if path in self.exclude or not self._storable(path):
             return totals
         try:
             fd = os.open(path, _OPEN_FLAGS)
@@ -321,6 +327,17 @@ class Ingestor:
         finally:
             os.close(fd)
         return totals
+
+    def _storable(self, path: str) -> bool:
+        """A path that is not valid UTF-8 cannot be stored as text; Claude Code never writes one."""
+        try:
+            path.encode("utf-8")
+            return True
+        except UnicodeEncodeError:
+            if path not in self.skipped:
+                self.skipped.add(path)
+                log.warning("skipping %r: its name is not valid UTF-8", path)
+            return False
 
     def _unreadable(self, path: str, e: OSError) -> None:
         if e.errno in (errno.ELOOP, errno.ENXIO):  # a symlink (not followed) or a socket/FIFO

@@ -276,6 +276,19 @@ class TestOddPaths:
         assert "Traceback" not in csmd.log()
         assert csm_json("status")["pid"] == csmd.proc.pid  # type: ignore[union-attr]
 
+    def test_a_file_name_that_is_not_utf8_is_skipped(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        p = projects / "p"
+        p.mkdir()
+        odd = os.fsencode(p) + b"/caf\xe9.jsonl"  # Latin-1, as an old tool might name it
+        with open(odd, "wb") as fh:
+            fh.write(line(0, "odd"))
+        csmd.start()
+        append(p / "s.jsonl", line(0, "s"))
+        wait_for(lambda: db_rows(db, "SELECT count(*) FROM events WHERE session_id = 's'")[0][0] == 1, 10, "s")
+        assert db_rows(db, "SELECT count(*) FROM events") == [(1,)]
+        assert csmd.log().count("is not valid UTF-8") == 1
+        assert csm_json("status").get("last_error") is None
+
     def test_a_fifo_being_written_never_blocks_ingestion(self, csmd: Csmd, projects: Path, db: Path) -> None:
         p = projects / "p"
         p.mkdir()
