@@ -149,7 +149,10 @@ def query_sql(sql: str, params: tuple[str, ...], max_rows: int, fmt: str | None)
     render.emit_rows(reply.columns, reply.rows, fmt)
     if reply.truncated:
         n = len(reply.rows)
-        why = "--max-rows" if n >= max_rows else "csmd's query_max_rows setting"
+        if reply.limit == "bytes":
+            why = "csmd's query_max_bytes setting; select fewer or smaller columns"
+        else:
+            why = "--max-rows" if n >= max_rows else "csmd's query_max_rows setting"
         click.echo(f"csm: output stopped at {n} rows ({why})", err=True)
 
 

@@ -141,7 +141,8 @@ class Daemon:
     def _query(self, request: Query, reply: Reply) -> None:
         try:
             reply(queries.run_sql(self._connection(), request.sql, request.params,
-                                  min(request.max_rows, self.config.query_max_rows), self.config.query_time_limit_s))
+                                  min(request.max_rows, self.config.query_max_rows), self.config.query_time_limit_s,
+                                  self.config.query_max_bytes))
         except QueryError as e:
             reply(Error(code="query", message=str(e)))
         except Exception as e:

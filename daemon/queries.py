@@ -55,9 +55,14 @@ def open_query_connection(db: Path) -> sqlite3.Connection:
     return conn
 
 
-def run_sql(conn: sqlite3.Connection, sql: str, params: list[Any], max_rows: int,
-            time_limit_s: float) -> Rows:
-    """Run one statement; ``max_rows`` caps the reply (``truncated`` says it was hit)."""
+def _size(row: tuple[Any, ...]) -> int:
+    return sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
+
+
+def run_sql(conn: sqlite3.Connection, sql: str, params: list[Any], max_rows: int, time_limit_s: float,
+            max_bytes: int) -> Rows:
+    """Run one statement. The reply stops at ``max_rows`` rows or about ``max_bytes`` of values,
+    whichever comes first, and says which (``limit``); the rest is never read."""
     max_rows = max(0, max_rows)
     deadline = time.monotonic() + time_limit_s
 
@@ -65,10 +70,25 @@ def run_sql(conn: sqlite3.Connection, sql: str, params: list[Any], max_rows: int
         return int(time.monotonic() > deadline)
 
     conn.set_progress_handler(too_long, 10_000)
+    rows: list[list[Any]] = []
+    limit = ""
     try:
         cur = conn.execute(sql, params)
         columns = [d[0] for d in cur.description or ()]
-        rows = cur.fetchmany(max_rows + 1)
+        size = 0
+        while not limit:
+            batch = cur.fetchmany(min(1000, max_rows + 1 - len(rows)))
+            if not batch:
+                break
+            for row in batch:
+                size += _size(row)
+                if len(rows) == max_rows:
+                    limit = "rows"
+                elif size > max_bytes:
+                    limit = "bytes"
+                if limit:
+                    break
+                rows.append(list(row))
         cur.close()  # an unfinished statement would hold its read snapshot and starve WAL checkpoints
     except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError) as e:
         text = str(e)
@@ -81,5 +101,4 @@ def run_sql(conn: sqlite3.Connection, sql: str, params: list[Any], max_rows: int
         raise QueryError(f"SQL error: {text}") from None
     finally:
         conn.set_progress_handler(None, 0)
-    truncated = len(rows) > max_rows
-    return Rows(columns=columns, rows=[list(r) for r in rows[:max_rows]], truncated=truncated)
+    return Rows(columns=columns, rows=rows, truncated=bool(limit), limit=limit)

@@ -38,6 +38,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Wall time after which ``csm query sql`` stops a query (keep it below the CLI's 30 s wait)."""
     query_max_rows: int = 100_000
     """Most rows one query may return, whatever the client asks for."""
+    query_max_bytes: int = 64 * 1024 * 1024
+    """About the most bytes of values one query may return (bounds csmd's memory per reply)."""
 
 
 def load(path: Path) -> Config:

@@ -106,6 +106,8 @@ class Rows(Message, kw_only=True):
     columns: list[str]
     rows: list[list[Any]]
     truncated: bool = False
+    limit: str = ""
+    """When truncated, the limit that was hit: "rows" (the request's or csmd's row cap) or "bytes"."""
 
 
 Reply = Error | Ok | StatusReply | Progress | SyncReply | Rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -104,6 +105,18 @@ class TestLimits:
         assert r.stderr.strip() == "csm: output stopped at 7 rows (--max-rows)"
         r = run_csm("query", "sql", many.replace("500", "50"), "--csv")
         assert len(r.stdout.splitlines()) == 51 and r.stderr == "", "exactly the cap is not a truncation"
+
+    def test_the_reply_size_is_capped(self, csmd: Csmd, projects: Path, tmp_path: Path) -> None:
+        configure(tmp_path, query_max_bytes=5000)
+        append(projects / "p" / "s1.jsonl", b"".join(line(i, extra="y" * 1000) for i in range(20)))
+        csmd.start()
+        r = run_csm("query", "sql", "SELECT raw FROM lines ORDER BY line_offset", "--jsonl")
+        assert r.returncode == 0
+        got = [json.loads(x)["raw"] for x in r.stdout.splitlines()]
+        assert 1 <= len(got) < 5 and all('"u%d"' % i in raw for i, raw in enumerate(got))
+        assert r.stderr.strip() == (f"csm: output stopped at {len(got)} rows (csmd's query_max_bytes setting; "
+                                    "select fewer or smaller columns)")
+        assert len(sql("SELECT uuid FROM lines")) == 20, "small columns still fit"
 
 
 class TestIsolation:
