@@ -168,8 +168,9 @@ class Ingestor:
         self.sinks: list[Sink] = []
         self.stopping = threading.Event()
         self.stuck: dict[str, str] = {}
-        self.skipped: set[str] = set()
         """Files whose last visit failed with an unexpected error (a bug), for ``csm status``."""
+        self.skipped: set[str] = set()
+        """Paths that cannot be stored (names that are not UTF-8), warned about once."""
 
     # --- scanning ------------------------------------------------------------------
 
