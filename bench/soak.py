@@ -6,7 +6,7 @@ status and a query in a loop over the real socket. It measures, from outside:
 
 - exactly once: every written line is a row, once (uuids are unique per line);
 - freshness: time from a line's write to its row being visible to a reader
-  (polled every 5 ms, so figures carry up to ~5 ms of polling delay);
+  (a separate process polling every 5 ms, so figures carry up to ~5 ms of polling delay);
 - csmd's peak RSS (``/proc/<pid>/status``), sampled every 0.25 s;
 - client answers: calls, failures, latency.
 
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import multiprocessing.queues as mp_queue
 import os
 import shutil
 import sqlite3
@@ -30,6 +32,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 TARGET_P99_MS = 250.0
 TARGET_RSS_MB = 80.0
@@ -85,6 +88,33 @@ def transcript_line(session: str, seq: int) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
+def observe(db: str, ready: Any, expected: mp_queue.Queue, out: mp_queue.Queue) -> None:
+    """In its own process (so the load's threads cannot delay it): when each row became visible.
+
+    Polls every 5 ms until it has seen as many rows as ``expected`` says were written
+    (or 30 s pass after that number arrives); ``time.monotonic`` is system-wide, so its
+    times compare with the writer's.
+    """
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    ready.set()
+    seen: dict[str, float] = {}
+    last = 0
+    total: int | None = None
+    deadline = float("inf")
+    while total is None or (len(seen) < total and time.monotonic() < deadline):
+        rows = conn.execute("SELECT id, uuid FROM events WHERE id > ? ORDER BY id", (last,)).fetchall()
+        now = time.monotonic()
+        for rowid, uuid in rows:
+            seen.setdefault(uuid, now)
+            last = rowid
+        if total is None and not expected.empty():
+            total = expected.get()
+            deadline = time.monotonic() + 30
+        time.sleep(0.005)
+    conn.close()
+    out.put(seen)
+
+
 class Soak:
     def __init__(self, files: int, rate: float, seconds: float, clients: int) -> None:
         self.result = Result(files=files, rate=rate, seconds=seconds)
@@ -100,7 +130,6 @@ class Soak:
         self.written_at: dict[str, float] = {}
         self.seen_at: dict[str, float] = {}
         self.writing = threading.Event()
-        self.done = threading.Event()
         self.latencies: list[float] = []
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -157,19 +186,6 @@ class Soak:
             os.close(fd)
         self.writing.clear()
 
-    def observer(self) -> None:
-        while not self.db.exists():
-            time.sleep(0.01)
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-        last = 0
-        while not self.done.is_set():
-            rows = conn.execute("SELECT id, uuid FROM events WHERE id > ? ORDER BY id", (last,)).fetchall()
-            now = time.monotonic()
-            for rowid, uuid in rows:
-                self.seen_at.setdefault(uuid, now)
-                last = rowid
-            time.sleep(0.005)
-        conn.close()
 
     def client(self) -> None:
         from csm.client.transport import request
@@ -196,22 +212,30 @@ class Soak:
         self.start()
         assert self.proc is not None
         r.rss_start_mb = rss_mb(self.proc.pid)
-        threads = [threading.Thread(target=self.observer, daemon=True)]
+        ctx = multiprocessing.get_context("spawn")
+        expected: mp_queue.Queue = ctx.Queue()
+        out: mp_queue.Queue = ctx.Queue()
+        ready = ctx.Event()
+        observer = ctx.Process(target=observe, args=(str(self.db), ready, expected, out), daemon=True)
+        observer.start()
+        if not ready.wait(30):
+            raise SystemExit("the observer process did not start")
         writer = threading.Thread(target=self.writer, daemon=True)
         writer.start()
         self.writing.wait(10)
-        threads += [threading.Thread(target=self.client, daemon=True) for _ in range(self.clients)]
+        threads = [threading.Thread(target=self.client, daemon=True) for _ in range(self.clients)]
         for t in threads:
             t.start()
         peak = r.rss_start_mb
         while writer.is_alive():
             peak = max(peak, rss_mb(self.proc.pid))
             writer.join(0.25)
-        deadline = time.monotonic() + 30
-        while len(self.seen_at) < r.written and time.monotonic() < deadline:
+        expected.put(r.written)
+        while observer.is_alive() and out.empty():
             peak = max(peak, rss_mb(self.proc.pid))
             time.sleep(0.05)
-        self.done.set()
+        self.seen_at = out.get(timeout=60)
+        observer.join(10)
         for t in threads:
             t.join(10)
         r.rss_peak_mb = round(peak, 1)
