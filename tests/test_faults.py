@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -68,14 +69,35 @@ class TestDiskFull:
             stored = db_rows(db, "SELECT count(*) FROM events")[0][0]
             assert f.read_bytes()[:offset].count(b"\n") == stored
             assert stored < 6000
-            # Capped exponential backoff: 0.5, 1, 2 s … between attempts.
-            wait_for(lambda: "retrying in 2.0 s" in csmd.log(), 20, "the backoff to reach 2 s")
-            delays = [float(d) for d in re.findall(r"retrying in ([\d.]+) s", csmd.log())]
+            # Exponential backoff, 0.5, 1, 2 s … between attempts, even while appends keep
+            # arriving (each one a hint that must not cut the pause short).
+            written = [6000]
+            keep_writing = threading.Event()
+
+            def writer() -> None:
+                while not keep_writing.wait(0.1):
+                    append(f, fat_line(written[0]))
+                    written[0] += 1
+
+            t = threading.Thread(target=writer)
+            t.start()
+            try:
+                wait_for(lambda: "retrying in 2.0 s" in csmd.log(), 30, "the backoff to reach 2 s")
+            finally:
+                keep_writing.set()
+                t.join()
+            failures = re.findall(r"^(\S+ \S+) ERROR csm.sync: database: .*full.*retrying in ([\d.]+) s$",
+                                  csmd.log(), re.M)
+            delays = [float(d) for _, d in failures]
             assert delays[:3] == [0.5, 1.0, 2.0], delays
+            times = [datetime.strptime(ts, "%Y-%m-%d %H:%M:%S,%f") for ts, _ in failures]
+            for (before, delay), after in zip(zip(times, delays), times[1:]):
+                assert (after - before).total_seconds() >= delay * 0.9, (failures, "a retry came early")
             assert csmd.alive
             subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
-            wait_for(lambda: db_rows(db, "SELECT count(*) FROM events")[0][0] == 6000, 30, "ingestion to resume")
-            assert uuids(db) == expected(6000), "every line once"
+            total = written[0]
+            wait_for(lambda: db_rows(db, "SELECT count(*) FROM events")[0][0] == total, 30, "ingestion to resume")
+            assert uuids(db) == expected(total), "every line once"
             wait_for(lambda: csm_json("status").get("last_error") is None, 10, "the error to clear")
             assert "ingestion resumed" in csmd.log()
         finally:
