@@ -60,6 +60,7 @@ class Daemon:
         self.syncer.before_rescan.append(self.watcher.check)
         self.reader = open_reader(self.db)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query")
+        self.query_slots = threading.BoundedSemaphore(self.config.query_queue)
         self.server = Server(self.sock)
         self.server.bind()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -97,6 +98,11 @@ class Daemon:
                 self.syncer.request_sync(lambda msg: None)
                 reply(Ok(message="sync requested"))
             case Query():
+                # A bounded queue: a flood of slow queries gets "busy", not hours of backlog and memory.
+                if not self.query_slots.acquire(blocking=False):
+                    reply(Error(code="busy", message=f"csmd is busy: {self.config.query_queue} queries are "
+                                                     "running or waiting; try again when they finish"))
+                    return
                 self.pool.submit(self._query, request, reply)
 
     def status(self) -> StatusReply:
@@ -139,6 +145,12 @@ class Daemon:
         return conn
 
     def _query(self, request: Query, reply: Reply) -> None:
+        try:
+            self._answer(request, reply)
+        finally:
+            self.query_slots.release()
+
+    def _answer(self, request: Query, reply: Reply) -> None:
         try:
             reply(queries.run_sql(self._connection(), request.sql, request.params,
                                   min(request.max_rows, self.config.query_max_rows), self.config.query_time_limit_s,

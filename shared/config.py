@@ -40,6 +40,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Most rows one query may return, whatever the client asks for."""
     query_max_bytes: int = 64 * 1024 * 1024
     """About the most bytes of values one query may return (bounds csmd's memory per reply)."""
+    query_queue: int = 32
+    """Queries running or waiting at once; more are answered "busy" at once."""
 
 
 def load(path: Path) -> Config:

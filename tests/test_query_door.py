@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq
 
 from csm.client.transport import request
 from csm.shared import protocol
@@ -117,6 +118,32 @@ class TestLimits:
         assert r.stderr.strip() == (f"csm: output stopped at {len(got)} rows (csmd's query_max_bytes setting; "
                                     "select fewer or smaller columns)")
         assert len(sql("SELECT uuid FROM lines")) == 20, "small columns still fit"
+
+
+class TestFlood:
+    def test_a_flood_of_slow_queries_is_answered_busy(self, csmd: Csmd, tmp_path: Path) -> None:
+        configure(tmp_path, query_time_limit_s=0.5, query_queue=4)
+        csmd.start()
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.DEALER)
+        s.linger = 0
+        try:
+            s.connect(f"ipc://{Path(os.environ['XDG_RUNTIME_DIR']) / 'csm' / 'csmd.sock'}")
+            for _ in range(20):
+                s.send(protocol.encode(protocol.Query(sql=FOREVER)))
+            replies = []
+            for _ in range(20):
+                assert s.poll(10_000), f"only {len(replies)} replies"
+                reply = protocol.decode_reply(s.recv())
+                assert isinstance(reply, protocol.Error)
+                replies.append(reply)
+        finally:
+            s.close()
+            ctx.term()
+        codes = sorted(r.code for r in replies)
+        assert codes == ["busy"] * 16 + ["query"] * 4, codes
+        assert "csmd is busy" in next(r.message for r in replies if r.code == "busy")
+        assert sql("SELECT 1 AS one") == [{"one": 1}], "the queue drains and serves again"
 
 
 class TestIsolation:
