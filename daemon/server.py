@@ -39,8 +39,11 @@ Dispatch = Callable[[protocol.Request, Reply], None]
 
 def private_dir(path: Path) -> None:
     """Create ``path`` 0700, or refuse it if someone else could reach into it."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.stat()
+    except OSError as e:
+        raise PathError(f"cannot use {path} as the socket folder: {e.strerror}") from None
     if st.st_uid != os.getuid():
         raise PathError(f"socket folder {path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); refusing")
     if stat.S_IMODE(st.st_mode) & 0o077:

@@ -97,6 +97,12 @@ class TestTheSocket:
         assert not (folder / "csmd.sock").exists()
         assert mode(folder) == 0o755, "csmd must not silently change a folder it refused"
 
+    def test_a_file_in_the_folders_place_is_reported(self, csmd: Csmd) -> None:
+        runtime_csm().write_text("not a folder")
+        code, out = refused_start(csmd)
+        assert code != 0 and out.strip().count("\n") == 0, out
+        assert out.startswith("csmd: error: ") and str(runtime_csm()) in out
+
     @needs_root
     def test_refuses_a_folder_of_another_user(self, csmd: Csmd) -> None:
         folder = runtime_csm()
