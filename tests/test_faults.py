@@ -178,6 +178,15 @@ class TestDamagedDatabase:
         assert db_rows(db, "SELECT count(*) FROM events") == [(1,)], "the newer database is left as it was"
 
 
+class TestUnusablePaths:
+    def test_a_database_path_that_cannot_exist_is_one_line(self, tmp_path: Path) -> None:
+        blocker = tmp_path / "a-file"
+        blocker.write_text("")
+        code, out = refused_start(Csmd(tmp_path, ["--db", str(blocker / "csm.db")]))
+        assert code == 1 and out.strip().count("\n") == 0, out
+        assert out.startswith("csmd: error: ") and str(blocker) in out
+
+
 class TestDbCommands:
     def test_db_path_follows_the_config_and_the_running_daemon(self, csmd: Csmd, tmp_path: Path, db: Path) -> None:
         assert run_csm("db", "path").stdout.strip() == str(db)
