@@ -24,7 +24,9 @@ class InstanceLock:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
-            raise PathError(f"cannot create the lock file {self.path}: {e.strerror}") from None
+            where = f" ({e.filename}: {e.strerror})" if e.filename and str(e.filename) != str(self.path) else \
+                f": {e.strerror}"
+            raise PathError(f"cannot create the lock file {self.path}{where}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
