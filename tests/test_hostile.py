@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 
 import msgspec
-import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
