@@ -421,7 +421,12 @@ class Ingestor:
         reattach = self._old_rows(f) if f.generation else None
         changed = False
         while True:
-            data = reader.read_complete(fd, f.offset, self.config.batch_bytes)
+            try:
+                data = reader.read_complete(fd, f.offset, self.config.batch_bytes, self.config.max_line_bytes)
+            except reader.LineTooLong as e:
+                self._commit(f, fd, st, f.offset, [], None, totals, too_long=e.length)
+                changed = True
+                continue
             if not data:
                 break
             changed = True
@@ -446,9 +451,13 @@ class Ingestor:
 
     def _commit(
         self, f: FileRow, fd: int, st: os.stat_result, start: int, lines: list[bytes],
-        reattach: dict[str, list[int]] | None, totals: Totals,
+        reattach: dict[str, list[int]] | None, totals: Totals, too_long: int = 0,
     ) -> int:
-        """Store ``lines`` (which begin at ``start``) and move the checkpoint past them, atomically."""
+        """Store ``lines`` (which begin at ``start``) and move the checkpoint past them, atomically.
+
+        ``too_long``: after them comes a line of that many bytes, over ``max_line_bytes``: it is
+        recorded as a bad line (its head only) and the checkpoint moves past it too.
+        """
         rows: list[tuple[Any, ...]] = []
         moves: list[tuple[int, int, int]] = []
         errors: list[tuple[Any, ...]] = []
@@ -491,6 +500,11 @@ class Ingestor:
             agg.add(v, counted=True)
             if agg.first_prompt is None and f.session_key not in self.have_prompt:
                 agg.first_prompt = prompt_text(v)
+        if too_long:
+            errors.append((f.file_id, f.path, gen, pos, too_long, f"line of {too_long} bytes is over the "
+                           f"{self.config.max_line_bytes}-byte limit (max_line_bytes); not stored",
+                           os.pread(fd, ERROR_HEAD, pos)))
+            pos += too_long + 1
         end = pos
         # The new checkpoint is built aside and adopted only once it is committed, so a
         # failed transaction (disk full, locked) leaves memory and database agreeing.

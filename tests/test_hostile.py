@@ -27,6 +27,14 @@ def rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def hwm_kb(pid: int) -> int:
+    """Peak RSS since the process started."""
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if row.startswith("VmHWM:"):
+            return int(row.split()[1])
+    raise AssertionError("no VmHWM")
+
+
 def endpoint() -> str:
     return f"ipc://{Path(os.environ['XDG_RUNTIME_DIR']) / 'csm' / 'csmd.sock'}"
 
@@ -221,6 +229,31 @@ class TestJunkInLiveTranscripts:
         csmd.start()
         assert db_rows(db, "SELECT raw FROM events") == [(cut[:-1].decode(),)]
         assert db_rows(db, "SELECT count(*) FROM sync_errors") == [(0,)]
+
+
+class TestHugeLines:
+    def test_a_line_over_the_limit_is_a_bad_line_and_never_held_in_memory(self, csmd: Csmd, projects: Path,
+                                                                          tmp_path: Path, db: Path) -> None:
+        cfg = tmp_path / "config" / "csm" / "config.toml"
+        cfg.parent.mkdir(parents=True)
+        cfg.write_text("max_line_bytes = 1048576\n")
+        f = projects / "p" / "s.jsonl"
+        append(f, line(0))
+        csmd.start()
+        assert csmd.proc is not None
+        peak_before = hwm_kb(csmd.proc.pid)
+        big = 40 << 20
+        append(f, b'{"type":"user","pad":"' + b"a" * big + b'"}\n' + line(1) + b"b" * (3 << 20))
+        wait_for(lambda: db_rows(db, "SELECT count(*) FROM events")[0][0] == 2, 20, "the line after the big one")
+        errors = db_rows(db, "SELECT line_offset, length, error FROM sync_errors")
+        assert len(errors) == 1 and errors[0][1] == big + len('{"type":"user","pad":""}'), errors
+        assert "max_line_bytes" in errors[0][2]
+        offset = db_rows(db, "SELECT last_position FROM sync_metadata")[0][0]
+        assert offset == f.stat().st_size - (3 << 20), "the unfinished long line waits for its newline"
+        append(f, b"\n" + line(2))
+        wait_for(lambda: db_rows(db, "SELECT count(*) FROM events")[0][0] == 3, 20, "the line after the second")
+        assert db_rows(db, "SELECT count(*) FROM sync_errors") == [(2,)]
+        assert hwm_kb(csmd.proc.pid) - peak_before < 16 * 1024, "a 40 MB line was read into memory"
 
 
 # --- paths ------------------------------------------------------------------------------
