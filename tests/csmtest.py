@@ -13,7 +13,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -132,3 +133,19 @@ def refused_start(csmd: Csmd) -> tuple[int, str]:
     code = csmd.proc.wait(20)
     csmd.proc = None
     return code, csmd.log().rsplit(f"--- start {csmd.starts}\n", 1)[1]
+
+
+@contextmanager
+def raw_client(sock: Path | None = None) -> Iterator[Any]:
+    """A bare ZeroMQ DEALER on csmd's socket, for sending what the CLI never would."""
+    import zmq
+
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    try:
+        s.connect(f"ipc://{sock or Path(os.environ['XDG_RUNTIME_DIR']) / 'csm' / 'csmd.sock'}")
+        yield s
+    finally:
+        s.close()
+        ctx.term()

@@ -11,12 +11,11 @@ import threading
 from pathlib import Path
 
 import msgspec
-import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from csm.shared import protocol
-from csmtest import Csmd, csm_json, db_rows, run_csm, wait_for
+from csmtest import Csmd, csm_json, db_rows, raw_client, run_csm, wait_for
 from test_end_to_end import append, line
 
 
@@ -33,10 +32,6 @@ def hwm_kb(pid: int) -> int:
         if row.startswith("VmHWM:"):
             return int(row.split()[1])
     raise AssertionError("no VmHWM")
-
-
-def endpoint() -> str:
-    return f"ipc://{Path(os.environ['XDG_RUNTIME_DIR']) / 'csm' / 'csmd.sock'}"
 
 
 # --- protocol ---------------------------------------------------------------------------
@@ -78,29 +73,23 @@ class TestProtocolFuzz:
         assert csmd.proc is not None
         pid = csmd.proc.pid
         rng = random.Random(7)
-        ctx = zmq.Context()
-        s = ctx.socket(zmq.DEALER)
-        s.linger = 0
-        s.connect(endpoint())
         replies: list[protocol.Reply] = []
 
-        def burst(n: int) -> None:
-            """Send n requests (each one message, maybe many frames), then read n replies."""
-            for _ in range(n):
-                s.send_multipart(garbage(rng))
-            for _ in range(n):
-                assert s.poll(10_000), f"no reply after {len(replies)} replies"
-                replies.append(protocol.decode_reply(s.recv_multipart()[-1]))
+        with raw_client() as s:
 
-        try:
+            def burst(n: int) -> None:
+                """Send n requests (each one message, maybe many frames), then read n replies."""
+                for _ in range(n):
+                    s.send_multipart(garbage(rng))
+                for _ in range(n):
+                    assert s.poll(10_000), f"no reply after {len(replies)} replies"
+                    replies.append(protocol.decode_reply(s.recv_multipart()[-1]))
+
             burst(1000)  # warm-up: let allocators and caches settle before measuring
             before = rss_kb(pid)
             for _ in range(18):
                 burst(500)
             after = rss_kb(pid)
-        finally:
-            s.close()
-            ctx.term()
         assert len(replies) == 10_000, "each malformed request gets exactly one reply"
         kinds = {(type(r).__name__, getattr(r, "code", None)) for r in replies}
         # bad_request; or, for the few that decode (a Status with an unknown field, a Query
@@ -118,17 +107,10 @@ class TestProtocolFuzz:
         before = rss_kb(csmd.proc.pid)
         big = b"\xc6" + (8 << 20).to_bytes(4, "big") + bytes(8 << 20)  # an 8 MiB msgpack bin
         assert len(big) > protocol.MAX_REQUEST_BYTES
-        ctx = zmq.Context()
-        try:
-            for _ in range(3):
-                s = ctx.socket(zmq.DEALER)
-                s.linger = 0
-                s.connect(endpoint())
+        for _ in range(3):
+            with raw_client() as s:
                 s.send(big)
                 assert not s.poll(500), "an oversize request gets no reply: its connection is dropped"
-                s.close()
-        finally:
-            ctx.term()
         assert csm_json("status")["pid"] == csmd.proc.pid
         assert rss_kb(csmd.proc.pid) - before < 8 * 1024, "the big frames were not kept"
 

@@ -10,13 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-import zmq
 
 from csm.client.transport import request
 from csm.shared import protocol
 from csm.shared.errors import QueryError
 
-from csmtest import Csmd, csm_json, db_rows, run_csm, sql, wait_for
+from csmtest import Csmd, csm_json, db_rows, raw_client, run_csm, sql, wait_for
 from test_end_to_end import append, line
 
 FOREVER = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
@@ -124,22 +123,15 @@ class TestFlood:
     def test_a_flood_of_slow_queries_is_answered_busy(self, csmd: Csmd, tmp_path: Path) -> None:
         configure(tmp_path, query_time_limit_s=0.5, query_queue=4)
         csmd.start()
-        ctx = zmq.Context()
-        s = ctx.socket(zmq.DEALER)
-        s.linger = 0
-        try:
-            s.connect(f"ipc://{Path(os.environ['XDG_RUNTIME_DIR']) / 'csm' / 'csmd.sock'}")
+        replies = []
+        with raw_client() as s:
             for _ in range(20):
                 s.send(protocol.encode(protocol.Query(sql=FOREVER)))
-            replies = []
             for _ in range(20):
                 assert s.poll(10_000), f"only {len(replies)} replies"
                 reply = protocol.decode_reply(s.recv())
                 assert isinstance(reply, protocol.Error)
                 replies.append(reply)
-        finally:
-            s.close()
-            ctx.term()
         codes = sorted(r.code for r in replies)
         assert codes == ["busy"] * 16 + ["query"] * 4, codes
         assert "csmd is busy" in next(r.message for r in replies if r.code == "busy")

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
-import zmq
+import zmq  # noqa: F401 - imported before any fork: the other user may not read Python's files
 
 from csm.shared import protocol
 
-from csmtest import Csmd, csm_json, refused_start, run_csm, scalar, wait_for
+from csmtest import Csmd, csm_json, raw_client, refused_start, run_csm, scalar, wait_for
 from test_end_to_end import append, line
 
 ROOT = os.geteuid() == 0
@@ -65,17 +65,10 @@ def as_user(uid: int, fn: Callable[[], object]) -> object:
 
 
 def zmq_ask(sock: Path, payload: bytes) -> object:
-    """One raw frame to csmd over a fresh context; the decoded reply, or None after 5 s."""
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.linger = 0
-    try:
-        s.connect(f"ipc://{sock}")
+    """One raw frame to csmd; the decoded reply, or None after 5 s."""
+    with raw_client(sock) as s:
         s.send(payload)
         return msgspec.to_builtins(protocol.decode_reply(s.recv())) if s.poll(5000) else None
-    finally:
-        s.close()
-        ctx.term()
 
 
 class TestTheSocket:
@@ -175,11 +168,7 @@ class TestPeers:
 
     def test_a_request_must_be_one_frame(self, csmd: Csmd) -> None:
         csmd.start()
-        ctx = zmq.Context()
-        s = ctx.socket(zmq.DEALER)
-        s.linger = 0
-        try:
-            s.connect(f"ipc://{runtime_csm() / 'csmd.sock'}")
+        with raw_client() as s:
             s.send_multipart([protocol.encode(protocol.Status()), b"extra"])
             assert s.poll(5000)
             reply = protocol.decode_reply(s.recv_multipart()[-1])
@@ -187,9 +176,6 @@ class TestPeers:
             s.send(protocol.encode(protocol.Status()))
             assert s.poll(5000)
             assert isinstance(protocol.decode_reply(s.recv()), protocol.StatusReply)
-        finally:
-            s.close()
-            ctx.term()
 
 
 class TestPrivateFiles:
