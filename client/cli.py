@@ -16,6 +16,7 @@ import msgspec
 
 from csm.client import render
 from csm.client.service import service
+from csm.client.db import db
 from csm.client.transport import request
 from csm.shared import __version__, protocol
 from csm.shared.errors import CsmError, DaemonNotRunning
@@ -265,7 +266,15 @@ def query_sql(sql: str, params: tuple[str, ...], max_rows: int, fmt: str | None)
     assert isinstance(reply, protocol.Rows)
     render.emit_rows(reply.columns, reply.rows, fmt)
     if reply.truncated:
-        click.echo(f"csm: output stopped at {max_rows} rows (--max-rows)", err=True)
+        n = len(reply.rows)
+        if reply.limit == "bytes":
+            why = "csmd's query_max_bytes setting; select fewer or smaller columns"
+        else:
+            why = "--max-rows" if n >= max_rows else "csmd's query_max_rows setting"
+        click.echo(f"csm: output stopped at {n} rows ({why})", err=True)
+
+
+cli.add_command(db)
 
 
 @query.command("usage")

@@ -23,14 +23,14 @@ from csm.daemon.ingest import Ingestor
 from csm.daemon.lock import InstanceLock
 from csm.daemon.notify import Notifier
 from csm.daemon.server import Reply, Server
-from csm.daemon.store import Store, figures, open_reader, open_writer
 from csm.daemon.prices import PriceTable
+from csm.daemon.store import Store, figures, open_reader, open_writer, way_out
 from csm.daemon.syncer import Syncer
 from csm.daemon.usage import UsageSink
 from csm.daemon.watcher import Watcher
 from csm.shared import __version__, paths
 from csm.shared.config import Resolved
-from csm.shared.errors import QueryError
+from csm.shared.errors import DatabaseError, QueryError
 from csm.shared.protocol import (
     ConfigReply,
     Error,
@@ -66,6 +66,8 @@ class Daemon:
         lock.acquire()
         try:
             return self._run()
+        except sqlite3.DatabaseError as e:  # damage found past the header, while loading the checkpoints
+            raise DatabaseError(f"cannot use database {self.db}: {e}; {way_out(self.db)}") from None
         finally:
             lock.release()
 
@@ -85,6 +87,7 @@ class Daemon:
         threading.excepthook = self._thread_died
         self.reader = open_reader(self.db)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query")
+        self.query_slots = threading.BoundedSemaphore(self.config.query_queue)
         self.server = Server(self.sock)
         self.server.bind()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -147,9 +150,11 @@ class Daemon:
                 self.syncer.request_sync(lambda msg: None)
                 reply(Ok(message="sync requested"))
             case Query(sql=sql, params=params, max_rows=max_rows):
-                self.pool.submit(self._answer, reply, lambda conn: queries.run_sql(conn, sql, params, max_rows))
+                cfg = self.config
+                self._submit(reply, lambda conn: queries.run_sql(
+                    conn, sql, params, min(max_rows, cfg.query_max_rows), cfg.query_time_limit_s, cfg.query_max_bytes))
             case UsageReport():
-                self.pool.submit(self._answer, reply, lambda conn: reports.usage(conn, request, self.prices.updated))
+                self._submit(reply, lambda conn: reports.usage(conn, request, self.prices.updated))
             case GetConfig():
                 s = self.settings
                 reply(ConfigReply(pid=os.getpid(), config_file=s.file, config_file_exists=s.file_exists,
@@ -185,14 +190,31 @@ class Daemon:
             watch_mode=self.watcher.mode,
             watcher_restarts=self.watcher.restarts,
             backlog=self.syncer.backlog,
-            last_error=self.syncer.last_error,
+            last_error=self.syncer.last_error or self._stuck(),
         )
+
+    def _stuck(self) -> str | None:
+        stuck = dict(self.ingestor.stuck)  # a copy: the ingest thread may change it meanwhile
+        if not stuck:
+            return None
+        path, error = next(iter(stuck.items()))
+        more = f" (and {len(stuck) - 1} more files)" if len(stuck) > 1 else ""
+        return f"cannot ingest {path}{more}: {error}; see the log"
 
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self.local, "conn", None)
         if conn is None:
             conn = self.local.conn = queries.open_query_connection(self.db)
         return conn
+
+    def _submit(self, reply: Reply, work: Callable[[sqlite3.Connection], Message]) -> None:
+        """Queue read-only ``work`` for the pool; a bounded queue, so a flood of slow queries gets
+        "busy" at once instead of hours of backlog and memory."""
+        if not self.query_slots.acquire(blocking=False):
+            reply(Error(code="busy", message=f"csmd is busy: {self.config.query_queue} queries are "
+                                             "running or waiting; try again when they finish"))
+            return
+        self.pool.submit(self._answer, reply, work)
 
     def _answer(self, reply: Reply, work: Callable[[sqlite3.Connection], Message]) -> None:
         """Run a read-only ``work`` on this pool thread's connection and reply with its result."""
@@ -203,3 +225,5 @@ class Daemon:
         except Exception as e:
             log.exception("query failed")
             reply(Error(code="internal", message=f"{type(e).__name__}: {e}"))
+        finally:
+            self.query_slots.release()

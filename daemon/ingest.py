@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sqlite3
 import stat
 import threading
 import time
@@ -169,6 +170,10 @@ class Ingestor:
         self.on_commit: list[CommitHook] = []
         self.sinks: list[Sink] = []
         self.stopping = threading.Event()
+        self.stuck: dict[str, str] = {}
+        """Files whose last visit failed with an unexpected error (a bug), for ``csm status``."""
+        self.skipped: set[str] = set()
+        """Paths that cannot be stored (names that are not UTF-8), warned about once."""
 
     # --- scanning ------------------------------------------------------------------
 
@@ -253,9 +258,10 @@ class Ingestor:
     # --- one file ------------------------------------------------------------------
 
     def mark_gone(self, f: FileRow) -> None:
-        f.gone_at = now_iso()
+        when = now_iso()
         with self.store.transaction():
-            self.store.mark_gone(f.file_id, f.gone_at)
+            self.store.mark_gone(f.file_id, when)
+        f.gone_at = when  # only once committed, so a failed write is retried
         log.info("source file gone, rows kept: %s", f.path)
 
     def moved(self, src: str, dest: str) -> Totals:
@@ -288,9 +294,26 @@ class Ingestor:
             self.store.save_file(f, _iso_mtime(f.mtime_ns))
 
     def visit(self, path: str) -> Totals:
-        """Bring one path's rows and checkpoint up to date with the file."""
+        """Bring one path's rows and checkpoint up to date with the file.
+
+        A database error propagates (the syncer backs off and retries everything); any
+        other failure is a bug confined to this file: it is logged, the file's checkpoint
+        stays where it was, and the other files go on.
+        """
+        try:
+            totals = self._visit(path)
+        except sqlite3.Error:
+            raise
+        except Exception as e:
+            log.exception("cannot ingest %s (its checkpoint stays; other files go on)", path)
+            self.stuck[path] = f"{type(e).__name__}: {e}"
+            return Totals(files_scanned=1, errors=1)
+        self.stuck.pop(path, None)
+        return totals
+
+    def _visit(self, path: str) -> Totals:
         totals = Totals(files_scanned=1)
-        if path in self.exclude:
+        if path in self.exclude or not self._storable(path):
             return totals
         try:
             fd = os.open(path, _OPEN_FLAGS)
@@ -315,6 +338,17 @@ class Ingestor:
         finally:
             os.close(fd)
         return totals
+
+    def _storable(self, path: str) -> bool:
+        """A path that is not valid UTF-8 cannot be stored as text; Claude Code never writes one."""
+        try:
+            path.encode("utf-8")
+            return True
+        except UnicodeEncodeError:
+            if path not in self.skipped:
+                self.skipped.add(path)
+                log.warning("skipping %r: its name is not valid UTF-8", path)
+            return False
 
     def _unreadable(self, path: str, e: OSError) -> None:
         if e.errno in (errno.ELOOP, errno.ENXIO):  # a symlink (not followed) or a socket/FIFO
@@ -398,7 +432,12 @@ class Ingestor:
         reattach = self._old_rows(f) if f.generation else None
         changed = False
         while True:
-            data = reader.read_complete(fd, f.offset, self.config.batch_bytes)
+            try:
+                data = reader.read_complete(fd, f.offset, self.config.batch_bytes, self.config.max_line_bytes)
+            except reader.LineTooLong as e:
+                self._commit(f, fd, st, f.offset, [], None, totals, too_long=e.length)
+                changed = True
+                continue
             if not data:
                 break
             changed = True
@@ -423,9 +462,13 @@ class Ingestor:
 
     def _commit(
         self, f: FileRow, fd: int, st: os.stat_result, start: int, lines: list[bytes],
-        reattach: dict[str, list[int]] | None, totals: Totals,
+        reattach: dict[str, list[int]] | None, totals: Totals, too_long: int = 0,
     ) -> int:
-        """Store ``lines`` (which begin at ``start``) and move the checkpoint past them, atomically."""
+        """Store ``lines`` (which begin at ``start``) and move the checkpoint past them, atomically.
+
+        ``too_long``: after them comes a line of that many bytes, over ``max_line_bytes``: it is
+        recorded as a bad line (its head only) and the checkpoint moves past it too.
+        """
         rows: list[tuple[Any, ...]] = []
         moves: list[tuple[int, int, int]] = []
         errors: list[tuple[Any, ...]] = []
@@ -468,6 +511,11 @@ class Ingestor:
             agg.add(v, counted=True)
             if agg.first_prompt is None and f.session_key not in self.have_prompt:
                 agg.first_prompt = prompt_text(v)
+        if too_long:
+            errors.append((f.file_id, f.path, gen, pos, too_long, f"line of {too_long} bytes is over the "
+                           f"{self.config.max_line_bytes}-byte limit (max_line_bytes); not stored",
+                           os.pread(fd, ERROR_HEAD, pos)))
+            pos += too_long + 1
         end = pos
         # The new checkpoint is built aside and adopted only once it is committed, so a
         # failed transaction (disk full, locked) leaves memory and database agreeing.

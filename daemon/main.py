@@ -61,6 +61,7 @@ def cli(roots: tuple[Path, ...], db: Path | None, config_file: Path | None, log_
     """
     from csm.daemon.app import Daemon
 
+    os.umask(0o077)  # whatever csmd creates (database, WAL, lock, socket) is the user's alone
     overrides: dict[str, tuple[object, str]] = {}
     if roots:
         overrides["roots"] = ([str(p.expanduser().absolute()) for p in roots], "--root")

@@ -42,25 +42,43 @@ def tail(fd: int, offset: int) -> bytes | None:
     return digest(os.pread(fd, offset - start, start))
 
 
-def read_complete(fd: int, offset: int, want: int) -> bytes:
+class LineTooLong(Exception):
+    """The complete line at the offset is longer than the limit: ``length`` bytes, without its newline."""
+
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
+
+
+def read_complete(fd: int, offset: int, want: int, max_line: int) -> bytes:
     """Read from ``offset`` about ``want`` bytes and return them up to the last ``\\n``.
 
-    When there is no newline within ``want`` bytes (one very long line), it keeps
-    reading until one arrives or the file ends: a line is never cut, however long.
     Bytes after the last newline (a line still being written) are left for later.
+    When not even one line ends within ``want`` bytes, the line's end is looked for
+    first, without keeping what is scanned, and the whole line is then read at once:
+    a line is never cut, and a line over ``max_line`` is never held in memory
+    (``LineTooLong`` says how long it is).
     """
-    chunks: list[bytes] = []
-    pos = offset
-    total = 0
-    while True:
-        data = os.pread(fd, max(want - total, READ_STEP), pos)
-        if not data:
-            break
-        chunks.append(data)
+    data = os.pread(fd, want, offset)
+    cut = data.rfind(b"\n")
+    if cut >= 0:
+        return data if cut == len(data) - 1 else data[: cut + 1]
+    if len(data) < want:
+        return b""  # the file ends inside a line still being written
+    length = _line_end(fd, offset + len(data), offset)
+    if length is None:
+        return b""
+    if length > max_line:
+        raise LineTooLong(length)
+    line = os.pread(fd, length + 1, offset)
+    return line if line.endswith(b"\n") else b""  # changed under us: the next visit looks again
+
+
+def _line_end(fd: int, pos: int, offset: int) -> int | None:
+    """Length of the line that starts at ``offset``, scanning from ``pos`` without keeping the bytes."""
+    while data := os.pread(fd, READ_STEP, pos):
+        cut = data.find(b"\n")
+        if cut >= 0:
+            return pos + cut - offset
         pos += len(data)
-        total += len(data)
-        if total >= want and b"\n" in data:
-            break
-    buf = b"".join(chunks) if len(chunks) != 1 else chunks[0]
-    cut = buf.rfind(b"\n")
-    return buf[: cut + 1] if cut >= 0 else b""
+    return None

@@ -122,10 +122,14 @@ class Syncer(threading.Thread):
                 self.serving = waiters
             try:
                 self._work(paths, dirs, moves, rescan, waiters)
-            except sqlite3.Error as e:
+            except Exception as e:  # the ingest thread must never die: back off and retry
                 backoff = min(BACKOFF_MAX_S, backoff * 2 or 0.5)
-                self.last_error = f"database: {e}; retrying in {backoff:.1f} s"
-                log.error("%s", self.last_error)
+                what = "database" if isinstance(e, sqlite3.Error) else f"internal error {type(e).__name__}"
+                self.last_error = f"{what}: {e}; retrying in {backoff:.1f} s"
+                if isinstance(e, sqlite3.Error):
+                    log.error("%s", self.last_error)
+                else:
+                    log.exception("%s", self.last_error)
                 with self.cond:
                     for p in paths:
                         self.paths.setdefault(p)
@@ -134,7 +138,11 @@ class Syncer(threading.Thread):
                     self.moves[:0] = moves
                     self.rescan_due = self.rescan_due or rescan
                     self.waiters[:0] = waiters
-                    self.cond.wait(backoff)
+                    # New hints must not cut the pause short: under a steady stream of
+                    # appends that would turn the backoff into a busy retry loop.
+                    resume = time.monotonic() + backoff
+                    while not stopping.is_set() and (left := resume - time.monotonic()) > 0:
+                        self.cond.wait(left)
                 continue
             except Exception as e:
                 log.exception("ingest failed; the next rescan retries")

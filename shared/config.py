@@ -41,12 +41,22 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Lines per transaction (each batch commits with its checkpoint)."""
     batch_bytes: Annotated[int, msgspec.Meta(ge=1)] = 4 * 1024 * 1024
     """Bytes read per batch, whichever limit comes first."""
+    max_line_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024 * 1024
+    """A longer line is recorded as a bad line instead of being read into memory and stored."""
     watch: bool = True
     """Use the file watcher; false means polling rescans only."""
     poll_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
     """Rescan period (s) when not watching (watch = false, or inotify limits reached)."""
     log_level: LogLevel = "info"
     """Log verbosity: debug, info, warning or error."""
+    query_time_limit_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    """Wall time after which ``csm query sql`` stops a query (keep it below the CLI's 30 s wait)."""
+    query_max_rows: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    """Most rows one query may return, whatever the client asks for."""
+    query_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024 * 1024
+    """About the most bytes of values one query may return (bounds csmd's memory per reply)."""
+    query_queue: Annotated[int, msgspec.Meta(ge=1)] = 32
+    """Queries running or waiting at once; more are answered "busy" at once."""
 
 
 KEYS: tuple[str, ...] = Config.__struct_fields__

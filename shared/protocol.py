@@ -161,6 +161,8 @@ class Rows(Message, kw_only=True):
     columns: list[str]
     rows: list[list[Any]]
     truncated: bool = False
+    limit: str = ""
+    """When truncated, the limit that was hit: "rows" (the request's or csmd's row cap) or "bytes"."""
 
 
 class UsageRows(Message, kw_only=True):

@@ -13,7 +13,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -147,3 +148,28 @@ def db_rows(db: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
 def line_count(path: Path) -> int:
     """Complete lines in a file: what csm must have ingested (rows plus bad lines)."""
     return path.read_bytes().count(b"\n")
+
+
+def refused_start(csmd: Csmd) -> tuple[int, str]:
+    """Start csmd expecting it to refuse: its exit code and what it printed for this start."""
+    csmd.start(wait=False)
+    assert csmd.proc is not None
+    code = csmd.proc.wait(20)
+    csmd.proc = None
+    return code, csmd.log().rsplit(f"--- start {csmd.starts}\n", 1)[1]
+
+
+@contextmanager
+def raw_client(sock: Path | None = None) -> Iterator[Any]:
+    """A bare ZeroMQ DEALER on csmd's socket, for sending what the CLI never would."""
+    import zmq
+
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    try:
+        s.connect(f"ipc://{sock or Path(os.environ['XDG_RUNTIME_DIR']) / 'csm' / 'csmd.sock'}")
+        yield s
+    finally:
+        s.close()
+        ctx.term()

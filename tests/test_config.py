@@ -37,8 +37,9 @@ def test_show_asks_the_running_daemon_which_knows_its_flags(csmd: Csmd, tmp_path
                           "where": "CLAUDE_CONFIG_DIR"}
     assert s["db"] == {"value": str(tmp_path / "data" / "csm" / "csm.db"), "source": "default", "where": ""}
     assert s["poll_interval_s"]["source"] == "default"
-    assert set(s) == {"roots", "db", "rescan_interval_s", "batch_lines", "batch_bytes", "watch", "poll_interval_s",
-                      "log_level"}
+    assert set(s) == {"roots", "db", "rescan_interval_s", "batch_lines", "batch_bytes", "max_line_bytes", "watch",
+                      "poll_interval_s", "log_level", "query_time_limit_s", "query_max_rows", "query_max_bytes",
+                      "query_queue"}
 
     human = run_csm("config", "show")
     assert human.returncode == 0
