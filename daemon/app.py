@@ -17,21 +17,25 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from csm.daemon import queries, reports
+from csm.daemon import browse, queries, reports, search
 from csm.daemon.ingest import Ingestor
 from csm.daemon.lock import InstanceLock
 from csm.daemon.notify import Notifier
-from csm.daemon.server import Reply, Server
+from csm.daemon.server import Replier, Reply, Server
 from csm.daemon.store import Store, figures, open_reader, open_writer
 from csm.daemon.prices import PriceTable
 from csm.daemon.syncer import Syncer
 from csm.daemon.usage import UsageSink
+from csm.daemon.watch import Watchers
 from csm.daemon.watcher import Watcher
 from csm.shared import __version__, paths
 from csm.shared.config import Config
-from csm.shared.errors import QueryError
-from csm.shared.protocol import Error, Message, Ok, Query, Request, Status, StatusReply, Sync, UsageReport
+from csm.shared.errors import NotFound, QueryError
+from csm.shared.protocol import (
+    Error, Message, Ok, Query, Request, Search, Sessions, Show, Status, StatusReply, Sync, UsageReport, Watch,
+)
 
 log = logging.getLogger("csm.daemon")
 
@@ -66,10 +70,15 @@ class Daemon:
         self.syncer = Syncer(self.ingestor, self.config.rescan_interval_s)
         self.watcher = Watcher(self.roots, self.syncer, self.config.watch, self.config.poll_interval_s)
         self.syncer.before_rescan.append(self.watcher.check)
+        self.search_index = search.SearchIndex()
+        self.ingestor.sinks.append(self.search_index)
+        self.syncer.before_rescan.append(lambda: self.search_index.backfill(store))
         self.reader = open_reader(self.db)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query")
         self.server = Server(self.sock)
         self.server.bind()
+        self.watchers = Watchers(self.server)
+        self.ingestor.on_commit.append(self.watchers.on_commit)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         signal.set_wakeup_fd(self.server.wake_w, warn_on_full_buffer=False)
@@ -78,9 +87,8 @@ class Daemon:
         self.watcher.start()
         self.syncer.start()  # its first job is the initial scan
         self.notifier.ready()
-        tick = self._watchdog_tick if self.notifier.watchdog_interval_s else None
         try:
-            self.server.serve(self.dispatch, tick)
+            self.server.serve(self.dispatch, self._tick)
         finally:
             log.info("stopping")
             self.notifier.stopping()
@@ -94,7 +102,15 @@ class Daemon:
         return 0
 
     def _on_signal(self, signum: int, frame: object) -> None:
+        self.watchers.stop()
         self.server.stop()
+
+    def _tick(self) -> float | None:
+        """The main loop's timers: systemd's watchdog (when supervised) and the watch heartbeats."""
+        waits = [self.watchers.tick()]
+        if self.notifier.watchdog_interval_s:
+            waits.append(self._watchdog_tick())
+        return min((w for w in waits if w is not None), default=None)
 
     def _watchdog_tick(self) -> float:
         """Ping systemd's watchdog from the main loop, while the ingest thread lives.
@@ -126,6 +142,14 @@ class Daemon:
                 self.pool.submit(self._answer, reply, lambda conn: queries.run_sql(conn, sql, params, max_rows))
             case UsageReport():
                 self.pool.submit(self._answer, reply, lambda conn: reports.usage(conn, request, self.prices.updated))
+            case Sessions():
+                self.pool.submit(self._answer, reply, lambda conn: browse.sessions(conn, request))
+            case Show():
+                self.pool.submit(self._answer, reply, lambda conn: browse.show(conn, request))
+            case Search():
+                self.pool.submit(self._answer, reply, lambda conn: search.search(conn, request))
+            case Watch():
+                self.pool.submit(self._answer, reply, lambda conn: self._watch(conn, request, reply))
 
     def status(self) -> StatusReply:
         f = figures(self.reader)
@@ -158,12 +182,22 @@ class Daemon:
             conn = self.local.conn = queries.open_query_connection(self.db)
         return conn
 
-    def _answer(self, reply: Reply, work: Callable[[sqlite3.Connection], Message]) -> None:
-        """Run a read-only ``work`` on this pool thread's connection and reply with its result."""
+    def _answer(self, reply: Reply, work: Callable[[sqlite3.Connection], Message | None]) -> None:
+        """Run a read-only ``work`` on this pool thread's connection and reply with its result (if any)."""
         try:
-            reply(work(self._connection()))
+            result = work(self._connection())
+            if result is not None:
+                reply(result)
+        except NotFound as e:
+            reply(Error(code="not_found", message=str(e)))
         except QueryError as e:
             reply(Error(code="query", message=str(e)))
         except Exception as e:
             log.exception("query failed")
             reply(Error(code="internal", message=f"{type(e).__name__}: {e}"))
+
+    def _watch(self, conn: sqlite3.Connection, request: Watch, reply: Reply) -> None:
+        """Subscribe this client (a session prefix is resolved once, here)."""
+        assert isinstance(reply, Replier)
+        session = browse.resolve(conn, request.session) if request.session else None
+        self.watchers.add(reply.envelope, session, request.project)

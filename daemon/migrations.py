@@ -207,7 +207,57 @@ SELECT session_id, project, sum(responses) AS responses, sum(input_tokens) AS in
 FROM usage_slots GROUP BY session_id, project;
 """
 
+M004_SEARCH = """
+-- The prose of each user, assistant and summary line (prompts, answers, summaries; no tool
+-- input or output, no thinking), written by the search sink in the batch's transaction.
+-- It feeds the public messages view and the snippets of search_text.
+CREATE TABLE message_text (
+    event_id INTEGER PRIMARY KEY,   -- events.id
+    role TEXT NOT NULL,             -- user, assistant or summary
+    message_id TEXT,                -- message.id: the lines of one API response share it
+    text TEXT NOT NULL
+);
+
+-- Full-text indexes (FTS5, bm25). search_text indexes message_text (external content: the
+-- text is stored once). search_tools indexes tool input and output, most of the bytes, and
+-- is contentless: only the index is stored; snippets are made from the line when asked for.
+-- The rowid of both is events.id.
+CREATE VIRTUAL TABLE search_text USING fts5(
+    text, content='message_text', content_rowid='event_id', tokenize='porter unicode61 remove_diacritics 2'
+);
+CREATE VIRTUAL TABLE search_tools USING fts5(
+    text, content='', tokenize='porter unicode61 remove_diacritics 2'
+);
+
+-- Lines ingested before this migration are indexed by csmd when it starts, newest first;
+-- ids below pending_below are still to do; 0 when done.
+CREATE TABLE search_backfill (pending_below INTEGER NOT NULL);
+INSERT INTO search_backfill SELECT COALESCE(max(id) + 1, 0) FROM events;
+
+-- csm query sessions: newest first, and the file_present check per session.
+CREATE INDEX session_stats_last_ts ON session_stats(last_ts);
+CREATE INDEX sync_metadata_session_key ON sync_metadata(session_key);
+
+-- Public: one row per user or assistant message with text. The lines of one API response
+-- (same message.id) are one message, their texts joined in file order.
+CREATE VIEW messages AS
+SELECT session_id, timestamp, role, text, message_id, uuid FROM (
+    SELECT m.session_key AS session_id, e.timestamp, t.role, t.message_id, e.uuid,
+           group_concat(t.text, char(10)) OVER w AS text,
+           row_number() OVER (PARTITION BY m.session_key, e.file_id, COALESCE(t.message_id, t.event_id)
+                              ORDER BY t.event_id) AS part
+    FROM message_text t
+    JOIN events e ON e.id = t.event_id
+    JOIN sync_metadata m ON m.file_id = e.file_id
+    WHERE t.role IN ('user', 'assistant')
+    WINDOW w AS (PARTITION BY m.session_key, e.file_id, COALESCE(t.message_id, t.event_id) ORDER BY t.event_id
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+)
+WHERE part = 1;
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
     ("m003_usage", M003_USAGE),
+    ("m004_search", M004_SEARCH),
 ]

@@ -1,0 +1,235 @@
+"""Full-text search: the index the writer keeps current, and the query that reads it.
+
+Two FTS5 tables (migration m004_search), both keyed by ``events.id``:
+
+- ``search_text``: prompts, answers and summaries, the text a person remembers. It is an
+  external-content table over ``message_text`` (which the public ``messages`` view reads
+  too), so the text is stored once and ``snippet()`` works.
+- ``search_tools``: tool input and output, most of a transcript's bytes and noise for most
+  searches, so it is searched only with ``--include-tools``. It is contentless (only the
+  index is stored); its snippets are made at query time by indexing the few hits' text in
+  a scratch in-memory FTS5 table and running the same MATCH there, so the highlighting is
+  exactly FTS5's. Each line's tool text is capped at ``TOOL_TEXT_MAX`` characters.
+
+The sink does its work in the batch's transaction (``Ingestor.sinks``): a line and its
+index entries are committed together, so search never misses or doubles a stored line.
+Progress lines are not indexed: the subagent messages they embed are in the subagent's
+own file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from typing import Any
+
+import msgspec
+
+from csm.daemon.content import blocks, decode_any, result_text, strings
+from csm.daemon.parse import BadLine, LineView, parse
+from csm.daemon.store import FileRow, Store
+from csm.shared.errors import QueryError
+from csm.shared.protocol import Rows, Search
+
+log = logging.getLogger("csm.search")
+
+TOKENIZE = "porter unicode61 remove_diacritics 2"
+TOOL_TEXT_MAX = 16 * 1024
+BACKFILL_BATCH = 2000
+MARK_START, MARK_END = "\u00ab", "\u00bb"  # « », made bold on a terminal by the CLI
+SNIPPET_TOKENS = 16
+
+
+def extract(v: LineView, tools: bool = True) -> tuple[str | None, str, str]:
+    """(role, prose, tool text) of a line; role None when it has nothing to index."""
+    if v.type == "summary":
+        return ("summary", v.summary, "") if v.summary else (None, "", "")
+    if v.type not in ("user", "assistant") or v.message is None or v.is_meta:
+        return None, "", ""
+    prose: list[str] = []
+    tool: list[str] = []
+    for b in blocks(v.message.content):
+        if b.type == "text" and b.text:
+            prose.append(b.text)
+        elif not tools:
+            continue
+        elif b.type == "tool_use":
+            tool.append(b.name or "")
+            strings(decode_any(b.input), tool)
+        elif b.type == "tool_result":
+            tool.append(result_text(b))
+    text = "\n".join(tool)
+    return v.type, "\n".join(prose), text[:TOOL_TEXT_MAX]
+
+
+class SearchIndex:
+    """The ``Sink`` that keeps ``message_text``, ``search_text`` and ``search_tools`` current."""
+
+    def __init__(self) -> None:
+        self.texts: list[tuple[int, str, str | None, str]] = []
+        self.tools: list[tuple[int, str]] = []
+
+    def add(self, event_id: int, f: FileRow, view: LineView, line: bytes) -> None:
+        role, prose, tool = extract(view)
+        if role is None:
+            return
+        if prose.strip():
+            self.texts.append((event_id, role, view.message.id if view.message else None, prose))
+        if tool.strip():
+            self.tools.append((event_id, tool))
+
+    def write(self, store: Store) -> None:
+        conn = store.conn
+        if self.texts:
+            conn.executemany("INSERT INTO message_text (event_id, role, message_id, text) VALUES (?,?,?,?)",
+                             self.texts)
+            conn.executemany("INSERT INTO search_text (rowid, text) VALUES (?,?)",
+                             [(r[0], r[3]) for r in self.texts])
+        if self.tools:
+            conn.executemany("INSERT INTO search_tools (rowid, text) VALUES (?,?)", self.tools)
+
+    def clear(self) -> None:
+        self.texts.clear()
+        self.tools.clear()
+
+    def backfill(self, store: Store) -> None:
+        """Index the lines stored before the index existed (newest first), one transaction per batch."""
+        done = 0
+        while True:
+            row = store.conn.execute("SELECT pending_below FROM search_backfill").fetchone()
+            below = row[0] if row else 0
+            if not below:
+                break
+            batch = store.conn.execute("SELECT id, raw FROM events WHERE id < ? ORDER BY id DESC LIMIT ?",
+                                       (below, BACKFILL_BATCH)).fetchall()
+            for event_id, raw in batch:
+                try:
+                    self.add(event_id, None, parse(raw.encode()), b"")  # type: ignore[arg-type]
+                except BadLine:
+                    continue
+            try:
+                with store.transaction():
+                    self.write(store)
+                    store.conn.execute("UPDATE search_backfill SET pending_below = ?",
+                                       (batch[-1][0] if len(batch) == BACKFILL_BATCH else 0,))
+            finally:
+                self.clear()
+            done += len(batch)
+        if done:
+            log.info("search index: indexed %d lines stored before it existed", done)
+
+
+# --- queries ---------------------------------------------------------------------------
+
+_scratch = threading.local()
+
+
+def _scratch_conn() -> sqlite3.Connection:
+    conn = getattr(_scratch, "conn", None)
+    if conn is None:
+        conn = _scratch.conn = sqlite3.connect(":memory:", check_same_thread=False)
+        conn.execute(f"CREATE VIRTUAL TABLE search USING fts5(text, tokenize='{TOKENIZE}')")
+    return conn
+
+
+def _filters(req: Search) -> tuple[str, list[Any]]:
+    sql, params = "", []
+    if req.project:
+        sql += " AND instr(m.project, ?) > 0"
+        params.append(req.project)
+    if req.since:
+        sql += " AND e.timestamp >= ?"
+        params.append(req.since)
+    if req.until:
+        sql += " AND e.timestamp < ?"
+        params.append(req.until)
+    return sql, params
+
+
+_COLUMNS = ["session_id", "project", "timestamp", "role", "snippet", "resume", "cwd", "score"]
+_SELECT = (
+    "m.session_key, m.project, e.timestamp, {role}, {snippet}, "
+    "'claude --resume ' || COALESCE(m.parent_session, m.session_key), "
+    "(SELECT cwd FROM session_stats st WHERE st.session_id = m.session_key), bm25({table})"
+)
+
+
+def _hits(conn: sqlite3.Connection, table: str, req: Search) -> list[list[Any]]:
+    where, params = _filters(req)
+    if table == "search_text":
+        role = "(SELECT role FROM message_text t WHERE t.event_id = s.rowid)"
+        snippet = f"snippet(search_text, 0, '{MARK_START}', '{MARK_END}', '…', {SNIPPET_TOKENS})"
+    else:
+        role, snippet = "'tool'", "s.rowid"  # the snippet is made afterwards (contentless table)
+    # CROSS JOIN keeps the FTS table the outer loop: the planner must not scan events first.
+    sql = (f"SELECT {_SELECT.format(role=role, snippet=snippet, table=table)} "
+           f"FROM {table} s CROSS JOIN events e ON e.id = s.rowid CROSS JOIN sync_metadata m ON m.file_id = e.file_id "
+           f"WHERE {table} MATCH ?{where} ORDER BY s.rank LIMIT ?")
+    try:
+        return [list(r) for r in conn.execute(sql, [req.text, *params, req.limit])]
+    except sqlite3.OperationalError as e:
+        raise _search_error(req.text, str(e)) from None
+
+
+def _search_error(text: str, message: str) -> QueryError:
+    """An error of a MATCH is the query's fault (the SQL around it is csm's): say how to write it."""
+    if message == "interrupted":
+        return QueryError("search stopped at its time limit; make it more specific")
+    detail = message.removeprefix("fts5: ")
+    return QueryError(
+        f"search syntax error in {text!r}: {detail}. Words are ANDed; use OR, NOT, \"exact phrase\", prefix*; "
+        "quote anything with punctuation, e.g. '\"foo-bar.py\"'"
+    )
+
+
+def _tool_snippets(conn: sqlite3.Connection, rows: list[list[Any]], query: str) -> None:
+    """Replace each tool hit's placeholder (its event id) with a snippet of its tool text."""
+    if not rows:
+        return
+    ids = [r[4] for r in rows]
+    raws = dict(conn.execute(f"SELECT id, raw FROM events WHERE id IN ({','.join('?' * len(ids))})", ids))
+    scratch = _scratch_conn()
+    scratch.execute("DELETE FROM search")
+    docs = []
+    for i in ids:
+        try:
+            docs.append((i, extract(parse(raws[i].encode()))[2]))
+        except (BadLine, KeyError):
+            continue
+    scratch.executemany("INSERT INTO search (rowid, text) VALUES (?,?)", docs)
+    snippets = dict(scratch.execute(
+        f"SELECT rowid, snippet(search, 0, '{MARK_START}', '{MARK_END}', '…', {SNIPPET_TOKENS}) "
+        "FROM search WHERE search MATCH ?", (query,)))
+    for r in rows:
+        r[4] = snippets.get(r[4], "")
+
+
+def _as_words(text: str) -> str:
+    """Each whitespace-separated word as an FTS5 string: ``phx.server`` then finds the words phx server."""
+    return " ".join('"' + w.replace('"', '""') + '"' for w in text.split())
+
+
+def search(conn: sqlite3.Connection, req: Search) -> Rows:
+    """The best ``limit`` hits by bm25; with tools, the two tables' hits merged by score.
+
+    ``text`` is an FTS5 query. When it is not valid FTS5 and uses no quotes (``phx.server``,
+    ``foo-bar``), it is read as plain words instead, which is what such a search means.
+    """
+    if not req.text.strip():
+        raise QueryError("nothing to search for")
+    try:
+        rows = _hits(conn, "search_text", req)
+    except QueryError:
+        if '"' in req.text:
+            raise
+        req = msgspec.structs.replace(req, text=_as_words(req.text))  # plain words are always valid FTS5
+        rows = _hits(conn, "search_text", req)
+    if req.include_tools:
+        tools = _hits(conn, "search_tools", req)
+        _tool_snippets(conn, tools, req.text)
+        rows = sorted(rows + tools, key=lambda r: r[-1])[: req.limit]
+    for r in rows:
+        r[-1] = round(-r[-1], 3)  # bm25 is lower-is-better; show higher-is-better
+    return Rows(columns=_COLUMNS, rows=rows)
+
