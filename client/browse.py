@@ -51,8 +51,7 @@ def sessions(project: str | None, since: str | None, until: str | None, limit: i
       csm query sessions --since 7d
       csm query sessions -p myrepo --json | jq '.[0].session_id'
     """
-    lo, hi = timespec.bounds(since, until)
-    reply = request(protocol.Sessions(project=project, since=lo, until=hi, limit=limit))
+    reply = request(protocol.Sessions(project=project, since=since, until=until, limit=limit))
     assert isinstance(reply, protocol.Rows)
     if fmt is not None:
         render.emit_rows(reply.columns, reply.rows, fmt)
@@ -110,9 +109,8 @@ def search(text: str, project: str | None, since: str | None, until: str | None,
       csm query search 'zeromq OR zmq' --since 30d
       csm query search '"database is locked"' --include-tools -p myrepo
     """
-    lo, hi = timespec.bounds(since, until)
-    reply = request(protocol.Search(text=text, project=project, since=lo, until=hi, include_tools=include_tools,
-                                    limit=limit))
+    reply = request(protocol.Search(text=text, project=project, since=since, until=until,
+                                    include_tools=include_tools, limit=limit))
     assert isinstance(reply, protocol.Rows)
     if fmt is not None:
         render.emit_rows(reply.columns, reply.rows, fmt)

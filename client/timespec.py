@@ -43,12 +43,11 @@ def parse(value: str, *, end: bool = False, now: datetime | None = None) -> str:
 
 
 def since_option(fn):  # type: ignore[no-untyped-def]
-    fn = click.option("--until", metavar="WHEN", help="Only before this (a date includes that day).")(fn)
-    return click.option("--since", metavar="WHEN", help="Only from this time on: 7d, 12h, 2w, 2026-11-01, …")(fn)
-
-
-def bounds(since: str | None, until: str | None) -> tuple[str | None, str | None]:
-    return (parse(since) if since else None, parse(until, end=True) if until else None)
+    """``--since`` and ``--until``, checked by click and handed to the command as wire bounds."""
+    fn = click.option("--until", metavar="WHEN", callback=lambda ctx, p, v: v and parse(v, end=True),
+                      help="Only before this (a date includes that whole day).")(fn)
+    return click.option("--since", metavar="WHEN", callback=lambda ctx, p, v: v and parse(v),
+                        help="Only from this time on: 7d, 12h, 2w, 2026-11-01, 2026-11-01T14:30.")(fn)
 
 
 def local(ts: str | None, seconds: bool = False) -> str:
