@@ -39,6 +39,7 @@ TOOL_TEXT_MAX = 16 * 1024
 BACKFILL_BATCH = 2000
 MARK_START, MARK_END = "\u00ab", "\u00bb"  # « », made bold on a terminal by the CLI
 SNIPPET_TOKENS = 16
+CANDIDATES = 1000
 
 
 def extract(v: LineView, tools: bool = True) -> tuple[str | None, str, str]:
@@ -71,6 +72,9 @@ class SearchIndex:
         self.tools: list[tuple[int, str]] = []
 
     def add(self, event_id: int, f: FileRow, view: LineView, line: bytes) -> None:
+        self._collect(event_id, view)
+
+    def _collect(self, event_id: int, view: LineView) -> None:
         role, prose, tool = extract(view)
         if role is None:
             return
@@ -105,7 +109,7 @@ class SearchIndex:
                                        (below, BACKFILL_BATCH)).fetchall()
             for event_id, raw in batch:
                 try:
-                    self.add(event_id, None, parse(raw.encode()), b"")  # type: ignore[arg-type]
+                    self._collect(event_id, parse(raw.encode()))
                 except BadLine:
                     continue
             try:
@@ -148,28 +152,45 @@ def _filters(req: Search) -> tuple[str, list[Any]]:
 
 
 _COLUMNS = ["session_id", "project", "timestamp", "role", "snippet", "resume", "cwd", "score"]
-_SELECT = (
-    "m.session_key, m.project, e.timestamp, {role}, {snippet}, "
-    "'claude --resume ' || COALESCE(m.parent_session, m.session_key), "
-    "(SELECT cwd FROM session_stats st WHERE st.session_id = m.session_key), bm25({table})"
-)
+# CROSS JOIN keeps the FTS table the outer loop: the planner must never scan events first.
+_JOIN = "CROSS JOIN events e ON e.id = s.rowid CROSS JOIN sync_metadata m ON m.file_id = e.file_id"
 
 
-def _hits(conn: sqlite3.Connection, table: str, req: Search) -> list[list[Any]]:
+def _candidates(conn: sqlite3.Connection, table: str, req: Search) -> list[tuple[int, float]]:
+    """(event id, bm25) of the ``CANDIDATES`` most recent matches that pass the filters.
+
+    bm25 costs a few microseconds a match, so ranking every match of a common word in a
+    large archive would take seconds; the most recent matches are ranked instead, which is
+    exact whenever a query matches fewer lines than that, and otherwise favours recent work.
+    """
     where, params = _filters(req)
+    sql = (f"SELECT s.rowid, bm25({table}) FROM {table} s {_JOIN if where else ''} "
+           f"WHERE {table} MATCH ?{where} ORDER BY s.rowid DESC LIMIT ?")
+    try:
+        return conn.execute(sql, [req.text, *params, CANDIDATES]).fetchall()
+    except sqlite3.OperationalError as e:
+        raise _search_error(req.text, str(e)) from None
+
+
+def _rows(conn: sqlite3.Connection, table: str, req: Search, best: list[tuple[int, float]]) -> list[list[Any]]:
+    """The result rows of the chosen hits, best first; prose hits get FTS5's snippet."""
+    if not best:
+        return []
     if table == "search_text":
         role = "(SELECT role FROM message_text t WHERE t.event_id = s.rowid)"
         snippet = f"snippet(search_text, 0, '{MARK_START}', '{MARK_END}', '…', {SNIPPET_TOKENS})"
     else:
-        role, snippet = "'tool'", "s.rowid"  # the snippet is made afterwards (contentless table)
-    # CROSS JOIN keeps the FTS table the outer loop: the planner must not scan events first.
-    sql = (f"SELECT {_SELECT.format(role=role, snippet=snippet, table=table)} "
-           f"FROM {table} s CROSS JOIN events e ON e.id = s.rowid CROSS JOIN sync_metadata m ON m.file_id = e.file_id "
-           f"WHERE {table} MATCH ?{where} ORDER BY s.rank LIMIT ?")
-    try:
-        return [list(r) for r in conn.execute(sql, [req.text, *params, req.limit])]
-    except sqlite3.OperationalError as e:
-        raise _search_error(req.text, str(e)) from None
+        role, snippet = "'tool'", "''"  # contentless: the snippet is made by _tool_snippets
+    # One statement per hit: FTS5 seeks straight to a rowid given with '=', not with IN.
+    sql = (f"SELECT m.session_key, m.project, e.timestamp, {role}, {snippet}, "
+           "'claude --resume ' || COALESCE(m.parent_session, m.session_key), "
+           "(SELECT cwd FROM session_stats st WHERE st.session_id = m.session_key) "
+           f"FROM {table} s {_JOIN} WHERE {table} MATCH ? AND s.rowid = ?")
+    found = {i: conn.execute(sql, (req.text, i)).fetchone() for i, _ in best}
+    rows = [[*found[i], score] for i, score in best if found[i]]
+    if table == "search_tools":
+        _tool_snippets(conn, rows, [i for i, _ in best if found[i]], req.text)
+    return rows
 
 
 def _search_error(text: str, message: str) -> QueryError:
@@ -183,11 +204,10 @@ def _search_error(text: str, message: str) -> QueryError:
     )
 
 
-def _tool_snippets(conn: sqlite3.Connection, rows: list[list[Any]], query: str) -> None:
-    """Replace each tool hit's placeholder (its event id) with a snippet of its tool text."""
+def _tool_snippets(conn: sqlite3.Connection, rows: list[list[Any]], ids: list[int], query: str) -> None:
+    """Fill in each tool hit's snippet, from its tool text indexed in a scratch table."""
     if not rows:
         return
-    ids = [r[4] for r in rows]
     raws = dict(conn.execute(f"SELECT id, raw FROM events WHERE id IN ({','.join('?' * len(ids))})", ids))
     scratch = _scratch_conn()
     scratch.execute("DELETE FROM search")
@@ -201,8 +221,8 @@ def _tool_snippets(conn: sqlite3.Connection, rows: list[list[Any]], query: str) 
     snippets = dict(scratch.execute(
         f"SELECT rowid, snippet(search, 0, '{MARK_START}', '{MARK_END}', '…', {SNIPPET_TOKENS}) "
         "FROM search WHERE search MATCH ?", (query,)))
-    for r in rows:
-        r[4] = snippets.get(r[4], "")
+    for r, i in zip(rows, ids):
+        r[4] = snippets.get(i, "")
 
 
 def _as_words(text: str) -> str:
@@ -211,7 +231,7 @@ def _as_words(text: str) -> str:
 
 
 def search(conn: sqlite3.Connection, req: Search) -> Rows:
-    """The best ``limit`` hits by bm25; with tools, the two tables' hits merged by score.
+    """The best ``limit`` hits by bm25; with tools, the two tables' candidates ranked together.
 
     ``text`` is an FTS5 query. When it is not valid FTS5 and uses no quotes (``phx.server``,
     ``foo-bar``), it is read as plain words instead, which is what such a search means.
@@ -219,17 +239,19 @@ def search(conn: sqlite3.Connection, req: Search) -> Rows:
     if not req.text.strip():
         raise QueryError("nothing to search for")
     try:
-        rows = _hits(conn, "search_text", req)
+        found = {"search_text": _candidates(conn, "search_text", req)}
     except QueryError:
         if '"' in req.text:
             raise
         req = msgspec.structs.replace(req, text=_as_words(req.text))  # plain words are always valid FTS5
-        rows = _hits(conn, "search_text", req)
+        found = {"search_text": _candidates(conn, "search_text", req)}
     if req.include_tools:
-        tools = _hits(conn, "search_tools", req)
-        _tool_snippets(conn, tools, req.text)
-        rows = sorted(rows + tools, key=lambda r: r[-1])[: req.limit]
+        found["search_tools"] = _candidates(conn, "search_tools", req)
+    ranked = sorted(((score, table, i) for table, hits in found.items() for i, score in hits))[: req.limit]
+    rows: list[list[Any]] = []
+    for table in found:
+        rows += _rows(conn, table, req, [(i, score) for score, t, i in ranked if t == table])
+    rows.sort(key=lambda r: r[-1])
     for r in rows:
         r[-1] = round(-r[-1], 3)  # bm25 is lower-is-better; show higher-is-better
     return Rows(columns=_COLUMNS, rows=rows)
-

@@ -285,6 +285,8 @@ def test_watch_streams_new_messages_and_stops_cleanly(csmd: Csmd, projects: Path
     append(f, user("u0", "w1", "2026-11-01T10:00:00.000Z", "before the watch"))
     append(projects / "q" / "w2.jsonl", user("v0", "w2", "2026-11-01T10:00:00.000Z", "other"))
     csmd.start()
+    r = fail("watch", "zzz")
+    assert r.returncode == 5 and "no session matches 'zzz'" in r.stderr
     everything = Watch()
     one = Watch("w1")
     append(f, user("u1", "w1", "2026-11-01T10:00:01.000Z", "hello watcher")
