@@ -12,14 +12,17 @@ send fail with EHOSTUNREACH (ROUTER_MANDATORY) and is forgotten. Heartbeats ever
 from __future__ import annotations
 
 import errno
+import logging
 import threading
 import time
 from typing import Any
 
 from csm.daemon.server import Envelope, Server
 from csm.daemon.store import FileRow
-from csm.daemon.transcript import one_line, Builder
+from csm.daemon.transcript import Builder, one_line
 from csm.shared.protocol import Heartbeat, Messages, Ok, Watching
+
+log = logging.getLogger("csm.watch")
 
 HEARTBEAT_S = 2.0
 TEXT_MAX = 2000
@@ -62,6 +65,7 @@ class Watchers:
                 return
             if err == errno.EHOSTUNREACH:
                 del self.subs[envelope[0]]
+                log.info("watch: a subscriber went away (%d left)", len(self.subs))
             else:
                 sub.missed += 1
 

@@ -301,6 +301,15 @@ def test_watch_streams_new_messages_and_stops_cleanly(csmd: Csmd, projects: Path
     for w in (everything, one):
         assert not any("Traceback" in x for x in w.err), w.err
 
+    # A subscriber that stops reading, or vanishes, never holds up ingestion, and is forgotten.
+    stuck = Watch()
+    stuck.proc.send_signal(signal.SIGSTOP)
+    append(f, b"".join(user(f"s{i}", "w1", "2026-11-01T10:00:05.000Z", "x" * 2000) for i in range(3000)))
+    wait_for(lambda: scalar("SELECT count(*) FROM lines WHERE session_id = 'w1'") == 3003, what="ingestion")
+    stuck.proc.kill()
+    stuck.proc.wait(10)
+    wait_for(lambda: "watch: a subscriber went away (0 left)" in csmd.log(), what="the dead subscriber forgotten")
+
     # The daemon stopping ends a watch cleanly; a daemon that dies is noticed by the missing heartbeats.
     w = Watch("--project", "q")
     assert csmd.stop() == 0
