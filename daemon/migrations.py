@@ -213,10 +213,13 @@ M004_SEARCH = """
 -- It feeds the public messages view and the snippets of search_text.
 CREATE TABLE message_text (
     event_id INTEGER PRIMARY KEY,   -- events.id
+    session_id TEXT NOT NULL,       -- the session as in session_stats (the file's, not the line's)
+    timestamp TEXT,
     role TEXT NOT NULL,             -- user, assistant or summary
     message_id TEXT,                -- message.id: the lines of one API response share it
     text TEXT NOT NULL
 );
+CREATE INDEX message_text_session ON message_text(session_id, event_id);
 
 -- Full-text indexes (FTS5, bm25). search_text indexes message_text (external content: the
 -- text is stored once). search_tools indexes tool input and output, most of the bytes, and
@@ -241,16 +244,13 @@ CREATE INDEX sync_metadata_session_key ON sync_metadata(session_key);
 -- Public: one row per user or assistant message with text. The lines of one API response
 -- (same message.id) are one message, their texts joined in file order.
 CREATE VIEW messages AS
-SELECT session_id, timestamp, role, text, message_id, uuid FROM (
-    SELECT m.session_key AS session_id, e.timestamp, t.role, t.message_id, e.uuid,
-           group_concat(t.text, char(10)) OVER w AS text,
-           row_number() OVER (PARTITION BY m.session_key, e.file_id, COALESCE(t.message_id, t.event_id)
-                              ORDER BY t.event_id) AS part
-    FROM message_text t
-    JOIN events e ON e.id = t.event_id
-    JOIN sync_metadata m ON m.file_id = e.file_id
-    WHERE t.role IN ('user', 'assistant')
-    WINDOW w AS (PARTITION BY m.session_key, e.file_id, COALESCE(t.message_id, t.event_id) ORDER BY t.event_id
+SELECT session_id, timestamp, role, text, message_id FROM (
+    SELECT session_id, timestamp, role, message_id,
+           group_concat(text, char(10)) OVER w AS text,
+           row_number() OVER (PARTITION BY session_id, COALESCE(message_id, event_id) ORDER BY event_id) AS part
+    FROM message_text
+    WHERE role IN ('user', 'assistant')
+    WINDOW w AS (PARTITION BY session_id, COALESCE(message_id, event_id) ORDER BY event_id
                  ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 )
 WHERE part = 1;

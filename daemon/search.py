@@ -68,28 +68,28 @@ class SearchIndex:
     """The ``Sink`` that keeps ``message_text``, ``search_text`` and ``search_tools`` current."""
 
     def __init__(self) -> None:
-        self.texts: list[tuple[int, str, str | None, str]] = []
+        self.texts: list[tuple[int, str, str | None, str, str | None, str]] = []
         self.tools: list[tuple[int, str]] = []
 
     def add(self, event_id: int, f: FileRow, view: LineView, line: bytes) -> None:
-        self._collect(event_id, view)
+        self._collect(event_id, f.session_key, view)
 
-    def _collect(self, event_id: int, view: LineView) -> None:
+    def _collect(self, event_id: int, session_id: str, view: LineView) -> None:
         role, prose, tool = extract(view)
         if role is None:
             return
         if prose.strip():
-            self.texts.append((event_id, role, view.message.id if view.message else None, prose))
+            self.texts.append((event_id, session_id, view.timestamp, role,
+                               view.message.id if view.message else None, prose))
         if tool.strip():
             self.tools.append((event_id, tool))
 
     def write(self, store: Store) -> None:
         conn = store.conn
         if self.texts:
-            conn.executemany("INSERT INTO message_text (event_id, role, message_id, text) VALUES (?,?,?,?)",
-                             self.texts)
-            conn.executemany("INSERT INTO search_text (rowid, text) VALUES (?,?)",
-                             [(r[0], r[3]) for r in self.texts])
+            conn.executemany("INSERT INTO message_text (event_id, session_id, timestamp, role, message_id, text) "
+                             "VALUES (?,?,?,?,?,?)", self.texts)
+            conn.executemany("INSERT INTO search_text (rowid, text) VALUES (?,?)", [(r[0], r[5]) for r in self.texts])
         if self.tools:
             conn.executemany("INSERT INTO search_tools (rowid, text) VALUES (?,?)", self.tools)
 
@@ -105,11 +105,12 @@ class SearchIndex:
             below = row[0] if row else 0
             if not below:
                 break
-            batch = store.conn.execute("SELECT id, raw FROM events WHERE id < ? ORDER BY id DESC LIMIT ?",
-                                       (below, BACKFILL_BATCH)).fetchall()
-            for event_id, raw in batch:
+            batch = store.conn.execute(
+                "SELECT e.id, e.raw, m.session_key FROM events e JOIN sync_metadata m ON m.file_id = e.file_id "
+                "WHERE e.id < ? ORDER BY e.id DESC LIMIT ?", (below, BACKFILL_BATCH)).fetchall()
+            for event_id, raw, session_id in batch:
                 try:
-                    self._collect(event_id, parse(raw.encode()))
+                    self._collect(event_id, session_id, parse(raw.encode()))
                 except BadLine:
                     continue
             try:
