@@ -102,7 +102,8 @@ def search(text: str, project: str | None, since: str | None, until: str | None,
     """Search prompts, answers and summaries (SQLite FTS5), best match first.
 
     Words are ANDed; use OR, NOT, "an exact phrase", prefix* and NEAR(a b). Quote
-    anything with punctuation. Matches are stemmed: 'run' finds 'running'.
+    anything with punctuation. Matches are stemmed: 'run' finds 'running'. Hits are
+    ranked by bm25 among the 1,000 most recent matches.
 
     \b
     Examples:
