@@ -72,7 +72,7 @@ class Daemon:
         self.syncer.before_rescan.append(self.watcher.check)
         self.search_index = search.SearchIndex()
         self.ingestor.sinks.append(self.search_index)
-        self.syncer.before_rescan.append(lambda: self.search_index.backfill(store))
+        self.syncer.before_rescan.append(lambda: self.search_index.backfill(store, self.ingestor.stopping))
         self.reader = open_reader(self.db)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query")
         self.server = Server(self.sock)

@@ -219,7 +219,6 @@ CREATE TABLE message_text (
     message_id TEXT,                -- message.id: the lines of one API response share it
     text TEXT NOT NULL
 );
-CREATE INDEX message_text_session ON message_text(session_id, event_id);
 
 -- Full-text indexes (FTS5, bm25). search_text indexes message_text (external content: the
 -- text is stored once). search_tools indexes tool input and output, most of the bytes, and
@@ -242,18 +241,22 @@ CREATE INDEX session_stats_last_ts ON session_stats(last_ts);
 CREATE INDEX sync_metadata_session_key ON sync_metadata(session_key);
 
 -- Public: one row per user or assistant message with text. The lines of one API response
--- (same message.id) are one message, their texts joined in file order.
+-- (same message.id) are one message: its first line's row, their texts joined in file order
+-- (a window with ORDER BY: the order is guaranteed, unlike a plain group_concat).
+CREATE INDEX message_text_message ON message_text(session_id, message_id, event_id);
 CREATE VIEW messages AS
-SELECT session_id, timestamp, role, text, message_id FROM (
-    SELECT session_id, timestamp, role, message_id,
-           group_concat(text, char(10)) OVER w AS text,
-           row_number() OVER (PARTITION BY session_id, COALESCE(message_id, event_id) ORDER BY event_id) AS part
-    FROM message_text
-    WHERE role IN ('user', 'assistant')
-    WINDOW w AS (PARTITION BY session_id, COALESCE(message_id, event_id) ORDER BY event_id
-                 ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-)
-WHERE part = 1;
+SELECT h.session_id, h.timestamp, h.role,
+       CASE WHEN h.message_id IS NULL THEN h.text ELSE (
+           SELECT text FROM (
+               SELECT p.event_id, group_concat(p.text, char(10)) OVER (ORDER BY p.event_id) AS text
+               FROM message_text p WHERE p.session_id = h.session_id AND p.message_id = h.message_id)
+           ORDER BY event_id DESC LIMIT 1) END AS text,
+       h.message_id
+FROM message_text h
+WHERE h.role IN ('user', 'assistant')
+  AND (h.message_id IS NULL OR NOT EXISTS (
+      SELECT 1 FROM message_text q
+      WHERE q.session_id = h.session_id AND q.message_id = h.message_id AND q.event_id < h.event_id));
 """
 
 MIGRATIONS: list[tuple[str, str]] = [

@@ -97,10 +97,13 @@ class SearchIndex:
         self.texts.clear()
         self.tools.clear()
 
-    def backfill(self, store: Store) -> None:
-        """Index the lines stored before the index existed (newest first), one transaction per batch."""
+    def backfill(self, store: Store, stopping: threading.Event) -> None:
+        """Index the lines stored before the index existed (newest first), one transaction per batch.
+
+        It runs on the ingest thread before a rescan, so it stops with csmd and resumes on the next start.
+        """
         done = 0
-        while True:
+        while not stopping.is_set():
             row = store.conn.execute("SELECT pending_below FROM search_backfill").fetchone()
             below = row[0] if row else 0
             if not below:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -81,6 +82,8 @@ def test_sessions_lists_by_last_activity_with_filters(real: Path, db: Path) -> N
     day = csm_json("query", "sessions", "--since", "2026-02-10", "--until", "2026-02-10")
     assert [r["session_id"] for r in day] == ["tool_heavy", "agent-afc096d", "subagent", "short"]
     assert len(csm_json("query", "sessions", "-n", "2")) == 2
+    csv_rows = list(csv.reader(run_csm("query", "sessions", "-p", "spotter", "-n", "1", "--csv").stdout.splitlines()))
+    assert csv_rows == [list(spotter[0]), [str(v) if v is not None else "" for v in spotter[0].values()]]
     assert csm_json("query", "sessions", "--since", "1d") == []
 
     has_usage = db_rows(db, "SELECT count(*) FROM sqlite_master WHERE name = 'usage'")[0][0]
