@@ -76,7 +76,7 @@ def show(session: str, full: bool, json_: bool) -> None:
     \b
     Examples:
       csm query show 29ccd257
-      csm query show 29ccd257 --full | less -R
+      csm query show 29ccd257 --full | less
     """
     from csm.client import transcript
 

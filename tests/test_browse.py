@@ -101,6 +101,8 @@ def test_sessions_lists_by_last_activity_with_filters(real: Path, db: Path) -> N
     table = run_csm("query", "sessions", "-p", "spotter").stdout.splitlines()
     assert table[0].split()[:3] == ["session", "project", "title"]
     assert next(x for x in table if x.startswith("short ")).rstrip().endswith("gone")
+    shown = run_csm("query", "show", "short").stdout
+    assert "source file gone (archived)" in shown and "mix phx.server doesnt seem to start" in shown
     r = run_csm("query", "sessions", "--since", "last tuesday")
     assert r.returncode == 2 and "Invalid value for '--since': 'last tuesday' is not a time" in r.stderr
 
