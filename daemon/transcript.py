@@ -101,7 +101,7 @@ class Builder:
         self.project = project
         self.entries: list[Entry] = []
         self.spawned: list[tuple[int, str]] = []
-        self._calls: dict[str, Entry] = {}
+        self._calls: dict[str, tuple[int, Entry]] = {}
         self._assistant: dict[str, Entry] = {}
 
     def _entry(self, kind: str, ts: str | None, **kw: object) -> Entry:
@@ -142,7 +142,7 @@ class Builder:
             self._entry("user", ts, text=_user_text(text))
 
     def _result(self, b: Block, line: _Line, ts: str | None) -> None:
-        call = self._calls.get(b.tool_use_id or "")
+        index, call = self._calls.get(b.tool_use_id or "", (-1, None))
         if call is None:
             e = self._entry("tool_result", ts, is_error=bool(b.is_error))
             if self.full:
@@ -153,7 +153,7 @@ class Builder:
             call.output = result_text(b)
         agent = _agent_id(line)
         if agent:
-            self.spawned.append((self.entries.index(call), agent))
+            self.spawned.append((index, agent))
 
     def _assistant_line(self, line: _Line, ts: str | None) -> None:
         msg = line.message
@@ -175,7 +175,7 @@ class Builder:
                 if self.full:
                     e.input = json.dumps(value, indent=2, ensure_ascii=False)
                 if b.id:
-                    self._calls[b.id] = e
+                    self._calls[b.id] = (len(self.entries) - 1, e)
 
 
 def build(lines: Iterable[str | bytes], full: bool, depth: int = 0, session_id: str | None = None,
