@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from csm.daemon import browse, queries, reports, search
 from csm.daemon.ingest import Ingestor
@@ -143,13 +142,13 @@ class Daemon:
             case UsageReport():
                 self.pool.submit(self._answer, reply, lambda conn: reports.usage(conn, request, self.prices.updated))
             case Sessions():
-                self.pool.submit(self._answer, reply, lambda conn: browse.sessions(conn, request))
+                self.pool.submit(self._answer, reply, lambda conn: browse.sessions(conn, request), True)
             case Show():
-                self.pool.submit(self._answer, reply, lambda conn: browse.show(conn, request))
+                self.pool.submit(self._answer, reply, lambda conn: browse.show(conn, request), True)
             case Search():
-                self.pool.submit(self._answer, reply, lambda conn: search.search(conn, request))
+                self.pool.submit(self._answer, reply, lambda conn: search.search(conn, request), True)
             case Watch():
-                self.pool.submit(self._answer, reply, lambda conn: self._watch(conn, request, reply))
+                self.pool.submit(self._answer, reply, lambda conn: self._watch(conn, request, reply), True)
 
     def status(self) -> StatusReply:
         f = figures(self.reader)
@@ -182,10 +181,21 @@ class Daemon:
             conn = self.local.conn = queries.open_query_connection(self.db)
         return conn
 
-    def _answer(self, reply: Reply, work: Callable[[sqlite3.Connection], Message | None]) -> None:
-        """Run a read-only ``work`` on this pool thread's connection and reply with its result (if any)."""
+    def _own_connection(self) -> sqlite3.Connection:
+        """A read-only connection without the authorizer, for csm's own SQL: the authorizer
+        refuses what opening an FTS5 table does (``sqlite3_declare_vtab``), which csm's search needs."""
+        conn = getattr(self.local, "own", None)
+        if conn is None:
+            conn = self.local.own = open_reader(self.db)
+        return conn
+
+    def _answer(self, reply: Reply, work: Callable[[sqlite3.Connection], Message | None], own: bool = False) -> None:
+        """Run a read-only ``work`` on this pool thread's connection and reply with its result (if any).
+
+        ``own``: csm's own SQL, on a connection without the authorizer (see ``_own_connection``).
+        """
         try:
-            result = work(self._connection())
+            result = work(self._own_connection() if own else self._connection())
             if result is not None:
                 reply(result)
         except NotFound as e:

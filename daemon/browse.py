@@ -1,9 +1,7 @@
 """Reports for browsing the archive: the sessions list and one session's conversation.
 
-These run on the query pool with the daemon's own read-only connections (their SQL is
-csm's, not the user's, so they need no authorizer; they get the same time limit).
-Tokens and cost come from the public ``usage`` view when it exists (the usage report
-owns it); without it those columns are NULL rather than a misleading zero.
+These run on the query pool's read-only connections, each statement under a time limit.
+Tokens and cost come from the public ``usage`` view (the usage sink keeps it).
 """
 
 from __future__ import annotations
@@ -19,10 +17,6 @@ from csm.shared.protocol import Entry, Rows, SessionInfo, Sessions, Show, Transc
 
 TIME_LIMIT_S = 10.0
 CANDIDATES_SHOWN = 10
-_TOKEN_COLUMNS = (
-    ("input_tokens",), ("output_tokens",), ("cache_creation_input_tokens", "cache_creation_tokens"),
-    ("cache_read_input_tokens", "cache_read_tokens"),
-)
 
 
 class time_limit:
@@ -41,24 +35,13 @@ class time_limit:
             raise QueryError(f"stopped after the {TIME_LIMIT_S:g} s time limit; ask for less") from None
 
 
-def _usage_exprs(conn: sqlite3.Connection) -> tuple[str, str]:
-    """SQL for a session's tokens and cost from the ``usage`` view, or NULLs when it is not there.
-
-    A session's figures include its subagents' (whichever session id the view gives them).
-    Cost is NULL when any response of the session is unpriced: never a silent partial sum.
-    """
-    cols = {r[1] for r in conn.execute("PRAGMA table_info(usage)")}
-    if "session_id" not in cols:
-        return "NULL", "NULL"
-    if "total_tokens" in cols:
-        tokens = "u.total_tokens"
-    else:
-        found = [next((c for c in group if c in cols), None) for group in _TOKEN_COLUMNS]
-        tokens = " + ".join(f"COALESCE(u.{c}, 0)" for c in found if c) or "NULL"
-    cost = "CASE WHEN count(*) = count(u.cost_usd) THEN sum(u.cost_usd) END" if "cost_usd" in cols else "NULL"
-    scope = ("FROM usage u WHERE u.session_id IN (SELECT s.session_id UNION ALL "
-             "SELECT c.session_id FROM session_stats c WHERE c.parent_session_id = s.session_id)")
-    return f"(SELECT sum({tokens}) {scope})", f"(SELECT {cost} {scope})"
+# A session's tokens and cost from the public ``usage`` view (indexed by session), its
+# subagents' included. Cost is NULL when any response is unpriced: never a silent partial sum.
+_USAGE_SCOPE = ("FROM usage u WHERE u.session_id IN (SELECT s.session_id UNION ALL "
+                "SELECT c.session_id FROM session_stats c WHERE c.parent_session_id = s.session_id)")
+_TOKENS = ("(SELECT sum(u.input_tokens + u.output_tokens + u.cache_creation_tokens + u.cache_read_tokens) "
+           f"{_USAGE_SCOPE})")
+_COST = f"(SELECT CASE WHEN count(*) = count(u.cost_usd) THEN sum(u.cost_usd) END {_USAGE_SCOPE})"
 
 
 SESSION_COLUMNS = ["session_id", "project", "title", "started", "last_activity", "messages", "tokens", "cost_usd",
@@ -67,19 +50,18 @@ SESSION_COLUMNS = ["session_id", "project", "title", "started", "last_activity",
 
 def sessions(conn: sqlite3.Connection, req: Sessions) -> Rows:
     """Main sessions (and subagents whose parent csm never saw), most recent activity first."""
-    tokens, cost = _usage_exprs(conn)
     where = ["(NOT s.is_subagent OR NOT EXISTS (SELECT 1 FROM session_stats p WHERE p.session_id = s.parent_session_id))"]
     params: list[Any] = []
     if req.project:
-        where.append("(instr(s.project, ?) > 0 OR instr(COALESCE(s.cwd, ''), ?) > 0)")
-        params += [req.project, req.project]
+        where.append("instr(s.project, ?) > 0")
+        params.append(req.project)
     if req.since:
         where.append("s.last_activity >= ?")
         params.append(req.since)
     if req.until:
         where.append("s.started < ?")
         params.append(req.until)
-    sql = (f"SELECT s.session_id, s.project, s.title, s.started, s.last_activity, s.messages, {tokens}, {cost}, "
+    sql = (f"SELECT s.session_id, s.project, s.title, s.started, s.last_activity, s.messages, {_TOKENS}, {_COST}, "
            f"s.file_present FROM sessions s WHERE {' AND '.join(where)} ORDER BY s.last_activity DESC LIMIT ?")
     with time_limit(conn):
         rows = conn.execute(sql, [*params, req.limit]).fetchall()

@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from csm.daemon.browse import time_limit
 from csm.daemon.content import blocks, decode_any, result_text, strings
 from csm.daemon.parse import BadLine, LineView, parse
 from csm.daemon.store import FileRow, Store
@@ -242,6 +243,11 @@ def search(conn: sqlite3.Connection, req: Search) -> Rows:
     """
     if not req.text.strip():
         raise QueryError("nothing to search for")
+    with time_limit(conn):
+        return _search(conn, req)
+
+
+def _search(conn: sqlite3.Connection, req: Search) -> Rows:
     try:
         found = {"search_text": _candidates(conn, "search_text", req)}
     except QueryError:

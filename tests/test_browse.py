@@ -86,14 +86,12 @@ def test_sessions_lists_by_last_activity_with_filters(real: Path, db: Path) -> N
     assert csv_rows == [list(spotter[0]), [str(v) if v is not None else "" for v in spotter[0].values()]]
     assert csm_json("query", "sessions", "--since", "1d") == []
 
-    has_usage = db_rows(db, "SELECT count(*) FROM sqlite_master WHERE name = 'usage'")[0][0]
-    if has_usage:  # the usage report's view: figures include the subagents'
-        want = db_rows(db, "SELECT sum(input_tokens + output_tokens) FROM usage WHERE session_id IN (?, ?)",
-                       SUB_PARENT, "agent-a2271d1")[0][0]
-        got = next(r for r in rows if r["session_id"] == SUB_PARENT)["tokens"]
-        assert got is not None and got >= want
-    else:  # not there yet: no number rather than a wrong zero
-        assert {(r["tokens"], r["cost_usd"]) for r in rows} == {(None, None)}
+    # Tokens and cost come from the usage view, the subagent's included in its parent's row.
+    want = db_rows(db, "SELECT sum(input_tokens + output_tokens + cache_creation_tokens + cache_read_tokens), "
+                       "sum(cost_usd) FROM usage WHERE session_id IN (?, ?)", SUB_PARENT, "agent-a2271d1")[0]
+    parent = next(r for r in rows if r["session_id"] == SUB_PARENT)
+    assert want[0] > 0 and (parent["tokens"], parent["cost_usd"]) == (want[0], pytest.approx(want[1]))
+    assert db_rows(db, "SELECT count(*) FROM usage WHERE session_id = 'agent-a2271d1'")[0][0] > 0
 
     (real / "spotter" / "short.jsonl").unlink()
     wait_for(lambda: not next(r for r in csm_json("query", "sessions") if r["session_id"] == "short")["file_present"],
