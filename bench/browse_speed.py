@@ -8,16 +8,18 @@ The corpus copies tests/fixtures/real under fresh session ids until it reaches t
 asked for (a quick stand-in until bench/corpus.py exists). Everything runs in-process with
 the daemon's own classes, so the figures are the work itself, without socket or start-up.
 
-Measured 2026-11-21 on the 2-core test machine while other jobs kept its load average at 5-8
+Measured 2026-11-21 on the 2-core test machine while other jobs kept its load average at 3-8
 (wall times are inflated; CPU times are the steadier figure):
 
-- initial sync of 100 MB (49,966 lines): search off 11.3 s wall / 2.6 s CPU, database 129 MB;
-  search on 13.3 s wall / 4.8 s CPU, database 152 MB.
-- 1 GB (499,079 lines): 174 s wall / 60 s CPU with search; the search tables take 223 MB of the
-  1.5 GB database (message_text 109, search_tools 81, search_text 27, index 6).
-- queries on that 1 GB archive, median of 20 (max): sessions 0.1 ms (0.2); search 'phoenix'
-  10.8 ms (22.7), 'the' 13.6 ms (30.1), 'mix phx.server' 11.1 ms (22.4), --include-tools 17-23 ms
-  (43); messages of one session 0.1 ms.
+- initial sync of 100 MB (49,966 lines), writer and search sink only: search off 11.3 s wall /
+  2.6 s CPU, database 129 MB; search on 13.3 s wall / 4.8 s CPU, database 152 MB.
+- 1 GB (499,079 lines) with the usage and search sinks: 135 s wall / 65 s CPU, database 1.5 GB,
+  of which the search tables take about 223 MB (message_text 109, search_tools 81, search_text 27).
+- queries on that 1 GB archive, in-process median of 20 (max): sessions 0.4 ms (0.5); search
+  'phoenix' 6.8 ms (23), 'the' 11.8 ms (23), 'mix phx.server' 9.6 ms (11), --include-tools
+  10-20 ms (27); messages of one session 0.1 ms. Through the socket (no start-up): sessions
+  1.1 ms, search 6-11 ms. From the shell, best of 5 at load 3: csm status 0.16 s, csm query
+  sessions 0.13 s, csm query search 0.16-0.19 s (start-up bound: python -c pass is 0.05 s).
 """
 
 from __future__ import annotations

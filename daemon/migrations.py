@@ -236,8 +236,10 @@ CREATE VIRTUAL TABLE search_tools USING fts5(
 CREATE TABLE search_backfill (pending_below INTEGER NOT NULL);
 INSERT INTO search_backfill SELECT COALESCE(max(id) + 1, 0) FROM events;
 
--- csm query sessions: newest first, and the file_present check per session.
+-- csm query sessions: newest first, the file_present check, and a session's subagents (whose
+-- tokens and cost count in its row; show nests them).
 CREATE INDEX session_stats_last_ts ON session_stats(last_ts);
+CREATE INDEX session_stats_parent ON session_stats(parent_session_id);
 CREATE INDEX sync_metadata_session_key ON sync_metadata(session_key);
 
 -- Public: one row per user or assistant message with text. The lines of one API response
