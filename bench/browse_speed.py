@@ -11,8 +11,10 @@ the daemon's own classes, so the figures are the work itself, without socket or 
 Measured 2026-11-21 on the 2-core test machine while other jobs kept its load average at 3-8
 (wall times are inflated; CPU times are the steadier figure):
 
-- initial sync of 100 MB (49,966 lines), writer and search sink only: search off 11.3 s wall /
-  2.6 s CPU, database 129 MB; search on 13.3 s wall / 4.8 s CPU, database 152 MB.
+- initial sync of 100 MB (49,966 lines), writer and search sink only (two runs): search off
+  1.6-2.1 s CPU, database 129 MB; all search text inline 4.1-4.9 s CPU; tool text deferred (what
+  csmd does for a large backlog) 2.5-3.0 s CPU, then 2.5-3.1 s CPU for the tool text after;
+  database 152 MB. Wall times of the same runs varied 2x with the machine's load (3.7-11.5 s).
 - 1 GB (499,079 lines) with the usage and search sinks: 135 s wall / 65 s CPU, database 1.5 GB,
   of which the search tables take about 223 MB (message_text 109, search_tools 81, search_text 27).
 - queries on that 1 GB archive, in-process median of 20 (max): sessions 0.4 ms (0.5); search
@@ -60,23 +62,26 @@ def corpus(out: Path, megabytes: int) -> None:
 
 
 def ingest(root: Path) -> None:
-    for with_search in (False, True):
+    """Initial sync without search, with search inline, and with the tool text deferred (as csmd does)."""
+    for mode in ("off", "inline", "deferred"):
         tmp = Path(tempfile.mkdtemp())
         store = Store(open_writer(tmp / "csm.db"))
         ing = Ingestor(store, [root / "projects"], Config())
-        if with_search:
-            ing.sinks.append(search.SearchIndex())
+        index = search.SearchIndex(defer_tools=lambda: mode == "deferred")
+        if mode != "off":
+            ing.sinks.append(index)
         t, cpu = time.perf_counter(), time.process_time()
         totals = ing.rescan()
         seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
+        line = f"search {mode:8}: {totals.lines} lines in {seconds:.1f} s ({cpu:.1f} s CPU)"
+        if mode == "deferred":
+            t, cpu = time.perf_counter(), time.process_time()
+            index.catch_up(store, lambda: False)
+            line += f", then tool text in {time.perf_counter() - t:.1f} s ({time.process_time() - cpu:.1f} s CPU)"
         store.close()
         size = sum(f.stat().st_size for f in tmp.iterdir())
-        print(f"search={'on ' if with_search else 'off'}: {totals.lines} lines in {seconds:.1f} s ({cpu:.1f} s CPU), "
-              f"database {size / 1e6:.0f} MB")
-        if with_search:
-            print(f"kept at {tmp / 'csm.db'}")
-        else:
-            shutil.rmtree(tmp)
+        print(f"{line}, database {size / 1e6:.0f} MB")
+        shutil.rmtree(tmp)
 
 
 def _time(fn, n: int = 20) -> str:  # type: ignore[no-untyped-def]

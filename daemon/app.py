@@ -69,9 +69,12 @@ class Daemon:
         self.syncer = Syncer(self.ingestor, self.config.rescan_interval_s)
         self.watcher = Watcher(self.roots, self.syncer, self.config.watch, self.config.poll_interval_s)
         self.syncer.before_rescan.append(self.watcher.check)
-        self.search_index = search.SearchIndex()
-        self.ingestor.sinks.append(self.search_index)
-        self.syncer.before_rescan.append(lambda: self.search_index.backfill(store, self.ingestor.stopping))
+        ing = self.ingestor
+        self.search_index = search.SearchIndex(defer_tools=self._large_backlog)
+        ing.sinks.append(self.search_index)
+        self.syncer.before_rescan.append(lambda: self.search_index.backfill(store, ing.stopping))
+        self.syncer.after_work.append(
+            lambda: self.search_index.catch_up(store, lambda: ing.stopping.is_set() or self.syncer.busy()))
         self.reader = open_reader(self.db)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query")
         self.server = Server(self.sock)
@@ -99,6 +102,11 @@ class Daemon:
             self.reader.close()
             store.close()
         return 0
+
+    def _large_backlog(self) -> bool:
+        """A rescan with much to read (an initial sync): the search index leaves tool text for after it."""
+        backlog = self.ingestor.backlog
+        return backlog is not None and backlog.bytes_total >= self.config.search_defer_tools_bytes
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.watchers.stop()

@@ -231,6 +231,10 @@ CREATE VIRTUAL TABLE search_tools USING fts5(
     text, content='', tokenize='porter unicode61 remove_diacritics 2'
 );
 
+-- Lines whose tool text is still to be indexed: a large rescan (an initial sync) indexes the
+-- prose line by line and leaves the tool text, most of the bytes, to a pass after it.
+CREATE TABLE search_tools_pending (event_id INTEGER PRIMARY KEY);
+
 -- Lines ingested before this migration are indexed by csmd when it starts, newest first;
 -- ids below pending_below are still to do; 0 when done.
 CREATE TABLE search_backfill (pending_below INTEGER NOT NULL);

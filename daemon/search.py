@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -43,46 +44,60 @@ SNIPPET_TOKENS = 16
 CANDIDATES = 1000
 
 
-def extract(v: LineView, tools: bool = True) -> tuple[str | None, str, str]:
-    """(role, prose, tool text) of a line; role None when it has nothing to index."""
+def extract(v: LineView, tools: bool = True) -> tuple[str | None, str, str | None]:
+    """(role, prose, tool text) of a line; role None when it has nothing to index.
+
+    With ``tools`` false the tool blocks are not read, and the tool text is None when there were any.
+    """
     if v.type == "summary":
         return ("summary", v.summary, "") if v.summary else (None, "", "")
     if v.type not in ("user", "assistant") or v.message is None or v.is_meta:
         return None, "", ""
     prose: list[str] = []
     tool: list[str] = []
+    skipped = False
     for b in blocks(v.message.content):
         if b.type == "text" and b.text:
             prose.append(b.text)
-        elif not tools:
+        elif b.type not in ("tool_use", "tool_result"):
             continue
+        elif not tools:
+            skipped = True
         elif b.type == "tool_use":
             tool.append(b.name or "")
             strings(decode_any(b.input), tool)
-        elif b.type == "tool_result":
+        else:
             tool.append(result_text(b))
-    text = "\n".join(tool)
-    return v.type, "\n".join(prose), text[:TOOL_TEXT_MAX]
+    text = None if skipped else "\n".join(tool)[:TOOL_TEXT_MAX]
+    return v.type, "\n".join(prose), text
 
 
 class SearchIndex:
-    """The ``Sink`` that keeps ``message_text``, ``search_text`` and ``search_tools`` current."""
+    """The ``Sink`` that keeps ``message_text``, ``search_text`` and ``search_tools`` current.
 
-    def __init__(self) -> None:
+    ``defer_tools`` says whether to leave the tool text of new lines to ``catch_up`` (while
+    a large backlog is read): the prose is indexed with the lines either way.
+    """
+
+    def __init__(self, defer_tools: Callable[[], bool] = lambda: False) -> None:
+        self.defer_tools = defer_tools
         self.texts: list[tuple[int, str, str | None, str, str | None, str]] = []
         self.tools: list[tuple[int, str]] = []
+        self.pending: list[tuple[int]] = []
 
     def add(self, event_id: int, f: FileRow, view: LineView, line: bytes) -> None:
-        self._collect(event_id, f.session_key, view)
+        self._collect(event_id, f.session_key, view, tools=not self.defer_tools())
 
-    def _collect(self, event_id: int, session_id: str, view: LineView) -> None:
-        role, prose, tool = extract(view)
+    def _collect(self, event_id: int, session_id: str, view: LineView, tools: bool = True) -> None:
+        role, prose, tool = extract(view, tools)
         if role is None:
             return
         if prose.strip():
             self.texts.append((event_id, session_id, view.timestamp, role,
                                view.message.id if view.message else None, prose))
-        if tool.strip():
+        if tool is None:
+            self.pending.append((event_id,))
+        elif tool.strip():
             self.tools.append((event_id, tool))
 
     def write(self, store: Store) -> None:
@@ -93,10 +108,44 @@ class SearchIndex:
             conn.executemany("INSERT INTO search_text (rowid, text) VALUES (?,?)", [(r[0], r[5]) for r in self.texts])
         if self.tools:
             conn.executemany("INSERT INTO search_tools (rowid, text) VALUES (?,?)", self.tools)
+        if self.pending:
+            conn.executemany("INSERT INTO search_tools_pending (event_id) VALUES (?)", self.pending)
 
     def clear(self) -> None:
         self.texts.clear()
         self.tools.clear()
+        self.pending.clear()
+
+    def catch_up(self, store: Store, stop: Callable[[], bool]) -> None:
+        """Index the tool text left for later (newest first), a batch per transaction, until ``stop``.
+
+        Runs on the ingest thread between jobs; it yields as soon as new work waits, and the
+        next round goes on where it stopped.
+        """
+        done = 0
+        while not stop():
+            batch = store.conn.execute(
+                "SELECT p.event_id, e.raw FROM search_tools_pending p JOIN events e ON e.id = p.event_id "
+                "ORDER BY p.event_id DESC LIMIT ?", (BACKFILL_BATCH,)).fetchall()
+            if not batch:
+                break
+            for event_id, raw in batch:
+                try:
+                    text = extract(parse(raw.encode()))[2]
+                except BadLine:
+                    continue
+                if text and text.strip():
+                    self.tools.append((event_id, text))
+            try:
+                with store.transaction():
+                    self.write(store)
+                    store.conn.executemany("DELETE FROM search_tools_pending WHERE event_id = ?",
+                                           [(r[0],) for r in batch])
+            finally:
+                self.clear()
+            done += len(batch)
+        if done:
+            log.info("search index: indexed the tool text of %d lines", done)
 
     def backfill(self, store: Store, stopping: threading.Event) -> None:
         """Index the lines stored before the index existed (newest first), one transaction per batch.
@@ -219,7 +268,7 @@ def _tool_snippets(conn: sqlite3.Connection, rows: list[list[Any]], ids: list[in
     docs = []
     for i in ids:
         try:
-            docs.append((i, extract(parse(raws[i].encode()))[2]))
+            docs.append((i, extract(parse(raws[i].encode()))[2] or ""))
         except (BadLine, KeyError):
             continue
     scratch.executemany("INSERT INTO search (rowid, text) VALUES (?,?)", docs)

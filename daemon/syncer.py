@@ -46,6 +46,8 @@ class Syncer(threading.Thread):
         self.last_sync_at: str | None = None
         self.last_error: str | None = None
         self.before_rescan: list[Callable[[], None]] = []
+        self.after_work: list[Callable[[], None]] = []
+        """Deferred work, run after each round of hints and rescans; it should stop when ``busy``."""
         self.scans = 0
 
     # --- called from other threads -------------------------------------------------
@@ -75,6 +77,10 @@ class Syncer(threading.Thread):
         self.ingestor.stopping.set()
         with self.cond:
             self.cond.notify()
+
+    def busy(self) -> bool:
+        """Whether hints, moves or a sync request wait (read without the lock: a hint is enough)."""
+        return bool(self.paths or self.dirs or self.moves or self.waiters or self.rescan_due)
 
     @property
     def backlog(self) -> Backlog | None:
@@ -137,8 +143,13 @@ class Syncer(threading.Thread):
             ing.rescan(top=Path(d))
         for p in paths:
             ing.visit(p)
-        if not rescan:
-            return
+        if rescan:
+            self._rescan(waiters)
+        for job in self.after_work:
+            job()
+
+    def _rescan(self, waiters: list[Reply]) -> None:
+        ing = self.ingestor
         for check in self.before_rescan:
             check()
         self.state = "scanning"

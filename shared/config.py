@@ -33,6 +33,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     poll_interval_s: float = 2.0
     """Rescan period when the watcher is off or cannot watch (inotify limits)."""
     log_level: str = "info"
+    search_defer_tools_bytes: int = 16 * 1024 * 1024
+    """A rescan with at least this much to read (an initial sync) indexes tool input and output
+    for search after it is done, not line by line: the tool text is most of the bytes."""
 
 
 def load(path: Path) -> Config:
