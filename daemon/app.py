@@ -30,20 +30,36 @@ from csm.daemon.usage import UsageSink
 from csm.daemon.watch import Watchers
 from csm.daemon.watcher import Watcher
 from csm.shared import __version__, paths
-from csm.shared.config import Config
+from csm.shared.config import Resolved
 from csm.shared.errors import NotFound, QueryError
 from csm.shared.protocol import (
-    Error, Message, Ok, Query, Request, Search, Sessions, Show, Status, StatusReply, Sync, UsageReport, Watch,
+    ConfigReply,
+    Error,
+    Fault,
+    GetConfig,
+    Message,
+    Ok,
+    Query,
+    Request,
+    Search,
+    Sessions,
+    Show,
+    Status,
+    StatusReply,
+    Sync,
+    UsageReport,
+    Watch,
 )
 
 log = logging.getLogger("csm.daemon")
 
 
 class Daemon:
-    def __init__(self, config: Config, db: Path, roots: list[Path], sock: Path) -> None:
-        self.config = config
-        self.db = db
-        self.roots = roots
+    def __init__(self, settings: Resolved, sock: Path) -> None:
+        self.settings = settings
+        self.config = settings.config
+        self.db = settings.db()
+        self.roots = settings.roots()
         self.sock = sock
         self.started = time.monotonic()
         self.local = threading.local()
@@ -60,15 +76,18 @@ class Daemon:
 
     def _run(self) -> int:
         store = Store(open_writer(self.db))
-        own = [self.db, self.db.with_name(self.db.name + "-wal"), self.db.with_name(self.db.name + "-shm")]
+        own = paths.own_files(self.db)
         self.ingestor = Ingestor(store, self.roots, self.config, exclude=own)
         self.prices = PriceTable.shipped()
         usage = UsageSink(self.prices)
         usage.prepare(store)
         self.ingestor.sinks.append(usage)
         self.syncer = Syncer(self.ingestor, self.config.rescan_interval_s)
-        self.watcher = Watcher(self.roots, self.syncer, self.config.watch, self.config.poll_interval_s)
+        self.watcher = Watcher(self.roots, self.syncer, enabled=self.config.watch,
+                               poll_interval_s=self.config.poll_interval_s, own=own)
         self.syncer.before_rescan.append(self.watcher.check)
+        self.syncer.after_new_dirs.append(self.watcher.verify)
+        threading.excepthook = self._thread_died
         ing = self.ingestor
         self.search_index = search.SearchIndex(defer_tools=self._large_backlog)
         ing.sinks.append(self.search_index)
@@ -94,9 +113,9 @@ class Daemon:
         finally:
             log.info("stopping")
             self.notifier.stopping()
-            self.watcher.stop()
             self.syncer.stop()
             self.syncer.join()
+            self.watcher.stop()
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.server.close()
             self.reader.close()
@@ -134,6 +153,13 @@ class Daemon:
             self.next_ping = now + interval
         return self.next_ping - now
 
+    def _thread_died(self, args: threading.ExceptHookArgs) -> None:
+        """A thread ended with an exception (watchdog's do when a handler raises): log it, check at once."""
+        name = args.thread.name if args.thread else "?"
+        log.error("thread %s died: %s: %s", name, args.exc_type.__name__, args.exc_value,
+                  exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
+        self.syncer.request_rescan()  # the check before the rescan restarts what died
+
     # --- requests ------------------------------------------------------------------
 
     def dispatch(self, request: Request, reply: Reply) -> None:
@@ -149,6 +175,18 @@ class Daemon:
                 self.pool.submit(self._answer, reply, lambda conn: queries.run_sql(conn, sql, params, max_rows))
             case UsageReport():
                 self.pool.submit(self._answer, reply, lambda conn: reports.usage(conn, request, self.prices.updated))
+            case GetConfig():
+                s = self.settings
+                reply(ConfigReply(pid=os.getpid(), config_file=s.file, config_file_exists=s.file_exists,
+                                  config_file_source=s.file_source, settings=s.sources))
+            case Fault():
+                if os.environ.get("CSM_TEST_HOOKS") != "1":
+                    reply(Error(code="bad_request", message="faults are for tests: start csmd with CSM_TEST_HOOKS=1"))
+                    return
+                try:
+                    reply(Ok(message=self.watcher.fault(request.action)))
+                except ValueError as e:
+                    reply(Error(code="bad_request", message=str(e)))
             case Sessions():
                 self.pool.submit(self._answer, reply, lambda conn: browse.sessions(conn, request), True)
             case Show():
@@ -160,10 +198,9 @@ class Daemon:
 
     def status(self) -> StatusReply:
         f = figures(self.reader)
-        backlog = self.syncer.backlog
         state = self.syncer.state
-        if backlog is not None and state == "scanning" and self.syncer.scans == 0:
-            state = "initial sync"
+        if state == "idle":
+            state = "watching" if self.watcher.mode == "watching" else "polling"
         return StatusReply(
             version=__version__,
             pid=os.getpid(),
@@ -179,7 +216,8 @@ class Daemon:
             errors=f["errors"],
             last_sync_at=self.syncer.last_sync_at,
             watch_mode=self.watcher.mode,
-            backlog=backlog,
+            watcher_restarts=self.watcher.restarts,
+            backlog=self.syncer.backlog,
             last_error=self.syncer.last_error,
         )
 

@@ -163,6 +163,9 @@ class Ingestor:
         self.events = store.count_events()
         self.next_event_id = store.max_event_id() + 1
         self.backlog: Backlog | None = None
+        self.progress: Callable[[], None] | None = None
+        self.started = 0.0
+        self.file_end = 0
         self.on_commit: list[CommitHook] = []
         self.sinks: list[Sink] = []
         self.stopping = threading.Event()
@@ -200,12 +203,16 @@ class Ingestor:
 
         Unchanged files (same inode, size and mtime) cost one ``stat``; the rest are
         visited. Files whose checkpoints lie under a scanned root but that no longer
-        exist are marked gone — never those of other roots.
+        exist are marked gone — never those of other roots. ``self.backlog`` shows the
+        work while it lasts: growing totals while files are listed, then files and bytes
+        done, moved by every committed batch (``_batch_done``), so one huge file shows too.
         """
         totals = Totals()
         tops = [top] if top else [r for r in self.roots if r.is_dir()]
         seen: set[str] = set()
         todo: list[tuple[str, int]] = []
+        b = self.backlog = Backlog(counting=True)
+        self.progress = progress
         for t in tops:
             for path, st in self.discover(t):
                 seen.add(path)
@@ -215,24 +222,27 @@ class Ingestor:
                     f is None or f.gone_at or f.inode != st.st_ino or f.dev != st.st_dev
                     or f.size != st.st_size or f.mtime_ns != st.st_mtime_ns
                 ):
-                    todo.append((path, max(0, st.st_size - (f.offset if f and not f.gone_at else 0))))
-        self.backlog = Backlog(files_total=len(todo), bytes_total=sum(n for _, n in todo))
-        started = time.monotonic()
+                    size = max(0, st.st_size - (f.offset if f and not f.gone_at else 0))
+                    todo.append((path, size))
+                    b.files_total += 1
+                    b.bytes_total += size
+                    if progress and b.files_total % 256 == 0:
+                        progress()
         try:
+            b.counting = False
+            self.started = time.monotonic()
             for path, size in todo:
                 if self.stopping.is_set():
                     break
-                totals += self.visit(path)
-                b = self.backlog
+                self.file_end = b.bytes_done + size
+                visited = self.visit(path)
+                visited.files_scanned = 0  # counted above
+                totals += visited
                 b.files_done += 1
-                b.bytes_done += size
-                elapsed = time.monotonic() - started
-                b.rate_bps = b.bytes_done / elapsed if elapsed > 0 else 0.0
-                b.eta_s = (b.bytes_total - b.bytes_done) / b.rate_bps if b.rate_bps else None
-                if progress:
-                    progress()
+                b.bytes_done = self.file_end
+                self._tick()
         finally:
-            self.backlog = None
+            self.backlog = self.progress = None
         prefixes = [str(t) + os.sep for t in tops]
         for path, f in list(self.files.items()):
             if not f.gone_at and path not in seen and any(path.startswith(p) for p in prefixes):
@@ -480,7 +490,26 @@ class Ingestor:
         totals.errors += len(errors)
         for hook in self.on_commit:
             hook(f, rows)
+        if self.backlog is not None:
+            self._batch_done(end - start)
         return end
+
+    def _batch_done(self, nbytes: int) -> None:
+        """Move the backlog by one committed batch, within the current file's share of the total."""
+        b = self.backlog
+        if b is not None and not b.counting:
+            b.bytes_done = min(b.bytes_done + nbytes, self.file_end)
+            self._tick()
+
+    def _tick(self) -> None:
+        b = self.backlog
+        if b is None:
+            return
+        elapsed = time.monotonic() - self.started
+        b.rate_bps = b.bytes_done / elapsed if elapsed > 0 else 0.0
+        b.eta_s = (b.bytes_total - b.bytes_done) / b.rate_bps if b.rate_bps else None
+        if self.progress:
+            self.progress()
 
     def _write(
         self, f: FileRow, g: FileRow, st: os.stat_result, rows: list[tuple[Any, ...]],

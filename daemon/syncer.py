@@ -1,15 +1,18 @@
 """The ingest thread's loop: hints in, batches out, a rescan as the safety net.
 
-Other threads only ever *hint* (``hint``, ``hint_dir``, ``hint_move``, ``request_sync``):
-they add to a coalescing set under a condition variable and return at once, so a
-watchdog handler can never block or raise. This thread drains the set, visits each
-path once however many events it got, and runs a reconciliation rescan on start,
-every ``rescan_interval_s`` and on ``csm sync``. It blocks on the condition between
-jobs, so an idle daemon uses no CPU.
+Other threads only ever *hint* (``hint``, ``hint_dir``, ``hint_move``, ``request_sync``,
+``request_rescan``): they add to a coalescing set under a condition variable and return
+at once, so a watchdog handler can never block or raise. This thread drains the set,
+visits each path once however many events it got, and runs a reconciliation rescan on
+start, every ``rescan_interval_s`` (``poll_s`` while the watcher cannot watch) and on
+``csm sync``. It blocks on the condition between jobs, so an idle daemon uses no CPU.
 
 A database error (disk full, locked by another program) rolls its batch back; the
 paths go back into the set and the thread retries with capped exponential backoff,
-resuming by itself when the cause goes away.
+resuming by itself when the cause goes away. Any other error is a bug: it is logged
+with its traceback, the work in hand is dropped (the next rescan retries it) and the
+thread goes on, because a dead ingest thread would leave a daemon that answers but
+never ingests again.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from csm.daemon.ingest import Ingestor, Totals
-from csm.shared.protocol import Backlog, Message, Progress, SyncReply
+from csm.shared.protocol import Backlog, Error, Message, Progress, SyncReply
 
 log = logging.getLogger("csm.sync")
 
@@ -36,11 +39,15 @@ class Syncer(threading.Thread):
         super().__init__(name="csm-ingest", daemon=True)
         self.ingestor = ingestor
         self.rescan_interval_s = rescan_interval_s
+        self.poll_s: float | None = None
+        """Set while the watcher cannot watch: rescans this often instead."""
         self.cond = threading.Condition()
         self.paths: dict[str, None] = {}
         self.dirs: dict[str, None] = {}
         self.moves: list[tuple[str, str]] = []
         self.waiters: list[Reply] = []
+        self.serving: list[Reply] = []
+        """Waiters of the rescan in progress; they and the pending ones get its progress."""
         self.rescan_due = True
         self.state = "starting"
         self.last_sync_at: str | None = None
@@ -48,6 +55,7 @@ class Syncer(threading.Thread):
         self.before_rescan: list[Callable[[], None]] = []
         self.after_work: list[Callable[[], None]] = []
         """Deferred work, run after each round of hints and rescans; it should stop when ``busy``."""
+        self.after_new_dirs: list[Callable[[], None]] = []
         self.scans = 0
 
     # --- called from other threads -------------------------------------------------
@@ -68,8 +76,14 @@ class Syncer(threading.Thread):
             self.cond.notify()
 
     def request_sync(self, reply: Reply) -> None:
+        """Rescan and ``reply`` when done; meanwhile ``reply`` gets the progress of whatever is under way."""
         with self.cond:
             self.waiters.append(reply)
+            self.rescan_due = True
+            self.cond.notify()
+
+    def request_rescan(self) -> None:
+        with self.cond:
             self.rescan_due = True
             self.cond.notify()
 
@@ -86,16 +100,20 @@ class Syncer(threading.Thread):
     def backlog(self) -> Backlog | None:
         return self.ingestor.backlog
 
+    @property
+    def interval_s(self) -> float:
+        return self.poll_s or self.rescan_interval_s
+
     # --- the thread ------------------------------------------------------------------
 
     def run(self) -> None:
         backoff = 0.0
-        next_rescan = time.monotonic()
+        last_rescan = -float("inf")  # the interval is read afresh each time: polling may start or stop
         stopping = self.ingestor.stopping
         while not stopping.is_set():
             with self.cond:
                 while not (self.paths or self.dirs or self.moves or self.rescan_due or stopping.is_set()):
-                    timeout = next_rescan - time.monotonic()
+                    timeout = last_rescan + self.interval_s - time.monotonic()
                     if timeout <= 0:
                         self.rescan_due = True
                         break
@@ -107,6 +125,7 @@ class Syncer(threading.Thread):
                 moves, self.moves = self.moves, []
                 rescan, self.rescan_due = self.rescan_due, False
                 waiters, self.waiters = self.waiters, []
+                self.serving = waiters
             try:
                 self._work(paths, dirs, moves, rescan, waiters)
             except sqlite3.Error as e:
@@ -123,50 +142,75 @@ class Syncer(threading.Thread):
                     self.waiters[:0] = waiters
                     self.cond.wait(backoff)
                 continue
+            except Exception as e:
+                log.exception("ingest failed; the next rescan retries")
+                self.last_error = f"internal error: {type(e).__name__}: {e}"
+                for reply in waiters:
+                    reply(Error(code="internal", message=self.last_error))
+                self.state = "idle"
+                last_rescan = time.monotonic()
+                continue
+            finally:
+                self.serving = []
             if backoff:
                 log.info("database writable again; ingestion resumed")
             backoff = 0.0
             self.last_error = None
             if rescan:
-                next_rescan = time.monotonic() + self.rescan_interval_s
+                last_rescan = time.monotonic()
         self.state = "stopped"
+
+    def _progress(self) -> Callable[[], None]:
+        """Send the backlog to everyone waiting on a sync, at most every ``PROGRESS_EVERY_S``."""
+        last = [0.0]
+
+        def progress() -> None:
+            backlog = self.ingestor.backlog
+            now = time.monotonic()
+            if backlog is None or now - last[0] < PROGRESS_EVERY_S:
+                return
+            with self.cond:
+                waiters = self.serving + self.waiters
+            if waiters:
+                last[0] = now
+                msg = Progress(backlog=backlog)
+                for reply in waiters:
+                    reply(msg)
+
+        return progress
 
     def _work(
         self, paths: dict[str, None], dirs: dict[str, None], moves: list[tuple[str, str]], rescan: bool,
         waiters: list[Reply],
     ) -> None:
         ing = self.ingestor
+        if paths or dirs or moves:
+            self.state = "ingesting"
         for src, dest in moves:
             ing.moved(src, dest)
         for d in dirs:
-            # A new folder's files may have been written before its watch existed.
-            ing.rescan(top=Path(d))
+            # A new folder's files may have been written before its watch existed; a folder
+            # moved in whole may be a large history, so its progress goes to waiting syncs.
+            ing.rescan(self._progress(), top=Path(d))
+        if dirs:
+            for hook in self.after_new_dirs:
+                hook()
         for p in paths:
             ing.visit(p)
         if rescan:
             self._rescan(waiters)
         for job in self.after_work:
             job()
+        self.state = "idle"
 
     def _rescan(self, waiters: list[Reply]) -> None:
-        ing = self.ingestor
         for check in self.before_rescan:
             check()
-        self.state = "scanning"
+        self.state = "initial sync" if self.scans == 0 else "scanning"
         started = time.monotonic()
-        last = [0.0]
-
-        def progress() -> None:
-            now = time.monotonic()
-            if waiters and ing.backlog is not None and now - last[0] >= PROGRESS_EVERY_S:
-                last[0] = now
-                for reply in waiters:
-                    reply(Progress(backlog=ing.backlog))
-
-        totals: Totals = ing.rescan(progress)
+        totals: Totals = self.ingestor.rescan(self._progress())
         self.scans += 1
         self.last_sync_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self.state = "watching"
         seconds = time.monotonic() - started
         if totals.files_changed:
             log.info("rescan: %d files, %d changed, %d lines, %d bad lines in %.2f s", totals.files_scanned,

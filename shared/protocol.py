@@ -59,6 +59,20 @@ class UsageReport(Message, kw_only=True):
 
 
 
+class GetConfig(Message, kw_only=True):
+    """The settings csmd runs with and where each came from (``csm config show``)."""
+
+
+class Fault(Message, kw_only=True):
+    """Break a part on purpose to test its recovery; csmd refuses it unless started with ``CSM_TEST_HOOKS=1``.
+
+    ``kill-watcher``: the watcher's dispatch thread dies of an exception, as watchdog's does
+    when a handler raises; ``stop-watcher``: the observer stops without a word.
+    """
+
+    action: str
+
+
 class Sessions(Message, kw_only=True):
     """Sessions, most recent activity first. ``since``/``until`` are ISO-8601 UTC bounds."""
 
@@ -93,7 +107,7 @@ class Watch(Message, kw_only=True):
     project: str | None = None
 
 
-Request = Status | Sync | Query | UsageReport | Sessions | Show | Search | Watch
+Request = Status | Sync | Query | UsageReport | GetConfig | Fault | Sessions | Show | Search | Watch
 
 
 # --- replies ------------------------------------------------------------------------
@@ -109,8 +123,13 @@ class Ok(Message, kw_only=True):
 
 
 class Backlog(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Work through a backlog, as files and bytes done of the total."""
+    """Work through a backlog, as files and bytes done of the total.
 
+    While ``counting`` the rescan is still listing files: the totals grow and nothing is done yet.
+    ``bytes_done`` moves with every committed batch, so it advances inside one large file too.
+    """
+
+    counting: bool = False
     files_done: int = 0
     files_total: int = 0
     bytes_done: int = 0
@@ -135,6 +154,7 @@ class StatusReply(Message, kw_only=True):
     errors: int
     last_sync_at: str | None = None
     watch_mode: str = "watching"
+    watcher_restarts: int = 0
     backlog: Backlog | None = None
     last_error: str | None = None
 
@@ -149,6 +169,26 @@ class SyncReply(Message, kw_only=True):
     lines_ingested: int
     errors: int
     seconds: float
+
+
+class Setting(msgspec.Struct, kw_only=True):
+    """One effective setting: its value and where it came from.
+
+    ``source`` is ``default``, ``file``, ``environment`` or ``command line``; ``where`` says
+    which (``/path/config.toml:3``, ``CLAUDE_CONFIG_DIR``, ``--root``).
+    """
+
+    value: Any
+    source: str
+    where: str = ""
+
+
+class ConfigReply(Message, kw_only=True):
+    pid: int
+    config_file: str
+    config_file_exists: bool
+    config_file_source: str = "default"
+    settings: dict[str, Setting]
 
 
 class Rows(Message, kw_only=True):
@@ -224,10 +264,11 @@ class Heartbeat(Message, kw_only=True):
 
 
 Reply = (
-    Error | Ok | StatusReply | Progress | SyncReply | Rows | UsageRows | Transcript | Watching | Messages | Heartbeat
+    Error | Ok | StatusReply | Progress | SyncReply | Rows | UsageRows | ConfigReply | Transcript | Watching | Messages
+    | Heartbeat
 )
 
-FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows, Transcript)
+FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows, ConfigReply, Transcript)
 
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(Request)

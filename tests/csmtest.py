@@ -81,9 +81,13 @@ def scalar(query: str) -> Any:
 class Csmd:
     """A real csmd subprocess with the test's environment."""
 
-    def __init__(self, tmp: Path, args: list[str] | None = None) -> None:
+    def __init__(self, tmp: Path, args: list[str] | None = None, prefix: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        """``prefix`` runs csmd under another command (``unshare …``); ``env`` adds to the environment."""
         self.tmp = tmp
         self.args = args or []
+        self.prefix = prefix or []
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = tmp / "csmd.log"
         self.starts = 0
@@ -93,8 +97,8 @@ class Csmd:
         log = open(self.log_path, "ab")
         log.write(f"--- start {self.starts}\n".encode())
         log.flush()
-        self.proc = subprocess.Popen([sys.executable, "-m", "csm.daemon", *self.args, *(extra or [])],
-                                     stdout=log, stderr=log, env=dict(os.environ))
+        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "csm.daemon", *self.args, *(extra or [])],
+                                     stdout=log, stderr=log, env={**os.environ, **self.env})
         log.close()
         if wait:
             self.wait_ready()
