@@ -14,7 +14,7 @@ from typing import Any
 import click
 import msgspec
 
-from csm.client import render
+from csm.client import browse, export, render
 from csm.client.service import service
 from csm.client.db import db
 from csm.client.transport import request
@@ -318,6 +318,11 @@ def query_usage(by: str, since: str | None, until: str | None, tz: str | None, p
 
 
 cli.add_command(service)
+query.add_command(browse.sessions)
+query.add_command(browse.show)
+query.add_command(browse.search)
+cli.add_command(browse.watch)
+cli.add_command(export.export)
 
 
 def main() -> None:

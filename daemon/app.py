@@ -18,19 +18,20 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from csm.daemon import queries, reports
+from csm.daemon import browse, queries, reports, search
 from csm.daemon.ingest import Ingestor
 from csm.daemon.lock import InstanceLock
 from csm.daemon.notify import Notifier
-from csm.daemon.server import Reply, Server
+from csm.daemon.server import Replier, Reply, Server
 from csm.daemon.prices import PriceTable
 from csm.daemon.store import Store, figures, open_reader, open_writer, way_out
 from csm.daemon.syncer import Syncer
 from csm.daemon.usage import UsageSink
+from csm.daemon.watch import Watchers
 from csm.daemon.watcher import Watcher
 from csm.shared import __version__, paths
 from csm.shared.config import Resolved
-from csm.shared.errors import DatabaseError, QueryError
+from csm.shared.errors import DatabaseError, NotFound, QueryError
 from csm.shared.protocol import (
     ConfigReply,
     Error,
@@ -40,10 +41,14 @@ from csm.shared.protocol import (
     Ok,
     Query,
     Request,
+    Search,
+    Sessions,
+    Show,
     Status,
     StatusReply,
     Sync,
     UsageReport,
+    Watch,
 )
 
 log = logging.getLogger("csm.daemon")
@@ -85,11 +90,19 @@ class Daemon:
         self.syncer.before_rescan.append(self.watcher.check)
         self.syncer.after_new_dirs.append(self.watcher.verify)
         threading.excepthook = self._thread_died
+        ing = self.ingestor
+        self.search_index = search.SearchIndex(defer_tools=self._large_backlog)
+        ing.sinks.append(self.search_index)
+        self.syncer.before_rescan.append(lambda: self.search_index.backfill(store, ing.stopping))
+        self.syncer.after_work.append(
+            lambda: self.search_index.catch_up(store, lambda: ing.stopping.is_set() or self.syncer.busy()))
         self.reader = open_reader(self.db)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query")
         self.query_slots = threading.BoundedSemaphore(self.config.query_queue)
         self.server = Server(self.sock)
         self.server.bind()
+        self.watchers = Watchers(self.server)
+        self.ingestor.on_commit.append(self.watchers.on_commit)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         signal.set_wakeup_fd(self.server.wake_w, warn_on_full_buffer=False)
@@ -98,9 +111,8 @@ class Daemon:
         self.watcher.start()
         self.syncer.start()  # its first job is the initial scan
         self.notifier.ready()
-        tick = self._watchdog_tick if self.notifier.watchdog_interval_s else None
         try:
-            self.server.serve(self.dispatch, tick)
+            self.server.serve(self.dispatch, self._tick)
         finally:
             log.info("stopping")
             self.notifier.stopping()
@@ -113,8 +125,21 @@ class Daemon:
             store.close()
         return 0
 
+    def _large_backlog(self) -> bool:
+        """A rescan with much to read (an initial sync): the search index leaves tool text for after it."""
+        backlog = self.ingestor.backlog
+        return backlog is not None and backlog.bytes_total >= self.config.search_defer_tools_bytes
+
     def _on_signal(self, signum: int, frame: object) -> None:
+        self.watchers.stop()
         self.server.stop()
+
+    def _tick(self) -> float | None:
+        """The main loop's timers: systemd's watchdog (when supervised) and the watch heartbeats."""
+        waits = [self.watchers.tick()]
+        if self.notifier.watchdog_interval_s:
+            waits.append(self._watchdog_tick())
+        return min((w for w in waits if w is not None), default=None)
 
     def _watchdog_tick(self) -> float:
         """Ping systemd's watchdog from the main loop, while the ingest thread lives.
@@ -154,7 +179,7 @@ class Daemon:
                 self._submit(reply, lambda conn: queries.run_sql(
                     conn, sql, params, min(max_rows, cfg.query_max_rows), cfg.query_time_limit_s, cfg.query_max_bytes))
             case UsageReport():
-                self._submit(reply, lambda conn: reports.usage(conn, request, self.prices.updated))
+                self._submit(reply, lambda conn: reports.usage(conn, request, self.prices.updated), own=True)
             case GetConfig():
                 s = self.settings
                 reply(ConfigReply(pid=os.getpid(), config_file=s.file, config_file_exists=s.file_exists,
@@ -167,6 +192,14 @@ class Daemon:
                     reply(Ok(message=self.watcher.fault(request.action)))
                 except ValueError as e:
                     reply(Error(code="bad_request", message=str(e)))
+            case Sessions():
+                self._submit(reply, lambda conn: browse.sessions(conn, request), own=True)
+            case Show():
+                self._submit(reply, lambda conn: browse.show(conn, request), own=True)
+            case Search():
+                self._submit(reply, lambda conn: search.search(conn, request), own=True)
+            case Watch():
+                self._submit(reply, lambda conn: self._watch(conn, request, reply), own=True)
 
     def status(self) -> StatusReply:
         f = figures(self.reader)
@@ -207,19 +240,34 @@ class Daemon:
             conn = self.local.conn = queries.open_query_connection(self.db)
         return conn
 
-    def _submit(self, reply: Reply, work: Callable[[sqlite3.Connection], Message]) -> None:
+    def _own_connection(self) -> sqlite3.Connection:
+        """A read-only connection without the authorizer, for csm's own SQL: the authorizer
+        refuses what opening an FTS5 table does (``sqlite3_declare_vtab``), which csm's search needs."""
+        conn = getattr(self.local, "own", None)
+        if conn is None:
+            conn = self.local.own = open_reader(self.db)
+        return conn
+
+    def _submit(self, reply: Reply, work: Callable[[sqlite3.Connection], Message | None], own: bool = False) -> None:
         """Queue read-only ``work`` for the pool; a bounded queue, so a flood of slow queries gets
         "busy" at once instead of hours of backlog and memory."""
         if not self.query_slots.acquire(blocking=False):
             reply(Error(code="busy", message=f"csmd is busy: {self.config.query_queue} queries are "
                                              "running or waiting; try again when they finish"))
             return
-        self.pool.submit(self._answer, reply, work)
+        self.pool.submit(self._answer, reply, work, own)
 
-    def _answer(self, reply: Reply, work: Callable[[sqlite3.Connection], Message]) -> None:
-        """Run a read-only ``work`` on this pool thread's connection and reply with its result."""
+    def _answer(self, reply: Reply, work: Callable[[sqlite3.Connection], Message | None], own: bool = False) -> None:
+        """Run a read-only ``work`` on this pool thread's connection and reply with its result (if any).
+
+        ``own``: csm's own SQL, on a connection without the authorizer (see ``_own_connection``).
+        """
         try:
-            reply(work(self._connection()))
+            result = work(self._own_connection() if own else self._connection())
+            if result is not None:
+                reply(result)
+        except NotFound as e:
+            reply(Error(code="not_found", message=str(e)))
         except QueryError as e:
             reply(Error(code="query", message=str(e)))
         except Exception as e:
@@ -227,3 +275,9 @@ class Daemon:
             reply(Error(code="internal", message=f"{type(e).__name__}: {e}"))
         finally:
             self.query_slots.release()
+
+    def _watch(self, conn: sqlite3.Connection, request: Watch, reply: Reply) -> None:
+        """Subscribe this client (a session prefix is resolved once, here)."""
+        assert isinstance(reply, Replier)
+        session = browse.resolve(conn, request.session) if request.session else None
+        self.watchers.add(reply.envelope, session, request.project)

@@ -66,6 +66,19 @@ def peer_uid(frame: zmq.Frame) -> int | None:
     return int(parts[1])
 
 
+class Replier:
+    """Replies to one client from any thread; ``envelope`` names the client for later pushes."""
+
+    __slots__ = ("server", "envelope")
+
+    def __init__(self, server: Server, envelope: Envelope) -> None:
+        self.server = server
+        self.envelope = envelope
+
+    def __call__(self, msg: Message) -> None:
+        self.server.post(self.envelope, msg)
+
+
 class Server:
     def __init__(self, sock_path: Path) -> None:
         self.sock_path = sock_path
@@ -82,6 +95,8 @@ class Server:
         self.stopping = False
         self.uid = os.getuid()
         self.rejected: set[int] = set()
+        self.dropped: list[Callable[[Envelope, int], None]] = []
+        """Called (main thread) with the envelope and errno of a message that could not be delivered."""
 
     def bind(self) -> None:
         """Bind the socket; the caller holds the single-instance lock, so a leftover file is stale."""
@@ -108,8 +123,8 @@ class Server:
         self.outbox.put((envelope, protocol.encode(msg)))
         self.wake()
 
-    def replier(self, envelope: Envelope) -> Reply:
-        return lambda msg: self.post(envelope, msg)
+    def replier(self, envelope: Envelope) -> Replier:
+        return Replier(self, envelope)
 
     def serve(self, dispatch: Dispatch, tick: Callable[[], float | None] | None = None) -> None:
         """Run until ``stop``; ``tick`` runs first and after every wake-up, and returns the next timeout (s)."""
@@ -175,6 +190,8 @@ class Server:
             except zmq.ZMQError as e:
                 # EHOSTUNREACH: the client went away (ROUTER_MANDATORY); EAGAIN: it stopped reading.
                 log.debug("reply dropped: %s", e)
+                for hook in self.dropped:
+                    hook(envelope, e.errno)
 
     def stop(self) -> None:
         self.stopping = True

@@ -53,6 +53,8 @@ class Syncer(threading.Thread):
         self.last_sync_at: str | None = None
         self.last_error: str | None = None
         self.before_rescan: list[Callable[[], None]] = []
+        self.after_work: list[Callable[[], None]] = []
+        """Deferred work, run after each round of hints and rescans; it should stop when ``busy``."""
         self.after_new_dirs: list[Callable[[], None]] = []
         self.scans = 0
 
@@ -89,6 +91,10 @@ class Syncer(threading.Thread):
         self.ingestor.stopping.set()
         with self.cond:
             self.cond.notify()
+
+    def busy(self) -> bool:
+        """Whether hints, moves or a sync request wait (read without the lock: a hint is enough)."""
+        return bool(self.paths or self.dirs or self.moves or self.waiters or self.rescan_due)
 
     @property
     def backlog(self) -> Backlog | None:
@@ -201,6 +207,8 @@ class Syncer(threading.Thread):
             ing.visit(p)
         if rescan:
             self._rescan(waiters)
+        for job in self.after_work:
+            job()
         self.state = "idle"
 
     def _rescan(self, waiters: list[Reply]) -> None:

@@ -57,6 +57,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """About the most bytes of values one query may return (bounds csmd's memory per reply)."""
     query_queue: Annotated[int, msgspec.Meta(ge=1)] = 32
     """Queries running or waiting at once; more are answered "busy" at once."""
+    search_defer_tools_bytes: Annotated[int, msgspec.Meta(ge=0)] = 16 * 1024 * 1024
+    """A rescan with at least this many bytes to read (an initial sync) indexes tool input and output for
+    search just after it rather than line by line: the tool text is most of the bytes."""
 
 
 KEYS: tuple[str, ...] = Config.__struct_fields__

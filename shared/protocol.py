@@ -73,7 +73,41 @@ class Fault(Message, kw_only=True):
     action: str
 
 
-Request = Status | Sync | Query | UsageReport | GetConfig | Fault
+class Sessions(Message, kw_only=True):
+    """Sessions, most recent activity first. ``since``/``until`` are ISO-8601 UTC bounds."""
+
+    project: str | None = None
+    since: str | None = None
+    until: str | None = None
+    limit: int = 50
+
+
+class Show(Message, kw_only=True):
+    """One session's conversation; ``session`` may be a unique prefix of its id."""
+
+    session: str
+    full: bool = False
+
+
+class Search(Message, kw_only=True):
+    """Full-text search (FTS5 syntax) over prompts, answers and summaries, and tools if asked."""
+
+    text: str
+    project: str | None = None
+    since: str | None = None
+    until: str | None = None
+    include_tools: bool = False
+    limit: int = 20
+
+
+class Watch(Message, kw_only=True):
+    """Subscribe to new messages as csmd ingests them (all, one session and its subagents, or a project)."""
+
+    session: str | None = None
+    project: str | None = None
+
+
+Request = Status | Sync | Query | UsageReport | GetConfig | Fault | Sessions | Show | Search | Watch
 
 
 # --- replies ------------------------------------------------------------------------
@@ -175,9 +209,68 @@ class UsageRows(Message, kw_only=True):
     tz: str = "UTC"
 
 
-Reply = Error | Ok | StatusReply | Progress | SyncReply | Rows | UsageRows | ConfigReply
+class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One item of a conversation, as ``show``, ``export`` and ``watch`` print it.
 
-FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows, ConfigReply)
+    ``kind``: user, assistant, tool (a call, with its result attached), tool_result (a result
+    whose call is not in the file), summary, compact (a compaction boundary) or subagent (the
+    header of a nested subagent session, whose entries follow one ``depth`` deeper).
+    """
+
+    kind: str
+    timestamp: str | None = None
+    text: str = ""
+    model: str | None = None
+    tool: str | None = None
+    detail: str | None = None
+    input: str | None = None
+    output: str | None = None
+    is_error: bool = False
+    session_id: str | None = None
+    project: str | None = None
+    depth: int = 0
+
+
+class SessionInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    session_id: str
+    project: str
+    title: str | None = None
+    cwd: str | None = None
+    started: str | None = None
+    last_activity: str | None = None
+    messages: int = 0
+    parent_session_id: str | None = None
+    file_present: bool = True
+    resume: str | None = None
+
+
+class Transcript(Message, kw_only=True):
+    session: SessionInfo
+    entries: list[Entry]
+
+
+class Watching(Message, kw_only=True):
+    """The subscription is live; ``Messages`` and ``Heartbeat`` follow until the daemon stops (``Ok``)."""
+
+    what: str
+    heartbeat_s: float
+
+
+class Messages(Message, kw_only=True):
+    entries: list[Entry]
+
+
+class Heartbeat(Message, kw_only=True):
+    missed: int = 0
+    """Messages dropped since the last delivery because this subscriber read too slowly."""
+
+
+Reply = (
+    Error | Ok | StatusReply | Progress | SyncReply | Rows | UsageRows | ConfigReply | Transcript | Watching | Messages
+    | Heartbeat
+)
+
+FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows, ConfigReply, Transcript)
 
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(Request)
