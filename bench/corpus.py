@@ -369,10 +369,12 @@ def write_corpus(path: Path | str, size_mb: float, files: int | None = None, see
         if not s.agent_id:
             for _ in range(r.choices((0, 1, 2), (70, 20, 10))[0]):
                 out.append(mk.summary(s))
-        while size < want:
+        while True:  # at least one turn: Claude Code never leaves a transcript empty
             for line in mk.turn(s):
                 out.append(line)
                 size += len(line.encode()) + 1
+            if size >= want:
+                break
         data = ("\n".join(out) + "\n").encode()
         s.path.parent.mkdir(parents=True, exist_ok=True)
         s.path.write_bytes(data)
