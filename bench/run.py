@@ -217,7 +217,7 @@ class Ctx:
 
 
 def phase_sync(c: Ctx, home: Home, corpus_lines: int, corpus_bytes: int) -> Csmd:
-    walls, starts, rss = [], [], []
+    walls, starts, rss, cpus = [], [], [], []
     d = None
     for i in range(c.args.repeat):
         if d is not None:
@@ -233,14 +233,16 @@ def phase_sync(c: Ctx, home: Home, corpus_lines: int, corpus_bytes: int) -> Csmd
         walls.append(done - d.started)
         starts.append(t_db - d.started)
         rss.append(d.peak_rss_mb())
+        cpus.append(d.cpu_s())
         w.close()
         c.say(f"  sync run {i + 1}: {walls[-1]:.2f} s (database open after {starts[-1]:.2f} s), "
-              f"peak RSS {rss[-1]:.1f} MB")
+              f"peak RSS {rss[-1]:.1f} MB, CPU {cpus[-1]:.2f} s")
     assert d is not None
     c.out["sync_runs_s"] = [round(x, 3) for x in walls]
     c.out["sync_wall_s"] = round(median(walls), 3)
     c.out["sync_startup_s"] = round(median(starts), 3)
     c.out["sync_mb_per_s"] = round(corpus_bytes / 1e6 / median(walls), 1)
+    c.out["sync_cpu_s"] = round(median(cpus), 2)
     c.out["sync_rss_mb"] = round(median(rss), 1)
     c.out["sync_rss_max_mb"] = round(max(rss), 1)
     db_bytes = sum(p.stat().st_size for p in home.db.parent.glob(home.db.name + "*") if p.suffix != ".lock"
@@ -403,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(),
         "python": sys.version.split()[0], "sqlite": sqlite3.sqlite_version,
+        "loadavg_before": os.getloadavg()[0],
     }
     c = Ctx(a, base, out, say)
     started = time.perf_counter()
@@ -444,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"kept {base}")
         else:
             shutil.rmtree(base, ignore_errors=True)
+    out["loadavg_after"] = os.getloadavg()[0]
     out["bench_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(out, indent=2) if a.json else table(out))
     return 0

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from csm.daemon import queries
+from csm.daemon.checkpoint import Checkpointer
 from csm.daemon.ingest import Ingestor
 from csm.daemon.lock import InstanceLock
 from csm.daemon.server import Reply, Server
@@ -52,6 +53,8 @@ class Daemon:
         store = Store(open_writer(self.db))
         own = [self.db, self.db.with_name(self.db.name + "-wal"), self.db.with_name(self.db.name + "-shm")]
         self.ingestor = Ingestor(store, self.roots, self.config, exclude=own)
+        self.checkpointer = Checkpointer(self.db, store.conn)
+        self.ingestor.on_commit.append(self.checkpointer.committed)
         self.syncer = Syncer(self.ingestor, self.config.rescan_interval_s)
         self.watcher = Watcher(self.roots, self.syncer, self.config.watch, self.config.poll_interval_s)
         self.syncer.before_rescan.append(self.watcher.check)
@@ -64,6 +67,7 @@ class Daemon:
         signal.set_wakeup_fd(self.server.wake_w, warn_on_full_buffer=False)
         log.info("csmd %s (pid %d): database %s, roots %s, socket %s", __version__, os.getpid(), self.db,
                  ", ".join(map(str, self.roots)), self.sock)
+        self.checkpointer.start()
         self.watcher.start()
         self.syncer.start()
         try:
@@ -76,6 +80,7 @@ class Daemon:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.server.close()
             self.reader.close()
+            self.checkpointer.stop()
             store.close()
         return 0
 
