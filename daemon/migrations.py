@@ -113,6 +113,14 @@ SELECT project, count(*) AS sessions, sum(lines) AS lines, sum(messages) AS mess
 FROM sessions s GROUP BY project;
 """
 
+M007_SPEED = """
+-- The sessions view's file_present (and csm status, which counts sessions whose file is gone)
+-- looks up sync_metadata by session_key once per session: without this index that is a scan
+-- per session, quadratic in the number of files (52 s for one csm status at 10,000 files).
+CREATE INDEX sync_metadata_session ON sync_metadata(session_key);
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
+    ("m007_speed", M007_SPEED),
 ]
