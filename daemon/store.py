@@ -24,6 +24,7 @@ from csm.daemon.migrations import MIGRATIONS
 from csm.shared.errors import DatabaseError
 
 BUSY_TIMEOUT_MS = 5000
+PAGE_SIZE = 16384
 
 
 def now_iso() -> str:
@@ -102,6 +103,10 @@ def open_writer(db: Path) -> sqlite3.Connection:
         _create_private(db)
         conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # Lines average 2 KB and many exceed a 4 KB page: 16 KB pages need fewer overflow
+        # pages and b-tree splits (inserting the 100 MB bench corpus: 0.40 -> 0.32 s). Only a
+        # new, empty database takes it; an existing one keeps its page size.
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
             raise DatabaseError(f"{db}: cannot switch to WAL mode (is it on a network filesystem?)")
         conn.execute("PRAGMA synchronous = NORMAL")
