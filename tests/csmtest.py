@@ -88,7 +88,7 @@ class Csmd:
             if self.proc.poll() is not None:
                 raise AssertionError(f"csmd exited with {self.proc.returncode}:\n{self.log()}")
             r = run_csm("status", "--json", timeout=10)
-            return r.returncode == 0 and json.loads(r.stdout)["last_sync_at"] is not None
+            return r.returncode == 0 and json.loads(r.stdout).get("last_sync_at") is not None
 
         wait_for(ready, timeout, "csmd to finish its first scan")
 
