@@ -13,7 +13,7 @@ syncs, so the checkpoint overlaps with parsing on the second core.
 
 A passive checkpoint cannot rewind the WAL while the writer keeps appending, so during a
 long backlog the WAL would grow to the size of the backlog. Once it holds more than
-``RESTART_FRAMES`` frames, a RESTART checkpoint follows the passive one: it waits for the
+``RESTART_BYTES``, a RESTART checkpoint follows the passive one: it waits for the
 writer's current transaction, copies the few frames the passive one missed, and lets the
 next transaction start the WAL from the beginning (``journal_size_limit`` then trims the
 file). Durability is unchanged: when pages reach the database file does not decide whether
@@ -34,8 +34,8 @@ log = logging.getLogger("csm.checkpoint")
 
 EVERY_BYTES = 4 << 20
 """Committed line bytes between checkpoints (SQLite's default is about 4 MB of pages too)."""
-RESTART_FRAMES = 16_384
-"""WAL frames (64 MB of 4 KB pages) above which the WAL is rewound."""
+RESTART_BYTES = 64 << 20
+"""WAL size above which the WAL is rewound (the same as ``journal_size_limit``)."""
 
 
 class Checkpointer(threading.Thread):
@@ -48,6 +48,7 @@ class Checkpointer(threading.Thread):
         self.stopping = False
         self.pending = 0
         self.checkpoints = 0
+        self.restart_frames = RESTART_BYTES // self.conn.execute("PRAGMA page_size").fetchone()[0]
 
     def start(self) -> None:
         self.writer.execute("PRAGMA wal_autocheckpoint = 0")
@@ -74,7 +75,7 @@ class Checkpointer(threading.Thread):
     def checkpoint(self) -> None:
         _, frames, _ = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         self.checkpoints += 1
-        if frames >= RESTART_FRAMES:
+        if frames >= self.restart_frames:
             self.conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
 
     def stop(self) -> None:
