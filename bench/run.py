@@ -116,6 +116,16 @@ class Csmd:
         fields = stat[stat.rindex(")") + 2 :].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
+    def cpu_ns(self) -> int:
+        """CPU time of the live threads in ns (schedstat), finer than ``cpu_s``'s 10 ms ticks."""
+        total = 0
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass  # a thread that ended meanwhile
+        return total
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -245,11 +255,20 @@ def phase_sync(c: Ctx, home: Home, corpus_lines: int, corpus_bytes: int) -> Csmd
     c.out["sync_cpu_s"] = round(median(cpus), 2)
     c.out["sync_rss_mb"] = round(median(rss), 1)
     c.out["sync_rss_max_mb"] = round(max(rss), 1)
-    db_bytes = sum(p.stat().st_size for p in home.db.parent.glob(home.db.name + "*") if p.suffix != ".lock"
-                   and p.is_file())
-    c.out["db_bytes"] = db_bytes
-    c.out["db_over_corpus"] = round(db_bytes / corpus_bytes, 3)
     return d
+
+
+def db_size(c: Ctx, home: Home, corpus_bytes: int) -> None:
+    """After csmd stopped: fold what is left of the WAL into the database, then weigh it."""
+    conn = sqlite3.connect(home.db)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        conn.close()
+    c.out["db_bytes"] = home.db.stat().st_size
+    c.out["db_free_bytes"] = free
+    c.out["db_over_corpus"] = round(c.out["db_bytes"] / corpus_bytes, 3)
 
 
 def phase_rtt(c: Ctx, home: Home, d: Csmd) -> None:
@@ -259,10 +278,25 @@ def phase_rtt(c: Ctx, home: Home, d: Csmd) -> None:
     q = "SELECT project, sessions, last_activity FROM projects ORDER BY last_activity DESC LIMIT 10"
     query = [csm(home, "query", "sql", q)[0] for _ in range(n)]
     c.out["status_ms"] = round(median(status) * 1000, 1)
+    c.out["status_inproc_ms"] = round(median(inproc_status(home, n)) * 1000, 2)
     c.out["query_ms"] = round(median(query) * 1000, 1)
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], check=True)
     c.out["python_startup_ms"] = round((time.perf_counter() - t) * 1000, 1)
+
+
+def inproc_status(home: Home, n: int) -> list[float]:
+    """The same Status request from this process: the daemon's part of the round trip."""
+    from csm.client.transport import request
+    from csm.shared import protocol
+
+    sock = Path(home.env["XDG_RUNTIME_DIR"]) / "csm" / "csmd.sock"
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        request(protocol.Status(), sock=sock)
+        out.append(time.perf_counter() - t)
+    return out
 
 
 def phase_fresh(c: Ctx, home: Home, d: Csmd, files: list[Path]) -> None:
@@ -314,11 +348,11 @@ def phase_fresh(c: Ctx, home: Home, d: Csmd, files: list[Path]) -> None:
 def phase_idle(c: Ctx, home: Home, d: Csmd) -> None:
     wait_scanned(home, d)
     time.sleep(1.0)
-    t, cpu = time.perf_counter(), d.cpu_s()
+    t, cpu = time.perf_counter(), d.cpu_ns()
     time.sleep(c.args.idle_s)
-    used = d.cpu_s() - cpu
+    used = (d.cpu_ns() - cpu) / 1e9
     c.out["idle_s"] = round(time.perf_counter() - t, 1)
-    c.out["idle_cpu_pct"] = round(used / (time.perf_counter() - t) * 100, 3)
+    c.out["idle_cpu_pct"] = round(used / (time.perf_counter() - t) * 100, 4)
 
 
 def small_files(root: Path, n: int, seed: int) -> tuple[int, int]:
@@ -437,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                 phase_idle(c, home, d)
             out["rss_end_mb"] = round(d.peak_rss_mb(), 1)
             d.stop()
+            db_size(c, home, size)
         if "rescan" in phases:
             phase_rescan(c)
     finally:
