@@ -28,12 +28,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from csm.daemon.store import BUSY_TIMEOUT_MS, FileRow
+from csm.daemon.store import FileRow
 
 log = logging.getLogger("csm.checkpoint")
 
 EVERY_BYTES = 4 << 20
 """Committed line bytes between checkpoints (SQLite's default is about 4 MB of pages too)."""
+RESTART_WAIT_MS = 100
+"""How long a RESTART may wait for the writer and old readers before it gives up."""
 RESTART_BYTES = 64 << 20
 """WAL size above which the WAL is rewound (the same as ``journal_size_limit``)."""
 
@@ -42,7 +44,9 @@ class Checkpointer(threading.Thread):
     def __init__(self, db: Path, writer: sqlite3.Connection) -> None:
         super().__init__(name="csm-checkpoint", daemon=True)
         self.conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
-        self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # Short: a pending RESTART blocks new write transactions while it waits for old readers
+        # (a long ``csm query sql``), so it gives up quickly and is simply tried again later.
+        self.conn.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
         self.writer = writer
         self.due = threading.Event()
         self.stopping = False
