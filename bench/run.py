@@ -63,8 +63,7 @@ class Home:
         self.run = Path(tempfile.mkdtemp(prefix="csmb-", dir="/tmp"))
         self.run.chmod(0o700)
         self.env = dict(os.environ)
-        for k in ("NOTIFY_SOCKET",):
-            self.env.pop(k, None)
+        self.env.pop("NOTIFY_SOCKET", None)
         (self.dir / "home").mkdir()
         self.env.update(
             HOME=str(self.dir / "home"), XDG_DATA_HOME=str(self.dir / "data"), XDG_CONFIG_HOME=str(self.dir / "config"),
@@ -425,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--only", default="sync,rtt,fresh,idle,rescan", help="comma-separated phases to run")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder (corpus, database, logs)")
-    ap.add_argument("--corpus", type=Path, help="reuse a corpus folder written by bench/corpus.py")
+    ap.add_argument("--corpus", type=Path, help="reuse a corpus folder written by bench/corpus.py (the fresh phase appends to it; "
+                    "use it with --only sync)")
     a = ap.parse_args(argv)
     a.idle_s = 10.0 if a.quick else 60.0
     a.appends = 50 if a.quick else 200
