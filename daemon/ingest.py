@@ -47,6 +47,15 @@ MESSAGE_TYPES = frozenset({"user", "assistant"})
 ERROR_HEAD = 200
 
 
+def _holds(f: FileRow) -> bool:
+    """Whether ``f``'s path still holds the inode its checkpoint was made on."""
+    try:
+        st = os.stat(f.path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (f.dev, f.inode)
+
+
 def _iso_mtime(mtime_ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime_ns / 1e9))
 
@@ -111,6 +120,30 @@ class SessionAgg:
                 self.models.add(v.message.model)
 
 
+def _after_nuls(line: bytes) -> tuple[int, bytes, str, LineView] | None:
+    """The record after a run of NUL bytes, if one is there: (NULs cut, record, its text, view).
+
+    A crash on ext4 can leave the unflushed end of a file as NUL bytes, and Claude Code's next
+    append then lands on the same line after them; the record is intact and is kept.
+    """
+    cut = line.rfind(b"\0") + 1
+    if not cut or cut == len(line):
+        return None
+    rest = line[cut:]
+    try:
+        return cut, rest, rest.decode("utf-8"), parse(rest)
+    except (UnicodeDecodeError, BadLine):
+        return None
+
+
+@dataclass
+class Reread:
+    """An earlier generation's rows and bad lines, by content, for a re-read to find again."""
+
+    rows: dict[bytes, list[int]]
+    errors: dict[tuple[int, bytes], list[int]]
+
+
 @dataclass
 class Totals:
     """What one sync or visit did, for ``csm sync`` and the log."""
@@ -160,6 +193,7 @@ class Ingestor:
         self.have_prompt: set[str] = {
             r[0] for r in store.conn.execute("SELECT session_id FROM session_stats WHERE first_prompt IS NOT NULL")
         }
+        self.unreadable: set[int] = store.unreadable_files()
         self.events = store.count_events()
         self.next_event_id = store.max_event_id() + 1
         self.backlog: Backlog | None = None
@@ -216,6 +250,9 @@ class Ingestor:
                     or f.size != st.st_size or f.mtime_ns != st.st_mtime_ns
                 ):
                     todo.append((path, max(0, st.st_size - (f.offset if f and not f.gone_at else 0))))
+        # New paths first: a file renamed while csmd was stopped then claims its checkpoint before a
+        # new file created at its old path is taken for a replacement of it.
+        todo.sort(key=lambda t: t[0] in self.files)
         self.backlog = Backlog(files_total=len(todo), bytes_total=sum(n for _, n in todo))
         started = time.monotonic()
         try:
@@ -269,13 +306,21 @@ class Ingestor:
             return
         del self.files[f.path]
         log.info("renamed: %s -> %s (offset %d kept)", f.path, dest, f.offset)
+        old_key = f.session_key
         f.path = dest
         f.root = str(root)
-        f.project, f.session_key, parent = describe_path(root, Path(dest))
-        f.parent_session = parent or f.parent_session
+        if dest.endswith(".jsonl"):  # a move to x.jsonl.bak keeps its session until it comes back
+            f.project, f.session_key, parent = describe_path(root, Path(dest))
+            f.parent_session = parent or f.parent_session
         self.files[dest] = f
+        # The session's figures follow its file, unless another file still carries the old key.
+        move_session = old_key != f.session_key and not any(
+            g.session_key == old_key and not g.gone_at for g in self.files.values())
         with self.store.transaction():
             self.store.save_file(f, _iso_mtime(f.mtime_ns))
+            self.store.move_session(old_key, f.session_key if move_session else old_key, f.project)
+        if move_session and old_key in self.have_prompt:
+            self.have_prompt.add(f.session_key)
 
     def visit(self, path: str) -> Totals:
         """Bring one path's rows and checkpoint up to date with the file."""
@@ -290,8 +335,7 @@ class Ingestor:
                 self.mark_gone(f)
             return totals
         except OSError as e:
-            self._unreadable(path, e)
-            totals.errors += 1
+            totals.errors += int(self._unreadable(path, e))
             return totals
         try:
             st = os.fstat(fd)
@@ -300,31 +344,42 @@ class Ingestor:
             f = self._identify(path, fd, st)
             if f is None:
                 return totals
+            if f.file_id in self.unreadable:
+                with self.store.transaction():
+                    self.store.clear_unreadable(f.file_id)
+                self.unreadable.discard(f.file_id)
+                log.info("%s can be read again", path)
             changed = self._catch_up(f, fd, st, totals)
             totals.files_changed += int(changed)
         finally:
             os.close(fd)
         return totals
 
-    def _unreadable(self, path: str, e: OSError) -> None:
+    def _unreadable(self, path: str, e: OSError) -> bool:
+        """Record (once) that a transcript cannot be opened; it is cleared once it can be.
+        Returns whether this is news."""
         if e.errno in (errno.ELOOP, errno.ENXIO):  # a symlink (not followed) or a socket/FIFO
-            return
+            return False
         root = self.root_of(Path(path))
         if root is None:
-            return
+            return False
         f = self.files.get(path)
+        if f is not None and f.file_id in self.unreadable:
+            return False
         if f is None:
             try:
                 st = os.stat(path, follow_symlinks=False)
             except OSError:
-                return
+                return False
             f = self._new_row(path, root, st)
             with self.store.transaction():
                 self.store.save_file(f, _iso_mtime(st.st_mtime_ns))
             self.files[path] = f
         with self.store.transaction():
             self.store.insert_errors([(f.file_id, path, f.generation, -1, 0, f"cannot read file: {e.strerror}", b"")])
+        self.unreadable.add(f.file_id)
         log.warning("cannot read %s: %s", path, e.strerror)
+        return True
 
     def _new_row(self, path: str, root: Path, st: os.stat_result) -> FileRow:
         project, key, parent = describe_path(root, Path(path))
@@ -342,13 +397,12 @@ class Ingestor:
             root = self.root_of(Path(path))
             if root is None:
                 return None
-            moved = self._rename_source(path, fd, st)
-            if moved is not None:
-                self._rename(moved, path)
-                return moved
-            f = self._new_row(path, root, st)
-            self.files[path] = f
-            return f
+            f = self._rename_source(path, fd, st)
+            if f is None:
+                f = self._new_row(path, root, st)
+                self.files[path] = f
+                return f
+            self._rename(f, path)  # then checked like any other: it may have changed since
         why = None
         if f.gone_at:
             why = "reappeared"
@@ -371,11 +425,12 @@ class Ingestor:
         return f
 
     def _rename_source(self, path: str, fd: int, st: os.stat_result) -> FileRow | None:
-        """A live checkpoint this new path continues: same (dev, inode), old path gone, same head."""
+        """A live checkpoint this new path continues: same (dev, inode) and head, and its own path
+        no longer holds that inode (gone, or a new file was created there after the move)."""
         for other in self.store.paths_with_inode(st.st_dev, st.st_ino):
             f = self.files.get(other)
             if (
-                f is not None and not f.gone_at and f.path != path and not os.path.lexists(f.path)
+                f is not None and not f.gone_at and f.path != path and not _holds(f)
                 and st.st_size >= f.offset and f.head_len and reader.head_matches(fd, f.head_len, f.head_hash)
             ):
                 return f
@@ -405,20 +460,29 @@ class Ingestor:
             self._commit(f, fd, st, f.offset, [], None, totals)
         return changed
 
-    def _old_rows(self, f: FileRow) -> dict[str, list[int]] | None:
-        rows: dict[str, list[int]] = {}
+    def _old_rows(self, f: FileRow) -> Reread | None:
+        """What earlier generations of ``f`` hold, for a re-read to re-attach instead of copying.
+
+        Keyed by a 16-byte hash of each line, not the line, so that re-reading a large file
+        keeps memory proportional to its line count, not its size.
+        """
+        rows: dict[bytes, list[int]] = {}
         for rowid, raw in self.store.old_generation_rows(f.file_id, f.generation):
-            rows.setdefault(raw, []).append(rowid)
-        return rows or None
+            rows.setdefault(reader.digest(raw.encode()), []).append(rowid)
+        errors: dict[tuple[int, bytes], list[int]] = {}
+        for err_id, length, head in self.store.old_generation_errors(f.file_id, f.generation):
+            errors.setdefault((length, head), []).append(err_id)
+        return Reread(rows, errors) if rows or errors else None
 
     def _commit(
         self, f: FileRow, fd: int, st: os.stat_result, start: int, lines: list[bytes],
-        reattach: dict[str, list[int]] | None, totals: Totals,
+        reattach: Reread | None, totals: Totals,
     ) -> int:
         """Store ``lines`` (which begin at ``start``) and move the checkpoint past them, atomically."""
         rows: list[tuple[Any, ...]] = []
         moves: list[tuple[int, int, int]] = []
         errors: list[tuple[Any, ...]] = []
+        error_moves: list[tuple[int, int, int]] = []
         sessions: dict[str, SessionAgg] = {}
         gen = f.generation
         fallback_session = f.parent_session or f.session_key
@@ -432,20 +496,23 @@ class Ingestor:
             pos += len(line) + 1
             try:
                 raw = line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                errors.append((f.file_id, f.path, gen, offset, len(line), f"invalid UTF-8: {e.reason} at byte {e.start}",
-                               line[:ERROR_HEAD]))
-                continue
-            try:
                 v = parse(line)
-            except BadLine as e:
-                errors.append((f.file_id, f.path, gen, offset, len(line), str(e), line[:ERROR_HEAD]))
-                continue
+            except (UnicodeDecodeError, BadLine) as e:
+                salvaged = _after_nuls(line)
+                if salvaged is None:
+                    self._bad_line(f, offset, line, e, errors, error_moves, reattach)
+                    continue
+                cut, rest, raw, v = salvaged
+                nuls = line[:cut].count(0)
+                self._bad_line(f, offset, line[:cut], BadLine(f"{nuls} NUL bytes before a record (the record "
+                               f"after them is kept at offset {offset + cut})"), errors, error_moves, reattach)
+                line = rest
+                offset += cut
             if f.parent_session is None and f.session_key.startswith("agent-") and v.session_id:
                 f.parent_session = v.session_id  # a flat (Claude Code <= 2.0) subagent file
             if agg is None:
                 agg = sessions[f.session_key] = SessionAgg(f.project, f.parent_session, is_sub)
-            old = reattach.get(raw) if reattach else None
+            old = reattach.rows.get(reader.digest(line)) if reattach else None
             if old:
                 moves.append((gen, offset, old.pop()))
                 agg.add(v, counted=False)
@@ -466,7 +533,7 @@ class Ingestor:
         if g.head_len < reader.HEAD_LEN:
             g.head_len, g.head_hash = reader.head(fd, g.size)
         try:
-            self._write(f, g, st, rows, moves, errors, sessions, agg)
+            self._write(f, g, st, rows, moves, errors, error_moves, sessions, agg)
         finally:
             for sink in sinks:
                 sink.clear()
@@ -482,10 +549,26 @@ class Ingestor:
             hook(f, rows)
         return end
 
+    def _bad_line(
+        self, f: FileRow, offset: int, line: bytes, e: Exception, errors: list[tuple[Any, ...]],
+        error_moves: list[tuple[int, int, int]], reattach: Reread | None,
+    ) -> None:
+        """Record a line that cannot be stored; a re-read finds it again instead of counting it twice."""
+        head = line[:ERROR_HEAD]
+        old = reattach.errors.get((len(line), head)) if reattach else None
+        if old:
+            error_moves.append((f.generation, offset, old.pop()))
+            return
+        if isinstance(e, UnicodeDecodeError):
+            why = f"invalid UTF-8: {e.reason} at byte {e.start}"
+        else:
+            why = str(e)
+        errors.append((f.file_id, f.path, f.generation, offset, len(line), why, head))
+
     def _write(
         self, f: FileRow, g: FileRow, st: os.stat_result, rows: list[tuple[Any, ...]],
-        moves: list[tuple[int, int, int]], errors: list[tuple[Any, ...]], sessions: dict[str, SessionAgg],
-        agg: SessionAgg | None,
+        moves: list[tuple[int, int, int]], errors: list[tuple[Any, ...]], error_moves: list[tuple[int, int, int]],
+        sessions: dict[str, SessionAgg], agg: SessionAgg | None,
     ) -> None:
         """One transaction: the rows, what derives from them, and the checkpoint past them."""
         with self.store.transaction():
@@ -495,6 +578,8 @@ class Ingestor:
                 self.store.reattach(moves)
             if errors:
                 self.store.insert_errors(errors)
+            if error_moves:
+                self.store.reattach_errors(error_moves)
             if agg is not None:
                 if agg.parent is None:
                     agg.parent = f.parent_session

@@ -70,7 +70,9 @@ def status() -> dict[str, Any]:
     from csm.client.transport import request
     from csm.shared.protocol import Status
 
-    return msgspec.to_builtins(request(Status(), timeout_s=10))
+    reply = request(Status(), timeout_s=10)
+    # Every field, defaults included (the wire form omits them: last_sync_at None, files_gone 0).
+    return {name: msgspec.to_builtins(getattr(reply, name)) for name in reply.__struct_fields__}
 
 
 def scalar(query: str) -> Any:
