@@ -145,3 +145,34 @@ def db_rows(db: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
 def line_count(path: Path) -> int:
     """Complete lines in a file: what csm must have ingested (rows plus bad lines)."""
     return path.read_bytes().count(b"\n")
+
+
+def sync_now() -> dict[str, Any]:
+    """``csm sync --now``, asked in-process: a barrier after which csmd has seen every file as it is."""
+    import msgspec
+
+    from csm.client.transport import request
+    from csm.shared.protocol import Sync, SyncReply
+
+    reply = request(Sync(), timeout_s=60)
+    assert isinstance(reply, SyncReply)
+    return msgspec.to_builtins(reply)
+
+
+def file_lines(path: Path) -> list[str]:
+    """The complete lines of a file, as csm must store them (text without the newline)."""
+    data = path.read_bytes()
+    return [b.decode() for b in data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]]
+
+
+def current_raws(db: Path, path: Path) -> list[str]:
+    """The rows of a file as it is now (its current generation), in file order."""
+    return [r[0] for r in db_rows(
+        db, "SELECT raw FROM lines WHERE file_path = ? AND current ORDER BY line_offset", str(path))]
+
+
+def all_raws(db: Path) -> dict[str, int]:
+    """Every row ever stored, of every file and generation, as a multiset of raw lines."""
+    from collections import Counter
+
+    return dict(Counter(r[0] for r in db_rows(db, "SELECT raw FROM events")))
