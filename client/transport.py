@@ -12,10 +12,11 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from csm.shared import paths, protocol
 from csm.shared.errors import DaemonError, DaemonNotRunning, NotFound, QueryError
-from csm.shared.protocol import Error, Message, Progress
+from csm.shared.protocol import Error, Message
 
 START_HINT = "start it with 'csmd' (or 'csm service install' to run it at login)"
 ERRORS: dict[str, type[DaemonError]] = {"query": QueryError, "not_found": NotFound}
@@ -40,10 +41,13 @@ def request(
     msg: Message,
     *,
     timeout_s: float = 10.0,
-    on_progress: Callable[[Progress], None] | None = None,
+    on_progress: Callable[[Any], None] | None = None,
     sock: Path | None = None,
 ) -> Message:
-    """Send ``msg`` and return the final reply; ``timeout_s`` bounds each wait for a message."""
+    """Send ``msg`` and return the final reply; ``timeout_s`` bounds each wait for a message.
+
+    Streamed replies before it (``Progress``, ``Chunk``) go to ``on_progress``, in order.
+    """
     import zmq  # here, so that 'csm --help' does not pay for it
 
     sock = sock or paths.socket_path()
@@ -61,7 +65,7 @@ def request(
                     f"csmd did not answer within {timeout_s:g} s on {sock}; check 'csm service logs' or restart csmd"
                 )
             reply = protocol.decode_reply(s.recv())
-            if isinstance(reply, Progress):
+            if not isinstance(reply, protocol.FINAL_REPLIES):
                 if on_progress is not None:
                     on_progress(reply)
                 continue

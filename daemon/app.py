@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from csm.daemon import queries, reports
+from csm.daemon import export, queries, reports
 from csm.daemon.ingest import Ingestor
 from csm.daemon.lock import InstanceLock
 from csm.daemon.notify import Notifier
@@ -30,8 +30,10 @@ from csm.daemon.usage import UsageSink
 from csm.daemon.watcher import Watcher
 from csm.shared import __version__, paths
 from csm.shared.config import Config
-from csm.shared.errors import QueryError
-from csm.shared.protocol import Error, Message, Ok, Query, Request, Status, StatusReply, Sync, UsageReport
+from csm.shared.errors import NotFound, QueryError
+from csm.shared.protocol import (
+    Error, Export, ListErrors, Message, Ok, Query, Request, Status, StatusReply, Sync, UsageReport,
+)
 
 log = logging.getLogger("csm.daemon")
 
@@ -126,6 +128,10 @@ class Daemon:
                 self.pool.submit(self._answer, reply, lambda conn: queries.run_sql(conn, sql, params, max_rows))
             case UsageReport():
                 self.pool.submit(self._answer, reply, lambda conn: reports.usage(conn, request, self.prices.updated))
+            case ListErrors(max_rows=max_rows):
+                self.pool.submit(self._answer, reply, lambda conn: queries.list_errors(conn, max_rows))
+            case Export():
+                self.pool.submit(self._answer, reply, lambda conn: export.run(conn, request, reply))
 
     def status(self) -> StatusReply:
         f = figures(self.reader)
@@ -164,6 +170,8 @@ class Daemon:
             reply(work(self._connection()))
         except QueryError as e:
             reply(Error(code="query", message=str(e)))
+        except NotFound as e:
+            reply(Error(code="not_found", message=str(e)))
         except Exception as e:
             log.exception("query failed")
             reply(Error(code="internal", message=f"{type(e).__name__}: {e}"))

@@ -58,7 +58,21 @@ class UsageReport(Message, kw_only=True):
     project: str | None = None
 
 
-Request = Status | Sync | Query | UsageReport
+class ListErrors(Message, kw_only=True):
+    """The bad lines csmd skipped (``sync_errors``), by file and offset."""
+
+    max_rows: int = 10_000
+
+
+class Export(Message, kw_only=True):
+    """A session's or a file's lines. ``target``: an absolute file path, a session id, or a unique
+    prefix of one. Replies with ``Chunk`` messages, then ``ExportDone``."""
+
+    target: str
+    format: str = "jsonl"
+
+
+Request = Status | Sync | Query | UsageReport | ListErrors | Export
 
 
 # --- replies ------------------------------------------------------------------------
@@ -132,9 +146,26 @@ class UsageRows(Message, kw_only=True):
     tz: str = "UTC"
 
 
-Reply = Error | Ok | StatusReply | Progress | SyncReply | Rows | UsageRows
+class Chunk(Message, kw_only=True):
+    """A piece of a streamed output; ``seq`` counts from 0 so a lost piece is noticed."""
 
-FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows)
+    seq: int
+    data: bytes
+
+
+class ExportDone(Message, kw_only=True):
+    """The end of an export: what was sent, for the client to check it got all of it."""
+
+    files: list[str]
+    lines: int
+    bytes: int
+    chunks: int
+
+
+Reply = Error | Ok | StatusReply | Progress | SyncReply | Rows | UsageRows | Chunk | ExportDone
+
+FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows, ExportDone)
+"""Every other reply is streamed (``Progress``, ``Chunk``): more follow until a final one."""
 
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(Request)

@@ -1,0 +1,161 @@
+"""Damaged input with a real csmd: each bad line is recorded once and skipped, every other line is stored."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from csmtest import Csmd, current_raws, db_rows, run_csm, status, sync_now
+
+
+def good(i: int, text: str = "") -> bytes:
+    return json.dumps({"type": "user", "uuid": f"g{i}", "sessionId": "bad",
+                       "message": {"role": "user", "content": f"fine {i} {text}"}},
+                      ensure_ascii=False, separators=(",", ":")).encode()
+
+
+RECORD = good(100)
+CASES: list[tuple[str, bytes, str]] = [  # (name, line without its newline, what the error must say)
+    ("invalid JSON", b'{"type":"user","message":{"content":"cut he', "invalid JSON"),
+    ("JSON array", b"[1, 2, 3]", "not an object"),
+    ("JSON string", b'"just a string"', "not an object"),
+    ("JSON number", b"42", "not an object"),
+    ("JSON null", b"null", "not an object"),
+    ("invalid UTF-8", b'{"type":"user","x":"\xff\xfe caf\xe9"}', "invalid UTF-8"),
+    ("NUL run", b"\0" * 300, "NUL bytes"),
+    ("two records spliced", good(50) + good(51), "invalid JSON"),
+    ("torn record spliced with the next", good(52)[:30] + good(53), "invalid JSON"),
+    ("empty line", b"", "empty line"),
+]
+
+
+def build() -> tuple[bytes, list[str], list[tuple[int, int, str, bytes]]]:
+    """A file mixing good and bad lines: (its bytes, the good lines in order, the expected errors)."""
+    data = bytearray()
+    kept: list[str] = []
+    errors: list[tuple[int, int, str, bytes]] = []
+    for i, (_, bad, why) in enumerate(CASES):
+        line = good(i)
+        data += line + b"\n"
+        kept.append(line.decode())
+        errors.append((len(data), len(bad), why, bad[:200]))
+        data += bad + b"\n"
+    # A record after NUL bytes (an ext4 crash left NULs where unflushed bytes were; Claude Code's
+    # next append landed after them): the NULs are a bad line, the record is kept.
+    errors.append((len(data), 64, "NUL bytes before a record", b"\0" * 64))
+    data += b"\0" * 64 + RECORD + b"\n"
+    kept.append(RECORD.decode())
+    # Not line breaks: U+2028/U+2029 inside strings, and a CR before the newline (kept as written).
+    for line in (good(60, "a\u2028b\u2029c"), good(61) + b"\r"):
+        data += line + b"\n"
+        kept.append(line.decode())
+    return bytes(data), kept, errors
+
+
+class TestBadLines:
+    def test_each_bad_line_is_recorded_and_the_rest_is_stored(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        f = projects / "p" / "bad.jsonl"
+        f.parent.mkdir(parents=True)
+        data, kept, errors = build()
+        f.write_bytes(data)
+        csmd.start()
+        assert current_raws(db, f) == kept
+        stored = db_rows(db, "SELECT line_offset, length, error, head FROM sync_errors WHERE file_path = ? "
+                         "ORDER BY line_offset", str(f))
+        assert [(o, n, h) for o, n, _, h in stored] == [(o, n, h) for o, n, _, h in errors]
+        for (_, _, error, _), (_, _, why, _) in zip(stored, errors):
+            assert why in error, (why, error)
+        u2028 = db_rows(db, "SELECT raw FROM lines WHERE uuid = 'g60'")[0][0]
+        assert "\u2028" in u2028 and "\u2029" in u2028
+        salvaged = db_rows(db, "SELECT line_offset FROM lines WHERE uuid = 'g100'")[0][0]
+        assert salvaged == errors[-1][0] + 64
+
+        # Appends after bad lines go on as usual, and a later sync records nothing twice.
+        with open(f, "ab") as out:
+            out.write(good(70) + b"\n" + b"{oops\n")
+        sync_now()
+        assert current_raws(db, f)[-1] == good(70).decode()
+        n = len(errors) + 1
+        assert status()["errors"] == n
+
+        human = run_csm("status")
+        assert f"bad lines  {n} (csm query errors)" in human.stdout, human.stdout
+        listed = json.loads(run_csm("query", "errors", "--json").stdout)
+        assert len(listed) == n and set(listed[0]) == {"file", "offset", "length", "error", "head"}
+        assert [r["offset"] for r in listed] == [o for o, *_ in errors] + [len(data) + len(good(70)) + 1]
+        nul = next(r for r in listed if r["length"] == 300)
+        assert nul["head"] == "\\x00" * 200 and nul["file"] == str(f)
+        utf8 = next(r for r in listed if "UTF-8" in r["error"])
+        assert utf8["head"] == '{"type":"user","x":"\\xff\\xfe caf\\xe9"}'
+        rows = list(csv.reader(io.StringIO(run_csm("query", "errors", "--csv").stdout)))
+        assert rows[0] == ["file", "offset", "length", "error", "head"] and len(rows) == n + 1
+        table = run_csm("query", "errors").stdout.splitlines()
+        assert table[0].split() == ["file", "offset", "length", "error", "head"] and len(table) == n + 2
+
+    def test_re_reading_a_file_counts_its_bad_lines_once(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        f = projects / "p" / "bad.jsonl"
+        f.parent.mkdir(parents=True)
+        data, kept, errors = build()
+        f.write_bytes(data)
+        csmd.start()
+        tmp = f.with_name("bad.tmp")
+        tmp.write_bytes(good(90) + b"\n" + data)  # rewritten: everything moved by one line
+        os.replace(tmp, f)
+        sync_now()
+        assert current_raws(db, f) == [good(90).decode()] + kept
+        shift = len(good(90)) + 1
+        stored = db_rows(db, "SELECT line_offset, generation FROM sync_errors ORDER BY line_offset")
+        assert stored == [(o + shift, 1) for o, *_ in errors]
+        assert db_rows(db, "SELECT count(*) FROM events")[0][0] == len(kept) + 1
+
+    def test_a_10_mb_line_is_stored(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        f = projects / "p" / "big.jsonl"
+        f.parent.mkdir(parents=True)
+        big = good(0, "y" * (10 * 1024 * 1024))
+        f.write_bytes(good(1) + b"\n" + big + b"\n" + good(2) + b"\n")
+        csmd.start()
+        assert current_raws(db, f) == [good(1).decode(), big.decode(), good(2).decode()]
+        assert status()["errors"] == 0
+
+    def test_empty_file_then_lines(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        f = projects / "p" / "empty.jsonl"
+        f.parent.mkdir(parents=True)
+        f.touch()
+        csmd.start()
+        assert db_rows(db, "SELECT last_position, gone_at FROM sync_metadata WHERE file_path = ?", str(f)) == [(0, None)]
+        assert status()["errors"] == 0 and current_raws(db, f) == []
+        f.write_bytes(good(0) + b"\n")
+        sync_now()
+        assert current_raws(db, f) == [good(0).decode()]
+
+
+def test_unreadable_file_is_reported_then_read_once_it_can_be(csmd: Csmd, projects: Path, db: Path) -> None:
+    f = projects / "p" / "locked.jsonl"
+    f.parent.mkdir(parents=True)
+    f.write_bytes(good(0) + b"\n")
+    f.chmod(0)
+    try:
+        with open(f, "rb"):
+            pytest.skip("running as root (or with CAP_DAC_OVERRIDE): chmod 000 does not stop reads here, so an "
+                        "unreadable file cannot be made")
+    except PermissionError:
+        pass
+    try:
+        csmd.start()
+        s = status()
+        assert s["errors"] == 1
+        listed = json.loads(run_csm("query", "errors", "--json").stdout)
+        assert listed == [{"file": str(f), "offset": None, "length": 0, "error": "cannot read file: Permission denied",
+                           "head": ""}]
+        sync_now()
+        assert status()["errors"] == 1, "recorded once, not at every rescan"
+    finally:
+        f.chmod(0o600)
+    sync_now()
+    assert current_raws(db, f) == [good(0).decode()]
+    assert status()["errors"] == 0, "the error is cleared once the file can be read"
