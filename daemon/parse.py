@@ -168,7 +168,7 @@ def _progress_data(data: Any) -> ProgressData | None:
 
 def prompt_text(view: LineView) -> str | None:
     """The text a user typed, for a session title; None for tool results and meta lines."""
-    if view.type != "user" or view.is_meta or view.message is None or view.message.content is None:
+    if view.type != "user" or view.is_meta or view.message is None or not view.message.content:
         return None
     try:
         content = msgspec.json.decode(view.message.content)
@@ -182,7 +182,8 @@ def prompt_text(view: LineView) -> str | None:
     else:
         return None
     text = " ".join(text.split())
-    # Slash commands and hook output arrive as user lines wrapped in XML-ish tags.
-    if not text or text.startswith("<"):
+    # Slash commands and hook output arrive as user lines wrapped in XML-ish tags; Claude Code
+    # itself writes "[Request interrupted by user…]" as a user line.
+    if not text or text.startswith(("<", "[Request interrupted")):
         return None
     return text[:200]
