@@ -454,10 +454,10 @@ class Ingestor:
                 chunk = lines[i : i + self.config.batch_lines]
                 start = self._commit(f, fd, st, start, chunk, reattach, totals)
             if self.stopping.is_set():
-                break
-        if not changed and (f.size != st.st_size or f.mtime_ns != st.st_mtime_ns or f.head_len < reader.HEAD_LEN):
-            # Only a partial line arrived (or nothing at all): remember what was seen.
-            self._commit(f, fd, st, f.offset, [], None, totals)
+                return changed
+        if f.size != st.st_size or f.mtime_ns != st.st_mtime_ns:
+            # A partial last line is left (or only it arrived, or nothing did): remember what was seen.
+            self._commit(f, fd, st, f.offset, [], None, totals, seen=max(st.st_size, f.offset))
         return changed
 
     def _old_rows(self, f: FileRow) -> Reread | None:
@@ -476,9 +476,16 @@ class Ingestor:
 
     def _commit(
         self, f: FileRow, fd: int, st: os.stat_result, start: int, lines: list[bytes],
-        reattach: Reread | None, totals: Totals,
+        reattach: Reread | None, totals: Totals, seen: int | None = None,
     ) -> int:
-        """Store ``lines`` (which begin at ``start``) and move the checkpoint past them, atomically."""
+        """Store ``lines`` (which begin at ``start``) and move the checkpoint past them, atomically.
+
+        The checkpoint's ``size`` says how far csm has looked: the end of these lines, or ``seen``
+        once a visit read to the end of the file (a partial last line included). It must never be
+        the whole file's size while complete lines remain unread: a rescan takes a file whose size
+        and mtime match its checkpoint for done, so a visit cut short (SIGTERM, SIGKILL, an error)
+        would leave the rest unread until the file changed again.
+        """
         rows: list[tuple[Any, ...]] = []
         moves: list[tuple[int, int, int]] = []
         errors: list[tuple[Any, ...]] = []
@@ -528,7 +535,7 @@ class Ingestor:
         end = pos
         # The new checkpoint is built aside and adopted only once it is committed, so a
         # failed transaction (disk full, locked) leaves memory and database agreeing.
-        g = msgspec.structs.replace(f, offset=end, size=max(st.st_size, end), mtime_ns=st.st_mtime_ns,
+        g = msgspec.structs.replace(f, offset=end, size=end if seen is None else seen, mtime_ns=st.st_mtime_ns,
                                     tail_hash=reader.tail(fd, end))
         if g.head_len < reader.HEAD_LEN:
             g.head_len, g.head_hash = reader.head(fd, g.size)
