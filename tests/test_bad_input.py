@@ -57,13 +57,18 @@ def build() -> tuple[bytes, list[str], list[tuple[int, int, str, bytes]]]:
     return bytes(data), kept, errors
 
 
+def start_with_bad_file(csmd: Csmd, projects: Path) -> tuple[Path, bytes, list[str], list[tuple[int, int, str, bytes]]]:
+    f = projects / "p" / "bad.jsonl"
+    f.parent.mkdir(parents=True)
+    data, kept, errors = build()
+    f.write_bytes(data)
+    csmd.start()
+    return f, data, kept, errors
+
+
 class TestBadLines:
     def test_each_bad_line_is_recorded_and_the_rest_is_stored(self, csmd: Csmd, projects: Path, db: Path) -> None:
-        f = projects / "p" / "bad.jsonl"
-        f.parent.mkdir(parents=True)
-        data, kept, errors = build()
-        f.write_bytes(data)
-        csmd.start()
+        f, data, kept, errors = start_with_bad_file(csmd, projects)
         assert current_raws(db, f) == kept
         stored = db_rows(db, "SELECT line_offset, length, error, head FROM sync_errors WHERE file_path = ? "
                          "ORDER BY line_offset", str(f))
@@ -98,11 +103,7 @@ class TestBadLines:
         assert table[0].split() == ["file", "offset", "length", "error", "head"] and len(table) == n + 2
 
     def test_re_reading_a_file_counts_its_bad_lines_once(self, csmd: Csmd, projects: Path, db: Path) -> None:
-        f = projects / "p" / "bad.jsonl"
-        f.parent.mkdir(parents=True)
-        data, kept, errors = build()
-        f.write_bytes(data)
-        csmd.start()
+        f, data, kept, errors = start_with_bad_file(csmd, projects)
         tmp = f.with_name("bad.tmp")
         tmp.write_bytes(good(90) + b"\n" + data)  # rewritten: everything moved by one line
         os.replace(tmp, f)
