@@ -443,7 +443,14 @@ class Ingestor:
         reattach = self._old_rows(f) if f.generation else None
         changed = False
         while True:
-            data = reader.read_complete(fd, f.offset, self.config.batch_bytes)
+            try:
+                data = reader.read_complete(fd, f.offset, self.config.batch_bytes, self.config.max_line_bytes)
+            except reader.LineTooLong as e:
+                if e.end is None:
+                    break  # skipped once its newline arrives
+                changed = True
+                self._commit(f, fd, st, e.end, [], reattach, totals, too_long=e)
+                continue
             if not data:
                 break
             changed = True
@@ -477,6 +484,7 @@ class Ingestor:
     def _commit(
         self, f: FileRow, fd: int, st: os.stat_result, start: int, lines: list[bytes],
         reattach: Reread | None, totals: Totals, seen: int | None = None,
+        too_long: reader.LineTooLong | None = None,
     ) -> int:
         """Store ``lines`` (which begin at ``start``) and move the checkpoint past them, atomically.
 
@@ -485,6 +493,9 @@ class Ingestor:
         the whole file's size while complete lines remain unread: a rescan takes a file whose size
         and mtime match its checkpoint for done, so a visit cut short (SIGTERM, SIGKILL, an error)
         would leave the rest unread until the file changed again.
+
+        ``too_long``: the line from the checkpoint up to ``start`` is over ``max_line_bytes``; it is
+        recorded as a bad line and skipped without ever being read whole.
         """
         rows: list[tuple[Any, ...]] = []
         moves: list[tuple[int, int, int]] = []
@@ -498,21 +509,30 @@ class Ingestor:
         pos = start
         next_id = self.next_event_id
         sinks = self.sinks
+        max_line = self.config.max_line_bytes
+        too_long_why = f"line longer than max_line_bytes ({max_line}): skipped"
+        if too_long is not None:  # a line over max_line_bytes ending at ``start``: skipped unread
+            self._bad_line(f, f.offset, start - 1 - f.offset, too_long.head, too_long_why, errors, error_moves,
+                           reattach)
         for line in lines:
             offset = pos
             pos += len(line) + 1
+            if len(line) > max_line:  # the same rule when the whole line happened to fit in the read
+                self._bad_line(f, offset, len(line), line, too_long_why, errors, error_moves, reattach)
+                continue
             try:
                 raw = line.decode("utf-8")
                 v = parse(line)
             except (UnicodeDecodeError, BadLine) as e:
                 salvaged = _after_nuls(line)
                 if salvaged is None:
-                    self._bad_line(f, offset, line, e, errors, error_moves, reattach)
+                    why = f"invalid UTF-8: {e.reason} at byte {e.start}" if isinstance(e, UnicodeDecodeError) \
+                        else str(e)
+                    self._bad_line(f, offset, len(line), line, why, errors, error_moves, reattach)
                     continue
                 cut, rest, raw, v = salvaged
-                nuls = line[:cut].count(0)
-                self._bad_line(f, offset, line[:cut], BadLine(f"{nuls} NUL bytes before a record (the record "
-                               f"after them is kept at offset {offset + cut})"), errors, error_moves, reattach)
+                self._bad_line(f, offset, cut, line[:cut], f"{line[:cut].count(0)} NUL bytes before a record (the "
+                               f"record after them is kept at offset {offset + cut})", errors, error_moves, reattach)
                 line = rest
                 offset += cut
             if f.parent_session is None and f.session_key.startswith("agent-") and v.session_id:
@@ -557,20 +577,16 @@ class Ingestor:
         return end
 
     def _bad_line(
-        self, f: FileRow, offset: int, line: bytes, e: Exception, errors: list[tuple[Any, ...]],
+        self, f: FileRow, offset: int, length: int, head: bytes, why: str, errors: list[tuple[Any, ...]],
         error_moves: list[tuple[int, int, int]], reattach: Reread | None,
     ) -> None:
         """Record a line that cannot be stored; a re-read finds it again instead of counting it twice."""
-        head = line[:ERROR_HEAD]
-        old = reattach.errors.get((len(line), head)) if reattach else None
+        head = head[:ERROR_HEAD]
+        old = reattach.errors.get((length, head)) if reattach else None
         if old:
             error_moves.append((f.generation, offset, old.pop()))
             return
-        if isinstance(e, UnicodeDecodeError):
-            why = f"invalid UTF-8: {e.reason} at byte {e.start}"
-        else:
-            why = str(e)
-        errors.append((f.file_id, f.path, f.generation, offset, len(line), why, head))
+        errors.append((f.file_id, f.path, f.generation, offset, length, why, head))
 
     def _write(
         self, f: FileRow, g: FileRow, st: os.stat_result, rows: list[tuple[Any, ...]],

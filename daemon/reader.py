@@ -42,25 +42,54 @@ def tail(fd: int, offset: int) -> bytes | None:
     return digest(os.pread(fd, offset - start, start))
 
 
-def read_complete(fd: int, offset: int, want: int) -> bytes:
-    """Read from ``offset`` about ``want`` bytes and return them up to the last ``\\n``.
+class LineTooLong(Exception):
+    """The line at the read offset is longer than the limit: ``head`` is its start, ``end`` the offset
+    just after its newline (None while that has not arrived)."""
+
+    def __init__(self, head: bytes, end: int | None) -> None:
+        super().__init__(f"line longer than the limit (ends at {end})")
+        self.head = head
+        self.end = end
+
+
+def read_complete(fd: int, offset: int, want: int, max_line: int) -> bytes:
+    """Read from ``offset`` about ``want`` bytes and return them up to the last ``\n``.
 
     When there is no newline within ``want`` bytes (one very long line), it keeps
-    reading until one arrives or the file ends: a line is never cut, however long.
+    reading until one arrives or the file ends: a line is never cut, however long,
+    up to ``max_line`` bytes; the first line beyond that raises ``LineTooLong``
+    without being held in memory (lines before it are returned first).
     Bytes after the last newline (a line still being written) are left for later.
     """
     chunks: list[bytes] = []
-    pos = offset
-    total = 0
+    pos = line_start = offset
     while True:
-        data = os.pread(fd, max(want - total, READ_STEP), pos)
+        data = os.pread(fd, max(want - (pos - offset), READ_STEP), pos)
         if not data:
             break
         chunks.append(data)
+        nl = data.rfind(b"\n")
         pos += len(data)
-        total += len(data)
-        if total >= want and b"\n" in data:
-            break
+        if nl >= 0:
+            line_start = pos - len(data) + nl + 1
+            if pos - offset >= want:
+                break
+        elif pos - line_start > max_line:
+            if line_start > offset:
+                break  # the complete lines first; the long one starts the next read
+            raise LineTooLong(chunks[0][:256], _next_line(fd, pos))
     buf = b"".join(chunks) if len(chunks) != 1 else chunks[0]
     cut = buf.rfind(b"\n")
     return buf[: cut + 1] if cut >= 0 else b""
+
+
+def _next_line(fd: int, pos: int) -> int | None:
+    """The offset just after the next ``\n`` at or after ``pos``, reading a step at a time."""
+    while True:
+        data = os.pread(fd, READ_STEP, pos)
+        if not data:
+            return None
+        nl = data.find(b"\n")
+        if nl >= 0:
+            return pos + nl + 1
+        pos += len(data)

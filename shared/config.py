@@ -28,6 +28,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Lines per transaction (each batch commits with its checkpoint)."""
     batch_bytes: int = 4 * 1024 * 1024
     """Bytes per transaction, whichever limit comes first."""
+    max_line_bytes: int = 256 * 1024 * 1024
+    """A longer line is recorded as a bad line and skipped, never held in memory (real lines reach ~10 MB)."""
     watch: bool = True
     """Use the file watcher; false means polling rescans only."""
     poll_interval_s: float = 2.0

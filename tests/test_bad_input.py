@@ -123,6 +123,31 @@ class TestBadLines:
         assert current_raws(db, f) == [good(1).decode(), big.decode(), good(2).decode()]
         assert status()["errors"] == 0
 
+    def test_a_line_over_max_line_bytes_is_skipped_unread(self, csmd: Csmd, projects: Path, db: Path,
+                                                          tmp_path: Path) -> None:
+        """Whether it fits in one read (checked per line) or not (skipped by scanning for its newline),
+        and also while it is still being written."""
+        config = tmp_path / "config" / "csm" / "config.toml"
+        config.parent.mkdir(parents=True)
+        config.write_text("max_line_bytes = 300000\nbatch_bytes = 65536\n")
+        f = projects / "p" / "huge.jsonl"
+        f.parent.mkdir(parents=True)
+        medium, huge = good(1, "m" * 500_000), good(3, "h" * 3_000_000)
+        parts = [good(0), medium, good(2), huge, good(4)]
+        f.write_bytes(b"".join(x + b"\n" for x in parts) + huge[:2_000_000])
+        csmd.start()
+        assert current_raws(db, f) == [good(0).decode(), good(2).decode(), good(4).decode()]
+        with open(f, "ab") as out:  # the line being written completes
+            out.write(huge[2_000_000:] + b"\n" + good(5) + b"\n")
+        sync_now()
+        assert current_raws(db, f) == [good(i).decode() for i in (0, 2, 4, 5)]
+        offsets = [sum(len(x) + 1 for x in parts[:i]) for i in (1, 3, 5)]
+        stored = db_rows(db, "SELECT line_offset, length, error, head FROM sync_errors ORDER BY line_offset")
+        assert [(o, n, h) for o, n, _, h in stored] == [
+            (offsets[0], len(medium), medium[:200]), (offsets[1], len(huge), huge[:200]),
+            (offsets[2], len(huge), huge[:200])]
+        assert all("longer than max_line_bytes (300000)" in e for _, _, e, _ in stored)
+
     def test_empty_file_then_lines(self, csmd: Csmd, projects: Path, db: Path) -> None:
         f = projects / "p" / "empty.jsonl"
         f.parent.mkdir(parents=True)
