@@ -15,6 +15,7 @@ resuming by itself when the cause goes away.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -55,9 +56,11 @@ class Syncer(threading.Thread):
             self.paths[path] = None
             self.cond.notify()
 
-    def hint_dir(self, path: str) -> None:
+    def hint_dir(self, *paths: str) -> None:
+        """Folders to rescan; several at once (a rename's old and new path) are taken together."""
         with self.cond:
-            self.dirs[path] = None
+            for path in paths:
+                self.dirs[path] = None
             self.cond.notify()
 
     def hint_move(self, src: str, dest: str) -> None:
@@ -132,8 +135,10 @@ class Syncer(threading.Thread):
         ing = self.ingestor
         for src, dest in moves:
             ing.moved(src, dest)
-        for d in dirs:
-            # A new folder's files may have been written before its watch existed.
+        # A new folder's files may have been written before its watch existed. A renamed folder
+        # arrives as its old path and its new one: the new is scanned first, so its files claim
+        # their checkpoints as renames before those of the vanished old path are marked gone.
+        for d in sorted(dirs, key=lambda d: not os.path.isdir(d)):
             ing.rescan(top=Path(d))
         for p in paths:
             ing.visit(p)

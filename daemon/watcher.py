@@ -54,8 +54,7 @@ class Hints(FileSystemEventHandler):
         src = _str(event.src_path)
         if event.is_directory:
             if event.event_type == "moved":
-                self.syncer.hint_dir(src)
-                self.syncer.hint_dir(_str(event.dest_path))
+                self.syncer.hint_dir(src, _str(event.dest_path))
             elif event.event_type in ("created", "deleted"):
                 self.syncer.hint_dir(src)
         elif event.event_type == "moved":

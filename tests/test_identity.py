@@ -233,6 +233,32 @@ class TestRename:
         assert "renamed:" in csmd.log()
 
 
+    def test_project_folder_renamed_while_watching_and_while_stopped(self, csmd: Csmd, projects: Path, db: Path
+                                                                   ) -> None:
+        a = projects / "proj-a" / "s1.jsonl"
+        sub = projects / "proj-a" / "s1" / "subagents" / "agent-x1.jsonl"
+        lines, sublines = [rec(i) for i in range(3)], [rec(i, session="s1-sub") for i in range(2)]
+        write(a, lines)
+        write(sub, sublines)
+        csmd.start()
+        ids = {checkpoint(db, a)[0], checkpoint(db, sub)[0]}
+        os.rename(projects / "proj-a", projects / "proj-b")
+        b, bsub = projects / "proj-b" / "s1.jsonl", projects / "proj-b" / "s1" / "subagents" / "agent-x1.jsonl"
+        wait_for(lambda: db_rows(db, "SELECT count(*) FROM sync_metadata WHERE file_path IN (?, ?)", str(b),
+                                 str(bsub))[0][0] == 2, what="the checkpoints to follow the folder")
+        sync_now()
+        expect(db, {b: lines, bsub: sublines}, lines + sublines)
+        csmd.stop()
+        os.rename(projects / "proj-b", projects / "proj-c")
+        csmd.start()
+        sync_now()
+        c, csub = projects / "proj-c" / "s1.jsonl", projects / "proj-c" / "s1" / "subagents" / "agent-x1.jsonl"
+        expect(db, {c: lines, csub: sublines}, lines + sublines)
+        assert {checkpoint(db, c)[0], checkpoint(db, csub)[0]} == ids
+        assert db_rows(db, "SELECT count(*) FROM sync_metadata")[0][0] == 2
+        assert dict(db_rows(db, "SELECT session_id, project FROM sessions")) == {"s1": "proj-c", "agent-x1": "proj-c"}
+
+
 class TestDeletion:
     def test_deleted_file_keeps_its_rows(self, csmd: Csmd, projects: Path, db: Path) -> None:
         f = projects / "p" / "s1.jsonl"
