@@ -22,9 +22,11 @@ FORMATS = ("jsonl",)
 
 
 def _target(target: str) -> str:
-    """A path (anything with a slash, or ending in .jsonl) is sent absolute; anything else is a session id."""
-    if os.sep in target or target.endswith(".jsonl"):
-        return str(Path(target).expanduser().absolute())
+    """A path (an existing file, or a name ending in .jsonl: it may be deleted) is sent absolute;
+    anything else is a session id or the start of one."""
+    path = Path(target).expanduser()
+    if target.endswith(".jsonl") or path.is_file():
+        return str(path.absolute())
     return target
 
 
