@@ -120,6 +120,12 @@ class SessionAgg:
                 self.models.add(v.message.model)
 
 
+def _why(e: UnicodeDecodeError | BadLine) -> str:
+    if isinstance(e, UnicodeDecodeError):
+        return f"invalid UTF-8: {e.reason} at byte {e.start}"
+    return str(e)
+
+
 def _after_nuls(line: bytes) -> tuple[int, bytes, str, LineView] | None:
     """The record after a run of NUL bytes, if one is there: (NULs cut, record, its text, view).
 
@@ -526,9 +532,7 @@ class Ingestor:
             except (UnicodeDecodeError, BadLine) as e:
                 salvaged = _after_nuls(line)
                 if salvaged is None:
-                    why = f"invalid UTF-8: {e.reason} at byte {e.start}" if isinstance(e, UnicodeDecodeError) \
-                        else str(e)
-                    self._bad_line(f, offset, len(line), line, why, errors, error_moves, reattach)
+                    self._bad_line(f, offset, len(line), line, _why(e), errors, error_moves, reattach)
                     continue
                 cut, rest, raw, v = salvaged
                 self._bad_line(f, offset, cut, line[:cut], f"{line[:cut].count(0)} NUL bytes before a record (the "

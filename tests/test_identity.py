@@ -200,6 +200,15 @@ class TestRename:
         wait_for(lambda: db_rows(db, "SELECT count(*) FROM sync_metadata WHERE file_path = ?", str(b))[0][0],
                  what="the checkpoint to follow the rename")
         assert checkpoint(db, b) == (file_id, 0, offset, None)
+        bak = b.with_name("s2.jsonl.bak")  # out of sight (not a .jsonl) and back: still the same file
+        os.rename(b, bak)
+        wait_for(lambda: db_rows(db, "SELECT count(*) FROM sync_metadata WHERE file_path = ?", str(bak))[0][0],
+                 what="the checkpoint to follow the file to its .bak name")
+        sync_now()
+        os.rename(bak, b)
+        wait_for(lambda: db_rows(db, "SELECT count(*) FROM sync_metadata WHERE file_path = ?", str(b))[0][0],
+                 what="the checkpoint to come back")
+        assert checkpoint(db, b) == (file_id, 0, offset, None)
         c = projects / "q" / "s2.jsonl"  # to another project folder
         c.parent.mkdir()
         os.rename(b, c)
