@@ -30,7 +30,7 @@ def _target(target: str) -> str:
     return target
 
 
-def _receive(target: str, fmt: str, out: BinaryIO) -> protocol.ExportDone:
+def receive(target: str, fmt: str, out: BinaryIO) -> protocol.ExportDone:
     """Write the chunks as they come, checking that none is missing."""
     expected = [0]
 
@@ -72,14 +72,14 @@ def export(target: str, fmt: str, raw: bool, output: Path | None) -> None:
     if raw:
         fmt = "jsonl"
     if output is None:
-        _receive(target, fmt, sys.stdout.buffer)
+        receive(target, fmt, sys.stdout.buffer)
         sys.stdout.buffer.flush()
         return
     output = output.expanduser()
     fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent.absolute())
     try:
         with os.fdopen(fd, "wb") as out:
-            done = _receive(target, fmt, out)
+            done = receive(target, fmt, out)
         os.replace(tmp, output)
     except BaseException:
         os.unlink(tmp)

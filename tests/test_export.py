@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from csm.client.export import _receive
+from csm.client.export import receive
 from csmtest import REAL, SHARED_REAL, Csmd, db_rows, run_csm, sync_now, wait_for
 
 SHARED = next((p for p in (SHARED_REAL, Path("/work/shared/fixtures/real")) if p.is_dir()), None)
@@ -22,7 +22,7 @@ def complete(path: Path) -> bytes:
 
 def export(target: str) -> bytes:
     out = io.BytesIO()
-    _receive(target, "jsonl", out)
+    receive(target, "jsonl", out)
     return out.getvalue()
 
 
