@@ -83,9 +83,10 @@ def scalar(query: str) -> Any:
 class Csmd:
     """A real csmd subprocess with the test's environment."""
 
-    def __init__(self, tmp: Path, args: list[str] | None = None) -> None:
+    def __init__(self, tmp: Path, args: list[str] | None = None, prefix: list[str] | None = None) -> None:
         self.tmp = tmp
         self.args = args or []
+        self.prefix = prefix or []  # e.g. setpriv, to run csmd as another user
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = tmp / "csmd.log"
         self.starts = 0
@@ -95,7 +96,7 @@ class Csmd:
         log = open(self.log_path, "ab")
         log.write(f"--- start {self.starts}\n".encode())
         log.flush()
-        self.proc = subprocess.Popen([sys.executable, "-m", "csm.daemon", *self.args, *(extra or [])],
+        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "csm.daemon", *self.args, *(extra or [])],
                                      stdout=log, stderr=log, env=dict(os.environ))
         log.close()
         if wait:

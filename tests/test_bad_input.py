@@ -6,6 +6,10 @@ import csv
 import io
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -160,28 +164,58 @@ class TestBadLines:
         assert current_raws(db, f) == [good(0).decode()]
 
 
-def test_unreadable_file_is_reported_then_read_once_it_can_be(csmd: Csmd, projects: Path, db: Path) -> None:
-    f = projects / "p" / "locked.jsonl"
-    f.parent.mkdir(parents=True)
-    f.write_bytes(good(0) + b"\n")
-    f.chmod(0)
+NOBODY = 65534
+
+
+def unprivileged() -> list[str]:
+    """How to run csmd so that chmod 000 stops its reads: as it is, or, for root (who reads anything),
+    as nobody through setpriv. Skips when neither works."""
+    if os.geteuid() != 0:
+        return []
+    prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     try:
-        with open(f, "rb"):
-            pytest.skip("running as root (or with CAP_DAC_OVERRIDE): chmod 000 does not stop reads here, so an "
-                        "unreadable file cannot be made")
-    except PermissionError:
-        pass
+        r = subprocess.run([*prefix, sys.executable, "-c", "import csm.daemon.app"], capture_output=True, cwd="/")
+    except FileNotFoundError:
+        pytest.skip("running as root without setpriv: chmod 000 does not stop root's reads, so an unreadable "
+                    "file cannot be made")
+    if r.returncode != 0:
+        pytest.skip("running as root, and csm cannot be imported as nobody (setpriv): an unreadable file cannot "
+                    f"be made: {r.stderr.decode(errors='replace').strip()[-200:]}")
+    return prefix
+
+
+def test_unreadable_file_is_reported_then_read_once_it_can_be(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    prefix = unprivileged()
+    base = Path(tempfile.mkdtemp(prefix="csm-unreadable-", dir="/tmp"))  # reachable by nobody, unlike tmp_path
     try:
-        csmd.start()
-        s = status()
-        assert s["errors"] == 1
-        listed = json.loads(run_csm("query", "errors", "--json").stdout)
-        assert listed == [{"file": str(f), "offset": None, "length": 0, "error": "cannot read file: Permission denied",
-                           "head": ""}]
-        sync_now()
-        assert status()["errors"] == 1, "recorded once, not at every rescan"
+        for name, sub in (("HOME", "home"), ("XDG_DATA_HOME", "data"), ("XDG_CONFIG_HOME", "config"),
+                          ("XDG_STATE_HOME", "state"), ("XDG_CACHE_HOME", "cache"), ("XDG_RUNTIME_DIR", "run")):
+            (base / sub).mkdir(mode=0o700)
+            monkeypatch.setenv(name, str(base / sub))
+        f = base / "projects" / "p" / "locked.jsonl"
+        f.parent.mkdir(parents=True)
+        f.write_bytes(good(0) + b"\n")
+        if prefix:
+            for p in [base, *base.rglob("*")]:
+                os.chown(p, NOBODY, NOBODY)
+        f.chmod(0)
+        db = base / "data" / "csm" / "csm.db"
+        csmd = Csmd(tmp_path, ["--root", str(base / "projects")], prefix)
+        try:
+            csmd.start()
+            assert status()["errors"] == 1
+            listed = json.loads(run_csm("query", "errors", "--json").stdout)
+            assert listed == [{"file": str(f), "offset": None, "length": 0,
+                               "error": "cannot read file: Permission denied", "head": ""}]
+            sync_now()
+            assert status()["errors"] == 1, "recorded once, not at every rescan"
+            f.chmod(0o600)
+            sync_now()
+            assert current_raws(db, f) == [good(0).decode()]
+            assert status()["errors"] == 0, "the error is cleared once the file can be read"
+        finally:
+            if csmd.alive:
+                assert csmd.stop() == 0, csmd.log()
     finally:
-        f.chmod(0o600)
-    sync_now()
-    assert current_raws(db, f) == [good(0).decode()]
-    assert status()["errors"] == 0, "the error is cleared once the file can be read"
+        shutil.rmtree(base, ignore_errors=True)
