@@ -287,6 +287,11 @@ class TestDeletion:
         assert (s["sessions"], s["sessions_gone"], s["files"], s["files_gone"]) == (2, 1, 1, 1)
         human = run_csm("status").stdout
         assert "1 with source file gone" in human, human
+        write(f, lines + [rec(3)])  # restored from a backup, one line longer
+        sync_now()
+        expect(db, {f: lines + [rec(3)]}, lines + [rec(3)] + [rec(0, session="s2")])
+        assert checkpoint(db, f)[1:] == (1, f.stat().st_size, None), "the same checkpoint, read again, live"
+        assert status()["sessions_gone"] == 0
 
     def test_new_file_on_a_deleted_files_inode_starts_from_zero(self, csmd: Csmd, projects: Path, db: Path
                                                                 ) -> None:
