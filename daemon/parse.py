@@ -168,7 +168,7 @@ def _progress_data(data: Any) -> ProgressData | None:
 
 def prompt_text(view: LineView) -> str | None:
     """The text a user typed, for a session title; None for tool results and meta lines."""
-    if view.type != "user" or view.is_meta or view.message is None or not view.message.content:
+    if view.type != "user" or view.is_meta or view.message is None or view.message.content is None:
         return None
     try:
         content = msgspec.json.decode(view.message.content)
