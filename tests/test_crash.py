@@ -119,7 +119,8 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(csmd: Csmd, project
             pending = (path, half[len(half) // 2 :])
         # ...and once, a tool rewrites a file: a few lines dropped, a few added.
         if round_ == 14:
-            csmd.start()  # after csm has read it all: lines dropped before it could are not its to keep
+            csmd.start(wait=False)  # after csm has read it all: lines dropped before it could are not its to keep
+            csmd.wait_ready(120)  # the first scan ingests what is left: slow on a loaded machine
             sync_now()
             csmd.stop(signal.SIGKILL)
             victim = rng.choice(list(files))
@@ -131,7 +132,8 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(csmd: Csmd, project
             tmp.write_text("".join(x + "\n" for x in kept + added))
             os.replace(tmp, victim)
             ever[victim] = ever[victim] | Counter(kept + added)  # dropped lines keep their rows
-    csmd.start()
+    csmd.start(wait=False)
+    csmd.wait_ready(120)
     sync_now()
     assert kills >= 20
     context = f"(seed {seed}; rerun with CSM_CRASH_SEED={seed})"
