@@ -52,12 +52,12 @@ class LineTooLong(Exception):
         self.end = end
 
 
-def read_complete(fd: int, offset: int, want: int, max_line: int) -> bytes:
+def read_complete(fd: int, offset: int, want: int, max_line: int | None = None) -> bytes:
     """Read from ``offset`` about ``want`` bytes and return them up to the last ``\n``.
 
     When there is no newline within ``want`` bytes (one very long line), it keeps
     reading until one arrives or the file ends: a line is never cut, however long,
-    up to ``max_line`` bytes; the first line beyond that raises ``LineTooLong``
+    up to ``max_line`` bytes (if given); the first line beyond that raises ``LineTooLong``
     without being held in memory (lines before it are returned first).
     Bytes after the last newline (a line still being written) are left for later.
     """
@@ -74,7 +74,7 @@ def read_complete(fd: int, offset: int, want: int, max_line: int) -> bytes:
             line_start = pos - len(data) + nl + 1
             if pos - offset >= want:
                 break
-        elif pos - line_start > max_line:
+        elif max_line is not None and pos - line_start > max_line:
             if line_start > offset:
                 break  # the complete lines first; the long one starts the next read
             raise LineTooLong(chunks[0][:256], _next_line(fd, pos))
