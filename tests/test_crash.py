@@ -74,6 +74,26 @@ def test_large_file_is_many_transactions_in_bounded_memory(csmd: Csmd, projects:
     assert db_rows(db, "SELECT count(*) FROM events")[0][0] == target.read_bytes().count(b"\n")
 
 
+def test_a_visit_cut_short_is_resumed_by_the_next_rescan(csmd: Csmd, projects: Path, db: Path,
+                                                         tmp_path: Path) -> None:
+    """Stopped (SIGTERM, then SIGKILL) in the middle of a file that then never changes again."""
+    configure(tmp_path, batch_lines=100, batch_bytes=64 * 1024)
+    f = projects / "p" / "s1.jsonl"
+    f.parent.mkdir()
+    f.write_text("".join(x + "\n" for x in lines_for("s1", 0, 10_000, random.Random(3))))
+    size = f.stat().st_size
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        csmd.start(wait=False)
+        offset = wait_for(lambda: next(iter(db_rows(db, "SELECT last_position FROM sync_metadata") if db.exists()
+                                            else []), (0,))[0], 30, "a first batch to be committed")
+        assert offset < size, "the file was read whole before it could be interrupted: make it bigger"
+        csmd.stop(sig)
+    csmd.start(wait=False)
+    csmd.wait_ready(60)
+    sync_now()
+    assert current_raws(db, f) == file_lines(f)
+
+
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(csmd: Csmd, projects: Path, db: Path,
                                                              tmp_path: Path) -> None:
     """25 SIGKILLs during a ~30 MB ingest, with appends, a half-written line and a rewrite between them."""
