@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator
 
+from csm.daemon import browse
 from csm.shared.errors import NotFound, QueryError
 from csm.shared.protocol import Chunk, Export, ExportDone, Message
 
@@ -26,20 +27,9 @@ def resolve(conn: sqlite3.Connection, target: str) -> list[tuple[int, str]]:
             raise NotFound(f"no transcript file {target} in the archive (csm query sql \"SELECT file_path FROM "
                            "sync_metadata\" lists them)")
         return rows
-    rows = conn.execute(
-        "SELECT file_id, file_path, session_key FROM sync_metadata WHERE session_key = ? "
-        "OR (substr(session_key, 1, length(?)) = ? AND NOT EXISTS "
-        "(SELECT 1 FROM sync_metadata x WHERE x.session_key = ?)) ORDER BY file_path",
-        (target, target, target, target),
-    ).fetchall()
-    sessions = sorted({r[2] for r in rows})
-    if not sessions:
-        raise NotFound(f"no session {target!r} in the archive ('csm query sql \"SELECT session_id FROM sessions\"' "
-                       "lists them)")
-    if len(sessions) > 1:
-        shown = ", ".join(sessions[:5]) + (", …" if len(sessions) > 5 else "")
-        raise QueryError(f"{target!r} is the start of {len(sessions)} session ids ({shown}); give more of it")
-    return [(r[0], r[1]) for r in rows]
+    session = browse.resolve(conn, target)  # the one rule for session prefixes, as in 'csm query show'
+    return conn.execute("SELECT file_id, file_path FROM sync_metadata WHERE session_key = ? ORDER BY file_path",
+                        (session,)).fetchall()
 
 
 def _raw_lines(conn: sqlite3.Connection, file_ids: list[int]) -> Iterator[str]:
