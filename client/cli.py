@@ -14,12 +14,12 @@ from typing import Any
 import click
 import msgspec
 
-from csm.client import render
-from csm.client.export import export
+from csm.client import browse, export, render
 from csm.client.service import service
+from csm.client.db import db
 from csm.client.transport import request
 from csm.shared import __version__, protocol
-from csm.shared.errors import CsmError
+from csm.shared.errors import CsmError, DaemonNotRunning
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -48,10 +48,37 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def _plain(obj: Any) -> Any:
+    """A reply as JSON-ready data with every field, defaults included (the wire omits them)."""
+    if isinstance(obj, msgspec.Struct):
+        return {f: _plain(getattr(obj, f)) for f in obj.__struct_fields__}
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
 def _backlog_line(b: protocol.Backlog) -> str:
-    eta = f", ETA {b.eta_s:.0f} s" if b.eta_s is not None else ""
+    if b.counting:
+        return f"listing files: {b.files_total} to read so far, {_human_bytes(b.bytes_total)}"
+    eta = f", ETA {_duration(b.eta_s)}" if b.eta_s is not None else ""
     return (f"{b.files_done}/{b.files_total} files, {_human_bytes(b.bytes_done)}/{_human_bytes(b.bytes_total)} "
             f"at {_human_bytes(b.rate_bps)}/s{eta}")
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def _bar(b: protocol.Backlog, width: int = 30) -> str:
+    frac = 0.0 if b.counting else (b.bytes_done / b.bytes_total if b.bytes_total else 1.0)
+    return f"[{'#' * int(frac * width):<{width}}] {_backlog_line(b)}"
 
 
 @cli.command()
@@ -66,11 +93,13 @@ def status(json_: bool) -> None:
     reply = request(protocol.Status(), timeout_s=5.0)
     assert isinstance(reply, protocol.StatusReply)
     if json_:
-        render.emit_json(msgspec.to_builtins(reply))
+        render.emit_json(_plain(reply))
         return
     rows: list[tuple[str, Any]] = [
         ("csmd", f"{reply.version}, pid {reply.pid}, up {reply.uptime_s:.0f} s"),
-        ("state", reply.state + (f" ({reply.watch_mode})" if reply.watch_mode != "watching" else "")),
+        ("state", reply.state),
+        ("watcher", reply.watch_mode + (f", restarted {reply.watcher_restarts} times"
+                                        if reply.watcher_restarts else "")),
         ("database", reply.db_path),
         ("roots", ", ".join(reply.roots) or "(none)"),
         ("files", f"{reply.files}" + (f" (+{reply.files_gone} gone, rows kept)" if reply.files_gone else "")),
@@ -95,7 +124,9 @@ def sync(now: bool, json_: bool) -> None:
     """Rescan every transcript root and ingest what is new.
 
     csmd does this by itself as files change; use it after restoring files or to be
-    sure a script sees the latest lines. On a terminal, --now draws a progress bar.
+    sure a script sees the latest lines. With --now on a terminal (stderr), a progress
+    bar shows the daemon's figures (files and bytes done, rate, ETA) as they come,
+    including those of work already under way, such as the first sync of a large history.
 
     \b
     Example:
@@ -104,10 +135,7 @@ def sync(now: bool, json_: bool) -> None:
     progress = now and not json_ and sys.stderr.isatty()
 
     def draw(p: protocol.Progress) -> None:
-        b = p.backlog
-        frac = b.bytes_done / b.bytes_total if b.bytes_total else 1.0
-        bar = "#" * int(frac * 30)
-        click.echo(f"\r[{bar:<30}] {_backlog_line(b)}\033[K", nl=False, err=True)
+        click.echo(f"\r{_bar(p.backlog)}\033[K", nl=False, err=True)
 
     if not now:
         request(protocol.Sync(wait=False), timeout_s=5.0)
@@ -118,10 +146,99 @@ def sync(now: bool, json_: bool) -> None:
         click.echo("\r\033[K", nl=False, err=True)
     assert isinstance(reply, protocol.SyncReply)
     if json_:
-        render.emit_json(msgspec.to_builtins(reply))
+        render.emit_json(_plain(reply))
     else:
         click.echo(f"scanned {reply.files_scanned} files ({reply.files_changed} changed), ingested "
                    f"{reply.lines_ingested} lines, {reply.errors} bad lines, in {reply.seconds:.2f} s")
+
+
+@cli.group("config")
+def config_group() -> None:
+    """csmd's settings: config.toml, command-line flags, defaults.
+
+    \b
+    Examples:
+      csm config show                 # each effective value and where it came from
+      csm config show --file new.toml # check a file before csmd reads it
+      $EDITOR "$(csm config path)"
+    """
+
+
+def _config(file: str | None) -> tuple[protocol.ConfigReply, str | None]:
+    """The running csmd's settings, else (or with ``file``) those read here; and why it was read here."""
+    if file is None:
+        try:
+            reply = request(protocol.GetConfig(), timeout_s=5.0)
+            assert isinstance(reply, protocol.ConfigReply)
+            return reply, None
+        except DaemonNotRunning:
+            why = "csmd is not running"
+    else:
+        why = "--file given"
+    from pathlib import Path
+
+    from csm.shared import config as config_mod
+
+    r = config_mod.resolve(Path(file) if file else None)
+    return protocol.ConfigReply(pid=0, config_file=r.file, config_file_exists=r.file_exists,
+                                config_file_source=r.file_source, settings=r.sources), why
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, list):
+        return ", ".join(map(str, v)) or "(none)"
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v)
+
+
+@config_group.command("show")
+@click.option("--file", "file", type=click.Path(dir_okay=False), help="Read this config file here instead of "
+              "asking csmd (checks it: a bad key or value fails with its line).")
+@click.option("json_", "--json", is_flag=True, help="Output JSON.")
+def config_show(file: str | None, json_: bool) -> None:
+    """Show each effective setting and where it came from.
+
+    Asks the running csmd, which knows its command-line flags; when csmd is not running
+    (or with --file), reads the config file here, as csmd would at start without flags.
+    The first line (or "from" in JSON) says which. Sources: default, file (path:line),
+    environment (CLAUDE_CONFIG_DIR for roots), command line (the csmd flag).
+
+    \b
+    Examples:
+      csm config show
+      csm config show --json | jq -r .settings.rescan_interval_s.value
+    """
+    reply, local = _config(file)
+    settings = _plain(reply.settings)
+    if json_:
+        render.emit_json({
+            "from": "file" if local else "csmd", "pid": None if local else reply.pid,
+            "config_file": reply.config_file, "config_file_exists": reply.config_file_exists,
+            "config_file_source": reply.config_file_source, "settings": settings,
+        })
+        return
+    if local:
+        click.echo(f"{local}: read here from the config file and environment (no csmd flags)")
+    else:
+        click.echo(f"from the running csmd (pid {reply.pid})")
+    via = " (--config)" if reply.config_file_source == "command line" else ""
+    click.echo(f"config file: {reply.config_file}{via}{'' if reply.config_file_exists else ' (not found)'}")
+    rows = [(k, _value(s["value"]), s["source"] + (f" ({s['where']})" if s.get("where") else ""))
+            for k, s in settings.items()]
+    render.table(["setting", "value", "source"], rows)
+
+
+@config_group.command("path")
+def config_path() -> None:
+    """Print the config file's path (the running csmd's, else the default), whether or not it exists.
+
+    \b
+    Example:
+      $EDITOR "$(csm config path)"
+    """
+    reply, _ = _config(None)
+    click.echo(reply.config_file)
 
 
 @cli.group()
@@ -149,7 +266,15 @@ def query_sql(sql: str, params: tuple[str, ...], max_rows: int, fmt: str | None)
     assert isinstance(reply, protocol.Rows)
     render.emit_rows(reply.columns, reply.rows, fmt)
     if reply.truncated:
-        click.echo(f"csm: output stopped at {max_rows} rows (--max-rows)", err=True)
+        n = len(reply.rows)
+        if reply.limit == "bytes":
+            why = "csmd's query_max_bytes setting; select fewer or smaller columns"
+        else:
+            why = "--max-rows" if n >= max_rows else "csmd's query_max_rows setting"
+        click.echo(f"csm: output stopped at {n} rows ({why})", err=True)
+
+
+cli.add_command(db)
 
 
 @query.command("usage")
@@ -215,8 +340,12 @@ def query_errors(max_rows: int, fmt: str | None) -> None:
         click.echo(f"csm: output stopped at {max_rows} rows (--max-rows)", err=True)
 
 
-cli.add_command(export)
 cli.add_command(service)
+query.add_command(browse.sessions)
+query.add_command(browse.show)
+query.add_command(browse.search)
+cli.add_command(browse.watch)
+cli.add_command(export.export)
 
 
 def main() -> None:

@@ -10,13 +10,14 @@ not running, at once. Past that, every wait has a deadline; long requests stream
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from csm.shared import paths, protocol
 from csm.shared.errors import DaemonError, DaemonNotRunning, NotFound, QueryError
-from csm.shared.protocol import Error, Message
+from csm.shared.protocol import Error, Message, Ok, Progress, Watching
 
 START_HINT = "start it with 'csmd' (or 'csm service install' to run it at login)"
 ERRORS: dict[str, type[DaemonError]] = {"query": QueryError, "not_found": NotFound}
@@ -37,6 +38,24 @@ def _check_listening(sock: Path) -> None:
         probe.close()
 
 
+@contextmanager
+def _sent(msg: Message, sock: Path | None) -> Iterator[tuple[Any, Path]]:
+    """A DEALER socket that has sent ``msg`` to csmd (and the socket path, for messages); closed after."""
+    import zmq  # here, so that 'csm --help' does not pay for it
+
+    sock = sock or paths.socket_path()
+    _check_listening(sock)
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.linger = 0
+    s.setsockopt(zmq.IMMEDIATE, 1)
+    try:
+        s.connect(paths.endpoint(sock))
+        s.send(protocol.encode(msg))
+        yield s, sock
+    finally:
+        s.close(linger=0)
+
+
 def request(
     msg: Message,
     *,
@@ -48,21 +67,11 @@ def request(
 
     Streamed replies before it (``Progress``, ``Chunk``) go to ``on_progress``, in order.
     """
-    import zmq  # here, so that 'csm --help' does not pay for it
-
-    sock = sock or paths.socket_path()
-    _check_listening(sock)
-    ctx = zmq.Context.instance()
-    s = ctx.socket(zmq.DEALER)
-    s.linger = 0
-    s.setsockopt(zmq.IMMEDIATE, 1)
-    try:
-        s.connect(paths.endpoint(sock))
-        s.send(protocol.encode(msg))
+    with _sent(msg, sock) as (s, path):
         while True:
             if not s.poll(int(timeout_s * 1000)):
                 raise DaemonNotRunning(
-                    f"csmd did not answer within {timeout_s:g} s on {sock}; check 'csm service logs' or restart csmd"
+                    f"csmd did not answer within {timeout_s:g} s on {path}; check 'csm service logs' or restart csmd"
                 )
             reply = protocol.decode_reply(s.recv())
             if not isinstance(reply, protocol.FINAL_REPLIES):
@@ -72,5 +81,25 @@ def request(
             if isinstance(reply, Error):
                 raise ERRORS.get(reply.code, DaemonError)(reply.message)
             return reply
-    finally:
-        s.close(linger=0)
+
+
+def subscribe(msg: Message, *, timeout_s: float = 10.0, sock: Path | None = None) -> Iterator[Message]:
+    """Send a subscription and yield what the daemon pushes until it ends it (``Ok``).
+
+    The daemon sends a heartbeat every ``Watching.heartbeat_s``; three missed in a row
+    mean it is gone (killed, or the machine slept), which is reported like any dead daemon.
+    """
+    with _sent(msg, sock) as (s, path):
+        wait_s = timeout_s
+        while True:
+            if not s.poll(int(wait_s * 1000)):
+                raise DaemonNotRunning(f"csmd stopped answering (nothing for {wait_s:g} s on {path}); "
+                                       "check 'csm status'")
+            reply = protocol.decode_reply(s.recv())
+            if isinstance(reply, Error):
+                raise ERRORS.get(reply.code, DaemonError)(reply.message)
+            if isinstance(reply, Watching):
+                wait_s = 3 * reply.heartbeat_s + 1
+            yield reply
+            if isinstance(reply, Ok):
+                return

@@ -18,31 +18,50 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from csm.daemon import export, queries, reports
+from csm.daemon import browse, export, queries, reports, search
 from csm.daemon.ingest import Ingestor
 from csm.daemon.lock import InstanceLock
 from csm.daemon.notify import Notifier
-from csm.daemon.server import Reply, Server
-from csm.daemon.store import Store, figures, open_reader, open_writer
+from csm.daemon.server import Replier, Reply, Server
 from csm.daemon.prices import PriceTable
+from csm.daemon.store import Store, figures, open_reader, open_writer, way_out
 from csm.daemon.syncer import Syncer
 from csm.daemon.usage import UsageSink
+from csm.daemon.watch import Watchers
 from csm.daemon.watcher import Watcher
 from csm.shared import __version__, paths
-from csm.shared.config import Config
-from csm.shared.errors import NotFound, QueryError
+from csm.shared.config import Resolved
+from csm.shared.errors import DatabaseError, NotFound, QueryError
 from csm.shared.protocol import (
-    Error, Export, ListErrors, Message, Ok, Query, Request, Status, StatusReply, Sync, UsageReport,
+    ConfigReply,
+    Error,
+    Export,
+    Fault,
+    GetConfig,
+    ListErrors,
+    Message,
+    Ok,
+    Query,
+    Request,
+    Search,
+    Sessions,
+    Show,
+    Status,
+    StatusReply,
+    Sync,
+    UsageReport,
+    Watch,
 )
 
 log = logging.getLogger("csm.daemon")
 
 
 class Daemon:
-    def __init__(self, config: Config, db: Path, roots: list[Path], sock: Path) -> None:
-        self.config = config
-        self.db = db
-        self.roots = roots
+    def __init__(self, settings: Resolved, sock: Path) -> None:
+        self.settings = settings
+        self.config = settings.config
+        self.db = settings.db()
+        self.roots = settings.roots()
         self.sock = sock
         self.started = time.monotonic()
         self.local = threading.local()
@@ -54,24 +73,38 @@ class Daemon:
         lock.acquire()
         try:
             return self._run()
+        except sqlite3.DatabaseError as e:  # damage found past the header, while loading the checkpoints
+            raise DatabaseError(f"cannot use database {self.db}: {e}; {way_out(self.db)}") from None
         finally:
             lock.release()
 
     def _run(self) -> int:
         store = Store(open_writer(self.db))
-        own = [self.db, self.db.with_name(self.db.name + "-wal"), self.db.with_name(self.db.name + "-shm")]
+        own = paths.own_files(self.db)
         self.ingestor = Ingestor(store, self.roots, self.config, exclude=own)
         self.prices = PriceTable.shipped()
         usage = UsageSink(self.prices)
         usage.prepare(store)
         self.ingestor.sinks.append(usage)
         self.syncer = Syncer(self.ingestor, self.config.rescan_interval_s)
-        self.watcher = Watcher(self.roots, self.syncer, self.config.watch, self.config.poll_interval_s)
+        self.watcher = Watcher(self.roots, self.syncer, enabled=self.config.watch,
+                               poll_interval_s=self.config.poll_interval_s, own=own)
         self.syncer.before_rescan.append(self.watcher.check)
+        self.syncer.after_new_dirs.append(self.watcher.verify)
+        threading.excepthook = self._thread_died
+        ing = self.ingestor
+        self.search_index = search.SearchIndex(defer_tools=self._large_backlog)
+        ing.sinks.append(self.search_index)
+        self.syncer.before_rescan.append(lambda: self.search_index.backfill(store, ing.stopping))
+        self.syncer.after_work.append(
+            lambda: self.search_index.catch_up(store, lambda: ing.stopping.is_set() or self.syncer.busy()))
         self.reader = open_reader(self.db)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query")
+        self.query_slots = threading.BoundedSemaphore(self.config.query_queue)
         self.server = Server(self.sock)
         self.server.bind()
+        self.watchers = Watchers(self.server)
+        self.ingestor.on_commit.append(self.watchers.on_commit)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         signal.set_wakeup_fd(self.server.wake_w, warn_on_full_buffer=False)
@@ -80,23 +113,35 @@ class Daemon:
         self.watcher.start()
         self.syncer.start()  # its first job is the initial scan
         self.notifier.ready()
-        tick = self._watchdog_tick if self.notifier.watchdog_interval_s else None
         try:
-            self.server.serve(self.dispatch, tick)
+            self.server.serve(self.dispatch, self._tick)
         finally:
             log.info("stopping")
             self.notifier.stopping()
-            self.watcher.stop()
             self.syncer.stop()
             self.syncer.join()
+            self.watcher.stop()
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.server.close()
             self.reader.close()
             store.close()
         return 0
 
+    def _large_backlog(self) -> bool:
+        """A rescan with much to read (an initial sync): the search index leaves tool text for after it."""
+        backlog = self.ingestor.backlog
+        return backlog is not None and backlog.bytes_total >= self.config.search_defer_tools_bytes
+
     def _on_signal(self, signum: int, frame: object) -> None:
+        self.watchers.stop()
         self.server.stop()
+
+    def _tick(self) -> float | None:
+        """The main loop's timers: systemd's watchdog (when supervised) and the watch heartbeats."""
+        waits = [self.watchers.tick()]
+        if self.notifier.watchdog_interval_s:
+            waits.append(self._watchdog_tick())
+        return min((w for w in waits if w is not None), default=None)
 
     def _watchdog_tick(self) -> float:
         """Ping systemd's watchdog from the main loop, while the ingest thread lives.
@@ -113,6 +158,13 @@ class Daemon:
             self.next_ping = now + interval
         return self.next_ping - now
 
+    def _thread_died(self, args: threading.ExceptHookArgs) -> None:
+        """A thread ended with an exception (watchdog's do when a handler raises): log it, check at once."""
+        name = args.thread.name if args.thread else "?"
+        log.error("thread %s died: %s: %s", name, args.exc_type.__name__, args.exc_value,
+                  exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
+        self.syncer.request_rescan()  # the check before the rescan restarts what died
+
     # --- requests ------------------------------------------------------------------
 
     def dispatch(self, request: Request, reply: Reply) -> None:
@@ -125,20 +177,41 @@ class Daemon:
                 self.syncer.request_sync(lambda msg: None)
                 reply(Ok(message="sync requested"))
             case Query(sql=sql, params=params, max_rows=max_rows):
-                self.pool.submit(self._answer, reply, lambda conn: queries.run_sql(conn, sql, params, max_rows))
+                cfg = self.config
+                self._submit(reply, lambda conn: queries.run_sql(
+                    conn, sql, params, min(max_rows, cfg.query_max_rows), cfg.query_time_limit_s, cfg.query_max_bytes))
             case UsageReport():
-                self.pool.submit(self._answer, reply, lambda conn: reports.usage(conn, request, self.prices.updated))
+                self._submit(reply, lambda conn: reports.usage(conn, request, self.prices.updated), own=True)
+            case GetConfig():
+                s = self.settings
+                reply(ConfigReply(pid=os.getpid(), config_file=s.file, config_file_exists=s.file_exists,
+                                  config_file_source=s.file_source, settings=s.sources))
+            case Fault():
+                if os.environ.get("CSM_TEST_HOOKS") != "1":
+                    reply(Error(code="bad_request", message="faults are for tests: start csmd with CSM_TEST_HOOKS=1"))
+                    return
+                try:
+                    reply(Ok(message=self.watcher.fault(request.action)))
+                except ValueError as e:
+                    reply(Error(code="bad_request", message=str(e)))
+            case Sessions():
+                self._submit(reply, lambda conn: browse.sessions(conn, request), own=True)
+            case Show():
+                self._submit(reply, lambda conn: browse.show(conn, request), own=True)
+            case Search():
+                self._submit(reply, lambda conn: search.search(conn, request), own=True)
+            case Watch():
+                self._submit(reply, lambda conn: self._watch(conn, request, reply), own=True)
             case ListErrors(max_rows=max_rows):
-                self.pool.submit(self._answer, reply, lambda conn: queries.list_errors(conn, max_rows))
+                self._submit(reply, lambda conn: queries.list_errors(conn, max_rows), own=True)
             case Export():
-                self.pool.submit(self._answer, reply, lambda conn: export.run(conn, request, reply))
+                self._submit(reply, lambda conn: export.run(conn, request, reply), own=True)
 
     def status(self) -> StatusReply:
         f = figures(self.reader)
-        backlog = self.syncer.backlog
         state = self.syncer.state
-        if backlog is not None and state == "scanning" and self.syncer.scans == 0:
-            state = "initial sync"
+        if state == "idle":
+            state = "watching" if self.watcher.mode == "watching" else "polling"
         return StatusReply(
             version=__version__,
             pid=os.getpid(),
@@ -154,9 +227,18 @@ class Daemon:
             errors=f["errors"],
             last_sync_at=self.syncer.last_sync_at,
             watch_mode=self.watcher.mode,
-            backlog=backlog,
-            last_error=self.syncer.last_error,
+            watcher_restarts=self.watcher.restarts,
+            backlog=self.syncer.backlog,
+            last_error=self.syncer.last_error or self._stuck(),
         )
+
+    def _stuck(self) -> str | None:
+        stuck = dict(self.ingestor.stuck)  # a copy: the ingest thread may change it meanwhile
+        if not stuck:
+            return None
+        path, error = next(iter(stuck.items()))
+        more = f" (and {len(stuck) - 1} more files)" if len(stuck) > 1 else ""
+        return f"cannot ingest {path}{more}: {error}; see the log"
 
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self.local, "conn", None)
@@ -164,14 +246,44 @@ class Daemon:
             conn = self.local.conn = queries.open_query_connection(self.db)
         return conn
 
-    def _answer(self, reply: Reply, work: Callable[[sqlite3.Connection], Message]) -> None:
-        """Run a read-only ``work`` on this pool thread's connection and reply with its result."""
+    def _own_connection(self) -> sqlite3.Connection:
+        """A read-only connection without the authorizer, for csm's own SQL: the authorizer
+        refuses what opening an FTS5 table does (``sqlite3_declare_vtab``), which csm's search needs."""
+        conn = getattr(self.local, "own", None)
+        if conn is None:
+            conn = self.local.own = open_reader(self.db)
+        return conn
+
+    def _submit(self, reply: Reply, work: Callable[[sqlite3.Connection], Message | None], own: bool = False) -> None:
+        """Queue read-only ``work`` for the pool; a bounded queue, so a flood of slow queries gets
+        "busy" at once instead of hours of backlog and memory."""
+        if not self.query_slots.acquire(blocking=False):
+            reply(Error(code="busy", message=f"csmd is busy: {self.config.query_queue} queries are "
+                                             "running or waiting; try again when they finish"))
+            return
+        self.pool.submit(self._answer, reply, work, own)
+
+    def _answer(self, reply: Reply, work: Callable[[sqlite3.Connection], Message | None], own: bool = False) -> None:
+        """Run a read-only ``work`` on this pool thread's connection and reply with its result (if any).
+
+        ``own``: csm's own SQL, on a connection without the authorizer (see ``_own_connection``).
+        """
         try:
-            reply(work(self._connection()))
-        except QueryError as e:
-            reply(Error(code="query", message=str(e)))
+            result = work(self._own_connection() if own else self._connection())
+            if result is not None:
+                reply(result)
         except NotFound as e:
             reply(Error(code="not_found", message=str(e)))
+        except QueryError as e:
+            reply(Error(code="query", message=str(e)))
         except Exception as e:
             log.exception("query failed")
             reply(Error(code="internal", message=f"{type(e).__name__}: {e}"))
+        finally:
+            self.query_slots.release()
+
+    def _watch(self, conn: sqlite3.Connection, request: Watch, reply: Reply) -> None:
+        """Subscribe this client (a session prefix is resolved once, here)."""
+        assert isinstance(reply, Replier)
+        session = browse.resolve(conn, request.session) if request.session else None
+        self.watchers.add(reply.envelope, session, request.project)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sqlite3
 import stat
 import threading
 import time
@@ -203,9 +204,16 @@ class Ingestor:
         self.events = store.count_events()
         self.next_event_id = store.max_event_id() + 1
         self.backlog: Backlog | None = None
+        self.progress: Callable[[], None] | None = None
+        self.started = 0.0
+        self.file_end = 0
         self.on_commit: list[CommitHook] = []
         self.sinks: list[Sink] = []
         self.stopping = threading.Event()
+        self.stuck: dict[str, str] = {}
+        """Files whose last visit failed with an unexpected error (a bug), for ``csm status``."""
+        self.skipped: set[str] = set()
+        """Paths that cannot be stored (names that are not UTF-8), warned about once."""
 
     # --- scanning ------------------------------------------------------------------
 
@@ -240,12 +248,16 @@ class Ingestor:
 
         Unchanged files (same inode, size and mtime) cost one ``stat``; the rest are
         visited. Files whose checkpoints lie under a scanned root but that no longer
-        exist are marked gone — never those of other roots.
+        exist are marked gone — never those of other roots. ``self.backlog`` shows the
+        work while it lasts: growing totals while files are listed, then files and bytes
+        done, moved by every committed batch (``_batch_done``), so one huge file shows too.
         """
         totals = Totals()
         tops = [top] if top else [r for r in self.roots if r.is_dir()]
         seen: set[str] = set()
         todo: list[tuple[str, int]] = []
+        b = self.backlog = Backlog(counting=True)
+        self.progress = progress
         for t in tops:
             for path, st in self.discover(t):
                 seen.add(path)
@@ -255,27 +267,30 @@ class Ingestor:
                     f is None or f.gone_at or f.inode != st.st_ino or f.dev != st.st_dev
                     or f.size != st.st_size or f.mtime_ns != st.st_mtime_ns
                 ):
-                    todo.append((path, max(0, st.st_size - (f.offset if f and not f.gone_at else 0))))
+                    size = max(0, st.st_size - (f.offset if f and not f.gone_at else 0))
+                    todo.append((path, size))
+                    b.files_total += 1
+                    b.bytes_total += size
+                    if progress and b.files_total % 256 == 0:
+                        progress()
         # New paths first: a file renamed while csmd was stopped then claims its checkpoint before a
         # new file created at its old path is taken for a replacement of it.
         todo.sort(key=lambda t: t[0] in self.files)
-        self.backlog = Backlog(files_total=len(todo), bytes_total=sum(n for _, n in todo))
-        started = time.monotonic()
         try:
+            b.counting = False
+            self.started = time.monotonic()
             for path, size in todo:
                 if self.stopping.is_set():
                     break
-                totals += self.visit(path)
-                b = self.backlog
+                self.file_end = b.bytes_done + size
+                visited = self.visit(path)
+                visited.files_scanned = 0  # counted above
+                totals += visited
                 b.files_done += 1
-                b.bytes_done += size
-                elapsed = time.monotonic() - started
-                b.rate_bps = b.bytes_done / elapsed if elapsed > 0 else 0.0
-                b.eta_s = (b.bytes_total - b.bytes_done) / b.rate_bps if b.rate_bps else None
-                if progress:
-                    progress()
+                b.bytes_done = self.file_end
+                self._tick()
         finally:
-            self.backlog = None
+            self.backlog = self.progress = None
         prefixes = [str(t) + os.sep for t in tops]
         for path, f in list(self.files.items()):
             if not f.gone_at and path not in seen and any(path.startswith(p) for p in prefixes):
@@ -286,9 +301,10 @@ class Ingestor:
     # --- one file ------------------------------------------------------------------
 
     def mark_gone(self, f: FileRow) -> None:
-        f.gone_at = now_iso()
+        when = now_iso()
         with self.store.transaction():
-            self.store.mark_gone(f.file_id, f.gone_at)
+            self.store.mark_gone(f.file_id, when)
+        f.gone_at = when  # only once committed, so a failed write is retried
         log.info("source file gone, rows kept: %s", f.path)
 
     def moved(self, src: str, dest: str) -> Totals:
@@ -329,9 +345,26 @@ class Ingestor:
             self.have_prompt.add(f.session_key)
 
     def visit(self, path: str) -> Totals:
-        """Bring one path's rows and checkpoint up to date with the file."""
+        """Bring one path's rows and checkpoint up to date with the file.
+
+        A database error propagates (the syncer backs off and retries everything); any
+        other failure is a bug confined to this file: it is logged, the file's checkpoint
+        stays where it was, and the other files go on.
+        """
+        try:
+            totals = self._visit(path)
+        except sqlite3.Error:
+            raise
+        except Exception as e:
+            log.exception("cannot ingest %s (its checkpoint stays; other files go on)", path)
+            self.stuck[path] = f"{type(e).__name__}: {e}"
+            return Totals(files_scanned=1, errors=1)
+        self.stuck.pop(path, None)
+        return totals
+
+    def _visit(self, path: str) -> Totals:
         totals = Totals(files_scanned=1)
-        if path in self.exclude:
+        if path in self.exclude or not self._storable(path):
             return totals
         try:
             fd = os.open(path, _OPEN_FLAGS)
@@ -360,6 +393,17 @@ class Ingestor:
         finally:
             os.close(fd)
         return totals
+
+    def _storable(self, path: str) -> bool:
+        """A path that is not valid UTF-8 cannot be stored as text; Claude Code never writes one."""
+        try:
+            path.encode("utf-8")
+            return True
+        except UnicodeEncodeError:
+            if path not in self.skipped:
+                self.skipped.add(path)
+                log.warning("skipping %r: its name is not valid UTF-8", path)
+            return False
 
     def _unreadable(self, path: str, e: OSError) -> bool:
         """Record (once) that a transcript cannot be opened; it is cleared once it can be.
@@ -452,10 +496,8 @@ class Ingestor:
             try:
                 data = reader.read_complete(fd, f.offset, self.config.batch_bytes, self.config.max_line_bytes)
             except reader.LineTooLong as e:
-                if e.end is None:
-                    break  # skipped once its newline arrives
+                self._commit(f, fd, st, f.offset, [], reattach, totals, too_long=e.length)
                 changed = True
-                self._commit(f, fd, st, e.end, [], reattach, totals, too_long=e)
                 continue
             if not data:
                 break
@@ -489,8 +531,7 @@ class Ingestor:
 
     def _commit(
         self, f: FileRow, fd: int, st: os.stat_result, start: int, lines: list[bytes],
-        reattach: Reread | None, totals: Totals, seen: int | None = None,
-        too_long: reader.LineTooLong | None = None,
+        reattach: Reread | None, totals: Totals, seen: int | None = None, too_long: int = 0,
     ) -> int:
         """Store ``lines`` (which begin at ``start``) and move the checkpoint past them, atomically.
 
@@ -500,8 +541,8 @@ class Ingestor:
         and mtime match its checkpoint for done, so a visit cut short (SIGTERM, SIGKILL, an error)
         would leave the rest unread until the file changed again.
 
-        ``too_long``: the line from the checkpoint up to ``start`` is over ``max_line_bytes``; it is
-        recorded as a bad line and skipped without ever being read whole.
+        ``too_long``: after them comes a line of that many bytes, over ``max_line_bytes``: it is
+        recorded as a bad line (its head only) and the checkpoint moves past it too.
         """
         rows: list[tuple[Any, ...]] = []
         moves: list[tuple[int, int, int]] = []
@@ -516,15 +557,11 @@ class Ingestor:
         next_id = self.next_event_id
         sinks = self.sinks
         max_line = self.config.max_line_bytes
-        too_long_why = f"line longer than max_line_bytes ({max_line}): skipped"
-        if too_long is not None:  # a line over max_line_bytes ending at ``start``: skipped unread
-            self._bad_line(f, f.offset, start - 1 - f.offset, too_long.head, too_long_why, errors, error_moves,
-                           reattach)
         for line in lines:
             offset = pos
             pos += len(line) + 1
             if len(line) > max_line:  # the same rule when the whole line happened to fit in the read
-                self._bad_line(f, offset, len(line), line, too_long_why, errors, error_moves, reattach)
+                self._bad_line(f, offset, len(line), line, self._too_long(len(line)), errors, error_moves, reattach)
                 continue
             try:
                 raw = line.decode("utf-8")
@@ -556,6 +593,10 @@ class Ingestor:
             agg.add(v, counted=True)
             if agg.first_prompt is None and f.session_key not in self.have_prompt:
                 agg.first_prompt = prompt_text(v)
+        if too_long:
+            self._bad_line(f, pos, too_long, os.pread(fd, ERROR_HEAD, pos), self._too_long(too_long), errors,
+                           error_moves, reattach)
+            pos += too_long + 1
         end = pos
         # The new checkpoint is built aside and adopted only once it is committed, so a
         # failed transaction (disk full, locked) leaves memory and database agreeing.
@@ -578,7 +619,12 @@ class Ingestor:
         totals.errors += len(errors)
         for hook in self.on_commit:
             hook(f, rows)
+        if self.backlog is not None:
+            self._batch_done(end - start)
         return end
+
+    def _too_long(self, length: int) -> str:
+        return f"line of {length} bytes is over the {self.config.max_line_bytes}-byte limit (max_line_bytes); not stored"
 
     def _bad_line(
         self, f: FileRow, offset: int, length: int, head: bytes, why: str, errors: list[tuple[Any, ...]],
@@ -591,6 +637,23 @@ class Ingestor:
             error_moves.append((f.generation, offset, old.pop()))
             return
         errors.append((f.file_id, f.path, f.generation, offset, length, why, head))
+
+    def _batch_done(self, nbytes: int) -> None:
+        """Move the backlog by one committed batch, within the current file's share of the total."""
+        b = self.backlog
+        if b is not None and not b.counting:
+            b.bytes_done = min(b.bytes_done + nbytes, self.file_end)
+            self._tick()
+
+    def _tick(self) -> None:
+        b = self.backlog
+        if b is None:
+            return
+        elapsed = time.monotonic() - self.started
+        b.rate_bps = b.bytes_done / elapsed if elapsed > 0 else 0.0
+        b.eta_s = (b.bytes_total - b.bytes_done) / b.rate_bps if b.rate_bps else None
+        if self.progress:
+            self.progress()
 
     def _write(
         self, f: FileRow, g: FileRow, st: os.stat_result, rows: list[tuple[Any, ...]],

@@ -11,7 +11,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from csm.shared.errors import AlreadyRunning
+from csm.shared.errors import AlreadyRunning, PathError
 
 
 class InstanceLock:
@@ -20,8 +20,13 @@ class InstanceLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            where = f" ({e.filename}: {e.strerror})" if e.filename and str(e.filename) != str(self.path) else \
+                f": {e.strerror}"
+            raise PathError(f"cannot create the lock file {self.path}{where}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

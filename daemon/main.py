@@ -39,7 +39,7 @@ def _stderr_is_journal() -> bool:
                    "else ~/.claude/projects and ~/.config/claude/projects.")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="Database file.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Config file (default: the user config dir's csm/config.toml).")
+              help="Config file (default: the user config dir's csm/config.toml; 'csm config path').")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
 @click.option("--no-watch", is_flag=True, help="Do not use the file watcher; poll with rescans instead.")
 @click.version_option(__version__, prog_name="csmd")
@@ -54,21 +54,35 @@ def cli(roots: tuple[Path, ...], db: Path | None, config_file: Path | None, log_
     Examples:
       csmd                                  # default paths
       csmd --root ~/work/claude/projects --db /tmp/csm.db
+      csmd --config ./csm.toml --log-level debug
+
+    Settings: defaults, then config.toml, then these flags ('csm config show').
+    A config file with a bad key or value stops csmd with exit status 78.
     """
     from csm.daemon.app import Daemon
 
-    cfg = config_mod.load(config_file or paths.config_path())
-    level = (log_level or cfg.log_level).upper()
+    os.umask(0o077)  # whatever csmd creates (database, WAL, lock, socket) is the user's alone
+    overrides: dict[str, tuple[object, str]] = {}
+    if roots:
+        overrides["roots"] = ([str(p.expanduser().absolute()) for p in roots], "--root")
+    if db:
+        overrides["db"] = (str(db.expanduser().absolute()), "--db")
+    if log_level:
+        overrides["log_level"] = (log_level, "--log-level")
+    if no_watch:
+        overrides["watch"] = (False, "--no-watch")
+    settings = config_mod.resolve(config_file, overrides)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JournalFormatter() if _stderr_is_journal() else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=getattr(logging, level, logging.INFO), handlers=[handler])
-    root_list = [p.expanduser().absolute() for p in roots] or [Path(r).expanduser() for r in cfg.roots] \
-        or paths.claude_roots()
-    db_path = (db or (Path(cfg.db).expanduser() if cfg.db else paths.db_path())).absolute()
-    if no_watch:
-        cfg.watch = False
-    daemon = Daemon(cfg, db_path, [r.absolute() for r in root_list], paths.socket_path())
+    logging.basicConfig(level=getattr(logging, settings.config.log_level.upper()), handlers=[handler])
+    # watchdog logs every inotify event at debug level: with the log file inside a root,
+    # each line logged would be an event logging another line, forever. Its warnings
+    # (a queue overflow) always pass: the watcher acts on them.
+    logging.getLogger("watchdog").setLevel(min(max(logging.INFO, logging.getLogger().level), logging.WARNING))
+    if settings.file_exists:
+        logging.getLogger("csm.daemon").info("settings from %s", settings.file)
+    daemon = Daemon(settings, paths.socket_path())
     sys.exit(daemon.run())
 
 

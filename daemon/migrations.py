@@ -207,7 +207,66 @@ SELECT session_id, project, sum(responses) AS responses, sum(input_tokens) AS in
 FROM usage_slots GROUP BY session_id, project;
 """
 
+M004_SEARCH = """
+-- The prose of each user, assistant and summary line (prompts, answers, summaries; no tool
+-- input or output, no thinking), written by the search sink in the batch's transaction.
+-- It feeds the public messages view and the snippets of search_text.
+CREATE TABLE message_text (
+    event_id INTEGER PRIMARY KEY,   -- events.id
+    session_id TEXT NOT NULL,       -- the session as in session_stats (the file's, not the line's)
+    timestamp TEXT,
+    role TEXT NOT NULL,             -- user, assistant or summary
+    message_id TEXT,                -- message.id: the lines of one API response share it
+    text TEXT NOT NULL
+);
+
+-- Full-text indexes (FTS5, bm25). search_text indexes message_text (external content: the
+-- text is stored once). search_tools indexes tool input and output, most of the bytes, and
+-- is contentless: only the index is stored; snippets are made from the line when asked for.
+-- The rowid of both is events.id.
+CREATE VIRTUAL TABLE search_text USING fts5(
+    text, content='message_text', content_rowid='event_id', tokenize='porter unicode61 remove_diacritics 2'
+);
+CREATE VIRTUAL TABLE search_tools USING fts5(
+    text, content='', tokenize='porter unicode61 remove_diacritics 2'
+);
+
+-- Lines whose tool text is still to be indexed: a large rescan (an initial sync) indexes the
+-- prose line by line and leaves the tool text, most of the bytes, to a pass after it.
+CREATE TABLE search_tools_pending (event_id INTEGER PRIMARY KEY);
+
+-- Lines ingested before this migration are indexed by csmd when it starts, newest first;
+-- ids below pending_below are still to do; 0 when done.
+CREATE TABLE search_backfill (pending_below INTEGER NOT NULL);
+INSERT INTO search_backfill SELECT COALESCE(max(id) + 1, 0) FROM events;
+
+-- csm query sessions: newest first, the file_present check, and a session's subagents (whose
+-- tokens and cost count in its row; show nests them).
+CREATE INDEX session_stats_last_ts ON session_stats(last_ts);
+CREATE INDEX session_stats_parent ON session_stats(parent_session_id);
+CREATE INDEX sync_metadata_session_key ON sync_metadata(session_key);
+
+-- Public: one row per user or assistant message with text. The lines of one API response
+-- (same message.id) are one message: its first line's row, their texts joined in file order
+-- (a window with ORDER BY: the order is guaranteed, unlike a plain group_concat).
+CREATE INDEX message_text_message ON message_text(session_id, message_id, event_id);
+CREATE VIEW messages AS
+SELECT h.session_id, h.timestamp, h.role,
+       CASE WHEN h.message_id IS NULL THEN h.text ELSE (
+           SELECT text FROM (
+               SELECT p.event_id, group_concat(p.text, char(10)) OVER (ORDER BY p.event_id) AS text
+               FROM message_text p WHERE p.session_id = h.session_id AND p.message_id = h.message_id)
+           ORDER BY event_id DESC LIMIT 1) END AS text,
+       h.message_id
+FROM message_text h
+WHERE h.role IN ('user', 'assistant')
+  AND (h.message_id IS NULL OR NOT EXISTS (
+      SELECT 1 FROM message_text q
+      WHERE q.session_id = h.session_id AND q.message_id = h.message_id AND q.event_id < h.event_id));
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
     ("m003_usage", M003_USAGE),
+    ("m004_search", M004_SEARCH),
 ]

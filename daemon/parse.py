@@ -6,10 +6,16 @@ is what makes a 100 MB backlog cheap. Claude Code has no published schema and it
 lines drift between versions, so a line the fast path rejects for a *type* reason
 (say ``message`` being a string) is decoded again generically and kept: only lines
 that are not JSON objects at all, or not UTF-8, are bad lines.
+
+msgspec is also stricter than JSON itself in two corners a JavaScript writer can reach:
+an escaped lone surrogate (``JSON.stringify`` of a string cut inside an emoji writes
+``"\\ud83d"``) and a number beyond a double. Such a line is decoded again with the
+standard library and kept, so "bad line" means exactly "not a JSON object".
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import msgspec
@@ -106,6 +112,20 @@ def parse(line: bytes) -> LineView:
     except msgspec.ValidationError:
         return _lenient(line)
     except msgspec.DecodeError as e:
+        return _view(_standard_json(line, e))
+    except RecursionError as e:  # nested deeper than any decoder goes
+        raise BadLine(f"invalid JSON: {e}") from None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _standard_json(line: bytes, e: Exception) -> Any:
+    """The line as the JSON standard reads it (no NaN/Infinity); BadLine when it is not JSON."""
+    try:
+        return json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
         raise BadLine(_describe(line, e)) from None
 
 
@@ -119,15 +139,28 @@ def _describe(line: bytes, e: Exception) -> str:
 
 def _str(obj: dict[str, Any], key: str) -> str | None:
     v = obj.get(key)
-    return v if isinstance(v, str) else None
+    if not isinstance(v, str):
+        return None
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: SQLite cannot store it as text
+        return v.encode("utf-8", "replace").decode("utf-8")
+    return v
 
 
 def _lenient(line: bytes) -> LineView:
     """Keep a valid JSON object whose fields have unexpected types."""
     try:
         obj = _any_decoder.decode(line)
-    except msgspec.DecodeError as e:  # pragma: no cover - the typed pass decoded it
-        raise BadLine(_describe(line, e)) from None
+    except msgspec.DecodeError as e:  # a number out of range is reported as a type error
+        obj = _standard_json(line, e)
+    except RecursionError as e:  # the typed pass stopped at a wrong type before the deep part
+        raise BadLine(f"invalid JSON: {e}") from None
+    return _view(obj)
+
+
+def _view(obj: Any) -> LineView:
+    """The indexed fields of any decoded JSON value, reading each only if it has the expected type."""
     if not isinstance(obj, dict):
         raise BadLine(f"JSON {type(obj).__name__}, not an object")
     msg = obj.get("message")
@@ -137,7 +170,7 @@ def _lenient(line: bytes) -> LineView:
             view = msgspec.convert({k: v for k, v in msg.items() if k != "content"}, MessageView)
             if "content" in msg:
                 view.content = msgspec.Raw(msgspec.json.encode(msg["content"]))
-        except msgspec.ValidationError:
+        except (msgspec.ValidationError, UnicodeEncodeError):
             view = MessageView(id=_str(msg, "id"), role=_str(msg, "role"), model=_str(msg, "model"))
     side = obj.get("isSidechain")
     meta = obj.get("isMeta")

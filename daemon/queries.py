@@ -18,23 +18,34 @@ from csm.daemon.store import open_reader
 from csm.shared.errors import QueryError
 from csm.shared.protocol import Rows
 
-TIME_LIMIT_S = 10.0
-_READ_PRAGMAS = frozenset({
-    "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list", "database_list",
-    "compile_options", "function_list", "pragma_list", "table_list", "collation_list", "module_list",
-    "data_version", "page_count", "page_size", "freelist_count", "user_version", "schema_version",
+# Pragmas that only read, whatever their argument names (a table, an index).
+_READ_PRAGMAS_WITH_ARG = frozenset({
+    "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list",
+})
+# Pragmas that read when called bare and change state when given a value (user_version = 3).
+_READ_PRAGMAS = _READ_PRAGMAS_WITH_ARG | frozenset({
+    "database_list", "compile_options", "function_list", "pragma_list", "table_list", "collation_list",
+    "module_list", "data_version", "page_count", "page_size", "freelist_count", "user_version", "schema_version",
     "journal_mode", "encoding",
 })
-_ALLOWED = frozenset({
-    sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE,
-})
+# Functions a SELECT could use to reach outside the database.
+_DENIED_FUNCTIONS = frozenset({"load_extension", "fts3_tokenizer", "readfile", "writefile", "edit"})
+_ALLOWED = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE})
 
 
 def _authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None, source: str | None) -> int:
     if action in _ALLOWED:
         return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA and arg1 and arg1.lower() in _READ_PRAGMAS and arg2 is None:
+    if action == sqlite3.SQLITE_UPDATE and arg1 in ("sqlite_master", "sqlite_schema"):
+        # SQLite asks this while preparing a pragma table-valued function
+        # (``pragma_table_info('x')``); the read-only connection could not write it anyway.
         return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_FUNCTION:
+        return sqlite3.SQLITE_DENY if (arg2 or "").lower() in _DENIED_FUNCTIONS else sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and arg1:
+        name = arg1.lower()
+        if name in _READ_PRAGMAS_WITH_ARG or (name in _READ_PRAGMAS and arg2 is None):
+            return sqlite3.SQLITE_OK
     return sqlite3.SQLITE_DENY
 
 
@@ -44,29 +55,53 @@ def open_query_connection(db: Path) -> sqlite3.Connection:
     return conn
 
 
-def run_sql(conn: sqlite3.Connection, sql: str, params: list[Any], max_rows: int,
-            time_limit_s: float = TIME_LIMIT_S) -> Rows:
+def _size(row: tuple[Any, ...]) -> int:
+    return sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
+
+
+def run_sql(conn: sqlite3.Connection, sql: str, params: list[Any], max_rows: int, time_limit_s: float,
+            max_bytes: int) -> Rows:
+    """Run one statement. The reply stops at ``max_rows`` rows or about ``max_bytes`` of values,
+    whichever comes first, and says which (``limit``); the rest is never read."""
+    max_rows = max(0, max_rows)
     deadline = time.monotonic() + time_limit_s
 
     def too_long() -> int:
         return int(time.monotonic() > deadline)
 
     conn.set_progress_handler(too_long, 10_000)
+    rows: list[list[Any]] = []
+    limit = ""
     try:
         cur = conn.execute(sql, params)
         columns = [d[0] for d in cur.description or ()]
-        rows = cur.fetchmany(max_rows + 1)
+        size = 0
+        while not limit:
+            batch = cur.fetchmany(min(1000, max_rows + 1 - len(rows)))
+            if not batch:
+                break
+            for row in batch:
+                size += _size(row)
+                if len(rows) == max_rows:
+                    limit = "rows"
+                elif size > max_bytes:
+                    limit = "bytes"
+                if limit:
+                    break
+                rows.append(list(row))
+        cur.close()  # an unfinished statement would hold its read snapshot and starve WAL checkpoints
     except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError) as e:
         text = str(e)
         if text == "interrupted":
-            raise QueryError(f"query stopped after the {time_limit_s:g} s time limit") from None
-        if "not authorized" in text or "readonly" in text or "read-only" in text:
+            raise QueryError(
+                f"query stopped after the {time_limit_s:g} s time limit (query_time_limit_s in csmd's config)"
+            ) from None
+        if "not authorized" in text or "authorization denied" in text or "readonly" in text or "read-only" in text:
             raise QueryError("csm query sql is read-only: only SELECT (and read-only PRAGMAs) are allowed") from None
         raise QueryError(f"SQL error: {text}") from None
     finally:
         conn.set_progress_handler(None, 0)
-    truncated = len(rows) > max_rows
-    return Rows(columns=columns, rows=[list(r) for r in rows[:max_rows]], truncated=truncated)
+    return Rows(columns=columns, rows=rows, truncated=bool(limit), limit=limit)
 
 
 def list_errors(conn: sqlite3.Connection, max_rows: int) -> Rows:

@@ -5,8 +5,14 @@ puts the reply in an outbox and wakes the main loop through a pipe (the same pip
 signals use), so the loop blocks in ``poll`` with no timeout and an idle daemon
 wakes only when something happens.
 
-A request is one frame (after the routing envelope); anything malformed, unknown or
-too large gets an ``Error`` reply and the loop goes on.
+A request is one frame (after the routing envelope); anything malformed or unknown
+gets an ``Error`` reply and the loop goes on. A frame over ``MAX_REQUEST_BYTES`` never
+reaches Python: libzmq drops that peer's connection (``MAXMSGSIZE``).
+
+Who may ask: the socket sits in a 0700 folder and is 0600, so the kernel keeps other
+users out; on top of that every message's sender uid (``SO_PEERCRED``, which libzmq
+exposes as the frame's ``Peer-Address`` property, ``"<host>:uid:gid:pid"``) must be ours.
+Root can pass the file permissions, not this check.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-import msgspec
 import zmq
 
 from csm.shared import paths, protocol
@@ -35,8 +40,11 @@ Dispatch = Callable[[protocol.Request, Reply], None]
 
 def private_dir(path: Path) -> None:
     """Create ``path`` 0700, or refuse it if someone else could reach into it."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.stat()
+    except OSError as e:
+        raise PathError(f"cannot use {path} as the socket folder: {e.strerror}") from None
     if st.st_uid != os.getuid():
         raise PathError(f"socket folder {path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); refusing")
     if stat.S_IMODE(st.st_mode) & 0o077:
@@ -44,6 +52,31 @@ def private_dir(path: Path) -> None:
             f"socket folder {path} is open to others (mode {stat.S_IMODE(st.st_mode):o}); "
             f"run 'chmod 700 {path}' and start csmd again"
         )
+
+
+def peer_uid(frame: zmq.Frame) -> int | None:
+    """The sender's uid from the frame's ``Peer-Address`` (None where libzmq does not say)."""
+    try:
+        address = frame.get("Peer-Address")
+    except (zmq.ZMQError, ValueError, TypeError):
+        return None
+    parts = str(address).rsplit(":", 3)
+    if len(parts) != 4 or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
+class Replier:
+    """Replies to one client from any thread; ``envelope`` names the client for later pushes."""
+
+    __slots__ = ("server", "envelope")
+
+    def __init__(self, server: Server, envelope: Envelope) -> None:
+        self.server = server
+        self.envelope = envelope
+
+    def __call__(self, msg: Message) -> None:
+        self.server.post(self.envelope, msg)
 
 
 class Server:
@@ -60,6 +93,10 @@ class Server:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.stopping = False
+        self.uid = os.getuid()
+        self.rejected: set[int] = set()
+        self.dropped: list[Callable[[Envelope, int], None]] = []
+        """Called (main thread) with the envelope and errno of a message that could not be delivered."""
 
     def bind(self) -> None:
         """Bind the socket; the caller holds the single-instance lock, so a leftover file is stale."""
@@ -86,8 +123,8 @@ class Server:
         self.outbox.put((envelope, protocol.encode(msg)))
         self.wake()
 
-    def replier(self, envelope: Envelope) -> Reply:
-        return lambda msg: self.post(envelope, msg)
+    def replier(self, envelope: Envelope) -> Replier:
+        return Replier(self, envelope)
 
     def serve(self, dispatch: Dispatch, tick: Callable[[], float | None] | None = None) -> None:
         """Run until ``stop``; ``tick`` runs first and after every wake-up, and returns the next timeout (s)."""
@@ -113,16 +150,27 @@ class Server:
     def _receive(self, dispatch: Dispatch) -> None:
         while True:
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if len(frames) < 2:
-                continue  # nothing to route a reply to
-            envelope, payload = frames[:-1], frames[-1]
+            envelope = [frames[0].bytes]
+            if len(frames) >= 3 and not frames[1].bytes:
+                envelope.append(b"")  # a REQ client: keep its empty delimiter
             reply = self.replier(envelope)
+            uid = peer_uid(frames[-1])
+            if uid is not None and uid != self.uid:
+                if uid not in self.rejected and len(self.rejected) < 100:
+                    self.rejected.add(uid)
+                    log.warning("refused a request from uid %d (%s): csmd serves only uid %d", uid,
+                                frames[-1].get("Peer-Address"), self.uid)
+                reply(Error(code="forbidden", message=f"this csmd serves only uid {self.uid}"))
+                continue
+            if len(frames) != len(envelope) + 1:
+                reply(Error(code="bad_request", message="malformed request: expected exactly one frame"))
+                continue
             try:
-                request = protocol.decode_request(payload)
-            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                request = protocol.decode_request(frames[-1].buffer)
+            except Exception as e:  # DecodeError, ValidationError, UnicodeDecodeError (bad UTF-8 in a str)…
                 reply(Error(code="bad_request", message=f"malformed request: {e}"))
                 continue
             try:
@@ -142,6 +190,8 @@ class Server:
             except zmq.ZMQError as e:
                 # EHOSTUNREACH: the client went away (ROUTER_MANDATORY); EAGAIN: it stopped reading.
                 log.debug("reply dropped: %s", e)
+                for hook in self.dropped:
+                    hook(envelope, e.errno)
 
     def stop(self) -> None:
         self.stopping = True

@@ -66,20 +66,40 @@ def _file_row(r: Sequence[Any]) -> FileRow:
 
 
 def _create_private(path: Path) -> None:
-    """Create the database file 0600 before SQLite does; its -wal and -shm inherit the mode."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
+    """Create the database file 0600 before SQLite does; its -wal and -shm inherit the mode.
+
+    A database found open to others (made by hand, or copied) is closed to them: it holds
+    people's prompts, code and secrets.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            continue
+        if st.st_uid == os.getuid() and st.st_mode & 0o077:
+            p.chmod(0o600)
+
+
+def way_out(db: Path) -> str:
+    """What a user can do about a database csmd cannot use (said in every such message)."""
+    return (f"check it with 'csm db check --db {db}', restore it from a backup, or move it away and start csmd "
+            "to rebuild it from the transcripts that still exist (a rebuild cannot bring back the lines of "
+            "transcripts Claude Code has deleted since)")
 
 
 def migrate(conn: sqlite3.Connection, db: Path) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
     conn.execute("CREATE TABLE IF NOT EXISTS _csm_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
     applied = {r[0] for r in conn.execute("SELECT name FROM _csm_migrations")}
     known = {name for name, _ in MIGRATIONS}
-    if applied - known:
+    if applied - known or version > len(MIGRATIONS):
+        newer = sorted(applied - known) or [f"schema version {version}"]
         raise DatabaseError(
-            f"{db} was written by a newer csm (it has migrations {sorted(applied - known)}); "
-            "upgrade csm, or move the file away to rebuild it from the transcripts that still exist"
+            f"database {db} was written by a newer csm ({', '.join(newer)}; this csm knows {len(MIGRATIONS)}): "
+            "upgrade csm; or move the file away and start csmd to rebuild it from the transcripts that still "
+            "exist (a rebuild cannot bring back the lines of transcripts Claude Code has deleted since)"
         )
     for number, (name, sql) in enumerate(MIGRATIONS, 1):
         if name in applied:
@@ -110,11 +130,10 @@ def open_writer(db: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_size_limit = 67108864")
         migrate(conn, db)
         return conn
+    except OSError as e:
+        raise DatabaseError(f"cannot create database {db}: {e.strerror}") from None
     except sqlite3.DatabaseError as e:
-        raise DatabaseError(
-            f"cannot open database {db}: {e}. If it is damaged, move it away and restart csmd to "
-            "rebuild it from the transcripts that still exist (lines of deleted transcripts cannot be rebuilt)"
-        ) from None
+        raise DatabaseError(f"cannot open database {db}: {e}; {way_out(db)}") from None
 
 
 def open_reader(db: Path) -> sqlite3.Connection:
@@ -139,13 +158,19 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``; on any failure (the COMMIT included: disk full,
+        busy) the transaction is rolled back, so the connection is clean for the retry."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
+            self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # SQLite already rolled it back; the original error is the one to report
             raise
-        self.conn.execute("COMMIT")
 
     # --- files ---------------------------------------------------------------------
 

@@ -1,15 +1,18 @@
 """The ingest thread's loop: hints in, batches out, a rescan as the safety net.
 
-Other threads only ever *hint* (``hint``, ``hint_dir``, ``hint_move``, ``request_sync``):
-they add to a coalescing set under a condition variable and return at once, so a
-watchdog handler can never block or raise. This thread drains the set, visits each
-path once however many events it got, and runs a reconciliation rescan on start,
-every ``rescan_interval_s`` and on ``csm sync``. It blocks on the condition between
-jobs, so an idle daemon uses no CPU.
+Other threads only ever *hint* (``hint``, ``hint_dir``, ``hint_move``, ``request_sync``,
+``request_rescan``): they add to a coalescing set under a condition variable and return
+at once, so a watchdog handler can never block or raise. This thread drains the set,
+visits each path once however many events it got, and runs a reconciliation rescan on
+start, every ``rescan_interval_s`` (``poll_s`` while the watcher cannot watch) and on
+``csm sync``. It blocks on the condition between jobs, so an idle daemon uses no CPU.
 
 A database error (disk full, locked by another program) rolls its batch back; the
 paths go back into the set and the thread retries with capped exponential backoff,
-resuming by itself when the cause goes away.
+resuming by itself when the cause goes away. Any other error is a bug: it is logged
+with its traceback, the work in hand is dropped (the next rescan retries it) and the
+thread goes on, because a dead ingest thread would leave a daemon that answers but
+never ingests again.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from csm.daemon.ingest import Ingestor, Totals
-from csm.shared.protocol import Backlog, Message, Progress, SyncReply
+from csm.shared.protocol import Backlog, Error, Message, Progress, SyncReply
 
 log = logging.getLogger("csm.sync")
 
@@ -37,16 +40,23 @@ class Syncer(threading.Thread):
         super().__init__(name="csm-ingest", daemon=True)
         self.ingestor = ingestor
         self.rescan_interval_s = rescan_interval_s
+        self.poll_s: float | None = None
+        """Set while the watcher cannot watch: rescans this often instead."""
         self.cond = threading.Condition()
         self.paths: dict[str, None] = {}
         self.dirs: dict[str, None] = {}
         self.moves: list[tuple[str, str]] = []
         self.waiters: list[Reply] = []
+        self.serving: list[Reply] = []
+        """Waiters of the rescan in progress; they and the pending ones get its progress."""
         self.rescan_due = True
         self.state = "starting"
         self.last_sync_at: str | None = None
         self.last_error: str | None = None
         self.before_rescan: list[Callable[[], None]] = []
+        self.after_work: list[Callable[[], None]] = []
+        """Deferred work, run after each round of hints and rescans; it should stop when ``busy``."""
+        self.after_new_dirs: list[Callable[[], None]] = []
         self.scans = 0
 
     # --- called from other threads -------------------------------------------------
@@ -69,8 +79,14 @@ class Syncer(threading.Thread):
             self.cond.notify()
 
     def request_sync(self, reply: Reply) -> None:
+        """Rescan and ``reply`` when done; meanwhile ``reply`` gets the progress of whatever is under way."""
         with self.cond:
             self.waiters.append(reply)
+            self.rescan_due = True
+            self.cond.notify()
+
+    def request_rescan(self) -> None:
+        with self.cond:
             self.rescan_due = True
             self.cond.notify()
 
@@ -79,20 +95,28 @@ class Syncer(threading.Thread):
         with self.cond:
             self.cond.notify()
 
+    def busy(self) -> bool:
+        """Whether hints, moves or a sync request wait (read without the lock: a hint is enough)."""
+        return bool(self.paths or self.dirs or self.moves or self.waiters or self.rescan_due)
+
     @property
     def backlog(self) -> Backlog | None:
         return self.ingestor.backlog
+
+    @property
+    def interval_s(self) -> float:
+        return self.poll_s or self.rescan_interval_s
 
     # --- the thread ------------------------------------------------------------------
 
     def run(self) -> None:
         backoff = 0.0
-        next_rescan = time.monotonic()
+        last_rescan = -float("inf")  # the interval is read afresh each time: polling may start or stop
         stopping = self.ingestor.stopping
         while not stopping.is_set():
             with self.cond:
                 while not (self.paths or self.dirs or self.moves or self.rescan_due or stopping.is_set()):
-                    timeout = next_rescan - time.monotonic()
+                    timeout = last_rescan + self.interval_s - time.monotonic()
                     if timeout <= 0:
                         self.rescan_due = True
                         break
@@ -104,12 +128,17 @@ class Syncer(threading.Thread):
                 moves, self.moves = self.moves, []
                 rescan, self.rescan_due = self.rescan_due, False
                 waiters, self.waiters = self.waiters, []
+                self.serving = waiters
             try:
                 self._work(paths, dirs, moves, rescan, waiters)
-            except sqlite3.Error as e:
+            except Exception as e:  # the ingest thread must never die: back off and retry
                 backoff = min(BACKOFF_MAX_S, backoff * 2 or 0.5)
-                self.last_error = f"database: {e}; retrying in {backoff:.1f} s"
-                log.error("%s", self.last_error)
+                what = "database" if isinstance(e, sqlite3.Error) else f"internal error {type(e).__name__}"
+                self.last_error = f"{what}: {e}; retrying in {backoff:.1f} s"
+                if isinstance(e, sqlite3.Error):
+                    log.error("%s", self.last_error)
+                else:
+                    log.exception("%s", self.last_error)
                 with self.cond:
                     for p in paths:
                         self.paths.setdefault(p)
@@ -118,49 +147,83 @@ class Syncer(threading.Thread):
                     self.moves[:0] = moves
                     self.rescan_due = self.rescan_due or rescan
                     self.waiters[:0] = waiters
-                    self.cond.wait(backoff)
+                    # New hints must not cut the pause short: under a steady stream of
+                    # appends that would turn the backoff into a busy retry loop.
+                    resume = time.monotonic() + backoff
+                    while not stopping.is_set() and (left := resume - time.monotonic()) > 0:
+                        self.cond.wait(left)
                 continue
+            except Exception as e:
+                log.exception("ingest failed; the next rescan retries")
+                self.last_error = f"internal error: {type(e).__name__}: {e}"
+                for reply in waiters:
+                    reply(Error(code="internal", message=self.last_error))
+                self.state = "idle"
+                last_rescan = time.monotonic()
+                continue
+            finally:
+                self.serving = []
             if backoff:
                 log.info("database writable again; ingestion resumed")
             backoff = 0.0
             self.last_error = None
             if rescan:
-                next_rescan = time.monotonic() + self.rescan_interval_s
+                last_rescan = time.monotonic()
         self.state = "stopped"
+
+    def _progress(self) -> Callable[[], None]:
+        """Send the backlog to everyone waiting on a sync, at most every ``PROGRESS_EVERY_S``."""
+        last = [0.0]
+
+        def progress() -> None:
+            backlog = self.ingestor.backlog
+            now = time.monotonic()
+            if backlog is None or now - last[0] < PROGRESS_EVERY_S:
+                return
+            with self.cond:
+                waiters = self.serving + self.waiters
+            if waiters:
+                last[0] = now
+                msg = Progress(backlog=backlog)
+                for reply in waiters:
+                    reply(msg)
+
+        return progress
 
     def _work(
         self, paths: dict[str, None], dirs: dict[str, None], moves: list[tuple[str, str]], rescan: bool,
         waiters: list[Reply],
     ) -> None:
         ing = self.ingestor
+        if paths or dirs or moves:
+            self.state = "ingesting"
         for src, dest in moves:
             ing.moved(src, dest)
-        # A new folder's files may have been written before its watch existed. A renamed folder
+        # A new folder's files may have been written before its watch existed; a folder moved in
+        # whole may be a large history, so its progress goes to waiting syncs. A renamed folder
         # arrives as its old path and its new one: the new is scanned first, so its files claim
         # their checkpoints as renames before those of the vanished old path are marked gone.
         for d in sorted(dirs, key=lambda d: not os.path.isdir(d)):
-            ing.rescan(top=Path(d))
+            ing.rescan(self._progress(), top=Path(d))
+        if dirs:
+            for hook in self.after_new_dirs:
+                hook()
         for p in paths:
             ing.visit(p)
-        if not rescan:
-            return
+        if rescan:
+            self._rescan(waiters)
+        for job in self.after_work:
+            job()
+        self.state = "idle"
+
+    def _rescan(self, waiters: list[Reply]) -> None:
         for check in self.before_rescan:
             check()
-        self.state = "scanning"
+        self.state = "initial sync" if self.scans == 0 else "scanning"
         started = time.monotonic()
-        last = [0.0]
-
-        def progress() -> None:
-            now = time.monotonic()
-            if waiters and ing.backlog is not None and now - last[0] >= PROGRESS_EVERY_S:
-                last[0] = now
-                for reply in waiters:
-                    reply(Progress(backlog=ing.backlog))
-
-        totals: Totals = ing.rescan(progress)
+        totals: Totals = self.ingestor.rescan(self._progress())
         self.scans += 1
         self.last_sync_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self.state = "watching"
         seconds = time.monotonic() - started
         if totals.files_changed:
             log.info("rescan: %d files, %d changed, %d lines, %d bad lines in %.2f s", totals.files_scanned,

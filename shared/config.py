@@ -1,66 +1,194 @@
-"""csm settings: defaults, overridden by ``config.toml``, overridden by command-line flags.
+"""csm settings: defaults, overridden by ``config.toml``, overridden by csmd's command line.
 
 The file is optional. A bad file is an error (csmd refuses to start on it) rather than
 being half-applied, because a daemon that silently ignores a setting is worse than one
-that says which line is wrong.
+that says which line is wrong. Every effective value remembers where it came from, so
+``csm config show`` can answer "why is it this?" without guessing.
+
+Precedence, lowest first: the default; ``$CLAUDE_CONFIG_DIR`` (roots only: it is where
+Claude Code itself writes); the config file; csmd's command-line flags. Relative paths
+in the file are relative to the file's folder, so a service started from ``/`` reads
+the same file the same way.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import tomllib
 from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_type_hints
 
 import msgspec
 
+from csm.shared import paths
 from csm.shared.errors import ConfigError
+from csm.shared.protocol import Setting
+
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Effective settings. ``forbid_unknown_fields`` so a typo is reported, not ignored."""
+    """Effective settings. README's table of keys says the same as these docstrings: keep them in step."""
 
     roots: list[str] = []
-    """Transcript roots (``projects/`` folders); empty means the Claude Code defaults."""
+    """Transcript roots (Claude Code ``projects/`` folders); empty means ``$CLAUDE_CONFIG_DIR`` or the defaults."""
     db: str = ""
-    """Database path; empty means the platform data dir."""
-    rescan_interval_s: float = 60.0
-    """Reconciliation rescan period: the safety net under the file watcher."""
-    batch_lines: int = 2000
+    """Database file; empty means the user data dir's ``csm/csm.db``."""
+    rescan_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    """Reconciliation rescan period (s): the safety net under the file watcher."""
+    batch_lines: Annotated[int, msgspec.Meta(ge=1)] = 2000
     """Lines per transaction (each batch commits with its checkpoint)."""
-    batch_bytes: int = 4 * 1024 * 1024
-    """Bytes per transaction, whichever limit comes first."""
-    max_line_bytes: int = 256 * 1024 * 1024
-    """A longer line is recorded as a bad line and skipped, never held in memory (real lines reach ~10 MB)."""
+    batch_bytes: Annotated[int, msgspec.Meta(ge=1)] = 4 * 1024 * 1024
+    """Bytes read per batch, whichever limit comes first."""
+    max_line_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024 * 1024
+    """A longer line is recorded as a bad line instead of being read into memory and stored."""
     watch: bool = True
     """Use the file watcher; false means polling rescans only."""
-    poll_interval_s: float = 2.0
-    """Rescan period when the watcher is off or cannot watch (inotify limits)."""
-    log_level: str = "info"
+    poll_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    """Rescan period (s) when not watching (watch = false, or inotify limits reached)."""
+    log_level: LogLevel = "info"
+    """Log verbosity: debug, info, warning or error."""
+    query_time_limit_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    """Wall time after which ``csm query sql`` stops a query (keep it below the CLI's 30 s wait)."""
+    query_max_rows: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    """Most rows one query may return, whatever the client asks for."""
+    query_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024 * 1024
+    """About the most bytes of values one query may return (bounds csmd's memory per reply)."""
+    query_queue: Annotated[int, msgspec.Meta(ge=1)] = 32
+    """Queries running or waiting at once; more are answered "busy" at once."""
+    search_defer_tools_bytes: Annotated[int, msgspec.Meta(ge=0)] = 16 * 1024 * 1024
+    """A rescan with at least this many bytes to read (an initial sync) indexes tool input and output for
+    search just after it rather than line by line: the tool text is most of the bytes."""
 
 
-def load(path: Path) -> Config:
-    """Read ``path`` if it exists; defaults otherwise."""
+KEYS: tuple[str, ...] = Config.__struct_fields__
+
+
+class Resolved(msgspec.Struct, kw_only=True):
+    """The settings csmd runs with: final values (roots and db resolved) and where each came from."""
+
+    config: Config
+    file: str
+    file_exists: bool
+    file_source: str
+    """"default" or "command line" (``csmd --config``)."""
+    sources: dict[str, Setting]
+
+    def roots(self) -> list[Path]:
+        return [Path(r) for r in self.config.roots]
+
+    def db(self) -> Path:
+        return Path(self.config.db)
+
+
+def _read(path: Path) -> tuple[Config, dict[str, int], bool]:
+    """The file's settings, the line each key is on, and whether the file exists."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return Config()
+        return Config(), {}, False
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(_syntax_error(path, text, str(e))) from None
+    lines = _key_lines(text)
+    for key, value in data.items():
+        if key not in KEYS:
+            kind = "section" if isinstance(value, dict) else "setting"
+            raise ConfigError(f"{_where(path, lines, key)}: unknown {kind} '{key}' (known settings: "
+                              f"{', '.join(KEYS)})")
     try:
-        return msgspec.convert(data, Config)
+        return msgspec.convert(data, Config), lines, True
     except msgspec.ValidationError as e:
-        raise ConfigError(f"{path}: {_with_line(str(e), text)}") from None
+        message, _, at = str(e).partition(" - at `$")
+        key = re.split(r"[.\[`]", at.lstrip("."), maxsplit=1)[0] if at else ""
+        if not key:
+            raise ConfigError(f"{path}: {message}") from None
+        choices = get_args(get_type_hints(Config).get(key))
+        if message.startswith("Invalid enum value") and choices:
+            message += f" (one of: {', '.join(choices)})"
+        raise ConfigError(f"{_where(path, lines, key)}: bad value for '{key}': {message}") from None
 
 
-def _with_line(message: str, text: str) -> str:
-    """Add the line of the offending key, which msgspec names as ``$.key``."""
-    if "`$." not in message:
-        return message
-    key = message.split("`$.", 1)[1].split("`", 1)[0].split(".")[0].split("[")[0]
+def resolve(config_file: Path | None = None, overrides: dict[str, tuple[Any, str]] | None = None) -> Resolved:
+    """Defaults, then the file, then ``overrides`` (``key -> (value, flag)`` from csmd's command line)."""
+    from_flag = config_file is not None
+    file = (config_file or paths.config_path()).expanduser().absolute()
+    cfg, lines, exists = _read(file)
+    if from_flag and not exists:
+        raise ConfigError(f"config file not found: {file}")  # named on purpose: a typo, not "no settings"
+    sources: dict[str, Setting] = {}
+    given = msgspec.structs.asdict(cfg)
+    defaults = msgspec.structs.asdict(Config())
+    for key in KEYS:
+        if key in lines:
+            sources[key] = Setting(value=given[key], source="file", where=f"{file}:{lines[key]}")
+        else:
+            sources[key] = Setting(value=defaults[key], source="default")
+    for key, (value, flag) in (overrides or {}).items():
+        sources[key] = Setting(value=value, source="command line", where=flag)
+
+    base = file.parent
+    roots = sources["roots"]
+    if roots.source == "default":
+        env = os.environ.get("CLAUDE_CONFIG_DIR", "").strip()
+        roots.value = [str(p.absolute()) for p in paths.claude_roots()]
+        if env:
+            roots.source, roots.where = "environment", "CLAUDE_CONFIG_DIR"
+    else:
+        roots.value = [str(_absolute(r, base if roots.source == "file" else None)) for r in roots.value]
+    db = sources["db"]
+    db.value = str(_absolute(db.value, base if db.source == "file" else None) if db.value else paths.db_path())
+    final = msgspec.convert({k: s.value for k, s in sources.items()}, Config)
+    return Resolved(config=final, file=str(file), file_exists=exists,
+                    file_source="command line" if from_flag else "default", sources=sources)
+
+
+def _absolute(p: str | Path, base: Path | None) -> Path:
+    path = Path(p).expanduser()
+    if not path.is_absolute():
+        path = (base or Path.cwd()) / path
+    return Path(os.path.normpath(path))
+
+
+_KEY = re.compile(r"""^\s*(?:"([^"]+)"|'([^']+)'|([A-Za-z0-9_-]+))\s*[=.]""")
+_TABLE = re.compile(r"""^\s*\[+\s*(?:"([^"]+)"|'([^']+)'|([A-Za-z0-9_-]+))""")
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """The line of each top-level key (tomllib keeps no positions); tables count as keys."""
+    lines: dict[str, int] = {}
+    in_table = False
     for number, line in enumerate(text.splitlines(), 1):
-        if line.split("=", 1)[0].strip() == key:
-            return f"line {number}: {message}"
-    return message
+        m = _TABLE.match(line)
+        if m:
+            in_table = True
+            name = next(g for g in m.groups() if g)
+            lines.setdefault(name, number)
+            continue
+        m = _KEY.match(line)
+        if m and not in_table:
+            lines.setdefault(next(g for g in m.groups() if g), number)
+    return lines
+
+
+def _where(path: Path, lines: dict[str, int], key: str) -> str:
+    return f"{path}:{lines[key]}" if key in lines else str(path)
+
+
+def _syntax_error(path: Path, text: str, message: str) -> str:
+    """``path:line: TOML syntax error: message (in 'key')`` from tomllib's ``... (at line N, column M)``."""
+    m = re.search(r"\(at (?:line (\d+), column \d+|end of document)\)$", message)
+    if not m:
+        return f"{path}: {message}"
+    number = int(m.group(1)) if m.group(1) else max(1, len(text.splitlines()))
+    message = message[: m.start()].rstrip()
+    source = text.splitlines()[number - 1] if number <= len(text.splitlines()) else ""
+    key = _KEY.match(source)
+    near = f" (in '{next(g for g in key.groups() if g)}')" if key else ""
+    return f"{path}:{number}: TOML syntax error: {message}{near}"

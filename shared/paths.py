@@ -41,6 +41,23 @@ def lock_path(db: Path) -> Path:
     return db.with_name(db.name + ".lock")
 
 
+def own_files(db: Path) -> list[Path]:
+    """Files csmd itself writes, which it must never read as transcripts, wherever they sit.
+
+    The database and its companions, the lock, and the files its stdout/stderr go to when a
+    service manager points them at a file (found through ``/proc/self/fd`` where there is one).
+    """
+    own = [db, *(db.with_name(db.name + suffix) for suffix in ("-wal", "-shm", "-journal")), lock_path(db)]
+    for fd in (1, 2):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("/") and Path(target).is_file():
+                own.append(Path(target))
+        except OSError:  # e.g. a log in a folder csmd may not look into: it cannot read it as a transcript either
+            continue
+    return own
+
+
 def config_path() -> Path:
     return Path(platformdirs.user_config_dir(APP, appauthor=False)) / "config.toml"
 

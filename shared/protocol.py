@@ -58,6 +58,55 @@ class UsageReport(Message, kw_only=True):
     project: str | None = None
 
 
+
+class GetConfig(Message, kw_only=True):
+    """The settings csmd runs with and where each came from (``csm config show``)."""
+
+
+class Fault(Message, kw_only=True):
+    """Break a part on purpose to test its recovery; csmd refuses it unless started with ``CSM_TEST_HOOKS=1``.
+
+    ``kill-watcher``: the watcher's dispatch thread dies of an exception, as watchdog's does
+    when a handler raises; ``stop-watcher``: the observer stops without a word.
+    """
+
+    action: str
+
+
+class Sessions(Message, kw_only=True):
+    """Sessions, most recent activity first. ``since``/``until`` are ISO-8601 UTC bounds."""
+
+    project: str | None = None
+    since: str | None = None
+    until: str | None = None
+    limit: int = 50
+
+
+class Show(Message, kw_only=True):
+    """One session's conversation; ``session`` may be a unique prefix of its id."""
+
+    session: str
+    full: bool = False
+
+
+class Search(Message, kw_only=True):
+    """Full-text search (FTS5 syntax) over prompts, answers and summaries, and tools if asked."""
+
+    text: str
+    project: str | None = None
+    since: str | None = None
+    until: str | None = None
+    include_tools: bool = False
+    limit: int = 20
+
+
+class Watch(Message, kw_only=True):
+    """Subscribe to new messages as csmd ingests them (all, one session and its subagents, or a project)."""
+
+    session: str | None = None
+    project: str | None = None
+
+
 class ListErrors(Message, kw_only=True):
     """The bad lines csmd skipped (``sync_errors``), by file and offset."""
 
@@ -72,7 +121,9 @@ class Export(Message, kw_only=True):
     format: str = "jsonl"
 
 
-Request = Status | Sync | Query | UsageReport | ListErrors | Export
+Request = (
+    Status | Sync | Query | UsageReport | GetConfig | Fault | Sessions | Show | Search | Watch | ListErrors | Export
+)
 
 
 # --- replies ------------------------------------------------------------------------
@@ -88,8 +139,13 @@ class Ok(Message, kw_only=True):
 
 
 class Backlog(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Work through a backlog, as files and bytes done of the total."""
+    """Work through a backlog, as files and bytes done of the total.
 
+    While ``counting`` the rescan is still listing files: the totals grow and nothing is done yet.
+    ``bytes_done`` moves with every committed batch, so it advances inside one large file too.
+    """
+
+    counting: bool = False
     files_done: int = 0
     files_total: int = 0
     bytes_done: int = 0
@@ -114,6 +170,7 @@ class StatusReply(Message, kw_only=True):
     errors: int
     last_sync_at: str | None = None
     watch_mode: str = "watching"
+    watcher_restarts: int = 0
     backlog: Backlog | None = None
     last_error: str | None = None
 
@@ -130,10 +187,32 @@ class SyncReply(Message, kw_only=True):
     seconds: float
 
 
+class Setting(msgspec.Struct, kw_only=True):
+    """One effective setting: its value and where it came from.
+
+    ``source`` is ``default``, ``file``, ``environment`` or ``command line``; ``where`` says
+    which (``/path/config.toml:3``, ``CLAUDE_CONFIG_DIR``, ``--root``).
+    """
+
+    value: Any
+    source: str
+    where: str = ""
+
+
+class ConfigReply(Message, kw_only=True):
+    pid: int
+    config_file: str
+    config_file_exists: bool
+    config_file_source: str = "default"
+    settings: dict[str, Setting]
+
+
 class Rows(Message, kw_only=True):
     columns: list[str]
     rows: list[list[Any]]
     truncated: bool = False
+    limit: str = ""
+    """When truncated, the limit that was hit: "rows" (the request's or csmd's row cap) or "bytes"."""
 
 
 class UsageRows(Message, kw_only=True):
@@ -144,6 +223,62 @@ class UsageRows(Message, kw_only=True):
     unpriced_models: list[str] = []
     prices_updated: str = ""
     tz: str = "UTC"
+
+
+class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One item of a conversation, as ``show``, ``export`` and ``watch`` print it.
+
+    ``kind``: user, assistant, tool (a call, with its result attached), tool_result (a result
+    whose call is not in the file), summary, compact (a compaction boundary) or subagent (the
+    header of a nested subagent session, whose entries follow one ``depth`` deeper).
+    """
+
+    kind: str
+    timestamp: str | None = None
+    text: str = ""
+    model: str | None = None
+    tool: str | None = None
+    detail: str | None = None
+    input: str | None = None
+    output: str | None = None
+    is_error: bool = False
+    session_id: str | None = None
+    project: str | None = None
+    depth: int = 0
+
+
+class SessionInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    session_id: str
+    project: str
+    title: str | None = None
+    cwd: str | None = None
+    started: str | None = None
+    last_activity: str | None = None
+    messages: int = 0
+    parent_session_id: str | None = None
+    file_present: bool = True
+    resume: str | None = None
+
+
+class Transcript(Message, kw_only=True):
+    session: SessionInfo
+    entries: list[Entry]
+
+
+class Watching(Message, kw_only=True):
+    """The subscription is live; ``Messages`` and ``Heartbeat`` follow until the daemon stops (``Ok``)."""
+
+    what: str
+    heartbeat_s: float
+
+
+class Messages(Message, kw_only=True):
+    entries: list[Entry]
+
+
+class Heartbeat(Message, kw_only=True):
+    missed: int = 0
+    """Messages dropped since the last delivery because this subscriber read too slowly."""
 
 
 class Chunk(Message, kw_only=True):
@@ -162,10 +297,13 @@ class ExportDone(Message, kw_only=True):
     chunks: int
 
 
-Reply = Error | Ok | StatusReply | Progress | SyncReply | Rows | UsageRows | Chunk | ExportDone
+Reply = (
+    Error | Ok | StatusReply | Progress | SyncReply | Rows | UsageRows | ConfigReply | Transcript | Watching | Messages
+    | Heartbeat | Chunk | ExportDone
+)
 
-FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows, ExportDone)
-"""Every other reply is streamed (``Progress``, ``Chunk``): more follow until a final one."""
+FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows, ConfigReply, Transcript, ExportDone)
+"""Every other reply is streamed (``Progress``, ``Chunk``, …): more follow until a final one."""
 
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(Request)

@@ -13,7 +13,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,10 +84,13 @@ def scalar(query: str) -> Any:
 class Csmd:
     """A real csmd subprocess with the test's environment."""
 
-    def __init__(self, tmp: Path, args: list[str] | None = None, prefix: list[str] | None = None) -> None:
+    def __init__(self, tmp: Path, args: list[str] | None = None, prefix: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        """``prefix`` runs csmd under another command (``unshare …``); ``env`` adds to the environment."""
         self.tmp = tmp
         self.args = args or []
-        self.prefix = prefix or []  # e.g. setpriv, to run csmd as another user
+        self.prefix = prefix or []
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = tmp / "csmd.log"
         self.starts = 0
@@ -97,7 +101,7 @@ class Csmd:
         log.write(f"--- start {self.starts}\n".encode())
         log.flush()
         self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "csm.daemon", *self.args, *(extra or [])],
-                                     stdout=log, stderr=log, env=dict(os.environ))
+                                     stdout=log, stderr=log, env={**os.environ, **self.env})
         log.close()
         if wait:
             self.wait_ready()
@@ -177,3 +181,28 @@ def all_raws(db: Path) -> dict[str, int]:
     from collections import Counter
 
     return dict(Counter(r[0] for r in db_rows(db, "SELECT raw FROM events")))
+
+
+def refused_start(csmd: Csmd) -> tuple[int, str]:
+    """Start csmd expecting it to refuse: its exit code and what it printed for this start."""
+    csmd.start(wait=False)
+    assert csmd.proc is not None
+    code = csmd.proc.wait(20)
+    csmd.proc = None
+    return code, csmd.log().rsplit(f"--- start {csmd.starts}\n", 1)[1]
+
+
+@contextmanager
+def raw_client(sock: Path | None = None) -> Iterator[Any]:
+    """A bare ZeroMQ DEALER on csmd's socket, for sending what the CLI never would."""
+    import zmq
+
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    try:
+        s.connect(f"ipc://{sock or Path(os.environ['XDG_RUNTIME_DIR']) / 'csm' / 'csmd.sock'}")
+        yield s
+    finally:
+        s.close()
+        ctx.term()

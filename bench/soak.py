@@ -1,0 +1,292 @@
+"""Soak: many live transcripts appended at a steady rate while clients keep asking.
+
+A real csmd on private temporary paths; ``--files`` transcripts appended round-robin
+at ``--rate`` lines/s in total for ``--seconds``, while ``--clients`` threads call
+status and a query in a loop over the real socket. It measures, from outside:
+
+- exactly once: every written line is a row, once (uuids are unique per line);
+- freshness: time from a line's write to its row being visible to a reader
+  (a separate process polling every 5 ms, so figures carry up to ~5 ms of polling delay);
+- csmd's peak RSS (``/proc/<pid>/status``), sampled every 0.25 s;
+- client answers: calls, failures, latency.
+
+Targets (issue 7): freshness p99 < 250 ms, RSS < 80 MB, every line once.
+
+    python bench/soak.py                      # the full run: 50 files, 2,000 lines/s, 60 s
+    python bench/soak.py --seconds 10 --json  # short, machine-readable (the test suite uses this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import multiprocessing.queues as mp_queue
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+TARGET_P99_MS = 250.0
+TARGET_RSS_MB = 80.0
+
+
+@dataclass
+class Result:
+    files: int
+    rate: float
+    seconds: float
+    written: int = 0
+    rows: int = 0
+    distinct: int = 0
+    bad_lines: int = 0
+    achieved_rate: float = 0.0
+    fresh_p50_ms: float = 0.0
+    fresh_p99_ms: float = 0.0
+    fresh_max_ms: float = 0.0
+    rss_start_mb: float = 0.0
+    rss_peak_mb: float = 0.0
+    client_calls: int = 0
+    client_failures: int = 0
+    client_p99_ms: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.rows == self.distinct == self.written and self.bad_lines == 0
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, int(p / 100 * len(s)))]
+
+
+def rss_mb(pid: int) -> float:
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if row.startswith("VmRSS:"):
+            return int(row.split()[1]) / 1024
+    return 0.0
+
+
+def transcript_line(session: str, seq: int) -> bytes:
+    """A user line of typical size (~600 bytes) with a unique uuid."""
+    obj = {
+        "parentUuid": f"{session}-{seq - 1}" if seq else None, "isSidechain": False, "userType": "external",
+        "cwd": "/home/me/project", "sessionId": session, "version": "2.0.0", "gitBranch": "main", "type": "user",
+        "message": {"role": "user", "content": f"line {seq} of {session}: " + "lorem ipsum dolor sit amet " * 14},
+        "uuid": f"{session}-{seq}", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+    }
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def observe(db: str, ready: Any, expected: mp_queue.Queue, out: mp_queue.Queue) -> None:
+    """In its own process (so the load's threads cannot delay it): when each row became visible.
+
+    Polls every 5 ms until it has seen as many rows as ``expected`` says were written
+    (or 30 s pass after that number arrives); ``time.monotonic`` is system-wide, so its
+    times compare with the writer's.
+    """
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    ready.set()
+    seen: dict[str, float] = {}
+    last = 0
+    total: int | None = None
+    deadline = float("inf")
+    while total is None or (len(seen) < total and time.monotonic() < deadline):
+        rows = conn.execute("SELECT id, uuid FROM events WHERE id > ? ORDER BY id", (last,)).fetchall()
+        now = time.monotonic()
+        for rowid, uuid in rows:
+            seen.setdefault(uuid, now)
+            last = rowid
+        if total is None and not expected.empty():
+            total = expected.get()
+            deadline = time.monotonic() + 30
+        time.sleep(0.005)
+    conn.close()
+    out.put(seen)
+
+
+class Soak:
+    def __init__(self, files: int, rate: float, seconds: float, clients: int) -> None:
+        self.result = Result(files=files, rate=rate, seconds=seconds)
+        self.clients = clients
+        self.work = Path(tempfile.mkdtemp(prefix="csm-soak-"))
+        self.run_dir = Path(tempfile.mkdtemp(prefix="csm-", dir="/tmp"))  # short: unix socket paths are limited
+        self.run_dir.chmod(0o700)
+        self.env = dict(os.environ, HOME=str(self.work / "home"), XDG_DATA_HOME=str(self.work / "data"),
+                        XDG_CONFIG_HOME=str(self.work / "config"), XDG_STATE_HOME=str(self.work / "state"),
+                        XDG_RUNTIME_DIR=str(self.run_dir), CLAUDE_CONFIG_DIR=str(self.work / "claude"))
+        self.projects = self.work / "claude" / "projects"
+        self.db = self.work / "data" / "csm" / "csm.db"
+        self.written_at: dict[str, float] = {}
+        self.seen_at: dict[str, float] = {}
+        self.writing = threading.Event()
+        self.latencies: list[float] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    # --- csmd -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.projects.mkdir(parents=True)
+        log = open(self.work / "csmd.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "csm.daemon"], env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while True:
+            r = subprocess.run([sys.executable, "-m", "csm.client", "status", "--json"], env=self.env,
+                               capture_output=True, text=True)
+            if r.returncode == 0 and json.loads(r.stdout).get("last_sync_at"):
+                return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"csmd did not start:\n{(self.work / 'csmd.log').read_text()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+        shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    # --- the load -------------------------------------------------------------------
+
+    def writer(self) -> None:
+        r = self.result
+        sessions = [f"s{i:02d}" for i in range(r.files)]
+        fds = []
+        for s in sessions:
+            (self.projects / f"-home-me-p{s}").mkdir()
+            fds.append(os.open(self.projects / f"-home-me-p{s}" / f"{s}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                               0o600))
+        seq = [0] * r.files
+        n = 0
+        start = time.monotonic()
+        self.writing.set()
+        while (elapsed := time.monotonic() - start) < r.seconds:
+            due = int(elapsed * r.rate)
+            while n < due:
+                i = n % r.files
+                data = transcript_line(sessions[i], seq[i])
+                os.write(fds[i], data)
+                self.written_at[f"{sessions[i]}-{seq[i]}"] = time.monotonic()
+                seq[i] += 1
+                n += 1
+            time.sleep(0.002)
+        r.written = n
+        r.achieved_rate = n / (time.monotonic() - start)
+        for fd in fds:
+            os.close(fd)
+        self.writing.clear()
+
+
+    def client(self) -> None:
+        from csm.client.transport import request
+        from csm.shared import paths, protocol
+
+        sock = Path(self.env["XDG_RUNTIME_DIR"]) / "csm" / paths.SOCKET_NAME
+        queries = ["SELECT count(*) FROM lines", "SELECT session_id, lines FROM sessions ORDER BY lines DESC LIMIT 5"]
+        i = 0
+        while self.writing.is_set():
+            msg = protocol.Status() if i % 2 == 0 else protocol.Query(sql=queries[i // 2 % 2])
+            t = time.monotonic()
+            try:
+                request(msg, timeout_s=5.0, sock=sock)
+                self.latencies.append(time.monotonic() - t)
+            except Exception as e:
+                self.result.client_failures += 1
+                self.result.failures.append(f"client: {type(e).__name__}: {e}")
+            self.result.client_calls += 1
+            i += 1
+            time.sleep(0.02)
+
+    def run(self) -> Result:
+        r = self.result
+        self.start()
+        assert self.proc is not None
+        r.rss_start_mb = rss_mb(self.proc.pid)
+        ctx = multiprocessing.get_context("spawn")
+        expected: mp_queue.Queue = ctx.Queue()
+        out: mp_queue.Queue = ctx.Queue()
+        ready = ctx.Event()
+        observer = ctx.Process(target=observe, args=(str(self.db), ready, expected, out), daemon=True)
+        observer.start()
+        if not ready.wait(30):
+            raise SystemExit("the observer process did not start")
+        writer = threading.Thread(target=self.writer, daemon=True)
+        writer.start()
+        self.writing.wait(10)
+        threads = [threading.Thread(target=self.client, daemon=True) for _ in range(self.clients)]
+        for t in threads:
+            t.start()
+        peak = r.rss_start_mb
+        while writer.is_alive():
+            peak = max(peak, rss_mb(self.proc.pid))
+            writer.join(0.25)
+        expected.put(r.written)
+        while observer.is_alive() and out.empty():
+            peak = max(peak, rss_mb(self.proc.pid))
+            time.sleep(0.05)
+        self.seen_at = out.get(timeout=60)
+        observer.join(10)
+        for t in threads:
+            t.join(10)
+        r.rss_peak_mb = round(peak, 1)
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        r.rows, r.distinct = conn.execute("SELECT count(*), count(DISTINCT uuid) FROM events").fetchone()
+        r.bad_lines = conn.execute("SELECT count(*) FROM sync_errors").fetchone()[0]
+        conn.close()
+        fresh = [(self.seen_at[u] - w) * 1000 for u, w in self.written_at.items() if u in self.seen_at]
+        r.fresh_p50_ms, r.fresh_p99_ms = round(pct(fresh, 50), 1), round(pct(fresh, 99), 1)
+        r.fresh_max_ms = round(max(fresh, default=0.0), 1)
+        r.client_p99_ms = round(pct(self.latencies, 99) * 1000, 1)
+        r.achieved_rate = round(r.achieved_rate, 1)
+        if self.proc.poll() is not None:
+            r.failures.append(f"csmd exited with {self.proc.returncode}")
+        return r
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=50)
+    ap.add_argument("--rate", type=float, default=2000.0, help="lines per second, all files together")
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    args = ap.parse_args()
+    soak = Soak(args.files, args.rate, args.seconds, args.clients)
+    try:
+        r = soak.run()
+    finally:
+        soak.stop()
+    verdicts = {
+        "every line once": r.exactly_once,
+        f"freshness p99 < {TARGET_P99_MS:g} ms": r.fresh_p99_ms < TARGET_P99_MS,
+        f"csmd RSS < {TARGET_RSS_MB:g} MB": r.rss_peak_mb < TARGET_RSS_MB,
+        "every client call answered": r.client_failures == 0 and r.client_calls > 0,
+    }
+    if args.json:
+        print(json.dumps({**asdict(r), "exactly_once": r.exactly_once, "verdicts": verdicts}))
+    else:
+        print(f"soak: {r.files} files, {r.written} lines in {r.seconds:g} s ({r.achieved_rate:g} lines/s, "
+              f"target {r.rate:g})")
+        print(f"  rows {r.rows}, distinct {r.distinct}, bad lines {r.bad_lines}")
+        print(f"  freshness p50 {r.fresh_p50_ms} ms, p99 {r.fresh_p99_ms} ms, max {r.fresh_max_ms} ms")
+        print(f"  csmd RSS {r.rss_start_mb:.1f} MB at start, peak {r.rss_peak_mb} MB")
+        print(f"  clients: {r.client_calls} calls, {r.client_failures} failed, p99 {r.client_p99_ms} ms")
+        for f in r.failures[:5]:
+            print(f"  ! {f}")
+        for name, ok in verdicts.items():
+            print(f"  {'PASS' if ok else 'FAIL'} {name}")
+    return 0 if all(verdicts.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Browsing commands: ``csm query sessions|show|search`` and ``csm watch``.
+
+Each sends one typed request to csmd and lays out the answer; the daemon does the work
+(daemon/browse.py, daemon/search.py, daemon/watch.py).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+import msgspec
+
+from csm.client import render, timespec
+from csm.client.transport import request, subscribe
+from csm.shared import protocol
+
+MARKS = ("\u00ab", "\u00bb")
+
+
+def _project_option(fn):  # type: ignore[no-untyped-def]
+    return click.option("--project", "-p", metavar="P",
+                        help="Only projects whose folder name contains P (e.g. 'myrepo').")(fn)
+
+
+def _tokens(n: Any) -> str:
+    return f"{n:,}" if isinstance(n, int) else ""
+
+
+def _cost(cost: Any, tokens: Any) -> str:
+    if isinstance(cost, (int, float)):
+        return f"${cost:,.2f}"
+    return "unpriced" if tokens else ""
+
+
+@click.command("sessions")
+@_project_option
+@timespec.since_option
+@click.option("--limit", "-n", type=click.IntRange(1), default=50, show_default=True, help="At most this many.")
+@render.format_options
+def sessions(project: str | None, since: str | None, until: str | None, limit: int, fmt: str | None) -> None:
+    """List sessions, most recent activity first.
+
+    Tokens and cost include the session's subagents; a session whose transcript Claude
+    Code has deleted is still listed (file: gone). Subagents are listed on their own
+    only when their parent session is not in the archive.
+
+    \b
+    Examples:
+      csm query sessions --since 7d
+      csm query sessions -p myrepo --json | jq '.[0].session_id'
+    """
+    reply = request(protocol.Sessions(project=project, since=since, until=until, limit=limit))
+    assert isinstance(reply, protocol.Rows)
+    if fmt is not None:
+        render.emit_rows(reply.columns, reply.rows, fmt)
+        return
+    cols = ["session", "project", "title", "started", "last activity", "msgs", "tokens", "cost", "file"]
+    rows = [[sid, proj, title, timespec.local(start), timespec.local(last), msgs, _tokens(tok), _cost(cost, tok),
+             "" if present else "gone"]
+            for sid, proj, title, start, last, msgs, tok, cost, present in reply.rows]
+    render.table(cols, rows)
+
+
+@click.command("show")
+@click.argument("session")
+@click.option("--full", is_flag=True, help="Include tool input and output.")
+@click.option("json_", "--json", is_flag=True, help="Output the conversation as JSON.")
+def show(session: str, full: bool, json_: bool) -> None:
+    """Show a session's conversation: prompts, answers, one line per tool call.
+
+    SESSION is a session id or a unique prefix of one (as git takes short hashes).
+    Subagents appear nested under the call that started them.
+
+    \b
+    Examples:
+      csm query show 29ccd257
+      csm query show 29ccd257 --full | less
+    """
+    from csm.client import transcript
+
+    reply = request(protocol.Show(session=session, full=full), timeout_s=30.0)
+    assert isinstance(reply, protocol.Transcript)
+    if json_:
+        render.emit_json(msgspec.to_builtins(reply))
+        return
+    color = sys.stdout.isatty()
+    for chunk in transcript.text(reply, color):
+        click.echo(chunk)
+
+
+@click.command("search")
+@click.argument("text")
+@_project_option
+@timespec.since_option
+@click.option("--include-tools", is_flag=True, help="Also search tool input and output (commands, files, results).")
+@click.option("--limit", "-n", type=click.IntRange(1, 1000), default=20, show_default=True, help="At most this many.")
+@render.format_options
+def search(text: str, project: str | None, since: str | None, until: str | None, include_tools: bool, limit: int,
+           fmt: str | None) -> None:
+    """Search prompts, answers and summaries (SQLite FTS5), best match first.
+
+    Words are ANDed; use OR, NOT, "an exact phrase", prefix* and NEAR(a b). Quote
+    anything with punctuation. Matches are stemmed: 'run' finds 'running'. Hits are
+    ranked by bm25 among the 1,000 most recent matches.
+
+    \b
+    Examples:
+      csm query search 'zeromq OR zmq' --since 30d
+      csm query search '"database is locked"' --include-tools -p myrepo
+    """
+    reply = request(protocol.Search(text=text, project=project, since=since, until=until,
+                                    include_tools=include_tools, limit=limit))
+    assert isinstance(reply, protocol.Rows)
+    if fmt is not None:
+        render.emit_rows(reply.columns, reply.rows, fmt)
+        return
+    color = sys.stdout.isatty()
+    if not reply.rows:
+        click.echo("no matches" + ("" if include_tools else " (--include-tools also searches tool input and output)"),
+                   err=True)
+        return
+    for sid, proj, ts, role, snippet, resume, cwd, score in reply.rows:
+        if color:
+            snippet = snippet.replace(MARKS[0], "\033[1;33m").replace(MARKS[1], "\033[0m")
+        head = f"{timespec.local(ts)}  {role:<9}  {sid}  {proj}"
+        click.echo(click.style(head, bold=True) if color else head)
+        click.echo("    " + " ".join((snippet or "").split()))
+        click.echo(f"    {resume}" + (f"   (in {cwd})" if cwd else ""))
+        click.echo()
+
+
+@click.command("watch")
+@click.argument("session", required=False)
+@_project_option
+@click.option("--jsonl", "jsonl", is_flag=True, help="Output one JSON object per message.")
+def watch(session: str | None, project: str | None, jsonl: bool) -> None:
+    """Print new messages as csmd ingests them: tail -f for all of Claude Code.
+
+    SESSION (an id or unique prefix) follows one session and its subagents; --project
+    follows a project; neither follows everything. Ctrl-C stops.
+
+    \b
+    Examples:
+      csm watch
+      csm watch 29ccd257
+      csm watch -p myrepo --jsonl | jq -r .text
+    """
+    from csm.client import transcript
+
+    color = sys.stdout.isatty()
+    missed = 0
+    try:
+        for msg in subscribe(protocol.Watch(session=session, project=project)):
+            if isinstance(msg, protocol.Watching):
+                click.echo(f"csm: watching {msg.what} (Ctrl-C to stop)", err=True)
+            elif isinstance(msg, protocol.Messages):
+                for e in msg.entries:
+                    if jsonl:
+                        click.echo(msgspec.json.encode(e).decode())
+                    else:
+                        click.echo(transcript.entry_text(e, color, show_session=True))
+                sys.stdout.flush()
+            elif isinstance(msg, protocol.Heartbeat) and msg.missed > missed:
+                click.echo(f"csm: {msg.missed - missed} updates dropped: output was read too slowly", err=True)
+                missed = msg.missed
+            elif isinstance(msg, protocol.Ok):
+                click.echo(f"csm: {msg.message}", err=True)
+    except KeyboardInterrupt:
+        sys.exit(130)

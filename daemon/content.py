@@ -1,0 +1,93 @@
+"""The blocks of a message's ``content``: typed, lenient, and cheap to skip.
+
+``message.content`` is a string (a typed prompt) or a list of blocks: ``text``,
+``thinking``, ``tool_use`` (``input`` is any JSON), ``tool_result`` (``content`` is a
+string or a list of ``text``/``image`` blocks), ``image``. Tool inputs and outputs
+stay ``msgspec.Raw`` until someone asks for them, so a reader that wants only the
+prose (the search index's default table) never builds the large strings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Block(msgspec.Struct):
+    type: str = ""
+    text: str | None = None
+    thinking: str | None = None
+    id: str | None = None
+    name: str | None = None
+    input: msgspec.Raw = msgspec.Raw()
+    tool_use_id: str | None = None
+    content: msgspec.Raw = msgspec.Raw()
+    is_error: bool | None = None
+
+
+_content = msgspec.json.Decoder(str | list[Block])
+_any = msgspec.json.Decoder()
+
+
+def blocks(raw: msgspec.Raw | bytes | None) -> list[Block]:
+    """The content as blocks (a string becomes one ``text`` block); odd shapes are dropped, not fatal."""
+    if not raw:
+        return []
+    try:
+        value = _content.decode(raw)
+    except msgspec.ValidationError:
+        return _lenient(raw)
+    except msgspec.DecodeError:
+        return []
+    return [Block(type="text", text=value)] if isinstance(value, str) else value
+
+
+def _lenient(raw: msgspec.Raw | bytes) -> list[Block]:
+    value = decode_any(raw)
+    if not isinstance(value, list):
+        return []
+    out = []
+    for item in value:
+        if isinstance(item, dict):
+            try:
+                out.append(msgspec.convert(item, Block))
+            except msgspec.ValidationError:
+                t = item.get("type")
+                out.append(Block(type=t if isinstance(t, str) else ""))
+        elif isinstance(item, str):
+            out.append(Block(type="text", text=item))
+    return out
+
+
+def decode_any(raw: msgspec.Raw | bytes | None) -> Any:
+    if not raw:
+        return None
+    try:
+        return _any.decode(raw)
+    except msgspec.DecodeError:
+        return None
+
+
+def result_text(block: Block) -> str:
+    """A ``tool_result``'s output as text; images and other media are left out."""
+    value = decode_any(block.content)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = [b.get("text") for b in value if isinstance(b, dict) and b.get("type") == "text"]
+        return "\n".join(p for p in parts if isinstance(p, str))
+    return ""
+
+
+def strings(value: Any, out: list[str]) -> list[str]:
+    """Every string inside a JSON value (a tool's input), in order: what a person would search for."""
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            strings(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            strings(v, out)
+    return out

@@ -1,0 +1,316 @@
+"""Full-text search: the index the writer keeps current, and the query that reads it.
+
+Two FTS5 tables (migration m004_search), both keyed by ``events.id``:
+
+- ``search_text``: prompts, answers and summaries, the text a person remembers. It is an
+  external-content table over ``message_text`` (which the public ``messages`` view reads
+  too), so the text is stored once and ``snippet()`` works.
+- ``search_tools``: tool input and output, most of a transcript's bytes and noise for most
+  searches, so it is searched only with ``--include-tools``. It is contentless (only the
+  index is stored); its snippets are made at query time by indexing the few hits' text in
+  a scratch in-memory FTS5 table and running the same MATCH there, so the highlighting is
+  exactly FTS5's. Each line's tool text is capped at ``TOOL_TEXT_MAX`` characters.
+
+The sink does its work in the batch's transaction (``Ingestor.sinks``): a line and its
+index entries are committed together, so search never misses or doubles a stored line.
+Progress lines are not indexed: the subagent messages they embed are in the subagent's
+own file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from csm.daemon.browse import time_limit
+from csm.daemon.content import blocks, decode_any, result_text, strings
+from csm.daemon.parse import BadLine, LineView, parse
+from csm.daemon.store import FileRow, Store
+from csm.shared.errors import QueryError
+from csm.shared.protocol import Rows, Search
+
+log = logging.getLogger("csm.search")
+
+TOKENIZE = "porter unicode61 remove_diacritics 2"
+TOOL_TEXT_MAX = 16 * 1024
+BACKFILL_BATCH = 2000
+MARK_START, MARK_END = "\u00ab", "\u00bb"  # « », made bold on a terminal by the CLI
+SNIPPET_TOKENS = 16
+CANDIDATES = 1000
+
+
+def extract(v: LineView, tools: bool = True) -> tuple[str | None, str, str | None]:
+    """(role, prose, tool text) of a line; role None when it has nothing to index.
+
+    With ``tools`` false the tool blocks are not read, and the tool text is None when there were any.
+    """
+    if v.type == "summary":
+        return ("summary", v.summary, "") if v.summary else (None, "", "")
+    if v.type not in ("user", "assistant") or v.message is None or v.is_meta:
+        return None, "", ""
+    prose: list[str] = []
+    tool: list[str] = []
+    skipped = False
+    for b in blocks(v.message.content):
+        if b.type == "text" and b.text:
+            prose.append(b.text)
+        elif b.type not in ("tool_use", "tool_result"):
+            continue
+        elif not tools:
+            skipped = True
+        elif b.type == "tool_use":
+            tool.append(b.name or "")
+            strings(decode_any(b.input), tool)
+        else:
+            tool.append(result_text(b))
+    text = None if skipped else "\n".join(tool)[:TOOL_TEXT_MAX]
+    return v.type, "\n".join(prose), text
+
+
+class SearchIndex:
+    """The ``Sink`` that keeps ``message_text``, ``search_text`` and ``search_tools`` current.
+
+    ``defer_tools`` says whether to leave the tool text of new lines to ``catch_up`` (while
+    a large backlog is read): the prose is indexed with the lines either way.
+    """
+
+    def __init__(self, defer_tools: Callable[[], bool] = lambda: False) -> None:
+        self.defer_tools = defer_tools
+        self.texts: list[tuple[int, str, str | None, str, str | None, str]] = []
+        self.tools: list[tuple[int, str]] = []
+        self.pending: list[tuple[int]] = []
+
+    def add(self, event_id: int, f: FileRow, view: LineView, line: bytes) -> None:
+        self._collect(event_id, f.session_key, view, tools=not self.defer_tools())
+
+    def _collect(self, event_id: int, session_id: str, view: LineView, tools: bool = True) -> None:
+        role, prose, tool = extract(view, tools)
+        if role is None:
+            return
+        if prose.strip():
+            self.texts.append((event_id, session_id, view.timestamp, role,
+                               view.message.id if view.message else None, prose))
+        if tool is None:
+            self.pending.append((event_id,))
+        elif tool.strip():
+            self.tools.append((event_id, tool))
+
+    def write(self, store: Store) -> None:
+        conn = store.conn
+        if self.texts:
+            conn.executemany("INSERT INTO message_text (event_id, session_id, timestamp, role, message_id, text) "
+                             "VALUES (?,?,?,?,?,?)", self.texts)
+            conn.executemany("INSERT INTO search_text (rowid, text) VALUES (?,?)", [(r[0], r[5]) for r in self.texts])
+        if self.tools:
+            conn.executemany("INSERT INTO search_tools (rowid, text) VALUES (?,?)", self.tools)
+        if self.pending:
+            conn.executemany("INSERT INTO search_tools_pending (event_id) VALUES (?)", self.pending)
+
+    def clear(self) -> None:
+        self.texts.clear()
+        self.tools.clear()
+        self.pending.clear()
+
+    def catch_up(self, store: Store, stop: Callable[[], bool]) -> None:
+        """Index the tool text left for later (newest first), a batch per transaction, until ``stop``.
+
+        Runs on the ingest thread between jobs; it yields as soon as new work waits, and the
+        next round goes on where it stopped.
+        """
+        done = 0
+        while not stop():
+            batch = store.conn.execute(
+                "SELECT p.event_id, e.raw FROM search_tools_pending p JOIN events e ON e.id = p.event_id "
+                "ORDER BY p.event_id DESC LIMIT ?", (BACKFILL_BATCH,)).fetchall()
+            if not batch:
+                break
+            for event_id, raw in batch:
+                try:
+                    text = extract(parse(raw.encode()))[2]
+                except BadLine:
+                    continue
+                if text and text.strip():
+                    self.tools.append((event_id, text))
+            try:
+                with store.transaction():
+                    self.write(store)
+                    store.conn.executemany("DELETE FROM search_tools_pending WHERE event_id = ?",
+                                           [(r[0],) for r in batch])
+            finally:
+                self.clear()
+            done += len(batch)
+        if done:
+            log.info("search index: indexed the tool text of %d lines", done)
+
+    def backfill(self, store: Store, stopping: threading.Event) -> None:
+        """Index the lines stored before the index existed (newest first), one transaction per batch.
+
+        It runs on the ingest thread before a rescan, so it stops with csmd and resumes on the next start.
+        """
+        done = 0
+        while not stopping.is_set():
+            row = store.conn.execute("SELECT pending_below FROM search_backfill").fetchone()
+            below = row[0] if row else 0
+            if not below:
+                break
+            batch = store.conn.execute(
+                "SELECT e.id, e.raw, m.session_key FROM events e JOIN sync_metadata m ON m.file_id = e.file_id "
+                "WHERE e.id < ? ORDER BY e.id DESC LIMIT ?", (below, BACKFILL_BATCH)).fetchall()
+            for event_id, raw, session_id in batch:
+                try:
+                    self._collect(event_id, session_id, parse(raw.encode()))
+                except BadLine:
+                    continue
+            try:
+                with store.transaction():
+                    self.write(store)
+                    store.conn.execute("UPDATE search_backfill SET pending_below = ?",
+                                       (batch[-1][0] if len(batch) == BACKFILL_BATCH else 0,))
+            finally:
+                self.clear()
+            done += len(batch)
+        if done:
+            log.info("search index: indexed %d lines stored before it existed", done)
+
+
+# --- queries ---------------------------------------------------------------------------
+
+_scratch = threading.local()
+
+
+def _scratch_conn() -> sqlite3.Connection:
+    conn = getattr(_scratch, "conn", None)
+    if conn is None:
+        conn = _scratch.conn = sqlite3.connect(":memory:", check_same_thread=False)
+        conn.execute(f"CREATE VIRTUAL TABLE search USING fts5(text, tokenize='{TOKENIZE}')")
+    return conn
+
+
+def _filters(req: Search) -> tuple[str, list[Any]]:
+    sql, params = "", []
+    if req.project:
+        sql += " AND instr(m.project, ?) > 0"
+        params.append(req.project)
+    if req.since:
+        sql += " AND e.timestamp >= ?"
+        params.append(req.since)
+    if req.until:
+        sql += " AND e.timestamp < ?"
+        params.append(req.until)
+    return sql, params
+
+
+_COLUMNS = ["session_id", "project", "timestamp", "role", "snippet", "resume", "cwd", "score"]
+# CROSS JOIN keeps the FTS table the outer loop: the planner must never scan events first.
+_JOIN = "CROSS JOIN events e ON e.id = s.rowid CROSS JOIN sync_metadata m ON m.file_id = e.file_id"
+
+
+def _candidates(conn: sqlite3.Connection, table: str, req: Search) -> list[tuple[int, float]]:
+    """(event id, bm25) of the ``CANDIDATES`` most recent matches that pass the filters.
+
+    bm25 costs a few microseconds a match, so ranking every match of a common word in a
+    large archive would take seconds; the most recent matches are ranked instead, which is
+    exact whenever a query matches fewer lines than that, and otherwise favours recent work.
+    """
+    where, params = _filters(req)
+    sql = (f"SELECT s.rowid, bm25({table}) FROM {table} s {_JOIN if where else ''} "
+           f"WHERE {table} MATCH ?{where} ORDER BY s.rowid DESC LIMIT ?")
+    try:
+        return conn.execute(sql, [req.text, *params, CANDIDATES]).fetchall()
+    except sqlite3.OperationalError as e:
+        raise _search_error(req.text, str(e)) from None
+
+
+def _rows(conn: sqlite3.Connection, table: str, req: Search, best: list[tuple[int, float]]) -> list[list[Any]]:
+    """The result rows of the chosen hits, best first; prose hits get FTS5's snippet."""
+    if not best:
+        return []
+    if table == "search_text":
+        role = "(SELECT role FROM message_text t WHERE t.event_id = s.rowid)"
+        snippet = f"snippet(search_text, 0, '{MARK_START}', '{MARK_END}', '…', {SNIPPET_TOKENS})"
+    else:
+        role, snippet = "'tool'", "''"  # contentless: the snippet is made by _tool_snippets
+    # One statement per hit: FTS5 seeks straight to a rowid given with '=', not with IN.
+    sql = (f"SELECT m.session_key, m.project, e.timestamp, {role}, {snippet}, "
+           "'claude --resume ' || COALESCE(m.parent_session, m.session_key), "
+           "(SELECT cwd FROM session_stats st WHERE st.session_id = m.session_key) "
+           f"FROM {table} s {_JOIN} WHERE {table} MATCH ? AND s.rowid = ?")
+    found = {i: conn.execute(sql, (req.text, i)).fetchone() for i, _ in best}
+    rows = [[*found[i], score] for i, score in best if found[i]]
+    if table == "search_tools":
+        _tool_snippets(conn, rows, [i for i, _ in best if found[i]], req.text)
+    return rows
+
+
+def _search_error(text: str, message: str) -> QueryError:
+    """An error of a MATCH is the query's fault (the SQL around it is csm's): say how to write it."""
+    if message == "interrupted":
+        return QueryError("search stopped at its time limit; make it more specific")
+    detail = message.removeprefix("fts5: ")
+    return QueryError(
+        f"search syntax error in {text!r}: {detail}. Words are ANDed; use OR, NOT, \"exact phrase\", prefix*; "
+        "quote anything with punctuation, e.g. '\"foo-bar.py\"'"
+    )
+
+
+def _tool_snippets(conn: sqlite3.Connection, rows: list[list[Any]], ids: list[int], query: str) -> None:
+    """Fill in each tool hit's snippet, from its tool text indexed in a scratch table."""
+    if not rows:
+        return
+    raws = dict(conn.execute(f"SELECT id, raw FROM events WHERE id IN ({','.join('?' * len(ids))})", ids))
+    scratch = _scratch_conn()
+    scratch.execute("DELETE FROM search")
+    docs = []
+    for i in ids:
+        try:
+            docs.append((i, extract(parse(raws[i].encode()))[2] or ""))
+        except (BadLine, KeyError):
+            continue
+    scratch.executemany("INSERT INTO search (rowid, text) VALUES (?,?)", docs)
+    snippets = dict(scratch.execute(
+        f"SELECT rowid, snippet(search, 0, '{MARK_START}', '{MARK_END}', '…', {SNIPPET_TOKENS}) "
+        "FROM search WHERE search MATCH ?", (query,)))
+    for r, i in zip(rows, ids):
+        r[4] = snippets.get(i, "")
+
+
+def _as_words(text: str) -> str:
+    """Each whitespace-separated word as an FTS5 string: ``phx.server`` then finds the words phx server."""
+    return " ".join('"' + w.replace('"', '""') + '"' for w in text.split())
+
+
+def search(conn: sqlite3.Connection, req: Search) -> Rows:
+    """The best ``limit`` hits by bm25; with tools, the two tables' candidates ranked together.
+
+    ``text`` is an FTS5 query. When it is not valid FTS5 and uses no quotes (``phx.server``,
+    ``foo-bar``), it is read as plain words instead, which is what such a search means.
+    """
+    if not req.text.strip():
+        raise QueryError("nothing to search for")
+    with time_limit(conn):
+        return _search(conn, req)
+
+
+def _search(conn: sqlite3.Connection, req: Search) -> Rows:
+    try:
+        found = {"search_text": _candidates(conn, "search_text", req)}
+    except QueryError:
+        if '"' in req.text:
+            raise
+        req = msgspec.structs.replace(req, text=_as_words(req.text))  # plain words are always valid FTS5
+        found = {"search_text": _candidates(conn, "search_text", req)}
+    if req.include_tools:
+        found["search_tools"] = _candidates(conn, "search_tools", req)
+    ranked = sorted(((score, table, i) for table, hits in found.items() for i, score in hits))[: req.limit]
+    rows: list[list[Any]] = []
+    for table in found:
+        rows += _rows(conn, table, req, [(i, score) for score, t, i in ranked if t == table])
+    rows.sort(key=lambda r: r[-1])
+    for r in rows:
+        r[-1] = round(-r[-1], 3)  # bm25 is lower-is-better; show higher-is-better
+    return Rows(columns=_COLUMNS, rows=rows)

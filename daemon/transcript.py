@@ -1,0 +1,186 @@
+"""A transcript's lines turned into a readable conversation (``Entry`` items).
+
+Claude Code writes one line per content block, so one assistant response is several
+lines sharing ``message.id``; they are merged, in file order, into one ``assistant``
+entry (its text) followed by its tool calls. A tool call gets its result attached
+(matched by ``tool_use_id``), so a conversation reads as call, outcome, next turn.
+Everything else that is not conversation (progress, hooks, snapshots, meta lines) is
+left out; the raw lines stay available through ``csm export --raw`` and ``lines``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+
+import msgspec
+
+from csm.daemon.content import Block, blocks, decode_any, result_text, strings
+from csm.shared.protocol import Entry
+
+DETAIL_MAX = 120
+_COMMAND = re.compile(r"<command-name>(.*?)</command-name>.*?(?:<command-args>(.*?)</command-args>)?", re.S)
+# The input field that says what a tool call does, for well-known tools.
+_KEY_FIELD = {
+    "Bash": "command", "Read": "file_path", "Write": "file_path", "Edit": "file_path", "MultiEdit": "file_path",
+    "NotebookEdit": "notebook_path", "Glob": "pattern", "Grep": "pattern", "Task": "description",
+    "Agent": "description", "WebFetch": "url", "WebSearch": "query", "Skill": "skill",
+}
+
+
+class _Message(msgspec.Struct):
+    id: str | None = None
+    model: str | None = None
+    content: msgspec.Raw = msgspec.Raw()
+
+
+class _Line(msgspec.Struct, rename="camel"):
+    type: str | None = None
+    timestamp: str | None = None
+    is_meta: bool | None = None
+    is_compact_summary: bool | None = None
+    subtype: str | None = None
+    summary: str | None = None
+    message: _Message | None = None
+    tool_use_result: msgspec.Raw = msgspec.Raw()
+
+
+_line = msgspec.json.Decoder(_Line)
+
+
+def _parse(raw: str | bytes) -> _Line | None:
+    try:
+        return _line.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def one_line(text: str, limit: int = DETAIL_MAX) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def tool_detail(name: str, value: object) -> str:
+    """What a tool call does, in one line: its command, path, pattern or description."""
+    if isinstance(value, dict):
+        key = _KEY_FIELD.get(name)
+        if key and isinstance(value.get(key), str):
+            return one_line(value[key])
+        if name == "TodoWrite" and isinstance(value.get("todos"), list):
+            return f"{len(value['todos'])} items"
+    return one_line(" ".join(strings(value, [])))
+
+
+def _user_text(text: str) -> str:
+    """Slash commands arrive wrapped in tags; show them as typed."""
+    m = _COMMAND.search(text) if text.startswith("<command-") else None
+    if m:
+        return f"{m.group(1)} {m.group(2) or ''}".strip()
+    return text.strip()
+
+
+def _agent_id(line: _Line) -> str | None:
+    value = decode_any(line.tool_use_result)
+    agent = value.get("agentId") if isinstance(value, dict) else None
+    return agent if isinstance(agent, str) else None
+
+
+class Builder:
+    """Feeds lines in file order; ``entries`` is the conversation so far.
+
+    ``full`` keeps tool input (pretty JSON) and output; otherwise a call is one line.
+    ``spawned`` collects (entry index, agent id) for tool results that name a subagent,
+    so the caller can nest that subagent's session right after the call.
+    """
+
+    def __init__(self, full: bool, depth: int = 0, session_id: str | None = None, project: str | None = None):
+        self.full = full
+        self.depth = depth
+        self.session_id = session_id
+        self.project = project
+        self.entries: list[Entry] = []
+        self.spawned: list[tuple[int, str]] = []
+        self._calls: dict[str, tuple[int, Entry]] = {}
+        self._assistant: dict[str, Entry] = {}
+
+    def _entry(self, kind: str, ts: str | None, **kw: object) -> Entry:
+        e = Entry(kind=kind, timestamp=ts, depth=self.depth, session_id=self.session_id, project=self.project,
+                  **kw)  # type: ignore[arg-type]
+        self.entries.append(e)
+        return e
+
+    def add(self, raw: str | bytes) -> None:
+        line = _parse(raw)
+        if line is None:
+            return
+        ts = line.timestamp
+        if line.type == "summary" and line.summary:
+            self._entry("summary", ts, text=line.summary)
+        elif line.type == "system" and line.subtype == "compact_boundary":
+            self._entry("compact", ts, text="conversation compacted")
+        elif line.message is None or line.is_meta:
+            return
+        elif line.type == "user":
+            self._user(line, ts)
+        elif line.type == "assistant":
+            self._assistant_line(line, ts)
+
+    def _user(self, line: _Line, ts: str | None) -> None:
+        texts = []
+        for b in blocks(line.message.content if line.message else None):
+            if b.type == "text" and b.text:
+                texts.append(b.text)
+            elif b.type == "tool_result":
+                self._result(b, line, ts)
+        text = "\n".join(texts).strip()
+        if not text:
+            return
+        if line.is_compact_summary:
+            self._entry("summary", ts, text=text)
+        else:
+            self._entry("user", ts, text=_user_text(text))
+
+    def _result(self, b: Block, line: _Line, ts: str | None) -> None:
+        index, call = self._calls.get(b.tool_use_id or "", (-1, None))
+        if call is None:
+            e = self._entry("tool_result", ts, is_error=bool(b.is_error))
+            if self.full:
+                e.output = result_text(b)
+            return
+        call.is_error = bool(b.is_error)
+        if self.full:
+            call.output = result_text(b)
+        agent = _agent_id(line)
+        if agent:
+            self.spawned.append((index, agent))
+
+    def _assistant_line(self, line: _Line, ts: str | None) -> None:
+        msg = line.message
+        assert msg is not None
+        model = msg.model if msg.model and not msg.model.startswith("<") else None
+        head = self._assistant.get(msg.id) if msg.id else None
+        for b in blocks(msg.content):
+            if b.type == "text" and b.text and b.text.strip():
+                if head is None:
+                    head = self._entry("assistant", ts, text=b.text.strip(), model=model)
+                    if msg.id:
+                        self._assistant[msg.id] = head
+                else:
+                    head.text = f"{head.text}\n\n{b.text.strip()}" if head.text else b.text.strip()
+            elif b.type == "tool_use":
+                name = b.name or "?"
+                value = decode_any(b.input)
+                e = self._entry("tool", ts, tool=name, detail=tool_detail(name, value), model=model)
+                if self.full:
+                    e.input = json.dumps(value, indent=2, ensure_ascii=False)
+                if b.id:
+                    self._calls[b.id] = (len(self.entries) - 1, e)
+
+
+def build(lines: Iterable[str | bytes], full: bool, depth: int = 0, session_id: str | None = None,
+          project: str | None = None) -> Builder:
+    b = Builder(full, depth, session_id, project)
+    for raw in lines:
+        b.add(raw)
+    return b

@@ -1,0 +1,111 @@
+"""``csm watch``: new messages pushed to subscribers as the writer commits them.
+
+The ingest thread calls ``on_commit`` after each batch; matching subscribers get one
+``Messages`` reply each through the server's thread-safe ``post``, which only queues, so
+ingestion never waits for a client. The socket does the rest: a subscriber that reads too
+slowly fills its pipe (the ROUTER's send high-water mark) and further messages to it are
+dropped and counted (reported in the next ``Heartbeat``); one that went away makes the
+send fail with EHOSTUNREACH (ROUTER_MANDATORY) and is forgotten. Heartbeats every
+``HEARTBEAT_S`` let a client notice a dead daemon, and the daemon a dead client.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from typing import Any
+
+from csm.daemon.server import Envelope, Server
+from csm.daemon.store import FileRow
+from csm.daemon.transcript import Builder, one_line
+from csm.shared.protocol import Heartbeat, Messages, Ok, Watching
+
+log = logging.getLogger("csm.watch")
+
+HEARTBEAT_S = 2.0
+TEXT_MAX = 2000
+_CONVERSATION = frozenset({"user", "assistant", "summary", "system"})
+
+
+class Subscriber:
+    def __init__(self, envelope: Envelope, session: str | None, project: str | None) -> None:
+        self.envelope = envelope
+        self.session = session
+        self.project = project
+        self.missed = 0
+
+    def wants(self, f: FileRow) -> bool:
+        if self.session is not None and self.session not in (f.session_key, f.parent_session):
+            return False
+        return self.project is None or self.project in f.project
+
+
+class Watchers:
+    def __init__(self, server: Server, heartbeat_s: float = HEARTBEAT_S) -> None:
+        self.server = server
+        self.heartbeat_s = heartbeat_s
+        self.lock = threading.Lock()
+        self.subs: dict[bytes, Subscriber] = {}
+        self.next_beat = 0.0
+        server.dropped.append(self.dropped)
+
+    def add(self, envelope: Envelope, session: str | None, project: str | None) -> None:
+        what = f"session {session}" if session else f"project *{project}*" if project else "all sessions"
+        with self.lock:
+            self.subs[envelope[0]] = Subscriber(envelope, session, project)
+        self.server.post(envelope, Watching(what=what, heartbeat_s=self.heartbeat_s))
+
+    def dropped(self, envelope: Envelope, err: int) -> None:
+        """The server could not deliver to this peer (main thread)."""
+        with self.lock:
+            sub = self.subs.get(envelope[0])
+            if sub is None:
+                return
+            if err == errno.EHOSTUNREACH:
+                del self.subs[envelope[0]]
+                log.info("watch: a subscriber went away (%d left)", len(self.subs))
+            else:
+                sub.missed += 1
+
+    def on_commit(self, f: FileRow, rows: list[tuple[Any, ...]]) -> None:
+        """After each commit (ingest thread): push the batch's messages to whoever wants them."""
+        if not self.subs or not rows:
+            return
+        with self.lock:
+            targets = [s.envelope for s in self.subs.values() if s.wants(f)]
+        if not targets:
+            return
+        b = Builder(full=False, session_id=f.session_key, project=f.project)
+        for r in rows:
+            if r[7] in _CONVERSATION:
+                b.add(r[9])
+        if not b.entries:
+            return
+        for e in b.entries:
+            if len(e.text) > TEXT_MAX:
+                e.text = one_line(e.text, TEXT_MAX)
+        msg = Messages(entries=b.entries)
+        for envelope in targets:
+            self.server.post(envelope, msg)
+
+    def tick(self) -> float | None:
+        """Heartbeats (main thread, after every wake-up); returns the seconds until the next one."""
+        if not self.subs:
+            return None
+        now = time.monotonic()
+        if now >= self.next_beat:
+            self.next_beat = now + self.heartbeat_s
+            with self.lock:
+                subs = list(self.subs.values())
+            for s in subs:
+                self.server.post(s.envelope, Heartbeat(missed=s.missed))
+        return max(0.0, self.next_beat - now)
+
+    def stop(self) -> None:
+        """The daemon is stopping: end every subscription cleanly."""
+        with self.lock:
+            subs, self.subs = list(self.subs.values()), {}
+        for s in subs:
+            self.server.post(s.envelope, Ok(message="csmd stopped"))

@@ -1,0 +1,209 @@
+"""Faults csmd must ride out or report: a full disk, a database locked by someone else,
+a damaged database, one written by a newer csm."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from csmtest import Csmd, csm_json, db_rows, refused_start, run_csm, wait_for
+from test_end_to_end import append, line
+
+
+def uuids(db: Path) -> list[str]:
+    return [r[0] for r in db_rows(db, "SELECT uuid FROM events ORDER BY uuid")]
+
+
+def expected(n: int, start: int = 0) -> list[str]:
+    return sorted(f"u{i}" for i in range(start, n))
+
+
+def fat_line(i: int) -> bytes:
+    return line(i, extra="x" * 400)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1.5 MB filesystem (tmpfs) for the database; needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k,mode=0700", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+class TestDiskFull:
+    def test_full_disk_rolls_back_backs_off_and_resumes_when_space_returns(
+        self, small_disk: Path, tmp_path: Path, projects: Path
+    ) -> None:
+        db = small_disk / "csm.db"
+        csmd = Csmd(tmp_path, ["--db", str(db)])
+        f = projects / "p" / "s.jsonl"
+        append(f, b"".join(fat_line(i) for i in range(100)))
+        csmd.start()
+        try:
+            assert uuids(db) == expected(100)
+            append(f, b"".join(fat_line(i) for i in range(100, 6000)))  # ~2.6 MB: more than the disk holds
+            status = wait_for(lambda: (s := csm_json("status")).get("last_error") and s, 20, "the error in status")
+            assert "full" in status["last_error"], status["last_error"]
+            human = run_csm("status")
+            assert human.returncode == 0 and re.search(r"^error\s+database: .*full", human.stdout, re.M), human.stdout
+            # Each failed batch rolled back with its checkpoint: rows match the checkpoint exactly.
+            offset = db_rows(db, "SELECT last_position FROM sync_metadata")[0][0]
+            stored = db_rows(db, "SELECT count(*) FROM events")[0][0]
+            assert f.read_bytes()[:offset].count(b"\n") == stored
+            assert stored < 6000
+            # Exponential backoff, 0.5, 1, 2 s … between attempts, even while appends keep
+            # arriving (each one a hint that must not cut the pause short).
+            written = [6000]
+            keep_writing = threading.Event()
+
+            def writer() -> None:
+                while not keep_writing.wait(0.1):
+                    append(f, fat_line(written[0]))
+                    written[0] += 1
+
+            t = threading.Thread(target=writer)
+            t.start()
+            try:
+                wait_for(lambda: "retrying in 2.0 s" in csmd.log(), 30, "the backoff to reach 2 s")
+            finally:
+                keep_writing.set()
+                t.join()
+            failures = re.findall(r"^(\S+ \S+) ERROR csm.sync: database: .*full.*retrying in ([\d.]+) s$",
+                                  csmd.log(), re.M)
+            delays = [float(d) for _, d in failures]
+            assert delays[:3] == [0.5, 1.0, 2.0], delays
+            times = [datetime.strptime(ts, "%Y-%m-%d %H:%M:%S,%f") for ts, _ in failures]
+            for (before, delay), after in zip(zip(times, delays), times[1:]):
+                assert (after - before).total_seconds() >= delay * 0.9, (failures, "a retry came early")
+            assert csmd.alive
+            subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+            total = written[0]
+            wait_for(lambda: db_rows(db, "SELECT count(*) FROM events")[0][0] == total, 30, "ingestion to resume")
+            assert uuids(db) == expected(total), "every line once"
+            wait_for(lambda: csm_json("status").get("last_error") is None, 10, "the error to clear")
+            assert "ingestion resumed" in csmd.log()
+        finally:
+            if csmd.alive:
+                assert csmd.stop() == 0
+
+
+class TestLocked:
+    def test_a_write_lock_held_elsewhere_delays_but_loses_nothing(self, csmd: Csmd, projects: Path,
+                                                                  db: Path) -> None:
+        f = projects / "p" / "s.jsonl"
+        append(f, b"".join(line(i) for i in range(10)))
+        csmd.start()
+        other = sqlite3.connect(db, isolation_level=None)  # a user's sqlite3 shell
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            append(f, b"".join(line(i) for i in range(10, 50)))
+            status = wait_for(lambda: (s := csm_json("status")).get("last_error") and s, 15, "the lock to be reported")
+            assert "locked" in status["last_error"]
+            assert db_rows(db, "SELECT count(*) FROM events")[0][0] == 10
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        wait_for(lambda: db_rows(db, "SELECT count(*) FROM events")[0][0] == 50, 15, "ingestion after the lock")
+        assert uuids(db) == expected(50)
+        assert csmd.alive
+
+
+class TestDamagedDatabase:
+    def test_garbage_file_refused_with_the_way_out_then_rebuilt(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        append(projects / "p" / "s.jsonl", b"".join(line(i) for i in range(20)))
+        db.parent.mkdir(parents=True)
+        db.write_bytes(os.urandom(8192))
+        code, out = refused_start(csmd)
+        assert code == 1
+        assert out.strip().count("\n") == 0, out
+        assert out.startswith("csmd: error: ")
+        for needle in (str(db), "csm db check", "backup", "rebuild", "cannot bring back"):
+            assert needle in out, (needle, out)
+        check = run_csm("db", "check", "--db", str(db))
+        assert check.returncode == 1 and str(db) in check.stderr and "Traceback" not in check.stderr
+        db.rename(db.with_name("csm.db.damaged"))
+        csmd.start()
+        assert uuids(db) == expected(20), "rebuilt from the transcripts that still exist"
+
+    def test_check_finds_damage_inside_the_file(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        append(projects / "p" / "s.jsonl", b"".join(fat_line(i) for i in range(300)))
+        csmd.start()
+        ok = run_csm("db", "check", "--json")  # while csmd runs, on the configured path
+        assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True, ok.stderr
+        assert csmd.stop() == 0
+        page = 4096
+        pages = db.stat().st_size // page
+        assert pages > 10
+        with open(db, "r+b") as fh:  # scribble over pages in the middle (not the header)
+            for n in range(pages // 2, pages // 2 + 4):
+                fh.seek(n * page)
+                fh.write(b"\xa5" * page)
+        bad = run_csm("db", "check", "--full")
+        assert bad.returncode == 1, (bad.stdout, bad.stderr)
+        assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr, bad.stderr
+        # SQLite either lists the problems or stops at the first malformed page
+        assert bad.stdout.strip() or "malformed" in bad.stderr, bad.stderr
+        assert str(db) in bad.stderr and "backup" in bad.stderr and "cannot come back" in bad.stderr
+
+    def test_a_database_from_a_newer_csm_is_refused(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        append(projects / "p" / "s.jsonl", line(0))
+        csmd.start()
+        assert csmd.stop() == 0
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO _csm_migrations VALUES ('m999_from_the_future', '2030-01-01T00:00:00Z')")
+        conn.execute("PRAGMA user_version = 999")
+        conn.commit()
+        conn.close()
+        code, out = refused_start(csmd)
+        assert code == 1 and out.strip().count("\n") == 0, out
+        assert str(db) in out and "newer csm" in out and "m999_from_the_future" in out and "upgrade csm" in out
+        assert db_rows(db, "SELECT count(*) FROM events") == [(1,)], "the newer database is left as it was"
+
+
+class TestUnusablePaths:
+    def test_a_database_path_that_cannot_exist_is_one_line(self, tmp_path: Path) -> None:
+        blocker = tmp_path / "a-file"
+        blocker.write_text("")
+        code, out = refused_start(Csmd(tmp_path, ["--db", str(blocker / "csm.db")]))
+        assert code == 1 and out.strip().count("\n") == 0, out
+        assert out.startswith("csmd: error: ") and str(blocker) in out
+
+
+class TestDbCommands:
+    def test_db_path_follows_the_config_and_the_running_daemon(self, csmd: Csmd, tmp_path: Path, db: Path) -> None:
+        assert run_csm("db", "path").stdout.strip() == str(db)
+        cfg = tmp_path / "config" / "csm" / "config.toml"
+        cfg.parent.mkdir(parents=True)
+        other = tmp_path / "elsewhere" / "archive.db"
+        cfg.write_text(f"db = {str(other)!r}\n")
+        assert run_csm("db", "path").stdout.strip() == str(other)
+        cfg.unlink()
+        running = tmp_path / "running.db"
+        Csmd(tmp_path, ["--db", str(running)]).start()
+        try:
+            assert run_csm("db", "path").stdout.strip() == str(running)
+        finally:
+            run_csm("status")  # still answering
+            pid = csm_json("status")["pid"]
+            os.kill(pid, 15)
+            wait_for(lambda: run_csm("status").returncode == 3, 15, "csmd to stop")
+        missing = run_csm("db", "check", "--db", str(tmp_path / "nope.db"))
+        assert missing.returncode == 1 and "no database file" in missing.stderr
