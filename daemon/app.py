@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from csm.daemon import browse, export, queries, reports, search
+from csm.daemon.checkpoint import Checkpointer
 from csm.daemon.ingest import Ingestor
 from csm.daemon.lock import InstanceLock
 from csm.daemon.notify import Notifier
@@ -86,6 +87,8 @@ class Daemon:
         usage = UsageSink(self.prices)
         usage.prepare(store)
         self.ingestor.sinks.append(usage)
+        self.checkpointer = Checkpointer(self.db, store.conn)
+        self.ingestor.on_commit.append(self.checkpointer.committed)
         self.syncer = Syncer(self.ingestor, self.config.rescan_interval_s)
         self.watcher = Watcher(self.roots, self.syncer, enabled=self.config.watch,
                                poll_interval_s=self.config.poll_interval_s, own=own)
@@ -110,6 +113,7 @@ class Daemon:
         signal.set_wakeup_fd(self.server.wake_w, warn_on_full_buffer=False)
         log.info("csmd %s (pid %d): database %s, roots %s, socket %s", __version__, os.getpid(), self.db,
                  ", ".join(map(str, self.roots)), self.sock)
+        self.checkpointer.start()
         self.watcher.start()
         self.syncer.start()  # its first job is the initial scan
         self.notifier.ready()
@@ -124,6 +128,7 @@ class Daemon:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.server.close()
             self.reader.close()
+            self.checkpointer.stop()
             store.close()
         return 0
 

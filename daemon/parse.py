@@ -168,10 +168,10 @@ def _view(obj: Any) -> LineView:
     if isinstance(msg, dict):
         try:
             view = msgspec.convert({k: v for k, v in msg.items() if k != "content"}, MessageView)
-            if "content" in msg:
-                view.content = msgspec.Raw(msgspec.json.encode(msg["content"]))
         except (msgspec.ValidationError, UnicodeEncodeError):
             view = MessageView(id=_str(msg, "id"), role=_str(msg, "role"), model=_str(msg, "model"))
+        if "content" in msg:
+            view.content = msgspec.Raw(_encode(msg["content"]))
     side = obj.get("isSidechain")
     meta = obj.get("isMeta")
     return LineView(
@@ -192,6 +192,14 @@ def _view(obj: Any) -> LineView:
     )
 
 
+def _encode(value: Any) -> bytes:
+    """JSON for a decoded value; lone surrogates (valid escaped JSON, not encodable UTF-8) stay escaped."""
+    try:
+        return msgspec.json.encode(value)
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True).encode()
+
+
 def _progress_data(data: Any) -> ProgressData | None:
     if not isinstance(data, dict):
         return None
@@ -201,7 +209,7 @@ def _progress_data(data: Any) -> ProgressData | None:
 
 def prompt_text(view: LineView) -> str | None:
     """The text a user typed, for a session title; None for tool results and meta lines."""
-    if view.type != "user" or view.is_meta or view.message is None or view.message.content is None:
+    if view.type != "user" or view.is_meta or view.message is None or not view.message.content:
         return None
     try:
         content = msgspec.json.decode(view.message.content)

@@ -39,8 +39,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Reconciliation rescan period (s): the safety net under the file watcher."""
     batch_lines: Annotated[int, msgspec.Meta(ge=1)] = 2000
     """Lines per transaction (each batch commits with its checkpoint)."""
-    batch_bytes: Annotated[int, msgspec.Meta(ge=1)] = 4 * 1024 * 1024
-    """Bytes read per batch, whichever limit comes first."""
+    batch_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1024 * 1024
+    """Bytes per transaction, whichever limit comes first. A batch is held in memory about
+    three times over (bytes, lines, decoded text), so this bounds csmd's peak RSS."""
     max_line_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024 * 1024
     """A longer line is recorded as a bad line instead of being read into memory and stored."""
     watch: bool = True

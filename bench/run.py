@@ -1,0 +1,492 @@
+"""The csm benchmark: a real csmd in a temporary home, measured from the outside.
+
+    pip install -e . && python bench/run.py [--size 100] [--repeat 3] [--quick] [--json]
+
+Phases (``--only`` picks some):
+
+- ``sync``: initial sync of a ``--size`` MB corpus (``bench/corpus.py``): wall seconds from
+  starting csmd to the last row committed, MB/s, and csmd's peak RSS (``VmHWM``). Each repeat
+  starts a fresh database on the same corpus (hot page cache); the median is reported.
+- ``rtt``: ``csm status`` and ``csm query sql`` round trips (real CLI subprocesses, median).
+- ``fresh``: 200 appends of one line each to live files (one in ten into a new file, some in
+  new project folders); the time from ``write`` returning to the row being visible to a
+  read-only SQLite connection that polls ``PRAGMA data_version`` every 0.2 ms.
+- ``idle``: csmd's CPU time (``/proc/<pid>/stat``, all threads) over 60 s with nothing to do
+  (10 s with ``--quick``), periodic rescan included.
+- ``rescan``: a second csmd on 10,000 small files; once they are in, ``csm sync --now`` on
+  unchanged files (the daemon's own timing and the CLI's wall time).
+
+Isolation is the tests': HOME, XDG_* and CLAUDE_CONFIG_DIR point into a temp folder, and the
+socket into a short one under /tmp, so the real home is never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import LineMaker, Session, write_corpus  # noqa: E402
+
+TARGETS = {
+    "sync_wall_s": ("<=", 1.0, "100 MB"),
+    "sync_rss_mb": ("<=", 50.0, ""),
+    "fresh_p50_ms": ("<=", 20.0, ""),
+    "fresh_p99_ms": ("<=", 50.0, ""),
+    "idle_cpu_pct": ("<=", 0.1, ""),
+    "rescan_s": ("<=", 1.0, ""),
+    "status_ms": ("<=", 150.0, ""),
+}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class Home:
+    """A private HOME/XDG/Claude config tree, as the tests' ``isolated`` fixture makes."""
+
+    def __init__(self, base: Path, name: str) -> None:
+        self.dir = base / name
+        self.projects = self.dir / "claude" / "projects"
+        self.projects.mkdir(parents=True)
+        self.run = Path(tempfile.mkdtemp(prefix="csmb-", dir="/tmp"))
+        self.run.chmod(0o700)
+        self.env = dict(os.environ)
+        self.env.pop("NOTIFY_SOCKET", None)
+        (self.dir / "home").mkdir()
+        self.env.update(
+            HOME=str(self.dir / "home"), XDG_DATA_HOME=str(self.dir / "data"), XDG_CONFIG_HOME=str(self.dir / "config"),
+            XDG_STATE_HOME=str(self.dir / "state"), XDG_CACHE_HOME=str(self.dir / "cache"),
+            XDG_RUNTIME_DIR=str(self.run), CLAUDE_CONFIG_DIR=str(self.dir / "claude"),
+        )
+        self.db = self.dir / "data" / "csm" / "csm.db"
+
+    def fresh_data(self) -> None:
+        shutil.rmtree(self.dir / "data", ignore_errors=True)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.run, ignore_errors=True)
+
+
+class Csmd:
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self.log = home.dir / "csmd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+
+    def start(self) -> Csmd:
+        with open(self.log, "ab") as log:
+            self.started = time.perf_counter()
+            self.proc = subprocess.Popen([sys.executable, "-m", "csm.daemon"], stdout=log, stderr=log,
+                                         env=self.home.env)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def check(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise SystemExit(f"csmd exited with {self.proc.returncode}; log: {self.log}\n"
+                             + self.log.read_text(errors="replace")[-3000:])
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def cpu_s(self) -> float:
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def cpu_ns(self) -> int:
+        """CPU time of the live threads in ns (schedstat), finer than ``cpu_s``'s 10 ms ticks."""
+        total = 0
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass  # a thread that ended meanwhile
+        return total
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+class Watch:
+    """A read-only connection that notices each commit of the writer at once."""
+
+    def __init__(self, db: Path) -> None:
+        self.conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
+        self.version = -1
+
+    def max_id(self) -> int:
+        return self.conn.execute("SELECT COALESCE(max(id), 0) FROM events").fetchone()[0]
+
+    def wait_id(self, target: int, timeout: float, poll_s: float = 0.0002) -> float | None:
+        """perf_counter() when max(id) first reached ``target``, or None after ``timeout``."""
+        deadline = time.perf_counter() + timeout
+        while True:
+            v = self.conn.execute("PRAGMA data_version").fetchone()[0]
+            if v != self.version:
+                self.version = v
+                if self.max_id() >= target:
+                    return time.perf_counter()
+            if time.perf_counter() > deadline:
+                return None
+            time.sleep(poll_s)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def wait_db(d: Csmd, timeout: float = 30.0) -> Watch:
+    deadline = time.perf_counter() + timeout
+    while True:
+        d.check()
+        if d.home.db.exists():
+            try:
+                w = Watch(d.home.db)
+                w.max_id()
+                return w
+            except sqlite3.Error:
+                pass
+        if time.perf_counter() > deadline:
+            raise SystemExit("csmd did not create its database in time")
+        time.sleep(0.002)
+
+
+def csm_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("csm")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "csm.client"]
+
+
+def csm(home: Home, *args: str) -> tuple[float, str]:
+    t = time.perf_counter()
+    r = subprocess.run([*csm_cmd(), *args], env=home.env, capture_output=True, text=True, timeout=120)
+    wall = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"csm {' '.join(args)} failed ({r.returncode}): {r.stderr}")
+    return wall, r.stdout
+
+
+def wait_scanned(home: Home, d: Csmd, timeout: float = 60.0) -> None:
+    """Until csmd has finished its first scan (so a later rescan finds nothing to do)."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        d.check()
+        r = subprocess.run([*csm_cmd(), "status", "--json"], env=home.env, capture_output=True, text=True)
+        if r.returncode == 0 and json.loads(r.stdout).get("state") == "watching":
+            return
+        time.sleep(0.05)
+    raise SystemExit("csmd did not finish its first scan in time")
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
+
+
+@dataclass
+class Ctx:
+    args: argparse.Namespace
+    base: Path
+    out: dict[str, Any]
+    say: Callable[[str], None]
+
+
+# --- phases ---------------------------------------------------------------------------
+
+
+def phase_sync(c: Ctx, home: Home, corpus_lines: int, corpus_bytes: int) -> Csmd:
+    walls, starts, rss, cpus = [], [], [], []
+    d = None
+    for i in range(c.args.repeat):
+        if d is not None:
+            d.stop()
+        home.fresh_data()
+        d = Csmd(home).start()
+        w = wait_db(d)
+        t_db = time.perf_counter()
+        done = w.wait_id(corpus_lines, timeout=600)
+        if done is None:
+            d.check()
+            raise SystemExit(f"initial sync did not finish in 600 s ({w.max_id()} of {corpus_lines} rows)")
+        walls.append(done - d.started)
+        starts.append(t_db - d.started)
+        rss.append(d.peak_rss_mb())
+        cpus.append(d.cpu_s())
+        w.close()
+        c.say(f"  sync run {i + 1}: {walls[-1]:.2f} s (database open after {starts[-1]:.2f} s), "
+              f"peak RSS {rss[-1]:.1f} MB, CPU {cpus[-1]:.2f} s")
+    assert d is not None
+    c.out["sync_runs_s"] = [round(x, 3) for x in walls]
+    c.out["sync_wall_s"] = round(median(walls), 3)
+    c.out["sync_startup_s"] = round(median(starts), 3)
+    c.out["sync_mb_per_s"] = round(corpus_bytes / 1e6 / median(walls), 1)
+    c.out["sync_cpu_s"] = round(median(cpus), 2)
+    c.out["sync_rss_mb"] = round(median(rss), 1)
+    c.out["sync_rss_max_mb"] = round(max(rss), 1)
+    return d
+
+
+def db_size(c: Ctx, home: Home, corpus_bytes: int) -> None:
+    """After csmd stopped: fold what is left of the WAL into the database, then weigh it."""
+    conn = sqlite3.connect(home.db)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        conn.close()
+    c.out["db_bytes"] = home.db.stat().st_size
+    c.out["db_free_bytes"] = free
+    c.out["db_over_corpus"] = round(c.out["db_bytes"] / corpus_bytes, 3)
+
+
+def phase_rtt(c: Ctx, home: Home, d: Csmd) -> None:
+    wait_scanned(home, d)
+    n = c.args.rtt_n
+    status = [csm(home, "status")[0] for _ in range(n)]
+    q = "SELECT project, sessions, last_activity FROM projects ORDER BY last_activity DESC LIMIT 10"
+    query = [csm(home, "query", "sql", q)[0] for _ in range(n)]
+    c.out["status_ms"] = round(median(status) * 1000, 1)
+    c.out["status_inproc_ms"] = round(median(inproc_status(home, n)) * 1000, 2)
+    c.out["query_ms"] = round(median(query) * 1000, 1)
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    c.out["python_startup_ms"] = round((time.perf_counter() - t) * 1000, 1)
+
+
+def inproc_status(home: Home, n: int) -> list[float]:
+    """The same Status request from this process: the daemon's part of the round trip."""
+    from csm.client.transport import request
+    from csm.shared import protocol
+
+    sock = Path(home.env["XDG_RUNTIME_DIR"]) / "csm" / "csmd.sock"
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        request(protocol.Status(), sock=sock)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def phase_fresh(c: Ctx, home: Home, d: Csmd, files: list[Path]) -> None:
+    wait_scanned(home, d)
+    mk = LineMaker(c.args.seed + 1)
+    rng = mk.rng
+    live = [p for p in files if "subagents" not in p.parts][:20]
+    sessions = {p: Session(project=p.parent.name, session_id=p.stem, cwd="/home/user/x", branch="main",
+                           model="claude-opus-4-6", t=time.time()) for p in live}
+    w = Watch(home.db)
+    latencies: list[float] = []
+    timeouts = 0
+    for i in range(c.args.appends):
+        if i % 10 == 9:  # a new file; every third of those in a new project folder
+            project = home.projects / (f"-home-user-new-{i}" if i % 30 == 29 else live[i % len(live)].parent.name)
+            path = project / f"{mk.uuid()}.jsonl"
+            project.mkdir(parents=True, exist_ok=True)
+            sessions[path] = Session(project=project.name, session_id=path.stem, cwd="/home/user/x", branch="main",
+                                     model="claude-opus-4-6", t=time.time())
+            live.append(path)
+        else:
+            path = rng.choice(live)
+        s = sessions[path]
+        line = (mk.progress(s) if rng.random() < 0.6 else mk.tool_result(s)) + "\n"
+        target = w.max_id() + 1
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode())
+            t0 = time.perf_counter()
+        finally:
+            os.close(fd)
+        done = w.wait_id(target, timeout=5.0)
+        if done is None:
+            timeouts += 1
+            d.check()
+            w.wait_id(target, timeout=30.0)
+        else:
+            latencies.append(done - t0)
+        time.sleep(rng.uniform(0.005, 0.03))
+    w.close()
+    ms = [x * 1000 for x in latencies]
+    c.out["fresh_n"] = len(ms)
+    c.out["fresh_timeouts"] = timeouts
+    c.out["fresh_p50_ms"] = round(pct(ms, 0.5), 2)
+    c.out["fresh_p99_ms"] = round(pct(ms, 0.99), 2)
+    c.out["fresh_max_ms"] = round(max(ms), 2) if ms else None
+
+
+def phase_idle(c: Ctx, home: Home, d: Csmd) -> None:
+    wait_scanned(home, d)
+    time.sleep(1.0)
+    t, cpu = time.perf_counter(), d.cpu_ns()
+    time.sleep(c.args.idle_s)
+    used = (d.cpu_ns() - cpu) / 1e9
+    c.out["idle_s"] = round(time.perf_counter() - t, 1)
+    c.out["idle_cpu_pct"] = round(used / (time.perf_counter() - t) * 100, 4)
+
+
+def small_files(root: Path, n: int, seed: int) -> tuple[int, int]:
+    """``n`` small session files (a few lines each) in n/100 projects: the rescan's haystack."""
+    mk = LineMaker(seed)
+    lines = size = 0
+    for i in range(n):
+        project = root / f"-home-user-many-{i // 100}"
+        project.mkdir(exist_ok=True)
+        s = Session(project=project.name, session_id=mk.uuid(), cwd="/home/user/many", branch="main",
+                    model="claude-opus-4-6", t=1_790_000_000.0 + i)
+        out = [mk.progress(s) for _ in range(3)]
+        data = ("\n".join(out) + "\n").encode()
+        (project / f"{s.session_id}.jsonl").write_bytes(data)
+        lines += len(out)
+        size += len(data)
+    return lines, size
+
+
+def phase_rescan(c: Ctx) -> None:
+    home = Home(c.base, "rescan")
+    try:
+        n_lines, n_bytes = small_files(home.projects, c.args.rescan_files, c.args.seed)
+        d = Csmd(home).start()
+        try:
+            w = wait_db(d)
+            done = w.wait_id(n_lines, timeout=600)
+            w.close()
+            if done is None:
+                raise SystemExit("ingest of the small files did not finish in 600 s")
+            c.out["many_files_sync_s"] = round(done - d.started, 2)
+            wait_scanned(home, d)
+            daemon_s, walls = [], []
+            for _ in range(c.args.repeat):
+                wall, out = csm(home, "sync", "--now", "--json")
+                reply = json.loads(out)
+                assert reply["files_scanned"] == c.args.rescan_files and reply["files_changed"] == 0, reply
+                daemon_s.append(reply["seconds"])
+                walls.append(wall)
+            c.out["rescan_files"] = c.args.rescan_files
+            c.out["rescan_s"] = round(median(daemon_s), 3)
+            c.out["rescan_wall_s"] = round(median(walls), 3)
+            c.out["many_files_rss_mb"] = round(d.peak_rss_mb(), 1)
+        finally:
+            d.stop()
+    finally:
+        home.cleanup()
+
+
+# --- main -----------------------------------------------------------------------------
+
+
+def table(out: dict[str, Any]) -> str:
+    rows = []
+    for key, value in out.items():
+        mark = ""
+        if key in TARGETS and isinstance(value, (int, float)):
+            op, limit, _ = TARGETS[key]
+            mark = f"{op} {limit:g}  " + ("ok" if value <= limit else "MISSED")
+        rows.append(f"{key:<22} {value!s:<28} {mark}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Benchmark a real csmd (see bench/RESULTS.md).")
+    ap.add_argument("--size", type=float, default=100.0, help="corpus size in MB for the initial sync")
+    ap.add_argument("--repeat", type=int, default=3, help="initial syncs and rescans to take the median of")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="10 s idle window, 50 appends, one repeat")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--only", default="sync,rtt,fresh,idle,rescan", help="comma-separated phases to run")
+    ap.add_argument("--keep", action="store_true", help="keep the temp folder (corpus, database, logs)")
+    ap.add_argument("--corpus", type=Path, help="reuse a corpus folder written by bench/corpus.py (the fresh phase appends to it; "
+                    "use it with --only sync)")
+    a = ap.parse_args(argv)
+    a.idle_s = 10.0 if a.quick else 60.0
+    a.appends = 50 if a.quick else 200
+    a.rtt_n = 10
+    a.rescan_files = 10_000
+    if a.quick:
+        a.repeat = 1
+    phases = set(a.only.split(","))
+    base = Path(tempfile.mkdtemp(prefix="csm-bench-"))
+    say = (lambda m: print(m, file=sys.stderr, flush=True))
+    out: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(),
+        "python": sys.version.split()[0], "sqlite": sqlite3.sqlite_version,
+        "loadavg_before": os.getloadavg()[0],
+    }
+    c = Ctx(a, base, out, say)
+    started = time.perf_counter()
+    home = Home(base, "main")
+    d = None
+    try:
+        if phases & {"sync", "rtt", "fresh", "idle"}:
+            t = time.perf_counter()
+            if a.corpus:
+                home.projects.rmdir()
+                home.projects.symlink_to(a.corpus.resolve(), target_is_directory=True)
+                files = sorted(home.projects.rglob("*.jsonl"))
+                lines = sum(p.read_bytes().count(b"\n") for p in files)
+                size = sum(p.stat().st_size for p in files)
+            else:
+                corp = write_corpus(home.projects, a.size, seed=a.seed)
+                files, lines, size = corp.files, corp.lines, corp.bytes
+            out["corpus_mb"] = round(size / 1e6, 1)
+            out["corpus_files"] = len(files)
+            out["corpus_lines"] = lines
+            say(f"corpus: {len(files)} files, {lines} lines, {size / 1e6:.1f} MB "
+                f"({time.perf_counter() - t:.1f} s to write)")
+            d = phase_sync(c, home, lines, size)
+            if "rtt" in phases:
+                phase_rtt(c, home, d)
+            if "fresh" in phases:
+                phase_fresh(c, home, d, files)
+            if "idle" in phases:
+                phase_idle(c, home, d)
+            out["rss_end_mb"] = round(d.peak_rss_mb(), 1)
+            d.stop()
+            db_size(c, home, size)
+        if "rescan" in phases:
+            phase_rescan(c)
+    finally:
+        if d is not None:
+            d.stop()
+        home.cleanup()
+        if a.keep:
+            say(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    out["loadavg_after"] = os.getloadavg()[0]
+    out["bench_s"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(out, indent=2) if a.json else table(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
