@@ -14,8 +14,7 @@ from typing import Any
 import click
 import msgspec
 
-from csm.client import browse, render
-from csm.client.export import export
+from csm.client import browse, export, render
 from csm.client.service import service
 from csm.client.db import db
 from csm.client.transport import request
@@ -341,12 +340,12 @@ def query_errors(max_rows: int, fmt: str | None) -> None:
         click.echo(f"csm: output stopped at {max_rows} rows (--max-rows)", err=True)
 
 
-cli.add_command(export)
 cli.add_command(service)
 query.add_command(browse.sessions)
 query.add_command(browse.show)
 query.add_command(browse.search)
 cli.add_command(browse.watch)
+cli.add_command(export.export)
 
 
 def main() -> None:

@@ -1,9 +1,10 @@
-"""``csm export``: a session or a transcript file back out of the archive.
+"""``csm export``: one session written out for a person (markdown, html) or exactly as it was (jsonl).
 
-The archive outlives the transcripts (Claude Code deletes them after 30 days), so this is
-also how a deleted transcript is brought back: ``--raw`` writes its lines byte for byte.
-``markdown`` reads well on GitHub; ``html`` is one self-contained page (inline CSS, no
-scripts, every transcript string escaped). Both include tool input and output.
+markdown reads well on GitHub; html is one self-contained page (inline CSS, no scripts,
+every transcript string escaped). Both include tool input and output. jsonl (``--raw``)
+is the transcript's lines byte for byte, streamed in checked chunks: the archive outlives
+the transcripts (Claude Code deletes them after 30 days), so this is also how a deleted
+transcript is brought back.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,7 +23,23 @@ from csm.client.transport import request
 from csm.shared import protocol
 from csm.shared.errors import DaemonError
 
-FORMATS = ("jsonl", "markdown", "html")
+
+@contextmanager
+def _opened(path: str | None) -> Iterator[BinaryIO]:
+    """stdout, or ``path`` written atomically: a reader never sees half a file, a failure leaves none."""
+    if path in (None, "-"):
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    target = Path(path).expanduser()
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def _target(target: str) -> str:
@@ -51,60 +70,42 @@ def receive(target: str, fmt: str, out: BinaryIO) -> protocol.ExportDone:
     return done
 
 
-def _render(target: str, fmt: str, out: BinaryIO) -> None:
+@click.command("export")
+@click.argument("target")
+@click.option("--format", "fmt", type=click.Choice(["markdown", "html", "jsonl"]), default="markdown",
+              show_default=True, help="markdown or html to read or share; jsonl: the lines exactly as written.")
+@click.option("--raw", is_flag=True, help="The same as --format jsonl.")
+@click.option("-o", "--output", metavar="FILE", help="Write to FILE (replaced only once complete) instead of stdout.")
+def export(target: str, fmt: str, raw: bool, output: str | None) -> None:
+    """Export a session (an id or unique prefix) as Markdown, one HTML page, or its raw lines.
+
+    With --raw (--format jsonl) TARGET may also be a transcript's path, and the output is
+    the file's complete lines byte for byte, as csm stored them, even after Claude Code
+    deleted the file: a last line still being written (no newline yet) is not included,
+    nor is a line csm could not store (see 'csm query errors').
+
+    \b
+    Examples:
+      csm export 29ccd257 --format html -o session.html
+      csm export 29ccd257 > session.md
+      csm export --raw 4e27c414 > session.jsonl
+      csm export --raw ~/.claude/projects/-home-me-proj/4e27c414-a885-46a0-b5c8-d58e1417377d.jsonl -o copy.jsonl
+    """
+    if raw:
+        fmt = "jsonl"
+    if output and output != "-" and not Path(output).expanduser().parent.is_dir():
+        raise click.BadParameter(f"folder {Path(output).parent} does not exist", param_hint="-o")
+    if fmt == "jsonl":
+        with _opened(output) as out:
+            done = receive(target, fmt, out)
+        if output and output != "-":
+            click.echo(f"wrote {done.lines} lines ({done.bytes} bytes) to {output}", err=True)
+        return
     from csm.client import transcript
 
     reply = request(protocol.Show(session=target, full=True), timeout_s=60.0)
     assert isinstance(reply, protocol.Transcript)
-    text = transcript.markdown(reply) if fmt == "markdown" else transcript.page(reply)
-    out.write(text.encode("utf-8"))
-
-
-@click.command()
-@click.argument("target")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True,
-              help="jsonl: the transcript's lines exactly as Claude Code wrote them; markdown; html (one page).")
-@click.option("--raw", is_flag=True, help="The same as --format jsonl.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path),
-              help="Write to this file (replaced only once the export is complete) instead of stdout.")
-def export(target: str, fmt: str, raw: bool, output: Path | None) -> None:
-    """Write a session (TARGET: its id, or a unique start of it) or a transcript file (TARGET:
-    its path) out of the archive, even after Claude Code deleted the file.
-
-    With --raw (--format jsonl) the output is the file's complete lines byte for byte, as
-    csm stored them: a last line still being written (no newline yet) is not included. A
-    line csm could not store (see 'csm query errors') is missing from it. markdown and html
-    take a session (id or prefix), with its subagents nested.
-
-    \b
-    Examples:
-      csm export --raw 4e27c414 > session.jsonl
-      csm export --raw ~/.claude/projects/-home-me-proj/4e27c414-a885-46a0-b5c8-d58e1417377d.jsonl -o copy.jsonl
-      csm export 29ccd257 --format html -o session.html
-      csm export 29ccd257 --format markdown > session.md
-    """
-    fmt = "jsonl" if raw else fmt
-
-    def write(out: BinaryIO) -> protocol.ExportDone | None:
-        if fmt == "jsonl":
-            return receive(target, fmt, out)
-        _render(target, fmt, out)
-        return None
-
-    if output is None or str(output) == "-":
-        write(sys.stdout.buffer)
-        sys.stdout.buffer.flush()
-        return
-    output = output.expanduser()
-    if not output.parent.absolute().is_dir():
-        raise click.BadParameter(f"folder {output.parent} does not exist", param_hint="-o")
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent.absolute())
-    try:
-        with os.fdopen(fd, "wb") as out:
-            done = write(out)
-        os.replace(tmp, output)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    what = f"{done.lines} lines ({done.bytes} bytes)" if done else fmt
-    click.echo(f"wrote {what} to {output}", err=True)
+    with _opened(output) as out:
+        out.write((transcript.markdown(reply) if fmt == "markdown" else transcript.page(reply)).encode("utf-8"))
+    if output and output != "-":
+        click.echo(f"wrote {output}", err=True)

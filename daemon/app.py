@@ -281,8 +281,6 @@ class Daemon:
             reply(Error(code="not_found", message=str(e)))
         except QueryError as e:
             reply(Error(code="query", message=str(e)))
-        except NotFound as e:
-            reply(Error(code="not_found", message=str(e)))
         except Exception as e:
             log.exception("query failed")
             reply(Error(code="internal", message=f"{type(e).__name__}: {e}"))

@@ -509,10 +509,8 @@ class Ingestor:
             try:
                 data = reader.read_complete(fd, f.offset, self.config.batch_bytes, self.config.max_line_bytes)
             except reader.LineTooLong as e:
-                if e.end is None:
-                    break  # skipped once its newline arrives
+                self._commit(f, fd, st, f.offset, [], reattach, totals, too_long=e.length)
                 changed = True
-                self._commit(f, fd, st, e.end, [], reattach, totals, too_long=e)
                 continue
             if not data:
                 break
@@ -546,8 +544,7 @@ class Ingestor:
 
     def _commit(
         self, f: FileRow, fd: int, st: os.stat_result, start: int, lines: list[bytes],
-        reattach: Reread | None, totals: Totals, seen: int | None = None,
-        too_long: reader.LineTooLong | None = None,
+        reattach: Reread | None, totals: Totals, seen: int | None = None, too_long: int = 0,
     ) -> int:
         """Store ``lines`` (which begin at ``start``) and move the checkpoint past them, atomically.
 
@@ -557,8 +554,8 @@ class Ingestor:
         and mtime match its checkpoint for done, so a visit cut short (SIGTERM, SIGKILL, an error)
         would leave the rest unread until the file changed again.
 
-        ``too_long``: the line from the checkpoint up to ``start`` is over ``max_line_bytes``; it is
-        recorded as a bad line and skipped without ever being read whole.
+        ``too_long``: after them comes a line of that many bytes, over ``max_line_bytes``: it is
+        recorded as a bad line (its head only) and the checkpoint moves past it too.
         """
         rows: list[tuple[Any, ...]] = []
         moves: list[tuple[int, int, int]] = []
@@ -573,15 +570,11 @@ class Ingestor:
         next_id = self.next_event_id
         sinks = self.sinks
         max_line = self.config.max_line_bytes
-        too_long_why = f"line longer than max_line_bytes ({max_line}): skipped"
-        if too_long is not None:  # a line over max_line_bytes ending at ``start``: skipped unread
-            self._bad_line(f, f.offset, start - 1 - f.offset, too_long.head, too_long_why, errors, error_moves,
-                           reattach)
         for line in lines:
             offset = pos
             pos += len(line) + 1
             if len(line) > max_line:  # the same rule when the whole line happened to fit in the read
-                self._bad_line(f, offset, len(line), line, too_long_why, errors, error_moves, reattach)
+                self._bad_line(f, offset, len(line), line, self._too_long(len(line)), errors, error_moves, reattach)
                 continue
             try:
                 raw = line.decode("utf-8")
@@ -613,6 +606,10 @@ class Ingestor:
             agg.add(v, counted=True)
             if agg.first_prompt is None and f.session_key not in self.have_prompt:
                 agg.first_prompt = prompt_text(v)
+        if too_long:
+            self._bad_line(f, pos, too_long, os.pread(fd, ERROR_HEAD, pos), self._too_long(too_long), errors,
+                           error_moves, reattach)
+            pos += too_long + 1
         end = pos
         # The new checkpoint is built aside and adopted only once it is committed, so a
         # failed transaction (disk full, locked) leaves memory and database agreeing.
@@ -639,6 +636,21 @@ class Ingestor:
             self._batch_done(end - start)
         return end
 
+    def _too_long(self, length: int) -> str:
+        return f"line of {length} bytes is over the {self.config.max_line_bytes}-byte limit (max_line_bytes); not stored"
+
+    def _bad_line(
+        self, f: FileRow, offset: int, length: int, head: bytes, why: str, errors: list[tuple[Any, ...]],
+        error_moves: list[tuple[int, int, int]], reattach: Reread | None,
+    ) -> None:
+        """Record a line that cannot be stored; a re-read finds it again instead of counting it twice."""
+        head = head[:ERROR_HEAD]
+        old = reattach.errors.get((length, head)) if reattach else None
+        if old:
+            error_moves.append((f.generation, offset, old.pop()))
+            return
+        errors.append((f.file_id, f.path, f.generation, offset, length, why, head))
+
     def _batch_done(self, nbytes: int) -> None:
         """Move the backlog by one committed batch, within the current file's share of the total."""
         b = self.backlog
@@ -655,18 +667,6 @@ class Ingestor:
         b.eta_s = (b.bytes_total - b.bytes_done) / b.rate_bps if b.rate_bps else None
         if self.progress:
             self.progress()
-
-    def _bad_line(
-        self, f: FileRow, offset: int, length: int, head: bytes, why: str, errors: list[tuple[Any, ...]],
-        error_moves: list[tuple[int, int, int]], reattach: Reread | None,
-    ) -> None:
-        """Record a line that cannot be stored; a re-read finds it again instead of counting it twice."""
-        head = head[:ERROR_HEAD]
-        old = reattach.errors.get((length, head)) if reattach else None
-        if old:
-            error_moves.append((f.generation, offset, old.pop()))
-            return
-        errors.append((f.file_id, f.path, f.generation, offset, length, why, head))
 
     def _write(
         self, f: FileRow, g: FileRow, st: os.stat_result, rows: list[tuple[Any, ...]],

@@ -53,7 +53,7 @@ def own_files(db: Path) -> list[Path]:
             target = os.readlink(f"/proc/self/fd/{fd}")
             if target.startswith("/") and Path(target).is_file():
                 own.append(Path(target))
-        except OSError:  # no /proc, or a log file in a folder this user cannot look into
+        except OSError:  # e.g. a log in a folder csmd may not look into: it cannot read it as a transcript either
             continue
     return own
 

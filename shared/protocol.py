@@ -107,7 +107,6 @@ class Watch(Message, kw_only=True):
     project: str | None = None
 
 
-
 class ListErrors(Message, kw_only=True):
     """The bad lines csmd skipped (``sync_errors``), by file and offset."""
 
@@ -304,7 +303,7 @@ Reply = (
 )
 
 FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows, ConfigReply, Transcript, ExportDone)
-"""Every other reply is streamed (``Progress``, ``Chunk``, ``Messages``…): more follow until a final one."""
+"""Every other reply is streamed (``Progress``, ``Chunk``, …): more follow until a final one."""
 
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(Request)

@@ -152,31 +152,6 @@ def line_count(path: Path) -> int:
     return path.read_bytes().count(b"\n")
 
 
-def refused_start(csmd: Csmd) -> tuple[int, str]:
-    """Start csmd expecting it to refuse: its exit code and what it printed for this start."""
-    csmd.start(wait=False)
-    assert csmd.proc is not None
-    code = csmd.proc.wait(20)
-    csmd.proc = None
-    return code, csmd.log().rsplit(f"--- start {csmd.starts}\n", 1)[1]
-
-
-@contextmanager
-def raw_client(sock: Path | None = None) -> Iterator[Any]:
-    """A bare ZeroMQ DEALER on csmd's socket, for sending what the CLI never would."""
-    import zmq
-
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.linger = 0
-    try:
-        s.connect(f"ipc://{sock or Path(os.environ['XDG_RUNTIME_DIR']) / 'csm' / 'csmd.sock'}")
-        yield s
-    finally:
-        s.close()
-        ctx.term()
-
-
 def sync_now() -> dict[str, Any]:
     """``csm sync --now``, asked in-process: a barrier after which csmd has seen every file as it is."""
     import msgspec
@@ -206,3 +181,28 @@ def all_raws(db: Path) -> dict[str, int]:
     from collections import Counter
 
     return dict(Counter(r[0] for r in db_rows(db, "SELECT raw FROM events")))
+
+
+def refused_start(csmd: Csmd) -> tuple[int, str]:
+    """Start csmd expecting it to refuse: its exit code and what it printed for this start."""
+    csmd.start(wait=False)
+    assert csmd.proc is not None
+    code = csmd.proc.wait(20)
+    csmd.proc = None
+    return code, csmd.log().rsplit(f"--- start {csmd.starts}\n", 1)[1]
+
+
+@contextmanager
+def raw_client(sock: Path | None = None) -> Iterator[Any]:
+    """A bare ZeroMQ DEALER on csmd's socket, for sending what the CLI never would."""
+    import zmq
+
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    try:
+        s.connect(f"ipc://{sock or Path(os.environ['XDG_RUNTIME_DIR']) / 'csm' / 'csmd.sock'}")
+        yield s
+    finally:
+        s.close()
+        ctx.term()

@@ -151,7 +151,7 @@ class TestBadLines:
         assert [(o, n, h) for o, n, _, h in stored] == [
             (offsets[0], len(medium), medium[:200]), (offsets[1], len(huge), huge[:200]),
             (offsets[2], len(huge), huge[:200])]
-        assert all("longer than max_line_bytes (300000)" in e for _, _, e, _ in stored)
+        assert all("over the 300000-byte limit (max_line_bytes)" in e for _, _, e, _ in stored)
 
     def test_empty_file_then_lines(self, csmd: Csmd, projects: Path, db: Path) -> None:
         f = projects / "p" / "empty.jsonl"
@@ -166,6 +166,14 @@ class TestBadLines:
 
 
 NOBODY = 65534
+
+
+def run_ok(probe: Any) -> Any:
+    """``probe()``, or None while csmd is not answering yet."""
+    try:
+        return probe()
+    except AssertionError:
+        return None
 
 
 def unprivileged() -> list[str]:
@@ -202,30 +210,31 @@ def test_unreadable_file_is_reported_then_read_once_it_can_be(tmp_path: Path, mo
                 os.chown(p, NOBODY, NOBODY)
         f.chmod(0)
         db = base / "data" / "csm" / "csm.db"
-        csmd = Csmd(tmp_path, ["--root", str(base / "projects")], prefix)
+        csmd = Csmd(base, ["--root", str(base / "projects")], prefix)
 
-        def ask(*args: str, up: bool = True) -> Any:
-            """The CLI as csmd's own user: csmd answers no other uid (root included)."""
+        def csm(*args: str) -> Any:
+            """The real CLI as the daemon's user (csmd answers only its own uid)."""
             r = subprocess.run([*prefix, sys.executable, "-m", "csm.client", *args, "--json"], capture_output=True,
                                text=True, timeout=60, cwd="/")
-            if r.returncode == 3 and not up:
-                return {}  # not listening yet
             assert r.returncode == 0, r.stderr
             return json.loads(r.stdout)
 
+        def errors() -> int:
+            return csm("status")["errors"]
+
         try:
             csmd.start(wait=False)
-            wait_for(lambda: ask("status", up=False).get("last_sync_at"), 30, "the first scan")
-            assert ask("status")["errors"] == 1
-            listed = ask("query", "errors")
-            assert listed == [{"file": str(f), "offset": None, "length": 0,
-                               "error": "cannot read file: Permission denied", "head": ""}]
-            ask("sync", "--now")
-            assert ask("status")["errors"] == 1, "recorded once, not at every rescan"
+            wait_for(lambda: csmd.alive and db.exists() and run_ok(lambda: csm("status").get("last_sync_at")),
+                     30, "csmd's first scan")
+            assert errors() == 1
+            assert csm("query", "errors") == [{"file": str(f), "offset": None, "length": 0,
+                                               "error": "cannot read file: Permission denied", "head": ""}]
+            csm("sync", "--now")
+            assert errors() == 1, "recorded once, not at every rescan"
             f.chmod(0o600)
-            ask("sync", "--now")
+            csm("sync", "--now")
             assert current_raws(db, f) == [good(0).decode()]
-            assert ask("status")["errors"] == 0, "the error is cleared once the file can be read"
+            assert errors() == 0, "the error is cleared once the file can be read"
         finally:
             if csmd.alive:
                 assert csmd.stop() == 0, csmd.log()

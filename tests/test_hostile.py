@@ -179,7 +179,7 @@ class TestJunkInLiveTranscripts:
                      10, f"marker {n} after the junk")
             complete = f.read_bytes().split(b"\n")[:-1]
             bad = sum(not is_json_object(x) for x in complete)
-            # A record after a run of NULs (an ext4 crash's leftovers) is kept; the NULs are the bad line.
+            # A record after NUL bytes is kept (the NULs are the bad line): one row and one error.
             salvaged = sum(not is_json_object(x) and b"\0" in x and is_json_object(x[x.rfind(b"\0") + 1:])
                            for x in complete)
             rows = db_rows(db, "SELECT count(*) FROM events JOIN sync_metadata USING (file_id) WHERE file_path = ?",
