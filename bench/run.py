@@ -204,7 +204,7 @@ def csm(home: Home, *args: str) -> tuple[float, str]:
     return wall, r.stdout
 
 
-def wait_scanned(home: Home, d: Csmd, timeout: float = 60.0) -> None:
+def wait_scanned(home: Home, d: Csmd, timeout: float = 600.0) -> None:
     """Until csmd has finished its first scan (so a later rescan finds nothing to do)."""
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
@@ -335,8 +335,8 @@ def phase_queries(c: Ctx, home: Home, d: Csmd) -> None:
     from csm.client.transport import request
     from csm.shared import protocol
 
-    wait_scanned(home, d)
     c.out["tools_indexed_after_s"] = round(wait_tools_indexed(home, d), 1)
+    wait_scanned(home, d)
     sock = Path(home.env["XDG_RUNTIME_DIR"]) / "csm" / "csmd.sock"
     n = c.args.repeat * 3
     for name, (args, make) in QUERIES.items():
