@@ -339,6 +339,27 @@ def query_usage(by: str, since: str | None, until: str | None, tz: str | None, p
                    err=True)
 
 
+@query.command("errors")
+@click.option("--max-rows", type=click.IntRange(1), default=10_000, show_default=True,
+              help="Stop after this many rows (and say so).")
+@render.format_options
+def query_errors(max_rows: int, fmt: str | None) -> None:
+    """List the bad lines csmd skipped: file, byte offset, length, why, first bytes.
+
+    A bad line (not JSON, not an object, not UTF-8, NUL bytes) is recorded once and
+    skipped; every other line of its file is stored. An offset left empty means the
+    whole file could not be read.
+
+    \b
+    Examples:
+      csm query errors
+      csm query errors --json | jq '.[].error'
+    """
+    reply = request(protocol.ListErrors(max_rows=max_rows), timeout_s=30.0)
+    assert isinstance(reply, protocol.Rows)
+    render.emit_rows(reply.columns, reply.rows, fmt)
+    if reply.truncated:
+        click.echo(f"csm: output stopped at {max_rows} rows (--max-rows)", err=True)
 
 
 def main() -> None:

@@ -60,10 +60,13 @@ def request(
     msg: Message,
     *,
     timeout_s: float = 10.0,
-    on_progress: Callable[[Progress], None] | None = None,
+    on_progress: Callable[[Any], None] | None = None,
     sock: Path | None = None,
 ) -> Message:
-    """Send ``msg`` and return the final reply; ``timeout_s`` bounds each wait for a message."""
+    """Send ``msg`` and return the final reply; ``timeout_s`` bounds each wait for a message.
+
+    Streamed replies before it (``Progress``, ``Chunk``) go to ``on_progress``, in order.
+    """
     with _sent(msg, sock) as (s, path):
         while True:
             if not s.poll(int(timeout_s * 1000)):
@@ -71,7 +74,7 @@ def request(
                     f"csmd did not answer within {timeout_s:g} s on {path}; check 'csm service logs' or restart csmd"
                 )
             reply = protocol.decode_reply(s.recv())
-            if isinstance(reply, Progress):
+            if not isinstance(reply, protocol.FINAL_REPLIES):
                 if on_progress is not None:
                     on_progress(reply)
                 continue

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from csm.daemon import browse, queries, reports, search
+from csm.daemon import browse, export, queries, reports, search
 from csm.daemon.checkpoint import Checkpointer
 from csm.daemon.ingest import Ingestor
 from csm.daemon.lock import InstanceLock
@@ -36,8 +36,10 @@ from csm.shared.errors import DatabaseError, NotFound, QueryError
 from csm.shared.protocol import (
     ConfigReply,
     Error,
+    Export,
     Fault,
     GetConfig,
+    ListErrors,
     Message,
     Ok,
     Query,
@@ -205,6 +207,10 @@ class Daemon:
                 self._submit(reply, lambda conn: search.search(conn, request), own=True)
             case Watch():
                 self._submit(reply, lambda conn: self._watch(conn, request, reply), own=True)
+            case ListErrors(max_rows=max_rows):
+                self._submit(reply, lambda conn: queries.list_errors(conn, max_rows), own=True)
+            case Export():
+                self._submit(reply, lambda conn: export.run(conn, request, reply), own=True)
 
     def status(self) -> StatusReply:
         f = figures(self.reader)
@@ -275,6 +281,8 @@ class Daemon:
             reply(Error(code="not_found", message=str(e)))
         except QueryError as e:
             reply(Error(code="query", message=str(e)))
+        except NotFound as e:
+            reply(Error(code="not_found", message=str(e)))
         except Exception as e:
             log.exception("query failed")
             reply(Error(code="internal", message=f"{type(e).__name__}: {e}"))

@@ -48,6 +48,15 @@ MESSAGE_TYPES = frozenset({"user", "assistant"})
 ERROR_HEAD = 200
 
 
+def _holds(f: FileRow) -> bool:
+    """Whether ``f``'s path still holds the inode its checkpoint was made on."""
+    try:
+        st = os.stat(f.path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (f.dev, f.inode)
+
+
 def _iso_mtime(mtime_ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime_ns / 1e9))
 
@@ -112,6 +121,36 @@ class SessionAgg:
                 self.models.add(v.message.model)
 
 
+def _why(e: UnicodeDecodeError | BadLine) -> str:
+    if isinstance(e, UnicodeDecodeError):
+        return f"invalid UTF-8: {e.reason} at byte {e.start}"
+    return str(e)
+
+
+def _after_nuls(line: bytes) -> tuple[int, bytes, str, LineView] | None:
+    """The record after a run of NUL bytes, if one is there: (NULs cut, record, its text, view).
+
+    A crash on ext4 can leave the unflushed end of a file as NUL bytes, and Claude Code's next
+    append then lands on the same line after them; the record is intact and is kept.
+    """
+    cut = line.rfind(b"\0") + 1
+    if not cut or cut == len(line):
+        return None
+    rest = line[cut:]
+    try:
+        return cut, rest, rest.decode("utf-8"), parse(rest)
+    except (UnicodeDecodeError, BadLine):
+        return None
+
+
+@dataclass
+class Reread:
+    """An earlier generation's rows and bad lines, by content, for a re-read to find again."""
+
+    rows: dict[bytes, list[int]]
+    errors: dict[tuple[int, bytes], list[int]]
+
+
 @dataclass
 class Totals:
     """What one sync or visit did, for ``csm sync`` and the log."""
@@ -161,6 +200,7 @@ class Ingestor:
         self.have_prompt: set[str] = {
             r[0] for r in store.conn.execute("SELECT session_id FROM session_stats WHERE first_prompt IS NOT NULL")
         }
+        self.unreadable: set[int] = store.unreadable_files()
         self.events = store.count_events()
         self.next_event_id = store.max_event_id() + 1
         self.backlog: Backlog | None = None
@@ -233,6 +273,9 @@ class Ingestor:
                     b.bytes_total += size
                     if progress and b.files_total % 256 == 0:
                         progress()
+        # New paths first: a file renamed while csmd was stopped then claims its checkpoint before a
+        # new file created at its old path is taken for a replacement of it.
+        todo.sort(key=lambda t: t[0] in self.files)
         try:
             b.counting = False
             self.started = time.monotonic()
@@ -285,13 +328,21 @@ class Ingestor:
             return
         del self.files[f.path]
         log.info("renamed: %s -> %s (offset %d kept)", f.path, dest, f.offset)
+        old_key = f.session_key
         f.path = dest
         f.root = str(root)
-        f.project, f.session_key, parent = describe_path(root, Path(dest))
-        f.parent_session = parent or f.parent_session
+        if dest.endswith(".jsonl"):  # a move to x.jsonl.bak keeps its session until it comes back
+            f.project, f.session_key, parent = describe_path(root, Path(dest))
+            f.parent_session = parent or f.parent_session
         self.files[dest] = f
+        # The session's figures follow its file, unless another file still carries the old key.
+        move_session = old_key != f.session_key and not any(
+            g.session_key == old_key and not g.gone_at for g in self.files.values())
         with self.store.transaction():
             self.store.save_file(f, _iso_mtime(f.mtime_ns))
+            self.store.move_session(old_key, f.session_key if move_session else old_key, f.project)
+        if move_session and old_key in self.have_prompt:
+            self.have_prompt.add(f.session_key)
 
     def visit(self, path: str) -> Totals:
         """Bring one path's rows and checkpoint up to date with the file.
@@ -323,8 +374,7 @@ class Ingestor:
                 self.mark_gone(f)
             return totals
         except OSError as e:
-            self._unreadable(path, e)
-            totals.errors += 1
+            totals.errors += int(self._unreadable(path, e))
             return totals
         try:
             st = os.fstat(fd)
@@ -333,6 +383,11 @@ class Ingestor:
             f = self._identify(path, fd, st)
             if f is None:
                 return totals
+            if f.file_id in self.unreadable:
+                with self.store.transaction():
+                    self.store.clear_unreadable(f.file_id)
+                self.unreadable.discard(f.file_id)
+                log.info("%s can be read again", path)
             changed = self._catch_up(f, fd, st, totals)
             totals.files_changed += int(changed)
         finally:
@@ -350,25 +405,31 @@ class Ingestor:
                 log.warning("skipping %r: its name is not valid UTF-8", path)
             return False
 
-    def _unreadable(self, path: str, e: OSError) -> None:
+    def _unreadable(self, path: str, e: OSError) -> bool:
+        """Record (once) that a transcript cannot be opened; it is cleared once it can be.
+        Returns whether this is news."""
         if e.errno in (errno.ELOOP, errno.ENXIO):  # a symlink (not followed) or a socket/FIFO
-            return
+            return False
         root = self.root_of(Path(path))
         if root is None:
-            return
+            return False
         f = self.files.get(path)
+        if f is not None and f.file_id in self.unreadable:
+            return False
         if f is None:
             try:
                 st = os.stat(path, follow_symlinks=False)
             except OSError:
-                return
+                return False
             f = self._new_row(path, root, st)
             with self.store.transaction():
                 self.store.save_file(f, _iso_mtime(st.st_mtime_ns))
             self.files[path] = f
         with self.store.transaction():
             self.store.insert_errors([(f.file_id, path, f.generation, -1, 0, f"cannot read file: {e.strerror}", b"")])
+        self.unreadable.add(f.file_id)
         log.warning("cannot read %s: %s", path, e.strerror)
+        return True
 
     def _new_row(self, path: str, root: Path, st: os.stat_result) -> FileRow:
         project, key, parent = describe_path(root, Path(path))
@@ -386,13 +447,12 @@ class Ingestor:
             root = self.root_of(Path(path))
             if root is None:
                 return None
-            moved = self._rename_source(path, fd, st)
-            if moved is not None:
-                self._rename(moved, path)
-                return moved
-            f = self._new_row(path, root, st)
-            self.files[path] = f
-            return f
+            f = self._rename_source(path, fd, st)
+            if f is None:
+                f = self._new_row(path, root, st)
+                self.files[path] = f
+                return f
+            self._rename(f, path)  # then checked like any other: it may have changed since
         why = None
         if f.gone_at:
             why = "reappeared"
@@ -415,11 +475,12 @@ class Ingestor:
         return f
 
     def _rename_source(self, path: str, fd: int, st: os.stat_result) -> FileRow | None:
-        """A live checkpoint this new path continues: same (dev, inode), old path gone, same head."""
+        """A live checkpoint this new path continues: same (dev, inode) and head, and its own path
+        no longer holds that inode (gone, or a new file was created there after the move)."""
         for other in self.store.paths_with_inode(st.st_dev, st.st_ino):
             f = self.files.get(other)
             if (
-                f is not None and not f.gone_at and f.path != path and not os.path.lexists(f.path)
+                f is not None and not f.gone_at and f.path != path and not _holds(f)
                 and st.st_size >= f.offset and f.head_len and reader.head_matches(fd, f.head_len, f.head_hash)
             ):
                 return f
@@ -448,8 +509,10 @@ class Ingestor:
             try:
                 data = reader.read_complete(fd, f.offset, self.config.batch_bytes, self.config.max_line_bytes)
             except reader.LineTooLong as e:
-                self._commit(f, fd, st, f.offset, [], None, totals, too_long=e.length)
+                if e.end is None:
+                    break  # skipped once its newline arrives
                 changed = True
+                self._commit(f, fd, st, e.end, [], reattach, totals, too_long=e)
                 continue
             if not data:
                 break
@@ -461,30 +524,46 @@ class Ingestor:
                 chunk = lines[i : i + self.config.batch_lines]
                 start = self._commit(f, fd, st, start, chunk, reattach, totals)
             if self.stopping.is_set():
-                break
-        if not changed and (f.size != st.st_size or f.mtime_ns != st.st_mtime_ns or f.head_len < reader.HEAD_LEN):
-            # Only a partial line arrived (or nothing at all): remember what was seen.
-            self._commit(f, fd, st, f.offset, [], None, totals)
+                return changed
+        if f.size != st.st_size or f.mtime_ns != st.st_mtime_ns:
+            # A partial last line is left (or only it arrived, or nothing did): remember what was seen.
+            self._commit(f, fd, st, f.offset, [], None, totals, seen=max(st.st_size, f.offset))
         return changed
 
-    def _old_rows(self, f: FileRow) -> dict[str, list[int]] | None:
-        rows: dict[str, list[int]] = {}
+    def _old_rows(self, f: FileRow) -> Reread | None:
+        """What earlier generations of ``f`` hold, for a re-read to re-attach instead of copying.
+
+        Keyed by a 16-byte hash of each line, not the line, so that re-reading a large file
+        keeps memory proportional to its line count, not its size.
+        """
+        rows: dict[bytes, list[int]] = {}
         for rowid, raw in self.store.old_generation_rows(f.file_id, f.generation):
-            rows.setdefault(raw, []).append(rowid)
-        return rows or None
+            rows.setdefault(reader.digest(raw.encode()), []).append(rowid)
+        errors: dict[tuple[int, bytes], list[int]] = {}
+        for err_id, length, head in self.store.old_generation_errors(f.file_id, f.generation):
+            errors.setdefault((length, head), []).append(err_id)
+        return Reread(rows, errors) if rows or errors else None
 
     def _commit(
         self, f: FileRow, fd: int, st: os.stat_result, start: int, lines: list[bytes],
-        reattach: dict[str, list[int]] | None, totals: Totals, too_long: int = 0,
+        reattach: Reread | None, totals: Totals, seen: int | None = None,
+        too_long: reader.LineTooLong | None = None,
     ) -> int:
         """Store ``lines`` (which begin at ``start``) and move the checkpoint past them, atomically.
 
-        ``too_long``: after them comes a line of that many bytes, over ``max_line_bytes``: it is
-        recorded as a bad line (its head only) and the checkpoint moves past it too.
+        The checkpoint's ``size`` says how far csm has looked: the end of these lines, or ``seen``
+        once a visit read to the end of the file (a partial last line included). It must never be
+        the whole file's size while complete lines remain unread: a rescan takes a file whose size
+        and mtime match its checkpoint for done, so a visit cut short (SIGTERM, SIGKILL, an error)
+        would leave the rest unread until the file changed again.
+
+        ``too_long``: the line from the checkpoint up to ``start`` is over ``max_line_bytes``; it is
+        recorded as a bad line and skipped without ever being read whole.
         """
         rows: list[tuple[Any, ...]] = []
         moves: list[tuple[int, int, int]] = []
         errors: list[tuple[Any, ...]] = []
+        error_moves: list[tuple[int, int, int]] = []
         sessions: dict[str, SessionAgg] = {}
         gen = f.generation
         fallback_session = f.parent_session or f.session_key
@@ -493,25 +572,35 @@ class Ingestor:
         pos = start
         next_id = self.next_event_id
         sinks = self.sinks
+        max_line = self.config.max_line_bytes
+        too_long_why = f"line longer than max_line_bytes ({max_line}): skipped"
+        if too_long is not None:  # a line over max_line_bytes ending at ``start``: skipped unread
+            self._bad_line(f, f.offset, start - 1 - f.offset, too_long.head, too_long_why, errors, error_moves,
+                           reattach)
         for line in lines:
             offset = pos
             pos += len(line) + 1
+            if len(line) > max_line:  # the same rule when the whole line happened to fit in the read
+                self._bad_line(f, offset, len(line), line, too_long_why, errors, error_moves, reattach)
+                continue
             try:
                 raw = line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                errors.append((f.file_id, f.path, gen, offset, len(line), f"invalid UTF-8: {e.reason} at byte {e.start}",
-                               line[:ERROR_HEAD]))
-                continue
-            try:
                 v = parse(line)
-            except BadLine as e:
-                errors.append((f.file_id, f.path, gen, offset, len(line), str(e), line[:ERROR_HEAD]))
-                continue
+            except (UnicodeDecodeError, BadLine) as e:
+                salvaged = _after_nuls(line)
+                if salvaged is None:
+                    self._bad_line(f, offset, len(line), line, _why(e), errors, error_moves, reattach)
+                    continue
+                cut, rest, raw, v = salvaged
+                self._bad_line(f, offset, cut, line[:cut], f"{line[:cut].count(0)} NUL bytes before a record (the "
+                               f"record after them is kept at offset {offset + cut})", errors, error_moves, reattach)
+                line = rest
+                offset += cut
             if f.parent_session is None and f.session_key.startswith("agent-") and v.session_id:
                 f.parent_session = v.session_id  # a flat (Claude Code <= 2.0) subagent file
             if agg is None:
                 agg = sessions[f.session_key] = SessionAgg(f.project, f.parent_session, is_sub)
-            old = reattach.get(raw) if reattach else None
+            old = reattach.rows.get(reader.digest(line)) if reattach else None
             if old:
                 moves.append((gen, offset, old.pop()))
                 agg.add(v, counted=False)
@@ -524,20 +613,15 @@ class Ingestor:
             agg.add(v, counted=True)
             if agg.first_prompt is None and f.session_key not in self.have_prompt:
                 agg.first_prompt = prompt_text(v)
-        if too_long:
-            errors.append((f.file_id, f.path, gen, pos, too_long, f"line of {too_long} bytes is over the "
-                           f"{self.config.max_line_bytes}-byte limit (max_line_bytes); not stored",
-                           os.pread(fd, ERROR_HEAD, pos)))
-            pos += too_long + 1
         end = pos
         # The new checkpoint is built aside and adopted only once it is committed, so a
         # failed transaction (disk full, locked) leaves memory and database agreeing.
-        g = msgspec.structs.replace(f, offset=end, size=max(st.st_size, end), mtime_ns=st.st_mtime_ns,
+        g = msgspec.structs.replace(f, offset=end, size=end if seen is None else seen, mtime_ns=st.st_mtime_ns,
                                     tail_hash=reader.tail(fd, end))
         if g.head_len < reader.HEAD_LEN:
             g.head_len, g.head_hash = reader.head(fd, g.size)
         try:
-            self._write(f, g, st, rows, moves, errors, sessions, agg)
+            self._write(f, g, st, rows, moves, errors, error_moves, sessions, agg)
         finally:
             for sink in sinks:
                 sink.clear()
@@ -572,10 +656,22 @@ class Ingestor:
         if self.progress:
             self.progress()
 
+    def _bad_line(
+        self, f: FileRow, offset: int, length: int, head: bytes, why: str, errors: list[tuple[Any, ...]],
+        error_moves: list[tuple[int, int, int]], reattach: Reread | None,
+    ) -> None:
+        """Record a line that cannot be stored; a re-read finds it again instead of counting it twice."""
+        head = head[:ERROR_HEAD]
+        old = reattach.errors.get((length, head)) if reattach else None
+        if old:
+            error_moves.append((f.generation, offset, old.pop()))
+            return
+        errors.append((f.file_id, f.path, f.generation, offset, length, why, head))
+
     def _write(
         self, f: FileRow, g: FileRow, st: os.stat_result, rows: list[tuple[Any, ...]],
-        moves: list[tuple[int, int, int]], errors: list[tuple[Any, ...]], sessions: dict[str, SessionAgg],
-        agg: SessionAgg | None,
+        moves: list[tuple[int, int, int]], errors: list[tuple[Any, ...]], error_moves: list[tuple[int, int, int]],
+        sessions: dict[str, SessionAgg], agg: SessionAgg | None,
     ) -> None:
         """One transaction: the rows, what derives from them, and the checkpoint past them."""
         with self.store.transaction():
@@ -585,6 +681,8 @@ class Ingestor:
                 self.store.reattach(moves)
             if errors:
                 self.store.insert_errors(errors)
+            if error_moves:
+                self.store.reattach_errors(error_moves)
             if agg is not None:
                 if agg.parent is None:
                     agg.parent = f.parent_session

@@ -223,7 +223,8 @@ def prompt_text(view: LineView) -> str | None:
     else:
         return None
     text = " ".join(text.split())
-    # Slash commands and hook output arrive as user lines wrapped in XML-ish tags.
-    if not text or text.startswith("<"):
+    # Slash commands and hook output arrive as user lines wrapped in XML-ish tags; Claude Code
+    # itself writes "[Request interrupted by user…]" as a user line.
+    if not text or text.startswith(("<", "[Request interrupted")):
         return None
     return text[:200]

@@ -102,3 +102,19 @@ def run_sql(conn: sqlite3.Connection, sql: str, params: list[Any], max_rows: int
     finally:
         conn.set_progress_handler(None, 0)
     return Rows(columns=columns, rows=rows, truncated=bool(limit), limit=limit)
+
+
+def list_errors(conn: sqlite3.Connection, max_rows: int) -> Rows:
+    """The bad lines, as ``csm query errors`` shows them: the first bytes as text, escapes for the rest."""
+    cur = conn.execute(
+        "SELECT file_path, CASE WHEN line_offset >= 0 THEN line_offset END, length, error, head "
+        "FROM sync_errors ORDER BY file_path, line_offset"
+    )
+    rows = cur.fetchmany(max_rows + 1)
+    out = [[p, o, n, e, _printable(h)] for p, o, n, e, h in rows[:max_rows]]
+    return Rows(columns=["file", "offset", "length", "error", "head"], rows=out, truncated=len(rows) > max_rows)
+
+
+def _printable(head: bytes) -> str:
+    text = head.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)

@@ -43,16 +43,23 @@ def tail(fd: int, offset: int) -> bytes | None:
 
 
 class LineTooLong(Exception):
-    """The complete line at the offset is longer than the limit: ``length`` bytes, without its newline."""
+    """The line at the read offset is longer than the limit: ``head`` is its start, ``end`` the offset
+    just after its newline (None while that has not arrived)."""
 
-    def __init__(self, length: int) -> None:
-        super().__init__(length)
-        self.length = length
+    def __init__(self, head: bytes, end: int | None) -> None:
+        super().__init__(f"line longer than the limit (ends at {end})")
+        self.head = head
+        self.end = end
 
 
-def read_complete(fd: int, offset: int, want: int, max_line: int) -> bytes:
+def read_complete(fd: int, offset: int, want: int, max_line: int | None = None) -> bytes:
     """Read from ``offset`` about ``want`` bytes and return them up to the last ``\\n``.
 
+    When there is no newline within ``want`` bytes (one very long line), the line's end is
+    found by scanning ahead without keeping the bytes, and the line is then read whole: a
+    line is never cut, however long, up to ``max_line`` bytes (if given); a longer one raises
+    ``LineTooLong`` without ever being held in memory. Bytes after the last newline (a line
+    still being written) are left for later.
     Bytes after the last newline (a line still being written) are left for later.
     When not even one line ends within ``want`` bytes, the line's end is looked for
     first, without keeping what is scanned, and the whole line is then read at once:
@@ -65,20 +72,22 @@ def read_complete(fd: int, offset: int, want: int, max_line: int) -> bytes:
         return data if cut == len(data) - 1 else data[: cut + 1]
     if len(data) < want:
         return b""  # the file ends inside a line still being written
-    length = _line_end(fd, offset + len(data), offset)
-    if length is None:
-        return b""
-    if length > max_line:
-        raise LineTooLong(length)
-    line = os.pread(fd, length + 1, offset)
+    end = _next_line(fd, offset + len(data))
+    if end is None:
+        return b""  # the long line is not complete yet
+    if max_line is not None and end - 1 - offset > max_line:
+        raise LineTooLong(data[:256], end)
+    line = os.pread(fd, end - offset, offset)
     return line if line.endswith(b"\n") else b""  # changed under us: the next visit looks again
 
 
-def _line_end(fd: int, pos: int, offset: int) -> int | None:
-    """Length of the line that starts at ``offset``, scanning from ``pos`` without keeping the bytes."""
-    while data := os.pread(fd, READ_STEP, pos):
-        cut = data.find(b"\n")
-        if cut >= 0:
-            return pos + cut - offset
+def _next_line(fd: int, pos: int) -> int | None:
+    """The offset just after the next ``\\n`` at or after ``pos``, reading a step at a time."""
+    while True:
+        data = os.pread(fd, READ_STEP, pos)
+        if not data:
+            return None
+        nl = data.find(b"\n")
+        if nl >= 0:
+            return pos + nl + 1
         pos += len(data)
-    return None

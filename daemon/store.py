@@ -239,6 +239,24 @@ class Store:
         """moves: (generation, line_offset, id) — an unchanged line found again at a new position."""
         self.conn.executemany("UPDATE events SET generation = ?, line_offset = ? WHERE id = ?", moves)
 
+    def old_generation_errors(self, file_id: int, generation: int) -> Iterator[tuple[int, int, bytes]]:
+        """(id, length, head) of a file's bad lines from earlier generations, to find again on a re-read."""
+        return self.conn.execute(
+            "SELECT id, length, head FROM sync_errors WHERE file_id = ? AND generation < ? AND line_offset >= 0",
+            (file_id, generation),
+        )
+
+    def reattach_errors(self, moves: Iterable[tuple[int, int, int]]) -> None:
+        """moves: (generation, line_offset, id) — a bad line found again by a re-read."""
+        self.conn.executemany("UPDATE sync_errors SET generation = ?, line_offset = ? WHERE id = ?", moves)
+
+    def clear_unreadable(self, file_id: int) -> None:
+        """The file can be read again: its 'cannot read' error is no longer true."""
+        self.conn.execute("DELETE FROM sync_errors WHERE file_id = ? AND line_offset < 0", (file_id,))
+
+    def unreadable_files(self) -> set[int]:
+        return {r[0] for r in self.conn.execute("SELECT file_id FROM sync_errors WHERE line_offset < 0")}
+
     def insert_errors(self, rows: Iterable[tuple[Any, ...]]) -> None:
         """rows: (file_id, file_path, generation, line_offset, length, error, head)."""
         ts = now_iso()
@@ -269,6 +287,14 @@ class Store:
             "first_prompt = COALESCE(first_prompt, excluded.first_prompt)",
             rows,
         )
+
+    def move_session(self, old: str, new: str, project: str) -> None:
+        """A session's file was renamed or moved: its figures take the new key and project.
+        A key already taken (the same name in another root) keeps its own figures."""
+        self.conn.execute("UPDATE OR IGNORE session_stats SET session_id = ?, project = ? WHERE session_id = ?",
+                          (new, project, old))
+        if new != old:
+            self.conn.execute("UPDATE OR IGNORE session_models SET session_id = ? WHERE session_id = ?", (new, old))
 
     def add_models(self, rows: Iterable[tuple[str, str]]) -> None:
         self.conn.executemany("INSERT OR IGNORE INTO session_models VALUES (?, ?)", rows)

@@ -18,6 +18,7 @@ never ingests again.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -65,9 +66,11 @@ class Syncer(threading.Thread):
             self.paths[path] = None
             self.cond.notify()
 
-    def hint_dir(self, path: str) -> None:
+    def hint_dir(self, *paths: str) -> None:
+        """Folders to rescan; several at once (a rename's old and new path) are taken together."""
         with self.cond:
-            self.dirs[path] = None
+            for path in paths:
+                self.dirs[path] = None
             self.cond.notify()
 
     def hint_move(self, src: str, dest: str) -> None:
@@ -196,9 +199,11 @@ class Syncer(threading.Thread):
             self.state = "ingesting"
         for src, dest in moves:
             ing.moved(src, dest)
-        for d in dirs:
-            # A new folder's files may have been written before its watch existed; a folder
-            # moved in whole may be a large history, so its progress goes to waiting syncs.
+        # A new folder's files may have been written before its watch existed; a folder moved in
+        # whole may be a large history, so its progress goes to waiting syncs. A renamed folder
+        # arrives as its old path and its new one: the new is scanned first, so its files claim
+        # their checkpoints as renames before those of the vanished old path are marked gone.
+        for d in sorted(dirs, key=lambda d: not os.path.isdir(d)):
             ing.rescan(self._progress(), top=Path(d))
         if dirs:
             for hook in self.after_new_dirs:

@@ -95,8 +95,7 @@ class Hints(FileSystemEventHandler):
         src = os.fsdecode(event.src_path)
         if event.is_directory:
             if event.event_type == "moved":
-                self.syncer.hint_dir(src)
-                self.syncer.hint_dir(os.fsdecode(event.dest_path))
+                self.syncer.hint_dir(src, os.fsdecode(event.dest_path))
             elif event.event_type in ("created", "deleted"):
                 self.syncer.hint_dir(src)
         elif event.event_type == "moved":

@@ -51,10 +51,10 @@ def own_files(db: Path) -> list[Path]:
     for fd in (1, 2):
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
+            if target.startswith("/") and Path(target).is_file():
+                own.append(Path(target))
+        except OSError:  # no /proc, or a log file in a folder this user cannot look into
             continue
-        if target.startswith("/") and Path(target).is_file():
-            own.append(Path(target))
     return own
 
 

@@ -107,7 +107,24 @@ class Watch(Message, kw_only=True):
     project: str | None = None
 
 
-Request = Status | Sync | Query | UsageReport | GetConfig | Fault | Sessions | Show | Search | Watch
+
+class ListErrors(Message, kw_only=True):
+    """The bad lines csmd skipped (``sync_errors``), by file and offset."""
+
+    max_rows: int = 10_000
+
+
+class Export(Message, kw_only=True):
+    """A session's or a file's lines. ``target``: an absolute file path, a session id, or a unique
+    prefix of one. Replies with ``Chunk`` messages, then ``ExportDone``."""
+
+    target: str
+    format: str = "jsonl"
+
+
+Request = (
+    Status | Sync | Query | UsageReport | GetConfig | Fault | Sessions | Show | Search | Watch | ListErrors | Export
+)
 
 
 # --- replies ------------------------------------------------------------------------
@@ -265,12 +282,29 @@ class Heartbeat(Message, kw_only=True):
     """Messages dropped since the last delivery because this subscriber read too slowly."""
 
 
+class Chunk(Message, kw_only=True):
+    """A piece of a streamed output; ``seq`` counts from 0 so a lost piece is noticed."""
+
+    seq: int
+    data: bytes
+
+
+class ExportDone(Message, kw_only=True):
+    """The end of an export: what was sent, for the client to check it got all of it."""
+
+    files: list[str]
+    lines: int
+    bytes: int
+    chunks: int
+
+
 Reply = (
     Error | Ok | StatusReply | Progress | SyncReply | Rows | UsageRows | ConfigReply | Transcript | Watching | Messages
-    | Heartbeat
+    | Heartbeat | Chunk | ExportDone
 )
 
-FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows, ConfigReply, Transcript)
+FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows, ConfigReply, Transcript, ExportDone)
+"""Every other reply is streamed (``Progress``, ``Chunk``, ``Messages``…): more follow until a final one."""
 
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(Request)

@@ -71,7 +71,9 @@ def status() -> dict[str, Any]:
     from csm.client.transport import request
     from csm.shared.protocol import Status
 
-    return msgspec.to_builtins(request(Status(), timeout_s=10))
+    reply = request(Status(), timeout_s=10)
+    # Every field, defaults included (the wire form omits them: last_sync_at None, files_gone 0).
+    return {name: msgspec.to_builtins(getattr(reply, name)) for name in reply.__struct_fields__}
 
 
 def scalar(query: str) -> Any:
@@ -173,3 +175,34 @@ def raw_client(sock: Path | None = None) -> Iterator[Any]:
     finally:
         s.close()
         ctx.term()
+
+
+def sync_now() -> dict[str, Any]:
+    """``csm sync --now``, asked in-process: a barrier after which csmd has seen every file as it is."""
+    import msgspec
+
+    from csm.client.transport import request
+    from csm.shared.protocol import Sync, SyncReply
+
+    reply = request(Sync(), timeout_s=60)
+    assert isinstance(reply, SyncReply)
+    return msgspec.to_builtins(reply)
+
+
+def file_lines(path: Path) -> list[str]:
+    """The complete lines of a file, as csm must store them (text without the newline)."""
+    data = path.read_bytes()
+    return [b.decode() for b in data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]]
+
+
+def current_raws(db: Path, path: Path) -> list[str]:
+    """The rows of a file as it is now (its current generation), in file order."""
+    return [r[0] for r in db_rows(
+        db, "SELECT raw FROM lines WHERE file_path = ? AND current ORDER BY line_offset", str(path))]
+
+
+def all_raws(db: Path) -> dict[str, int]:
+    """Every row ever stored, of every file and generation, as a multiset of raw lines."""
+    from collections import Counter
+
+    return dict(Counter(r[0] for r in db_rows(db, "SELECT raw FROM events")))

@@ -261,7 +261,7 @@ def test_export_markdown_and_html(csmd: Csmd, projects: Path, tmp_path: Path) ->
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; ```fence```" in page
     assert "<summary>→ Bash <code>cat a.md</code></summary>" in page and "x = 1" in page
 
-    md = run_csm("export", "x1").stdout
+    md = run_csm("export", "x1", "--format", "markdown").stdout
     assert md.startswith("# x1\n")
     assert "\n\\<script\\>alert(1)\\</script\\> & \\`\\`\\`fence\\`\\`\\` in text\n" in md, "user text is escaped"
     assert "- **Bash** `cat a.md`" in md

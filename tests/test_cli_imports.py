@@ -43,5 +43,5 @@ def test_help_lists_every_command() -> None:
     for name in ("config", "db", "export", "query", "service", "status", "sync", "watch"):
         assert f"  {name} " in top, name
     query = CliRunner().invoke(cli, ["query", "--help"]).output
-    for name in ("search", "sessions", "show", "sql", "usage"):
+    for name in ("errors", "search", "sessions", "show", "sql", "usage"):
         assert f"  {name} " in query, name

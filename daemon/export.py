@@ -1,0 +1,69 @@
+"""Streaming a session or a file back out of the archive, in chunks over the control socket.
+
+The rows of a file's current generation, in offset order, each followed by ``\\n``, are the
+file's complete lines byte for byte (the lossless rule; see ARCHITECTURE.md). One SELECT
+reads them all, so the export is one consistent snapshot even while csmd keeps ingesting, and
+its cursor is drained in chunks so memory stays bounded whatever the file's size.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+
+from csm.daemon import browse
+from csm.shared.errors import NotFound, QueryError
+from csm.shared.protocol import Chunk, Export, ExportDone, Message
+
+CHUNK_BYTES = 1 << 20
+FORMATS = ("jsonl",)
+
+
+def resolve(conn: sqlite3.Connection, target: str) -> list[tuple[int, str]]:
+    """(file_id, path) of the files ``target`` names: a file path, a session id or a unique prefix of one."""
+    if target.startswith("/"):
+        rows = conn.execute("SELECT file_id, file_path FROM sync_metadata WHERE file_path = ?", (target,)).fetchall()
+        if not rows:
+            raise NotFound(f"no transcript file {target} in the archive (csm query sql \"SELECT file_path FROM "
+                           "sync_metadata\" lists them)")
+        return rows
+    session = browse.resolve(conn, target)  # the one rule for session prefixes, as in 'csm query show'
+    return conn.execute("SELECT file_id, file_path FROM sync_metadata WHERE session_key = ? ORDER BY file_path",
+                        (session,)).fetchall()
+
+
+def _raw_lines(conn: sqlite3.Connection, file_ids: list[int]) -> Iterator[str]:
+    marks = ",".join("?" * len(file_ids))
+    cur = conn.execute(
+        "SELECT e.raw FROM events e JOIN sync_metadata m ON m.file_id = e.file_id AND e.generation = m.generation "
+        f"WHERE m.file_id IN ({marks}) ORDER BY m.file_path, e.line_offset",
+        file_ids,
+    )
+    for (raw,) in cur:
+        yield raw
+
+
+def run(conn: sqlite3.Connection, request: Export, reply: Callable[[Message], None]) -> ExportDone:
+    """Send the ``Chunk``s through ``reply`` and return the final ``ExportDone``; raises ``CsmError``
+    before the first chunk if it cannot."""
+    if request.format not in FORMATS:
+        raise QueryError(f"unknown export format {request.format!r}; known: {', '.join(FORMATS)}")
+    files = resolve(conn, request.target)
+    buf: list[bytes] = []
+    size = lines = total = seq = 0
+    for raw in _raw_lines(conn, [f for f, _ in files]):
+        data = raw.encode("utf-8")
+        buf.append(data)
+        buf.append(b"\n")
+        size += len(data) + 1
+        lines += 1
+        if size >= CHUNK_BYTES:
+            reply(Chunk(seq=seq, data=b"".join(buf)))
+            seq += 1
+            total += size
+            buf, size = [], 0
+    if buf:
+        reply(Chunk(seq=seq, data=b"".join(buf)))
+        seq += 1
+        total += size
+    return ExportDone(files=[p for _, p in files], lines=lines, bytes=total, chunks=seq)

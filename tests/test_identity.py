@@ -1,0 +1,366 @@
+"""File identity: every way a transcript can change under csmd, with a real csmd and real files.
+
+After each case the database must hold exactly the lines the files held, each once: the rows of
+a file's current generation are its lines in order, and every row ever stored (old generations
+included) is each distinct line seen, never a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from csmtest import (
+    REAL, Csmd, all_raws, current_raws, db_rows, file_lines, run_csm, status, sync_now, wait_for,
+)
+
+
+def rec(i: int, session: str = "s1", pad: int = 0, **extra: object) -> str:
+    """One transcript line (text, no newline); ``pad`` makes it longer."""
+    obj: dict[str, object] = {
+        "type": "user", "uuid": f"{session}-u{i}", "sessionId": session,
+        "timestamp": f"2026-11-01T10:{i // 60 % 60:02d}:{i % 60:02d}.000Z",
+        "message": {"role": "user", "content": f"hello {i} " + "x" * pad},
+    }
+    obj.update(extra)
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def write(path: Path, lines: list[str], mode: str = "w") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, mode, encoding="utf-8") as f:
+        f.write("".join(x + "\n" for x in lines))
+
+
+def checkpoint(db: Path, path: Path) -> tuple[int, int, int, str | None]:
+    """(file_id, generation, offset, gone_at) of the checkpoint at ``path``."""
+    rows = db_rows(db, "SELECT file_id, generation, last_position, gone_at FROM sync_metadata WHERE file_path = ?",
+                   str(path))
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def expect(db: Path, current: dict[Path, list[str]], ever: list[str]) -> None:
+    """Each file's current rows are exactly its lines; all rows are ``ever``, each line once."""
+    for path, lines in current.items():
+        assert current_raws(db, path) == lines, path
+    assert all_raws(db) == dict(Counter(ever))
+
+
+class TestAppend:
+    def test_appended_lines_arrive_once(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        f = projects / "p" / "s1.jsonl"
+        a = [rec(i) for i in range(3)]
+        write(f, a)
+        csmd.start()
+        b = [rec(i) for i in range(3, 6)]
+        write(f, b, "a")
+        wait_for(lambda: len(current_raws(db, f)) == 6, what="appended lines")
+        sync_now()
+        expect(db, {f: a + b}, a + b)
+        assert checkpoint(db, f)[1:3] == (0, f.stat().st_size)
+
+    def test_partial_line_waits_however_long(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        """A several-MB line arriving in pieces is stored once, whole, when its newline comes."""
+        f = projects / "p" / "s1.jsonl"
+        write(f, [rec(0)])
+        csmd.start()
+        big = rec(1, pad=6 * 1024 * 1024)
+        pieces = [big[i : i + 1_500_000] for i in range(0, len(big), 1_500_000)]
+        for piece in pieces:
+            with open(f, "a") as out:
+                out.write(piece)
+            sync_now()
+            assert current_raws(db, f) == [rec(0)], "a line without its newline must not be stored"
+        with open(f, "a") as out:
+            out.write("\n")
+        wait_for(lambda: len(current_raws(db, f)) == 2, what="the completed long line")
+        expect(db, {f: [rec(0), big]}, [rec(0), big])
+        assert db_rows(db, "SELECT count(*) FROM sync_errors")[0][0] == 0
+
+
+class TestTruncation:
+    def test_truncated_below_the_offset(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        f = projects / "p" / "s1.jsonl"
+        lines = [rec(i) for i in range(5)]
+        write(f, lines)
+        csmd.start()
+        file_id = checkpoint(db, f)[0]
+        os.truncate(f, len("".join(x + "\n" for x in lines[:2])))
+        sync_now()
+        expect(db, {f: lines[:2]}, lines)  # the cut lines keep their rows, under the old generation
+        assert checkpoint(db, f)[:2] == (file_id, 1)
+        more = [rec(i) for i in range(10, 12)]
+        write(f, more, "a")
+        sync_now()
+        expect(db, {f: lines[:2] + more}, lines + more)
+
+    def test_shrank_but_not_below_the_offset(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        """A partial last line that is cut away (a torn tail repaired) makes the file shrink."""
+        f = projects / "p" / "s1.jsonl"
+        lines = [rec(i, pad=500) for i in range(3)]  # over 1 KB: the head hash cannot see the cut
+        write(f, lines)
+        with open(f, "a") as out:
+            out.write(rec(3)[:40])
+        csmd.start()
+        assert current_raws(db, f) == lines
+        os.truncate(f, len("".join(x + "\n" for x in lines)))
+        sync_now()
+        assert checkpoint(db, f)[1] == 1, "a shrunk file is read again"
+        write(f, [rec(4)], "a")
+        sync_now()
+        expect(db, {f: lines + [rec(4)]}, lines + [rec(4)])
+
+    def test_truncated_and_regrown_past_the_offset(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        """Same inode, same first KB, longer than before, different bytes before the old offset: only
+        the hash of the bytes before the offset can tell; it must."""
+        f = projects / "p" / "s1.jsonl"
+        first = rec(0, pad=2000)  # longer than the 1 KB head: the head hash cannot see the change
+        old = [first, rec(1), rec(2)]
+        write(f, old)
+        csmd.start()
+        inode = f.stat().st_ino
+        csmd.stop()
+        new = [first, rec(1, pad=7), rec(5), rec(6), rec(7)]
+        with open(f, "r+") as out:  # rewritten in place: same inode
+            out.truncate(0)
+            out.write("".join(x + "\n" for x in new))
+        assert f.stat().st_ino == inode and f.stat().st_size > checkpoint(db, f)[2]
+        csmd.start()
+        sync_now()
+        expect(db, {f: new}, old + new[1:])
+        assert "rewritten before the checkpoint" in csmd.log()
+
+
+class TestReplacement:
+    def test_atomic_rename_over_the_file(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        """A tool rewrites the file (some lines dropped, some added) and renames it over the old one."""
+        f = projects / "p" / "s1.jsonl"
+        old = [rec(i) for i in range(6)]
+        write(f, old)
+        csmd.start()
+        file_id = checkpoint(db, f)[0]
+        new = [old[0], old[2], old[3], rec(20), old[5], rec(21)]
+        tmp = f.with_name("s1.jsonl.tmp")
+        write(tmp, new)
+        inode = f.stat().st_ino
+        os.replace(tmp, f)
+        assert f.stat().st_ino != inode
+        wait_for(lambda: current_raws(db, f) == new, what="the replaced file's lines")
+        sync_now()
+        expect(db, {f: new}, old + [rec(20), rec(21)])
+        assert checkpoint(db, f)[:2] == (file_id, 1)
+        assert "replaced (new inode)" in csmd.log()
+
+    def test_same_inode_new_head(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        f = projects / "p" / "s1.jsonl"
+        old = [rec(i) for i in range(4)]
+        write(f, old)
+        csmd.start()
+        csmd.stop()
+        new = [rec(0, session="other")] + old[1:] + [rec(9)]
+        with open(f, "r+") as out:
+            out.write("".join(x + "\n" for x in new))  # overwritten from byte 0, not truncated
+        csmd.start()
+        sync_now()
+        expect(db, {f: new}, old + [new[0], rec(9)])
+        assert "replaced (new head)" in csmd.log()
+
+    def test_byte_identical_lines_are_two_rows_and_stay_two(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        f = projects / "p" / "s1.jsonl"
+        a, b, c = rec(0), rec(1), rec(2)
+        write(f, [a, a, b])
+        csmd.start()
+        expect(db, {f: [a, a, b]}, [a, a, b])
+        tmp = f.with_name(".s1.tmp")
+        write(tmp, [a, a, b, c])
+        os.replace(tmp, f)
+        sync_now()
+        expect(db, {f: [a, a, b, c]}, [a, a, b, c])
+        write(tmp, [a, c])
+        os.replace(tmp, f)
+        sync_now()
+        expect(db, {f: [a, c]}, [a, a, b, c])  # one copy of a and b left the file: their rows stay
+
+
+class TestRename:
+    def test_moved_while_watching_keeps_its_offset(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        a = projects / "p" / "s1.jsonl"
+        lines = [rec(i) for i in range(4)]
+        write(a, lines)
+        csmd.start()
+        file_id, _, offset, _ = checkpoint(db, a)
+        b = projects / "p" / "s2.jsonl"
+        os.rename(a, b)
+        wait_for(lambda: db_rows(db, "SELECT count(*) FROM sync_metadata WHERE file_path = ?", str(b))[0][0],
+                 what="the checkpoint to follow the rename")
+        assert checkpoint(db, b) == (file_id, 0, offset, None)
+        bak = b.with_name("s2.jsonl.bak")  # out of sight (not a .jsonl) and back: still the same file
+        os.rename(b, bak)
+        wait_for(lambda: db_rows(db, "SELECT count(*) FROM sync_metadata WHERE file_path = ?", str(bak))[0][0],
+                 what="the checkpoint to follow the file to its .bak name")
+        sync_now()
+        os.rename(bak, b)
+        wait_for(lambda: db_rows(db, "SELECT count(*) FROM sync_metadata WHERE file_path = ?", str(b))[0][0],
+                 what="the checkpoint to come back")
+        assert checkpoint(db, b) == (file_id, 0, offset, None)
+        c = projects / "q" / "s2.jsonl"  # to another project folder
+        c.parent.mkdir()
+        os.rename(b, c)
+        write(c, [rec(9)], "a")
+        wait_for(lambda: len(current_raws(db, c)) == 5, what="the line appended after the move")
+        sync_now()
+        expect(db, {c: lines + [rec(9)]}, lines + [rec(9)])
+        assert checkpoint(db, c)[:2] == (file_id, 0)
+        s = db_rows(db, "SELECT session_id, project, lines, file_present FROM sessions")
+        assert s == [("s2", "q", 5, 1)], "the session's figures follow its file"
+
+    def test_moved_while_stopped_and_a_new_file_at_the_old_path(self, csmd: Csmd, projects: Path, db: Path
+                                                               ) -> None:
+        a = projects / "p" / "s1.jsonl"
+        lines = [rec(i) for i in range(4)]
+        write(a, lines)
+        csmd.start()
+        file_id, _, offset, _ = checkpoint(db, a)
+        csmd.stop()
+        b = projects / "p2" / "s1-moved.jsonl"
+        b.parent.mkdir()
+        os.rename(a, b)
+        fresh = [rec(i, session="new") for i in range(3)]
+        write(a, fresh)  # a new file where the old one was
+        write(b, [rec(4)], "a")
+        csmd.start()
+        sync_now()
+        assert checkpoint(db, b) == (file_id, 0, offset + len(rec(4)) + 1, None)
+        assert checkpoint(db, a)[0] != file_id
+        expect(db, {b: lines + [rec(4)], a: fresh}, lines + [rec(4)] + fresh)
+        assert "renamed:" in csmd.log()
+
+
+    def test_project_folder_renamed_while_watching_and_while_stopped(self, csmd: Csmd, projects: Path, db: Path
+                                                                   ) -> None:
+        a = projects / "proj-a" / "s1.jsonl"
+        sub = projects / "proj-a" / "s1" / "subagents" / "agent-x1.jsonl"
+        lines, sublines = [rec(i) for i in range(3)], [rec(i, session="s1-sub") for i in range(2)]
+        write(a, lines)
+        write(sub, sublines)
+        csmd.start()
+        ids = {checkpoint(db, a)[0], checkpoint(db, sub)[0]}
+        os.rename(projects / "proj-a", projects / "proj-b")
+        b, bsub = projects / "proj-b" / "s1.jsonl", projects / "proj-b" / "s1" / "subagents" / "agent-x1.jsonl"
+        wait_for(lambda: db_rows(db, "SELECT count(*) FROM sync_metadata WHERE file_path IN (?, ?)", str(b),
+                                 str(bsub))[0][0] == 2, what="the checkpoints to follow the folder")
+        sync_now()
+        expect(db, {b: lines, bsub: sublines}, lines + sublines)
+        csmd.stop()
+        os.rename(projects / "proj-b", projects / "proj-c")
+        csmd.start()
+        sync_now()
+        c, csub = projects / "proj-c" / "s1.jsonl", projects / "proj-c" / "s1" / "subagents" / "agent-x1.jsonl"
+        expect(db, {c: lines, csub: sublines}, lines + sublines)
+        assert {checkpoint(db, c)[0], checkpoint(db, csub)[0]} == ids
+        assert db_rows(db, "SELECT count(*) FROM sync_metadata")[0][0] == 2
+        assert dict(db_rows(db, "SELECT session_id, project FROM sessions")) == {"s1": "proj-c", "agent-x1": "proj-c"}
+
+
+class TestDeletion:
+    def test_deleted_file_keeps_its_rows(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        f = projects / "p" / "s1.jsonl"
+        keep = projects / "p" / "s2.jsonl"
+        lines = [rec(i) for i in range(3)]
+        write(f, lines)
+        write(keep, [rec(0, session="s2")])
+        csmd.start()
+        f.unlink()
+        wait_for(lambda: checkpoint(db, f)[3], what="the checkpoint to be marked gone")
+        gone_at = checkpoint(db, f)[3]
+        assert gone_at.startswith("20") and gone_at.endswith("Z")
+        expect(db, {f: lines}, lines + [rec(0, session="s2")])
+        present = dict(db_rows(db, "SELECT session_id, file_present FROM sessions"))
+        assert present == {"s1": 0, "s2": 1}
+        s = status()
+        assert (s["sessions"], s["sessions_gone"], s["files"], s["files_gone"]) == (2, 1, 1, 1)
+        human = run_csm("status").stdout
+        assert "1 with source file gone" in human, human
+        write(f, lines + [rec(3)])  # restored from a backup, one line longer
+        sync_now()
+        expect(db, {f: lines + [rec(3)]}, lines + [rec(3)] + [rec(0, session="s2")])
+        assert checkpoint(db, f)[1:] == (1, f.stat().st_size, None), "the same checkpoint, read again, live"
+        assert status()["sessions_gone"] == 0
+
+    def test_new_file_on_a_deleted_files_inode_starts_from_zero(self, csmd: Csmd, projects: Path, db: Path
+                                                                ) -> None:
+        """While csmd is stopped (the deletion unseen) and while it runs.
+
+        ext4 hands a freed inode to the next file created in its group, unless another process on
+        a busy machine gets it first: each phase deletes victims until one inode is reused.
+        """
+        d = projects / "p"
+        victims = {phase: [d / f"{phase}-old{k}.jsonl" for k in range(6)] for phase in ("stopped", "running")}
+        ever = []
+        for phase, paths in victims.items():
+            for k, v in enumerate(paths):
+                lines = [rec(i, session=v.stem, pad=50) for i in range(8)]
+                write(v, lines)
+                ever += lines
+        csmd.start()
+        for phase, paths in victims.items():
+            if phase == "stopped":
+                csmd.stop()
+            new = [rec(i, session=f"new-{phase}", pad=80) for i in range(9)]  # longer than the old offset
+            reuse = d / f"new-{phase}.jsonl"
+            held: list[Path] = []  # candidates that got another inode fill the holes below the victim's
+            for victim in paths:
+                inode = victim.stat().st_ino
+                victim.unlink()
+                while len(held) < 200:
+                    candidate = d / f"candidate{len(held)}.tmp"  # not a .jsonl: csmd ignores it
+                    write(candidate, new)
+                    got = candidate.stat().st_ino
+                    if got == inode:
+                        candidate.rename(reuse)
+                        break
+                    held.append(candidate)
+                    if got > inode:
+                        break  # the freed inode went elsewhere; try the next victim
+                if reuse.exists():
+                    break
+            for c in held:
+                c.unlink()
+            if not reuse.exists():
+                pytest.skip(f"the filesystem reused none of {len(paths)} freed inodes (a busy machine's other "
+                            "processes took them): inode reuse cannot be forced here")
+            if phase == "stopped":
+                csmd.start()
+            sync_now()
+            ever += new
+            expect(db, {reuse: new}, ever)
+            assert checkpoint(db, victim)[3] is not None, "the deleted file's checkpoint is gone, not moved"
+            assert checkpoint(db, reuse)[:3] == (checkpoint(db, reuse)[0], 0, reuse.stat().st_size)
+            assert checkpoint(db, reuse)[0] != checkpoint(db, victim)[0]
+
+
+class TestRowIdentity:
+    def test_resumed_copies_and_lines_without_uuid(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        src = REAL / "-Users-dain-workspace-claude-code-log-sample"
+        shutil.copytree(src, projects / src.name)
+        other = projects / "p" / "s1.jsonl"
+        unknown = [json.dumps({"type": "brand-new-type", "whatever": [1, {"x": None}]}),
+                   json.dumps({"type": "queue-operation", "operation": "enqueue", "sessionId": "s1"}),
+                   json.dumps({"no_type_at_all": True})]
+        write(other, unknown)
+        csmd.start()
+        copies = db_rows(db, "SELECT file_path, session_id FROM lines WHERE uuid = ?",
+                         "cc67b20e-4350-4a71-bc4f-8b64f2adb806")
+        assert len(copies) == 3 and len({p for p, _ in copies}) == 3 and len({s for _, s in copies}) == 3
+        files = sorted((projects / src.name).glob("*.jsonl")) + [other]
+        expect(db, {p: file_lines(p) for p in files}, [x for p in files for x in file_lines(p)])
+        no_uuid = Counter(json.loads(x).get("type") for p in files for x in file_lines(p) if "uuid" not in json.loads(x))
+        stored = Counter(dict(db_rows(db, "SELECT type, count(*) FROM lines WHERE uuid IS NULL GROUP BY type")))
+        assert stored == no_uuid and stored["summary"] > 0 and stored["brand-new-type"] == 1
+        assert db_rows(db, "SELECT raw FROM lines WHERE type IS NULL") == [(unknown[2],)]
