@@ -13,6 +13,11 @@ Phases (``--only`` picks some):
   read-only SQLite connection that polls ``PRAGMA data_version`` every 0.2 ms.
 - ``idle``: csmd's CPU time (``/proc/<pid>/stat``, all threads) over 60 s with nothing to do
   (10 s with ``--quick``), periodic rescan included.
+- ``queries``: ``csm query usage --by day``, ``csm query sessions`` and ``csm query search``
+  from the shell (CLI subprocesses, median of ``--repeat`` x 3) and the same requests sent from
+  this process (the daemon's part: socket and work, no start-up), once csmd has also indexed the
+  tool text it defers during an initial sync. Run it on the 1 GB corpus with
+  ``--corpus DIR --only sync,queries``.
 - ``rescan``: a second csmd on 10,000 small files; once they are in, ``csm sync --now`` on
   unchanged files (the daemon's own timing and the CLI's wall time).
 
@@ -49,6 +54,12 @@ TARGETS = {
     "idle_cpu_pct": ("<=", 0.1, ""),
     "rescan_s": ("<=", 1.0, ""),
     "status_ms": ("<=", 150.0, ""),
+    "q_usage_ms": ("<=", 150.0, ""),
+    "q_sessions_ms": ("<=", 150.0, ""),
+    "q_search_ms": ("<=", 150.0, ""),
+    "q_usage_inproc_ms": ("<=", 20.0, ""),
+    "q_sessions_inproc_ms": ("<=", 20.0, ""),
+    "q_search_inproc_ms": ("<=", 20.0, ""),
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -193,7 +204,7 @@ def csm(home: Home, *args: str) -> tuple[float, str]:
     return wall, r.stdout
 
 
-def wait_scanned(home: Home, d: Csmd, timeout: float = 60.0) -> None:
+def wait_scanned(home: Home, d: Csmd, timeout: float = 600.0) -> None:
     """Until csmd has finished its first scan (so a later rescan finds nothing to do)."""
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
@@ -296,6 +307,49 @@ def inproc_status(home: Home, n: int) -> list[float]:
         request(protocol.Status(), sock=sock)
         out.append(time.perf_counter() - t)
     return out
+
+
+QUERIES = {
+    "usage": (["query", "usage", "--by", "day"], lambda p: p.UsageReport(by="day")),
+    "sessions": (["query", "sessions"], lambda p: p.Sessions()),
+    "search": (["query", "search", "error"], lambda p: p.Search(text="error")),
+}
+
+
+def wait_tools_indexed(home: Home, d: Csmd, timeout: float = 1200.0) -> float:
+    """Until csmd has indexed the tool text it deferred during the initial sync; seconds waited."""
+    conn = sqlite3.connect(f"file:{home.db}?mode=ro", uri=True)
+    t = time.perf_counter()
+    try:
+        while conn.execute("SELECT EXISTS (SELECT 1 FROM search_tools_pending)").fetchone()[0]:
+            d.check()
+            if time.perf_counter() - t > timeout:
+                raise SystemExit("csmd did not index the deferred tool text in time")
+            time.sleep(0.2)
+    finally:
+        conn.close()
+    return time.perf_counter() - t
+
+
+def phase_queries(c: Ctx, home: Home, d: Csmd) -> None:
+    from csm.client.transport import request
+    from csm.shared import protocol
+
+    c.out["tools_indexed_after_s"] = round(wait_tools_indexed(home, d), 1)
+    wait_scanned(home, d)
+    sock = Path(home.env["XDG_RUNTIME_DIR"]) / "csm" / "csmd.sock"
+    n = c.args.repeat * 3
+    for name, (args, make) in QUERIES.items():
+        shell = [csm(home, *args)[0] for _ in range(n)]
+        inproc = []
+        for _ in range(n):
+            t = time.perf_counter()
+            request(make(protocol), sock=sock, timeout_s=30.0)
+            inproc.append(time.perf_counter() - t)
+        c.out[f"q_{name}_ms"] = round(median(shell) * 1000, 1)
+        c.out[f"q_{name}_inproc_ms"] = round(median(inproc) * 1000, 2)
+        c.say(f"  csm {' '.join(args)}: {c.out[f'q_{name}_ms']} ms from the shell, "
+              f"{c.out[f'q_{name}_inproc_ms']} ms from this process")
 
 
 def phase_fresh(c: Ctx, home: Home, d: Csmd, files: list[Path]) -> None:
@@ -446,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     home = Home(base, "main")
     d = None
     try:
-        if phases & {"sync", "rtt", "fresh", "idle"}:
+        if phases & {"sync", "rtt", "queries", "fresh", "idle"}:
             t = time.perf_counter()
             if a.corpus:
                 home.projects.rmdir()
@@ -465,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
             d = phase_sync(c, home, lines, size)
             if "rtt" in phases:
                 phase_rtt(c, home, d)
+            if "queries" in phases:
+                phase_queries(c, home, d)
             if "fresh" in phases:
                 phase_fresh(c, home, d, files)
             if "idle" in phases:

@@ -1,12 +1,15 @@
 """``csm``: the command line, a thin client of csmd's control socket.
 
 It imports click, msgspec and ``csm.shared`` only (pyzmq when it sends a request),
-never the daemon's parts, so it starts fast. Every error csm expects is a
+never the daemon's parts, so it starts fast: the commands that live in other modules
+(``service``, ``db``, ``export``, ``watch`` and the browsing queries) are imported only when
+they run, or for ``--help`` (``LazyGroup``), so ``csm status`` pays for none of them. Every error csm expects is a
 ``CsmError`` turned into one line on stderr and an exit code in ``main``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any
@@ -14,9 +17,7 @@ from typing import Any
 import click
 import msgspec
 
-from csm.client import browse, export, render
-from csm.client.service import service
-from csm.client.db import db
+from csm.client import render
 from csm.client.transport import request
 from csm.shared import __version__, protocol
 from csm.shared.errors import CsmError, DaemonNotRunning
@@ -24,7 +25,27 @@ from csm.shared.errors import CsmError, DaemonNotRunning
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-@click.group(context_settings=CONTEXT)
+class LazyGroup(click.Group):
+    """A group whose commands named in ``lazy`` ("module:attribute") are imported on first use."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy and name not in self.commands:
+            module, attr = self.lazy[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT, lazy={
+    "service": "csm.client.service:service", "db": "csm.client.db:db", "watch": "csm.client.browse:watch",
+    "export": "csm.client.export:export",
+})
 @click.version_option(__version__, prog_name="csm")
 def cli() -> None:
     """csm: ask questions of your whole Claude Code history.
@@ -241,7 +262,9 @@ def config_path() -> None:
     click.echo(reply.config_file)
 
 
-@cli.group()
+@cli.group(cls=LazyGroup, lazy={
+    "sessions": "csm.client.browse:sessions", "show": "csm.client.browse:show", "search": "csm.client.browse:search",
+})
 def query() -> None:
     """Ask the archive questions (read-only)."""
 
@@ -274,7 +297,6 @@ def query_sql(sql: str, params: tuple[str, ...], max_rows: int, fmt: str | None)
         click.echo(f"csm: output stopped at {n} rows ({why})", err=True)
 
 
-cli.add_command(db)
 
 
 @query.command("usage")
@@ -338,14 +360,6 @@ def query_errors(max_rows: int, fmt: str | None) -> None:
     render.emit_rows(reply.columns, reply.rows, fmt)
     if reply.truncated:
         click.echo(f"csm: output stopped at {max_rows} rows (--max-rows)", err=True)
-
-
-cli.add_command(service)
-query.add_command(browse.sessions)
-query.add_command(browse.show)
-query.add_command(browse.search)
-cli.add_command(browse.watch)
-cli.add_command(export.export)
 
 
 def main() -> None:
