@@ -20,6 +20,8 @@ from typing import Any
 
 import msgspec
 
+from csm.daemon.content import blocks
+
 
 class BadLine(Exception):
     """A line that cannot be stored; ``str(self)`` says why."""
@@ -211,18 +213,7 @@ def prompt_text(view: LineView) -> str | None:
     """The text a user typed, for a session title; None for tool results and meta lines."""
     if view.type != "user" or view.is_meta or view.message is None or not view.message.content:
         return None
-    try:
-        content = msgspec.json.decode(view.message.content)
-    except msgspec.DecodeError:
-        return None
-    if isinstance(content, str):
-        text = content
-    elif isinstance(content, list):
-        parts = [b.get("text") for b in content if isinstance(b, dict) and b.get("type") == "text"]
-        text = " ".join(p for p in parts if isinstance(p, str))
-    else:
-        return None
-    text = " ".join(text.split())
+    text = " ".join(" ".join(b.text for b in blocks(view.message.content) if b.type == "text" and b.text).split())
     # Slash commands and hook output arrive as user lines wrapped in XML-ish tags; Claude Code
     # itself writes "[Request interrupted by user…]" as a user line.
     if not text or text.startswith(("<", "[Request interrupted")):
