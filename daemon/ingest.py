@@ -291,21 +291,27 @@ class Ingestor:
                 self._tick()
         finally:
             self.backlog = self.progress = None
-        prefixes = [str(t) + os.sep for t in tops]
+        # Files not seen are gone when they no longer exist — under a root deleted whole too — and, after
+        # a full rescan, when no configured root holds them any more: csm no longer follows those.
+        prefixes = [str(t) + os.sep for t in (self.roots if top is None else tops)]
         for path, f in list(self.files.items()):
-            if not f.gone_at and path not in seen and any(path.startswith(p) for p in prefixes):
-                if not os.path.lexists(path):
-                    self.mark_gone(f)
+            if f.gone_at or path in seen:
+                continue
+            if not any(path.startswith(p) for p in prefixes):
+                if top is None:
+                    self.mark_gone(f, "not under a configured root")
+            elif not os.path.lexists(path):
+                self.mark_gone(f)
         return totals
 
     # --- one file ------------------------------------------------------------------
 
-    def mark_gone(self, f: FileRow) -> None:
+    def mark_gone(self, f: FileRow, why: str = "source file gone") -> None:
         when = now_iso()
         with self.store.transaction():
             self.store.mark_gone(f.file_id, when)
         f.gone_at = when  # only once committed, so a failed write is retried
-        log.info("source file gone, rows kept: %s", f.path)
+        log.info("%s, rows kept: %s", why, f.path)
 
     def moved(self, src: str, dest: str) -> Totals:
         """A rename seen by the watcher: the checkpoint follows the file when it is the same file."""

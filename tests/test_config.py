@@ -125,3 +125,21 @@ def test_config_show_file_option_checks_a_file_even_with_a_daemon(csmd: Csmd, tm
     checked = run_csm("config", "show", "--file", str(new), "--json")
     assert checked.returncode == 78 and checked.stdout == ""
     assert checked.stderr == f"csm: {new}:1: bad value for 'batch_bytes': Expected `int` >= 1\n"
+
+
+def test_readme_says_every_literal_default_the_code_has() -> None:
+    """README's table of settings states each default; a number or word there must be the code's."""
+    import re
+
+    from csm.shared.config import Config
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", readme, re.M))
+    defaults = Config()
+    literal = {k: getattr(defaults, k) for k in Config.__struct_fields__
+               if isinstance(getattr(defaults, k), (int, float, bool)) or k == "log_level"}
+    assert literal, "no defaults found"
+    for key, value in literal.items():
+        assert key in table, f"README's settings table has no row for {key}"
+        shown = json.loads(table[key])
+        assert shown == value, f"README says {key} = {table[key]}, the code {value!r}"
