@@ -20,13 +20,14 @@ from pathlib import Path
 
 from csm.daemon import browse, export, queries, reports, search
 from csm.daemon.checkpoint import Checkpointer
+from csm.daemon.diagnose import diagnose
 from csm.daemon.health import Health
 from csm.daemon.ingest import Ingestor
 from csm.daemon.lock import InstanceLock
 from csm.daemon.notify import Notifier
 from csm.daemon.server import Replier, Reply, Server
 from csm.daemon.prices import PriceTable
-from csm.daemon.store import Store, figures, open_reader, open_writer, trouble
+from csm.daemon.store import Store, figures, open_reader, open_writer
 from csm.daemon.syncer import Syncer
 from csm.daemon.usage import UsageSink
 from csm.daemon.watch import Watchers
@@ -78,7 +79,7 @@ class Daemon:
         try:
             return self._run()
         except sqlite3.Error as e:  # damage past the header, a full disk, a lock, while loading the checkpoints
-            raise trouble(self.db, e, "cannot use database") from None
+            raise diagnose(self.db, e, "cannot use database") from None
         finally:
             lock.release()
 

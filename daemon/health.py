@@ -23,7 +23,9 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from csm.daemon.store import companions, now_iso, way_out
+from csm.daemon.diagnose import way_out
+from csm.daemon.store import now_iso
+from csm.shared import paths
 
 log = logging.getLogger("csm.health")
 
@@ -44,13 +46,15 @@ class Health(threading.Thread):
         super().__init__(name="csm-health", daemon=True)
         self.db = db
         self.interval_s = interval_s
-        self.files = companions(db)[:2]  # the database and its WAL; the -shm is rebuilt by SQLite
+        self.files = paths.db_files(db)[:2]  # the database and its WAL; the -shm is rebuilt by SQLite
         self.opened: dict[Path, tuple[int, int] | None] = {p: self._identity(p) for p, _ in self.files}
         self.damage: str | None = None
         self.checked_at: str | None = None
         self.reported: str | None = None
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.conn: sqlite3.Connection | None = None
+        """The connection of the check in progress, for ``stop`` to interrupt."""
 
     @staticmethod
     def _identity(path: Path) -> tuple[int, int] | None:
@@ -91,13 +95,19 @@ class Health(threading.Thread):
     def check(self) -> None:
         """``quick_check`` the file as it is on disk now."""
         try:
-            conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, isolation_level=None)
+            conn = self.conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, isolation_level=None,
+                                               check_same_thread=False)
             try:
+                if self.stopping.is_set():
+                    return
                 conn.execute("PRAGMA cache_size = -1024")  # it reads every page once: a cache buys nothing
                 found = [r[0] for r in conn.execute(f"PRAGMA quick_check({SHOWN})")]
             finally:
+                self.conn = None
                 conn.close()
         except sqlite3.Error as e:
+            if self.stopping.is_set():
+                return  # interrupted by ``stop``
             found = [f"{type(e).__name__}: {e}"]
         self.checked_at = now_iso()
         if found == ["ok"]:
@@ -115,4 +125,13 @@ class Health(threading.Thread):
             self.stopping.wait(self.interval_s)
 
     def stop(self) -> None:
+        """Stop, cutting a check in progress short (a large database takes a while to read)."""
         self.stopping.set()
+        conn = self.conn
+        if conn is not None:
+            try:
+                conn.interrupt()
+            except sqlite3.ProgrammingError:
+                pass  # the check closed it meanwhile
+        if self.is_alive():
+            self.join()

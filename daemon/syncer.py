@@ -9,11 +9,11 @@ start, every ``rescan_interval_s`` (``poll_s`` while the watcher cannot watch) a
 
 A database error (disk full, locked by another program) rolls its batch back; the
 paths go back into the set and the thread retries with capped exponential backoff,
-resuming by itself when the cause goes away. Sync requests waiting meanwhile are
-answered at once with the error (``unavailable``), not left to time out. Any other error is a bug: it is logged
-with its traceback, the work in hand is dropped (the next rescan retries it) and the
-thread goes on, because a dead ingest thread would leave a daemon that answers but
-never ingests again.
+resuming by itself when the cause goes away; sync requests waiting meanwhile are
+answered at once with the error (``unavailable``), not left to time out. Any other
+error is a bug: it is logged with its traceback, the work in hand is dropped (the next
+rescan retries it) and the thread goes on, because a dead ingest thread would leave a
+daemon that answers but never ingests again.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from csm.daemon.ingest import Ingestor, Totals
-from csm.daemon.store import trouble
+from csm.daemon.diagnose import diagnose
 from csm.shared.protocol import Backlog, Error, Message, Progress, SyncReply
 
 log = logging.getLogger("csm.sync")
@@ -38,11 +38,11 @@ BACKOFF_MAX_S = 60.0
 
 
 class Syncer(threading.Thread):
-    def __init__(self, ingestor: Ingestor, rescan_interval_s: float, db: Path | None = None) -> None:
+    def __init__(self, ingestor: Ingestor, rescan_interval_s: float, db: Path) -> None:
         super().__init__(name="csm-ingest", daemon=True)
         self.ingestor = ingestor
         self.db = db
-        """The database, to say what a database error really is (``store.trouble``)."""
+        """The database, to say what a database error really is (``diagnose``)."""
         self.rescan_interval_s = rescan_interval_s
         self.poll_s: float | None = None
         """Set while the watcher cannot watch: rescans this often instead."""
@@ -138,7 +138,7 @@ class Syncer(threading.Thread):
             except Exception as e:  # the ingest thread must never die: back off and retry
                 backoff = min(BACKOFF_MAX_S, backoff * 2 or 0.5)
                 if isinstance(e, sqlite3.Error):
-                    what = f"database: {trouble(self.db, e, 'cannot write') if self.db else e}"
+                    what = f"database: {diagnose(self.db, e, 'cannot write')}"
                 else:
                     what = f"internal error {type(e).__name__}: {e}"
                 self.last_error = f"{what}; retrying in {backoff:.1f} s"
