@@ -3,19 +3,20 @@
 Every command that filters takes the same words with the same meaning (README, "Filters"). The
 times are read here, where the user's zone is known, and csmd gets UTC instants; csmd applies
 the one project rule (``csm.daemon.projects``). Output options live with the output
-(``render.output_options``).
+(``render.output_options``). The time module is imported only when a command runs with a
+time: declaring the options costs ``csm status`` nothing.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from datetime import datetime, tzinfo
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from csm.shared import timespec
+if TYPE_CHECKING:
+    from datetime import datetime, tzinfo
 
 F = TypeVar("F", bound=Callable[..., Any])
 WHEN = "today, yesterday, 7d, 2w, 12h, 30m, 2026-11-01, 2026-11-01T14:30[+05:45]"
@@ -27,6 +28,8 @@ def project_option(fn: F) -> F:
 
 
 def _read(value: str, flag: str, zone: tzinfo | None, end: bool = False) -> datetime:
+    from csm.shared import timespec
+
     try:
         return timespec.parse(value, end=end, zone=zone)
     except ValueError as e:
@@ -41,6 +44,8 @@ def time_options(zone_option: bool = False) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def run(*args: Any, since: str | None, until: str | None, **kwargs: Any) -> Any:
+            from csm.shared import timespec
+
             zone = None
             if zone_option:
                 kwargs["tz"] = kwargs.get("tz") or timespec.local_zone_name()
