@@ -95,9 +95,12 @@ def wire(dt: datetime) -> str:
 
 def from_wire(value: str) -> datetime:
     """An instant a client sent; ``ValueError`` when it is not one (a client that speaks another grammar)."""
-    dt = datetime.fromisoformat(value)
-    if len(value) != 19 or dt.tzinfo is not None:
-        raise ValueError(f"{value!r} is not a UTC instant (YYYY-MM-DDTHH:MM:SS); csm and csmd differ in version")
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        dt = None
+    if dt is None or len(value) != 19 or dt.tzinfo is not None:
+        raise ValueError(f"{value!r} is not a UTC instant (YYYY-MM-DDTHH:MM:SS): csm and csmd differ in version")
     return dt.replace(tzinfo=timezone.utc)
 
 

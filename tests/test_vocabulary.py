@@ -280,6 +280,16 @@ def test_usage_with_an_instant_cutting_a_quarter_hour_is_exact(here: Archive) ->
     assert [(d["day"], d["responses"]) for d in days] == [("2026-02-10", 1)]
 
 
+def test_csmd_refuses_a_bound_that_is_not_an_instant(here: Archive) -> None:
+    """A csm of the old grammar sent usage its words ('7d'); csmd now takes instants only, and says why."""
+    from csm.client.transport import request
+    from csm.shared.errors import QueryError
+    from csm.shared.protocol import UsageReport
+
+    with pytest.raises(QueryError, match="'7d' is not a UTC instant .*csm and csmd differ in version"):
+        request(UsageReport(since="7d"), timeout_s=10)
+
+
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_one_project_rule_in_every_command(command: str, here: Archive) -> None:
     mine = {s for s in here.times if s.startswith(("m", "d"))}
