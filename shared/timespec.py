@@ -10,8 +10,8 @@ Instants are instants: ``Nm``/``Nh`` (N minutes or hours ago) and a date and tim
 The client reads them (it knows the zone) and sends csmd UTC instants as
 ``YYYY-MM-DDTHH:MM:SS``, which compare correctly as strings with the stored ISO-8601 UTC
 timestamps (``2026-11-01T10:00:00.000Z``). A day is computed with the zone's real rules
-(``zoneinfo``, or the C library for the machine's own zone), so a DST day of 23 or 25 hours is
-still one day. Cheap to import on purpose: ``zoneinfo`` is loaded only when a zone is named.
+(``zoneinfo``, or the C library for the machine's own zone, read the same way), so a DST day of
+23 or 25 hours is still one day. Cheap to import on purpose: ``zoneinfo`` is loaded only when a zone is named.
 """
 
 from __future__ import annotations
@@ -65,9 +65,7 @@ def parse(text: str, *, end: bool = False, zone: tzinfo | None = None, now: date
             dt = datetime.fromisoformat(text.strip())
         except ValueError:
             raise ValueError(f"{text!r} is not a time: use {FORMS}") from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=zone) if zone is not None else dt.astimezone()
-        return dt.astimezone(timezone.utc)
+        return (dt if dt.tzinfo else _localize(dt, zone)).astimezone(timezone.utc)
     except OverflowError:
         raise ValueError(f"{text!r} is out of range (years 1 to 9999): use {FORMS}") from None
 
@@ -82,10 +80,23 @@ def _date(word: str) -> date | None:
 
 
 def _midnight(day: date, zone: tzinfo | None) -> datetime:
-    """The first instant of ``day`` in ``zone`` as UTC (a midnight skipped by DST: the day's first hour)."""
-    if zone is None:
-        return datetime.combine(day, time()).astimezone().astimezone(timezone.utc)
-    return datetime.combine(day, time(), tzinfo=zone).astimezone(timezone.utc)
+    """The first instant of ``day`` in ``zone`` (where DST skips midnight, the instant the day begins)."""
+    return _localize(datetime.combine(day, time()), zone).astimezone(timezone.utc)
+
+
+def _localize(wall: datetime, zone: tzinfo | None) -> datetime:
+    """A wall-clock time in ``zone``; one that a DST gap skips is read with the offset before the gap.
+
+    That is zoneinfo's reading (PEP 495, ``fold=0``), so a skipped midnight is the instant its day
+    begins. The C library reads it with the offset after the gap, which lands on the day before:
+    for this machine's own zone the other reading (``fold=1``) is taken then, so both agree.
+    """
+    if zone is not None:
+        return wall.replace(tzinfo=zone)
+    t = wall.astimezone()
+    if t.replace(tzinfo=None) != wall:
+        t = wall.replace(fold=1).astimezone()
+    return t
 
 
 def wire(dt: datetime) -> str:

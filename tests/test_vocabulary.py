@@ -62,15 +62,19 @@ def z(text: str) -> datetime:
     ("2026-03-29T03:00Z", "90m", "2026-03-29T01:30Z", "2026-03-29T01:30Z"),
     ("2026-03-30T10:00Z", "2026-03-29T01:30", "2026-03-29T00:30Z", "2026-03-29T00:30Z"),
     ("2026-03-30T10:00Z", "2026-03-29T03:30", "2026-03-29T01:30Z", "2026-03-29T01:30Z"),
+    ("2026-03-30T10:00Z", "2026-03-29T02:30", "2026-03-29T01:30Z", "2026-03-29T01:30Z"),  # skipped: read at +01:00
+    ("2026-10-26T12:00Z", "2026-10-25T02:30", "2026-10-25T00:30Z", "2026-10-25T00:30Z"),  # twice: the first
     ("2026-03-30T10:00Z", "2026-03-29T14:30+05:45", "2026-03-29T08:45Z", "2026-03-29T08:45Z"),
     ("2026-03-30T10:00Z", "2026-03-29T14:30Z", "2026-03-29T14:30Z", "2026-03-29T14:30Z"),
     ("2026-03-30T10:00Z", " TODAY ", "2026-03-29T22:00Z", "2026-03-30T22:00Z"),
 ])
-def test_each_form_in_berlin(now: str, form: str, since: str, until: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("machine", ["Europe/Berlin", "CET-1CEST,M3.5.0,M10.5.0/3"])
+def test_each_form_in_berlin(now: str, form: str, since: str, until: str, machine: str,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
     assert timespec.parse(form, zone=BERLIN, now=z(now)) == z(since)
     assert timespec.parse(form, zone=BERLIN, now=z(now), end=True) == z(until)
-    # The machine's own zone (no zoneinfo: the C library's rules) gives the same instants.
-    monkeypatch.setenv("TZ", "Europe/Berlin")
+    # The machine's own zone (the C library's rules, from tzdata or a POSIX rule) gives the same instants.
+    monkeypatch.setenv("TZ", machine)
     time.tzset()
     try:
         assert timespec.parse(form, now=z(now)) == z(since)
@@ -108,6 +112,26 @@ def test_nd_is_the_local_midnight_of_the_day_n_minus_1_days_back(n: int, now: da
         hours=26)
     if n % 7 == 0:
         assert timespec.parse(f"{n // 7}w", zone=zone, now=now) == start
+
+
+@settings(max_examples=300, deadline=None)
+@given(wall=st.one_of(st.datetimes(datetime(1990, 1, 1), datetime(2037, 12, 31)), st.sampled_from([
+    datetime(2026, 9, 6, 0, 0), datetime(2026, 3, 29, 2, 30), datetime(2026, 3, 8, 0, 30),  # skipped: Santiago,
+    datetime(2026, 11, 1, 0, 30), datetime(2026, 10, 4, 2, 15), datetime(2026, 10, 25, 2, 30)])),  # Berlin, Havana
+       date_only=st.booleans(), end=st.booleans(),
+       name=st.sampled_from(["Europe/Berlin", "America/Santiago", "Asia/Kathmandu", "Australia/Lord_Howe",
+                             "America/Havana", "Asia/Gaza", "UTC"]))
+def test_the_machine_zone_reads_times_as_zoneinfo_does(wall: datetime, date_only: bool, end: bool, name: str) -> None:
+    """Gaps and repeated hours included (Santiago and Havana skip midnight, Lord Howe moves by 30 minutes)."""
+    text = wall.date().isoformat() if date_only else wall.replace(microsecond=0).isoformat()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TZ", name)
+        time.tzset()
+        try:
+            assert timespec.parse(text, end=end) == timespec.parse(text, end=end, zone=ZoneInfo(name))
+        finally:
+            mp.undo()
+            time.tzset()
 
 
 @pytest.mark.parametrize(("form", "words"), [
