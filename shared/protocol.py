@@ -91,7 +91,8 @@ class Show(Message, kw_only=True):
 
 
 class Search(Message, kw_only=True):
-    """Full-text search (FTS5 syntax) over prompts, answers and summaries, and tools if asked."""
+    """Full-text search (FTS5 syntax) over prompts, answers and summaries, and tools if asked; ``since``/``until``
+    as in ``Sessions``."""
 
     text: str
     project: str | None = None
