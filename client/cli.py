@@ -122,7 +122,8 @@ def status(fmt: str | None) -> None:
         rows.append(("backlog", _backlog_line(reply.backlog)))
     if reply.last_error:
         rows.append(("error", reply.last_error))
-    render.pairs(rows)
+    for k, v in rows:
+        click.echo(f"{k:<10} {v}")
 
 
 @cli.command()

@@ -89,12 +89,6 @@ def _flat(v: Any) -> Any:
     return json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v
 
 
-def pairs(rows: Sequence[tuple[str, Any]]) -> None:
-    """A record for people: one ``name  value`` line each, names aligned."""
-    for k, v in rows:
-        click.echo(f"{k:<10} {v}")
-
-
 def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[int] = ()) -> None:
     """Aligned columns (those in ``right`` to the right); on a terminal, the widest are cut to fit."""
     cells = [[_cell(v) for v in r] for r in rows]

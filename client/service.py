@@ -372,7 +372,8 @@ def service_status(fmt: str | None) -> None:
         outside = " (outside the service)" if s.pid is not None and daemon.pid != s.pid else ""
         rows.append(("csmd", f"{daemon.version}, pid {daemon.pid}{outside}, {daemon.state}, "
                              f"{daemon.files} files, {daemon.events} lines"))
-    render.pairs(rows)
+    for k, v in rows:
+        click.echo(f"{k:<10} {v}")
 
 
 @service.command("logs")
