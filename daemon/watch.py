@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+from csm.daemon import projects
 from csm.daemon.server import Envelope, Server
 from csm.daemon.store import FileRow
 from csm.daemon.transcript import Builder, one_line
@@ -39,7 +40,7 @@ class Subscriber:
     def wants(self, f: FileRow) -> bool:
         if self.session is not None and self.session not in (f.session_key, f.parent_session):
             return False
-        return self.project is None or self.project in f.project
+        return self.project is None or projects.matches(self.project, f.project)
 
 
 class Watchers:
