@@ -501,3 +501,123 @@ class TestSessionIdentity:
         shown = json.loads(run_csm("query", "show", "s1", "--json").stdout)
         texts = [e["text"] for e in shown["entries"]]
         assert any("hello 2" in t for t in texts) and not any("hello 12" in t for t in texts), texts
+
+    def test_an_existing_database_migrates(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        """A database written before sessions had a place: two copies of s1 summed into one row."""
+        import sqlite3
+
+        from csm.daemon import reader
+        from csm.daemon.migrations import MIGRATIONS
+
+        lines = [rec(i, session="s1") for i in range(4)]
+        files = [projects / "p1" / "s1.jsonl", projects / "p2" / "s1.jsonl"]
+        db.parent.mkdir(parents=True)
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("CREATE TABLE _csm_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        old = [(name, sql) for name, sql in MIGRATIONS if name in ("m001_initial", "m003_usage", "m004_search")]
+        for number, (name, sql) in enumerate(old, 1):
+            conn.executescript(f"BEGIN; {sql}; INSERT INTO _csm_migrations VALUES ('{name}', 'then'); "
+                               f"PRAGMA user_version = {number}; COMMIT;")
+        event = 0
+        for file_id, f in enumerate(files, 1):
+            write(f, lines)
+            st, fd = f.stat(), os.open(f, os.O_RDONLY)
+            head_len, head_hash = reader.head(fd, st.st_size)
+            conn.execute("INSERT INTO sync_metadata VALUES (?,?,'then','then',?,?,?,'s1',NULL,?,?,?,?,0,?,?,?,NULL)",
+                         (str(f), st.st_size, file_id, str(projects), f.parent.name, st.st_dev, st.st_ino, st.st_size,
+                          st.st_mtime_ns, head_len, head_hash, reader.tail(fd, st.st_size)))
+            os.close(fd)
+            offset = 0
+            for x in lines:
+                event += 1
+                conn.execute("INSERT INTO events VALUES (?,?,0,?,'s1',NULL,NULL,'user',NULL,?)",
+                             (event, file_id, offset, x))
+                offset += len(x) + 1
+        conn.execute("INSERT INTO session_stats (session_id, project, lines, messages, first_prompt) "
+                     "VALUES ('s1', 'p2', 8, 8, 'hello 0')")
+        conn.execute("INSERT INTO session_models VALUES ('s1', 'claude-x')")
+        conn.close()
+        csmd.start()
+        sync_now()
+        assert db_rows(db, "SELECT session_id, project, lines, messages, models, file_path FROM sessions "
+                           "ORDER BY project") == [("s1", f.parent.name, 4, 4, "claude-x", str(f)) for f in files]
+        assert db_rows(db, "SELECT file_id, file_path, gone_at FROM sync_metadata ORDER BY file_id") == [
+            (1, str(files[0]), None), (2, str(files[1]), None)]
+        assert all_raws(db) == {x: 2 for x in lines}, "nothing read again"
+        assert "m006_session_identity" in {r[0] for r in db_rows(db, "SELECT name FROM _csm_migrations")}
+
+
+class TestRenameChaos:
+    @pytest.mark.parametrize("seed", [1, 2])
+    def test_renames_appends_and_restarts_at_random(self, csmd: Csmd, projects: Path, db: Path, seed: int) -> None:
+        """Files and project folders renamed (in chains faster than csmd, and swapped), lines appended,
+        csmd stopped (SIGTERM) or killed (SIGKILL) and restarted, all at random: in the end every line
+        of every file is stored exactly once, and each file's current rows are its lines."""
+        import random
+        import signal
+
+        rnd = random.Random(seed)
+        folders = [projects / f"proj{k}" for k in range(3)]
+        files: list[Path] = []
+        counter = 0
+
+        def lines(tag: int, n: int, pad: int = 0) -> list[str]:
+            nonlocal counter
+            counter += n
+            return [rec(i, session=f"f{tag}", pad=pad) for i in range(counter - n, counter)]
+
+        for k in range(8):
+            f = folders[k % 3] / f"s{k}.jsonl"
+            write(f, lines(k, rnd.choice([5, 50, 3000]), pad=rnd.choice([0, 100])))
+            files.append(f)
+        csmd.start()
+        names = 100
+
+        def fresh_name(folder: Path) -> Path:
+            nonlocal names
+            names += 1
+            return folder / f"n{names}.jsonl"
+
+        for step in range(70):
+            what = rnd.random()
+            if what < 0.35:  # append, sometimes a lot (a catch-up for the next renames to race)
+                k = rnd.randrange(len(files))
+                write(files[k], lines(k, rnd.choice([1, 3, 2000])), "a")
+            elif what < 0.6:  # a chain of renames, back to back
+                k = rnd.randrange(len(files))
+                for _ in range(rnd.randint(1, 3)):
+                    dest = fresh_name(rnd.choice(folders))
+                    os.rename(files[k], dest)
+                    files[k] = dest
+            elif what < 0.72:  # swap two files
+                i, j = rnd.sample(range(len(files)), 2)
+                tmp = files[i].with_name(f"swap{step}" + rnd.choice([".jsonl", ".tmp"]))
+                os.rename(files[i], tmp)
+                os.rename(files[j], files[i])
+                os.rename(tmp, files[j])
+                files[i], files[j] = files[j], files[i]  # i's lines are at j's old path now, and j's at i's
+            elif what < 0.85:  # a project folder renamed, maybe twice in a row
+                src = rnd.choice(folders)
+                for _ in range(rnd.randint(1, 2)):
+                    dest = projects / f"proj-r{step}-{rnd.randrange(10**6)}"
+                    os.rename(src, dest)
+                    files = [dest / f.relative_to(src) if f.is_relative_to(src) else f for f in files]
+                    folders[folders.index(src)] = dest
+                    src = dest
+            else:  # csmd stopped or killed; sometimes a change while it is down
+                csmd.stop(rnd.choice([signal.SIGTERM, signal.SIGKILL]))
+                if rnd.random() < 0.5:
+                    k = rnd.randrange(len(files))
+                    dest = fresh_name(rnd.choice(folders))
+                    os.rename(files[k], dest)
+                    files[k] = dest
+                csmd.start(wait=rnd.random() < 0.5)
+            if rnd.random() < 0.3:
+                time.sleep(rnd.uniform(0, 0.3))  # pacing, so events land before, during and after catch-ups
+        if csmd.proc is not None:
+            csmd.wait_ready(60)
+        sync_now()
+        everything = [x for f in files for x in file_lines(f)]
+        assert len(everything) == len(set(everything)) == counter
+        expect(db, {f: file_lines(f) for f in files}, everything)
+        assert db_rows(db, "SELECT count(*) FROM sync_metadata WHERE gone_at IS NULL")[0][0] == len(files)
