@@ -356,7 +356,7 @@ class Ingestor:
                 self.store.mark_gone(displaced.file_id, when)
             self.store.save_file(g, _iso_mtime(g.mtime_ns))
             if (g.session_key, g.project) != (f.session_key, f.project):
-                self.store.move_session(g.file_id, g.session_key, g.project)
+                self.store.move_session(g.file_id, (f.session_key, f.project), (g.session_key, g.project))
         if displaced is not None:
             displaced.gone_at = when
             log.info("%s holds another file now; its checkpoint is gone, rows kept", dest)

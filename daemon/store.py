@@ -296,10 +296,23 @@ class Store:
             rows,
         )
 
-    def move_session(self, file_id: int, session_id: str, project: str) -> None:
-        """A session's file was renamed or moved: its figures take the new name and project."""
-        self.conn.execute("UPDATE session_stats SET session_id = ?, project = ? WHERE file_id = ?",
-                          (session_id, project, file_id))
+    def move_session(self, file_id: int, old: tuple[str, str], new: tuple[str, str]) -> None:
+        """A session's file was renamed or moved: its figures, its usage rows and its search text take
+        the new (session id, project). Usage rows move as a delete and an insert, so the triggers keep
+        ``usage_slots`` exact."""
+        (old_id, old_project), (session_id, project) = old, new
+        q = self.conn.execute
+        q("UPDATE session_stats SET session_id = ?, project = ? WHERE file_id = ?", (session_id, project, file_id))
+        q("UPDATE message_text SET session_id = ? WHERE event_id IN (SELECT id FROM events WHERE file_id = ?)",
+          (session_id, file_id))
+        mine = ("FROM usage_entries WHERE session_id = ? AND project = ? AND event_id IN "
+                "(SELECT id FROM events WHERE file_id = ?)")
+        q(f"CREATE TEMP TABLE IF NOT EXISTS moved_usage AS SELECT * {mine} AND 0", (old_id, old_project, file_id))
+        q(f"INSERT INTO temp.moved_usage SELECT * {mine}", (old_id, old_project, file_id))
+        q(f"DELETE {mine}", (old_id, old_project, file_id))
+        q("UPDATE temp.moved_usage SET session_id = ?, project = ?", (session_id, project))
+        q("INSERT INTO usage_entries SELECT * FROM temp.moved_usage")
+        q("DELETE FROM temp.moved_usage")
 
     def add_models(self, rows: Iterable[tuple[int, str]]) -> None:
         """rows: (file_id, model)."""

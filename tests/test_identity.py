@@ -621,3 +621,23 @@ class TestRenameChaos:
         assert len(everything) == len(set(everything)) == counter
         expect(db, {f: file_lines(f) for f in files}, everything)
         assert db_rows(db, "SELECT count(*) FROM sync_metadata WHERE gone_at IS NULL")[0][0] == len(files)
+
+
+def test_usage_and_search_text_follow_a_renamed_session(csmd: Csmd, projects: Path, db: Path) -> None:
+    a = projects / "p" / "s1.jsonl"
+    answer = {"type": "assistant", "uuid": "a1", "sessionId": "s1", "timestamp": "2026-11-01T10:00:00.000Z",
+              "requestId": "r1", "message": {"id": "m1", "model": "claude-opus-4-6", "role": "assistant",
+                                             "content": [{"type": "text", "text": "zebra crossing"}],
+                                             "usage": {"input_tokens": 10, "output_tokens": 5}}}
+    write(a, [rec(0), json.dumps(answer)])
+    csmd.start()
+    b = projects / "q" / "s2.jsonl"
+    b.parent.mkdir()
+    os.rename(a, b)
+    wait_for(lambda: db_rows(db, "SELECT session_id FROM sessions") == [("s2",)], what="the session to follow")
+    sync_now()
+    assert db_rows(db, "SELECT session_id, project, output_tokens FROM usage") == [("s2", "q", 5)]
+    assert db_rows(db, "SELECT session_id, project, responses, output_tokens FROM session_usage") == [("s2", "q", 1, 5)]
+    assert db_rows(db, "SELECT DISTINCT session_id FROM messages") == [("s2",)]
+    hits = json.loads(run_csm("query", "search", "zebra", "--json").stdout)
+    assert [(h["session_id"], h["project"]) for h in hits] == [("s2", "q")]
