@@ -362,7 +362,8 @@ class Ingestor:
             log.info("%s holds another file now; its checkpoint is gone, rows kept", dest)
         if self.files.get(f.path) is f:
             del self.files[f.path]
-        log.info("renamed: %s -> %s (offset %d kept)", f.path, dest, f.offset)
+        if f.path != dest:
+            log.info("renamed: %s -> %s (offset %d kept)", f.path, dest, f.offset)
         for name in FileRow.__struct_fields__:
             setattr(f, name, getattr(g, name))
         self.files[dest] = f
