@@ -71,7 +71,7 @@ def sessions(conn: sqlite3.Connection, req: Sessions) -> Rows:
     return Rows(columns=SESSION_COLUMNS, rows=[list(r) for r in rows])
 
 
-def _one(conn: sqlite3.Connection, what: str, rows: list[tuple[int, str]]) -> int:
+def _one(what: str, rows: list[tuple[int, str]]) -> int:
     """The one session file of ``rows`` (file_id, path); several are refused with their paths."""
     if len(rows) == 1:
         return rows[0][0]
@@ -107,12 +107,12 @@ def resolve(conn: sqlite3.Connection, target: str) -> int:
         return row[0]
     for p in (target, f"agent-{target}"):
         if places := _in_places(conn, p):
-            return _one(conn, repr(target), places)
+            return _one(repr(target), places)
         found = [r[0] for r in conn.execute(
             "SELECT DISTINCT session_id FROM session_stats WHERE session_id > ? AND session_id < ? "
             "ORDER BY session_id LIMIT ?", (p, p + "\U0010ffff", CANDIDATES_SHOWN + 1))]
         if len(found) == 1:
-            return _one(conn, f"{found[0]!r} (from {target!r})", _in_places(conn, found[0]))
+            return _one(f"{found[0]!r} (from {target!r})", _in_places(conn, found[0]))
         if found:
             more = ", …" if len(found) > CANDIDATES_SHOWN else ""
             raise QueryError(f"session prefix {target!r} is ambiguous; it matches "
