@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from csm.daemon import projects
 from csm.daemon.transcript import build
 from csm.shared.errors import NotFound, QueryError
 from csm.shared.protocol import Entry, Rows, SessionInfo, Sessions, Show, Transcript
@@ -56,7 +57,7 @@ def sessions(conn: sqlite3.Connection, req: Sessions) -> Rows:
              "s.parent_session_id AND p.project = s.project))"]
     params: list[Any] = []
     if req.project:
-        where.append("instr(s.project, ?) > 0")
+        where.append(projects.sql("s.project"))
         params.append(req.project)
     if req.since:
         where.append("s.last_activity >= ?")

@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from csm.daemon import projects
 from csm.daemon.browse import time_limit
 from csm.daemon.content import blocks, decode_any, result_text, strings
 from csm.daemon.parse import BadLine, LineView, parse
@@ -194,7 +195,7 @@ def _scratch_conn() -> sqlite3.Connection:
 def _filters(req: Search) -> tuple[str, list[Any]]:
     sql, params = "", []
     if req.project:
-        sql += " AND instr(m.project, ?) > 0"
+        sql += " AND " + projects.sql("m.project")
         params.append(req.project)
     if req.since:
         sql += " AND e.timestamp >= ?"

@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+from csm.daemon import projects
 from csm.daemon.browse import Place
 from csm.daemon.server import Envelope, Server
 from csm.daemon.store import FileRow
@@ -42,7 +43,7 @@ class Subscriber:
         if s is not None and f.file_id != s.file_id and (f.parent_session, f.project, f.root) != (
                 s.session_id, s.project, s.root):  # the session's file, or one of its subagents' files
             return False
-        return self.project is None or self.project in f.project
+        return self.project is None or projects.matches(self.project, f.project)
 
 
 class Watchers:
