@@ -109,7 +109,8 @@ def status(fmt: str | None) -> None:
         ("state", reply.state),
         ("watcher", reply.watch_mode + (f", restarted {reply.watcher_restarts} times"
                                         if reply.watcher_restarts else "")),
-        ("database", reply.db_path),
+        ("database", reply.db_path + (f" (quick_check ok at {reply.db_checked_at})"
+                                      if reply.db_checked_at and not reply.db_problem else "")),
         ("roots", ", ".join(reply.roots) or "(none)"),
         ("files", f"{reply.files}" + (f" (+{reply.files_gone} gone, rows kept)" if reply.files_gone else "")),
         ("sessions", f"{reply.sessions}" + (f" ({reply.sessions_gone} with source file gone)"
@@ -122,6 +123,8 @@ def status(fmt: str | None) -> None:
         rows.append(("backlog", _backlog_line(reply.backlog)))
     if reply.last_error:
         rows.append(("error", reply.last_error))
+    if reply.db_problem:
+        rows.append(("db problem", reply.db_problem))
     for k, v in rows:
         click.echo(f"{k:<10} {v}")
 

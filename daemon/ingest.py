@@ -253,7 +253,8 @@ class Ingestor:
 
         Unchanged files (same inode, size and mtime) cost one ``stat``; the rest are
         visited. Files whose checkpoints lie under a scanned root but that no longer
-        exist are marked gone — never those of other roots. ``self.backlog`` shows the
+        exist are marked gone — never those of other roots; a full rescan also marks gone
+        the files of a root deleted whole or no longer configured. ``self.backlog`` shows the
         work while it lasts: growing totals while files are listed, then files and bytes
         done, moved by every committed batch (``_batch_done``), so one huge file shows too.
         """
@@ -303,23 +304,29 @@ class Ingestor:
                 self._tick()
         finally:
             self.backlog = self.progress = None
-        prefixes = [str(t) + os.sep for t in tops]
+        # Files not seen are gone when they no longer exist — under a root deleted whole too — and, after
+        # a full rescan, when no configured root holds them any more: csm no longer follows those.
+        prefixes = [str(t) + os.sep for t in (self.roots if top is None else tops)]
         for path, f in list(self.files.items()):
-            if not f.gone_at and path not in seen and any(path.startswith(p) for p in prefixes):
-                if not os.path.lexists(path):
-                    self.mark_gone(f)
+            if f.gone_at or path in seen:
+                continue
+            if not any(path.startswith(p) for p in prefixes):
+                if top is None:
+                    self.mark_gone(f, "not under a configured root")
+            elif not os.path.lexists(path):
+                self.mark_gone(f)
         return totals
 
     # --- one file ------------------------------------------------------------------
 
-    def mark_gone(self, f: FileRow) -> None:
+    def mark_gone(self, f: FileRow, why: str = "source file gone") -> None:
         when = now_iso()
         with self.store.transaction():
             self.store.mark_gone(f.file_id, when)
         f.gone_at = when  # only once committed, so a failed write is retried
         if self.files.get(f.path) is f:
             del self.files[f.path]
-        log.info("source file gone, rows kept: %s", f.path)
+        log.info("%s, rows kept: %s", why, f.path)
 
     def moved(self, src: str, dest: str) -> Totals:
         """A rename seen by the watcher. The destination is visited like any path (its identity finds

@@ -175,6 +175,10 @@ class StatusReply(Message, kw_only=True):
     watcher_restarts: int = 0
     backlog: Backlog | None = None
     last_error: str | None = None
+    db_problem: str | None = None
+    """Damage ``quick_check`` found, or the database or its WAL deleted or replaced while csmd has it open."""
+    db_checked_at: str | None = None
+    """When ``quick_check`` last finished (None until the first, which starts with csmd)."""
 
 
 class Progress(Message, kw_only=True):
