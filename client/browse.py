@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from csm.client import render
-from csm.client.options import project_option, time_options
+from csm.client.options import project_option, session_argument, time_options
 from csm.client.transport import request, subscribe
 from csm.shared import protocol, timespec
 
@@ -57,12 +57,12 @@ def sessions(project: str | None, since: str | None, until: str | None, limit: i
              "" if present else "gone"]
             for sid, proj, title, start, last, msgs, tok, cost, present, *_ in reply.rows]
     # The id, times and figures identify and describe a row: the title gives up room first, then
-    # the project (its end, the repository's name, kept).
-    render.table(cols, rows, right=(5, 6, 7), shrink=(2, 1), keep_end=(1,))
+    # the project (its end, the repository's name, kept); on a narrow terminal "started" goes.
+    render.table(cols, rows, right=(5, 6, 7), shrink=(2, 1), keep_end=(1,), drop=(3,))
 
 
 @click.command("show")
-@click.argument("session")
+@session_argument()
 @click.option("--full", is_flag=True, help="Include tool input and output.")
 @render.output_options(paged=True)
 def show(session: str, full: bool, fmt: str | None) -> None:
@@ -138,7 +138,7 @@ def search(text: str, project: str | None, since: str | None, until: str | None,
 
 
 @click.command("watch")
-@click.argument("session", required=False)
+@session_argument(required=False)
 @project_option
 @render.output_options
 def watch(session: str | None, project: str | None, fmt: str | None) -> None:

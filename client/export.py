@@ -19,6 +19,8 @@ from typing import BinaryIO
 
 import click
 
+from csm.client import render
+from csm.client.options import session_argument
 from csm.client.transport import request
 from csm.shared import protocol
 from csm.shared.errors import DaemonError
@@ -71,11 +73,12 @@ def receive(target: str, fmt: str, out: BinaryIO) -> protocol.ExportDone:
 
 
 @click.command("export")
-@click.argument("target")
+@session_argument("target")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "html", "jsonl"]), default="markdown",
               show_default=True, help="markdown or html to read or share; jsonl: the lines exactly as written.")
 @click.option("--raw", is_flag=True, help="The same as --format jsonl.")
 @click.option("-o", "--output", metavar="FILE", help="Write to FILE (replaced only once complete) instead of stdout.")
+@render.terminal_options(wide=False, colors=False, paged=True)
 def export(target: str, fmt: str, raw: bool, output: str | None) -> None:
     """Export a session (an id or unique prefix) as Markdown, one HTML page, or its raw lines.
 
@@ -96,7 +99,7 @@ def export(target: str, fmt: str, raw: bool, output: str | None) -> None:
     if output and output != "-" and not Path(output).expanduser().parent.is_dir():
         raise click.BadParameter(f"folder {Path(output).parent} does not exist", param_hint="-o")
     if fmt == "jsonl":
-        with _opened(output) as out:
+        with render.paged(output in (None, "-")), _opened(output) as out:
             done = receive(target, fmt, out)
         if output and output != "-":
             click.echo(f"wrote {done.lines} lines ({done.bytes} bytes) to {output}", err=True)
@@ -105,7 +108,7 @@ def export(target: str, fmt: str, raw: bool, output: str | None) -> None:
 
     reply = request(protocol.Show(session=target_arg(target), full=True), timeout_s=60.0)
     assert isinstance(reply, protocol.Transcript)
-    with _opened(output) as out:
+    with render.paged(output in (None, "-")), _opened(output) as out:
         out.write((transcript.markdown(reply) if fmt == "markdown" else transcript.page(reply)).encode("utf-8"))
     if output and output != "-":
         click.echo(f"wrote {output}", err=True)

@@ -146,15 +146,16 @@ def _pager_command() -> list[str] | None:
 
 
 @contextmanager
-def paged() -> Iterator[None]:
-    """Send what is printed inside through the user's pager when stdout is a terminal.
+def paged(to_stdout: bool = True) -> Iterator[None]:
+    """Send what is printed inside through the user's pager when stdout is a terminal (and is where the
+    output goes: ``to_stdout``).
 
     As git does: ``LESS=FRX`` unless LESS is set (quit when it fits one screen, keep colours,
     leave the text on the screen), no pager for a pipe or with ``--no-pager``; a pager that
     cannot be started is skipped. Quitting the pager early ends the output quietly; Ctrl-C
     reaches both, and csm waits for the pager to give the terminal back before it exits.
     """
-    cmd = _pager_command() if terminal().page and sys.stdout.isatty() else None
+    cmd = _pager_command() if to_stdout and terminal().page and sys.stdout.isatty() else None
     if cmd is None:
         yield
         return
@@ -270,36 +271,43 @@ def _fit(s: str, w: int, keep_end: bool) -> str:
         return s
     if keep_end:
         n = _width(s)
-        return "…" + str(wcwidth.clip(s, n - (w - 1), n))
-    return str(wcwidth.clip(s, 0, w - 1)) + "…"
+        return "…" + str(wcwidth.clip(s, n - (w - 1), n, fillchar=""))
+    return str(wcwidth.clip(s, 0, w - 1, fillchar="")) + "…"
 
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[int] = (),
-          shrink: Sequence[int] | None = None, keep_end: Sequence[int] = ()) -> None:
+          shrink: Sequence[int] | None = None, keep_end: Sequence[int] = (), drop: Sequence[int] = ()) -> None:
     """Aligned columns (those in ``right`` to the right), measured in display columns.
 
     On a terminal, without ``--wide``, a table wider than the terminal is cut to fit: the columns
     in ``shrink`` give up room in that order, each down to ``MIN_WIDTH`` (None: the widest column
     first, any of them), so the columns that identify a row keep theirs; a cut cell ends in "…"
-    (begins with it for columns in ``keep_end``, whose distinctive part is their end). Elsewhere
-    every cell is whole.
+    (begins with it for columns in ``keep_end``, whose distinctive part is their end). If that is
+    not enough, the columns in ``drop`` are left out, in that order. Elsewhere every cell is whole.
     """
     cells = [[_cell(v) for v in r] for r in rows]
     widths = [max([_width(c)] + [_width(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    shown = list(range(len(columns)))
     if sys.stdout.isatty() and not terminal().wide:
-        room = shutil.get_terminal_size().columns - 2 * (len(columns) - 1)
+        total = shutil.get_terminal_size().columns
+
+        def excess() -> int:
+            return sum(widths[i] for i in shown) + 2 * (len(shown) - 1) - total
+
         if shrink is None:
-            while sum(widths) > room and max(widths) > MIN_WIDTH:
+            while excess() > 0 and max(widths) > MIN_WIDTH:
                 widths[widths.index(max(widths))] -= 1
         else:
             for i in shrink:
-                widths[i] = max(min(widths[i], MIN_WIDTH), widths[i] - max(sum(widths) - room, 0))
+                widths[i] = max(min(widths[i], MIN_WIDTH), widths[i] - max(excess(), 0))
+            for i in drop:
+                if excess() > 0:
+                    shown.remove(i)
 
     def line(vals: Sequence[str]) -> str:
-        parts = [_fit(v, w, i in keep_end) for i, (v, w) in enumerate(zip(vals, widths))]
-        pads = [" " * (w - _width(p)) for p, w in zip(parts, widths)]
-        return "  ".join(pad + p if i in right else p + pad
-                         for i, (p, pad) in enumerate(zip(parts, pads))).rstrip()
+        parts = {i: _fit(vals[i], widths[i], i in keep_end) for i in shown}
+        return "  ".join(" " * (widths[i] - _width(parts[i])) + parts[i] if i in right
+                         else parts[i] + " " * (widths[i] - _width(parts[i])) for i in shown).rstrip()
 
     click.echo(line(list(columns)))
     click.echo(line(["-" * w for w in widths]))
