@@ -177,9 +177,20 @@ def _error_text(e: Exception) -> str:
     return str(e) if isinstance(e, ValueError) and str(e) else f"{type(e).__name__}: {e}"
 
 
+_TROUBLE = frozenset({
+    sqlite3.SQLITE_PERM, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_INTERRUPT, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL, sqlite3.SQLITE_NOLFS, sqlite3.SQLITE_AUTH, sqlite3.SQLITE_NOTADB,
+})
+
+
 def _database_trouble(e: Exception) -> bool:
-    """An error of the database itself (locked, full, I/O, corrupt), not of what a batch holds: the
-    syncer backs off and retries the batch whole. Integrity, data and binding errors are the batch's."""
+    """An error of the database itself (locked, full, I/O, corrupt, read-only), not of what a batch
+    holds: the syncer backs off and retries the batch whole. Anything else (a constraint, a value
+    SQLite cannot bind or sum, "integer overflow", a bug) is the batch's, and is split down to its line."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _TROUBLE
     return isinstance(e, sqlite3.OperationalError) or type(e) is sqlite3.DatabaseError
 
 
@@ -681,6 +692,7 @@ class Ingestor:
             b.give_back()
             if _database_trouble(e) or failed is not None:
                 raise
+            self._clear_sinks()  # before the retries, which fill them again
             if len(lines) > 1:
                 half = len(lines) // 2
                 pos = self._commit(f, fd, st, start, lines[:half], reattach, totals)
@@ -689,8 +701,7 @@ class Ingestor:
             log.warning("%s: the line at offset %d is stored without its derived data: %s", f.path, start, why)
             return self._commit(f, fd, st, start, lines, reattach, totals, seen, too_long, unterminated, why)
         finally:
-            for sink in self.sinks:
-                sink.clear()
+            self._clear_sinks()
         self.next_event_id += len(b.rows)
         for name in FileRow.__struct_fields__:
             setattr(f, name, getattr(g, name))
@@ -707,6 +718,10 @@ class Ingestor:
         if self.backlog is not None:
             self._batch_done(b.end - start)
         return b.end
+
+    def _clear_sinks(self) -> None:
+        for sink in self.sinks:
+            sink.clear()
 
     def _collect(
         self, f: FileRow, fd: int, start: int, lines: list[bytes], reattach: Reread | None, too_long: int,

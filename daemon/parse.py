@@ -146,6 +146,13 @@ def _without_lone_surrogates(line: bytes) -> bytes:
     return _ESCAPE.sub(lambda m: rb"\ufffd" if m.group(1) else m.group(0), line)
 
 
+def readable(line: bytes) -> bytes:
+    """A copy of a JSON line that any msgspec decoder reads as JSON reads it (lone surrogates as
+    U+FFFD, nesting cut at ``SHALLOW_DEPTH``), for readers of stored lines that decode their own
+    Structs; raises ``BadLine``."""
+    return _without_lone_surrogates(shallow(line))
+
+
 SHALLOW_DEPTH = 100
 """Levels of a too-deeply nested line that its view keeps; Claude Code's records use about ten."""
 _TOKEN = re.compile(rb"""[ \t\n\r]*(?:("(?:[^"\\\x00-\x1f]+|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*")"""
