@@ -117,6 +117,8 @@ def status(fmt: str | None) -> None:
                                             if reply.sessions_gone else "")),
         ("lines", reply.events),
         ("bad lines", f"{reply.errors}" + (" (csm query errors)" if reply.errors else "")),
+        *([("derived", f"{reply.line_errors} stored lines failed: usage, search text or figures "
+                       "(csm query errors)")] if reply.line_errors else []),
         ("last sync", reply.last_sync_at or "never"),
     ]
     if reply.backlog is not None:
@@ -336,7 +338,9 @@ def query_errors(max_rows: int, fmt: str | None) -> None:
 
     A bad line (not JSON, not an object, not UTF-8, NUL bytes) is recorded once and
     skipped; every other line of its file is stored. An offset left empty means the
-    whole file could not be read.
+    whole file could not be read. A line that is stored but whose usage, search text or
+    session figures could not be derived (a token count SQLite cannot sum) is listed
+    too, its error naming the part and ending "(the line is stored)".
 
     \b
     Examples:

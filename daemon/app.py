@@ -243,6 +243,7 @@ class Daemon:
             sessions=f["sessions"],
             sessions_gone=f["sessions_gone"],
             errors=f["errors"],
+            line_errors=f["line_errors"],
             last_sync_at=self.syncer.last_sync_at,
             watch_mode=self.watcher.mode,
             watcher_restarts=self.watcher.restarts,

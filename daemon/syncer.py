@@ -237,6 +237,7 @@ class Syncer(threading.Thread):
         self.state = "initial sync" if self.scans == 0 else "scanning"
         started = time.monotonic()
         totals: Totals = self.ingestor.rescan(self._progress())
+        totals += self.ingestor.final_lines()
         self.scans += 1
         self.last_sync_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         seconds = time.monotonic() - started
