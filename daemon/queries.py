@@ -112,10 +112,15 @@ def run_sql(conn: sqlite3.Connection, sql: str, params: list[Any], max_rows: int
 
 
 def list_errors(conn: sqlite3.Connection, max_rows: int) -> Rows:
-    """The bad lines, as ``csm query errors`` shows them: the first bytes as text, escapes for the rest."""
+    """The bad lines, and the stored lines whose derived data failed, as ``csm query errors`` shows
+    them: the first bytes as text, escapes for the rest."""
     cur = conn.execute(
         "SELECT file_path, CASE WHEN line_offset >= 0 THEN line_offset END, length, error, head "
-        "FROM sync_errors ORDER BY file_path, line_offset"
+        "FROM sync_errors UNION ALL "
+        "SELECT m.file_path, e.line_offset, length(CAST(e.raw AS BLOB)), "
+        "       le.part || ': ' || le.error || ' (the line is stored)', CAST(substr(e.raw, 1, 200) AS BLOB) "
+        "FROM line_errors le JOIN events e ON e.id = le.event_id JOIN sync_metadata m ON m.file_id = e.file_id "
+        "ORDER BY 1, 2"
     )
     rows = cur.fetchmany(max_rows + 1)
     out = [[p, o, n, e, _printable(h)] for p, o, n, e, h in rows[:max_rows]]
