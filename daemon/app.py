@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from csm.daemon import browse, export, queries, reports, search
+from csm.daemon import browse, export, queries, reports, search, turns
 from csm.daemon.checkpoint import Checkpointer
 from csm.daemon.diagnose import diagnose
 from csm.daemon.health import Health
@@ -108,7 +108,8 @@ class Daemon:
         self.syncer.after_work.append(
             lambda: self.search_index.catch_up(store, lambda: ing.stopping.is_set() or self.syncer.busy()))
         self.reader = open_reader(self.db)
-        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query")
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query",
+                                       initializer=turns.on_query_thread, initargs=(self.syncer.turns.give_way,))
         self.query_slots = threading.BoundedSemaphore(self.config.query_queue)
         self.server = Server(self.sock)
         self.server.bind()
@@ -290,6 +291,7 @@ class Daemon:
         ``own``: csm's own SQL, on a connection without the authorizer (see ``_own_connection``).
         """
         try:
+            turns.give_way()  # a query does not start while fresh lines wait for their turn
             result = work(self._own_connection() if own else self._connection())
             if result is not None:
                 reply(result)
