@@ -66,9 +66,12 @@ class Web:
     def down(self, request: Request, e: CsmError) -> HTMLResponse:
         return self.page(request, "down.html", 503, error=str(e), start="csmd", service="csm service install")
 
-    async def checked_form(self, request: Request) -> Any:
-        """A POST's form, after its token (header or field) is checked: the cookie alone is not enough."""
-        form = await request.form()
+    async def checked_form(self, request: Request) -> dict[str, str]:
+        """A POST's form (urlencoded: the pages send nothing else), after its token (header or field)
+        is checked: the cookie alone is not enough."""
+        from urllib.parse import parse_qsl
+
+        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
         if request.scope.get("state", {}).get("check_form_token") and form.get("token") != self.token:
             raise PermissionError
         return form
