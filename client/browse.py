@@ -66,7 +66,8 @@ def sessions(project: str | None, since: str | None, until: str | None, limit: i
 def show(session: str, full: bool, fmt: str | None) -> None:
     """Show a session's conversation: prompts, answers, one line per tool call.
 
-    SESSION is a session id or a unique prefix of one (as git takes short hashes).
+    SESSION is a session id or a unique prefix of one (as git takes short hashes), or the
+    transcript's path (for an id found in several places: a copied project folder, two roots).
     Subagents appear nested under the call that started them. --json prints the session
     and its entries; --jsonl and --csv one entry a line, with the keys 'csm watch' uses.
 
@@ -77,7 +78,9 @@ def show(session: str, full: bool, fmt: str | None) -> None:
     """
     from csm.client import transcript
 
-    reply = request(protocol.Show(session=session, full=full), timeout_s=30.0)
+    from csm.client.export import target_arg
+
+    reply = request(protocol.Show(session=target_arg(session), full=full), timeout_s=30.0)
     assert isinstance(reply, protocol.Transcript)
     if fmt == "json":
         render.emit_json(render.plain(reply))
@@ -149,13 +152,14 @@ def watch(session: str | None, project: str | None, fmt: str | None) -> None:
       csm watch -p myrepo --jsonl | jq -r .text
     """
     from csm.client import transcript
+    from csm.client.export import target_arg
 
     color = sys.stdout.isatty()
     missed = 0
     if fmt == "csv":
         render.emit_rows(ENTRY_COLUMNS, [], fmt)
     try:
-        for msg in subscribe(protocol.Watch(session=session, project=project)):
+        for msg in subscribe(protocol.Watch(session=target_arg(session) if session else None, project=project)):
             if isinstance(msg, protocol.Watching):
                 click.echo(f"csm: watching {msg.what} (Ctrl-C to stop)", err=True)
             elif isinstance(msg, protocol.Messages):

@@ -322,5 +322,5 @@ class Daemon:
     def _watch(self, conn: sqlite3.Connection, request: Watch, reply: Reply) -> None:
         """Subscribe this client (a session prefix is resolved once, here)."""
         assert isinstance(reply, Replier)
-        session = browse.resolve(conn, request.session) if request.session else None
+        session = browse.place(conn, browse.resolve(conn, request.session)) if request.session else None
         self.watchers.add(reply.envelope, session, request.project)

@@ -205,9 +205,17 @@ class Store:
              f.dev, f.inode, f.size, f.mtime_ns, f.generation, f.head_len, f.head_hash, f.tail_hash, f.gone_at),
         )
 
-    def paths_with_inode(self, dev: int, inode: int) -> list[str]:
+    def with_inode(self, dev: int, inode: int) -> list[int]:
+        """Checkpoints, live or gone, made on this (dev, inode): the live ones first, then the newest."""
         return [r[0] for r in self.conn.execute(
-            "SELECT file_path FROM sync_metadata WHERE dev = ? AND inode = ? AND gone_at IS NULL", (dev, inode))]
+            "SELECT file_id FROM sync_metadata WHERE dev = ? AND inode = ? ORDER BY gone_at IS NOT NULL, file_id DESC",
+            (dev, inode))]
+
+    def gone_at_path(self, path: str) -> int | None:
+        """The checkpoint whose file was last seen at ``path`` and is gone (the latest, if several)."""
+        r = self.conn.execute("SELECT file_id FROM sync_metadata WHERE file_path = ? AND gone_at IS NOT NULL "
+                              "ORDER BY gone_at DESC, file_id DESC LIMIT 1", (path,)).fetchone()
+        return r[0] if r else None
 
     def mark_gone(self, file_id: int, when: str) -> None:
         self.conn.execute("UPDATE sync_metadata SET gone_at = ? WHERE file_id = ?", (when, file_id))
@@ -267,13 +275,13 @@ class Store:
         )
 
     def upsert_sessions(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """rows: (session_id, project, parent, is_subagent, cwd, first_ts, last_ts, lines, messages,
-        custom_title, ai_title, summary, first_prompt). Counts add up; titles: the last one wins,
-        except the first prompt, which is kept."""
+        """rows: (file_id, session_id, project, parent, is_subagent, cwd, first_ts, last_ts, lines, messages,
+        custom_title, ai_title, summary, first_prompt). A session is its file. Counts add up; titles: the last
+        one wins, except the first prompt, which is kept."""
         self.conn.executemany(
-            "INSERT INTO session_stats (session_id, project, parent_session_id, is_subagent, cwd, first_ts, "
+            "INSERT INTO session_stats (file_id, session_id, project, parent_session_id, is_subagent, cwd, first_ts, "
             "last_ts, lines, messages, custom_title, ai_title, summary, first_prompt) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(session_id) DO UPDATE SET "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(file_id) DO UPDATE SET "
             "parent_session_id = COALESCE(parent_session_id, excluded.parent_session_id), "
             "cwd = COALESCE(excluded.cwd, cwd), "
             "first_ts = CASE WHEN first_ts IS NULL OR excluded.first_ts < first_ts "
@@ -288,15 +296,26 @@ class Store:
             rows,
         )
 
-    def move_session(self, old: str, new: str, project: str) -> None:
-        """A session's file was renamed or moved: its figures take the new key and project.
-        A key already taken (the same name in another root) keeps its own figures."""
-        self.conn.execute("UPDATE OR IGNORE session_stats SET session_id = ?, project = ? WHERE session_id = ?",
-                          (new, project, old))
-        if new != old:
-            self.conn.execute("UPDATE OR IGNORE session_models SET session_id = ? WHERE session_id = ?", (new, old))
+    def move_session(self, file_id: int, old: tuple[str, str], new: tuple[str, str]) -> None:
+        """A session's file was renamed or moved: its figures, its usage rows and its search text take
+        the new (session id, project). Usage rows move as a delete and an insert, so the triggers keep
+        ``usage_slots`` exact."""
+        (old_id, old_project), (session_id, project) = old, new
+        q = self.conn.execute
+        q("UPDATE session_stats SET session_id = ?, project = ? WHERE file_id = ?", (session_id, project, file_id))
+        q("UPDATE message_text SET session_id = ? WHERE event_id IN (SELECT id FROM events WHERE file_id = ?)",
+          (session_id, file_id))
+        mine = ("FROM usage_entries WHERE session_id = ? AND project = ? AND event_id IN "
+                "(SELECT id FROM events WHERE file_id = ?)")
+        q(f"CREATE TEMP TABLE IF NOT EXISTS moved_usage AS SELECT * {mine} AND 0", (old_id, old_project, file_id))
+        q(f"INSERT INTO temp.moved_usage SELECT * {mine}", (old_id, old_project, file_id))
+        q(f"DELETE {mine}", (old_id, old_project, file_id))
+        q("UPDATE temp.moved_usage SET session_id = ?, project = ?", (session_id, project))
+        q("INSERT INTO usage_entries SELECT * FROM temp.moved_usage")
+        q("DELETE FROM temp.moved_usage")
 
-    def add_models(self, rows: Iterable[tuple[str, str]]) -> None:
+    def add_models(self, rows: Iterable[tuple[int, str]]) -> None:
+        """rows: (file_id, model)."""
         self.conn.executemany("INSERT OR IGNORE INTO session_models VALUES (?, ?)", rows)
 
     # --- figures -------------------------------------------------------------------

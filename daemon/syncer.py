@@ -202,7 +202,7 @@ class Syncer(threading.Thread):
         # A new folder's files may have been written before its watch existed; a folder moved in
         # whole may be a large history, so its progress goes to waiting syncs. A renamed folder
         # arrives as its old path and its new one: the new is scanned first, so its files claim
-        # their checkpoints as renames before those of the vanished old path are marked gone.
+        # their checkpoints before the old path's are marked gone (a gone one is claimed too, later).
         for d in sorted(dirs, key=lambda d: not os.path.isdir(d)):
             ing.rescan(self._progress(), top=Path(d))
         if dirs:
