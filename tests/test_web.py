@@ -247,6 +247,18 @@ def test_a_message_holding_script_is_shown_as_text_never_run(site: Site, page: P
     assert page.evaluate("window.pwned") is None
 
 
+def test_a_session_id_in_two_places_lists_both_and_each_opens(site: Site, page: Page) -> None:
+    for folder, words in (("-home-me-a", "the first copy"), ("-home-me-b", "the second copy")):
+        write(site.projects / folder / "twin.jsonl", user("twin", 1, words))
+    synced(site)
+    page.goto(site.base + "/session/twin")
+    places = page.locator(".places a")
+    expect(places).to_have_count(2)
+    expect(page.locator("h1")).to_contain_text("ambiguous")
+    places.nth(1).click()
+    expect(page.locator("#entries .entry.user")).to_contain_text("the second copy")
+
+
 # --- private by default ------------------------------------------------------------------
 
 

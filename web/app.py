@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -177,14 +178,22 @@ class Web:
         return self.page(request, name, 400 if bad else 200, rows=rows[:SESSIONS_PAGE], error=bad, q=q, n=n,
                          more=more, live="sessions")
 
+    @staticmethod
+    def target(request: Request) -> str:
+        """The session a URL names: an id (or the start of one), or a transcript's path (``/session/home/…jsonl``:
+        the path's leading slash is the URL's), which is how a session id found in several places is opened."""
+        sid: str = request.path_params["sid"]
+        return "/" + sid if sid.endswith(".jsonl") and not sid.startswith("/") else sid
+
     async def session(self, request: Request) -> Response:
-        sid = request.path_params["sid"]
+        sid = self.target(request)
         try:
             t = await arequest(protocol.Show(session=sid, full=True), timeout_s=60.0)
         except NotFound as e:
             return self.page(request, "error.html", 404, error=str(e))
-        except QueryError as e:
-            return self.page(request, "error.html", 400, error=str(e))
+        except QueryError as e:  # an ambiguous id: each place it is in gets a link of its own
+            places = re.findall(r"(/[^,\s]+\.jsonl)", str(e))
+            return self.page(request, "error.html", 400, error=str(e), places=places)
         except CsmError as e:
             return self.down(request, e)
         assert isinstance(t, protocol.Transcript)
@@ -207,10 +216,10 @@ class Web:
         info = t.session
         return self.page(request, "session.html", info=info, entries=shown, hit=hit, n=n, pages=pages,
                          total=len(entries), last_page=n == pages - 1, live="session", sessions_live=",".join(ids),
-                         resume=views.resume_command(info.cwd, info.resume))
+                         resume=views.resume_command(info.cwd, info.resume), target=sid.lstrip("/"))
 
     async def export(self, request: Request) -> Response:
-        sid, fmt = request.path_params["sid"], request.path_params["fmt"]
+        sid, fmt = self.target(request), request.path_params["fmt"]
         if fmt not in ("md", "html", "jsonl"):
             return Response("exports: .md, .html, .jsonl", status_code=404)
         try:
@@ -236,7 +245,7 @@ class Web:
             return Response(str(e), status_code=404)
         except CsmError as e:
             return Response(str(e), status_code=503)
-        name = "".join(c for c in sid if c.isalnum() or c in "-_") or "session"
+        name = "".join(c for c in Path(sid).name.removesuffix(".jsonl") if c.isalnum() or c in "-_") or "session"
         return Response(body, media_type=media,
                         headers={"content-disposition": f'attachment; filename="{name}.{fmt}"'})
 
@@ -393,8 +402,8 @@ def build(token: str, host: str, port: int) -> Any:
         Route("/api/status", web.api_status),
         Route("/sync", web.sync, methods=["POST"]),
         Route("/sessions", web.sessions),
-        Route("/session/{sid}", web.session),
-        Route("/session/{sid}/export.{fmt:str}", web.export),
+        Route("/session/{sid:path}/export.{fmt:str}", web.export),
+        Route("/session/{sid:path}", web.session),
         Route("/search", web.search),
         Route("/usage", web.usage),
         Route("/settings", web.settings, methods=["GET", "POST"]),
