@@ -27,7 +27,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 10_000
-SHOT = os.environ.get("CSM_SCREENSHOT")  # where to keep the status page's picture (README's)
+SHOT = os.environ.get("CSM_SCREENSHOT")  # where to keep the sessions page's picture: docs/web.png (README's)
 
 
 @dataclass
@@ -163,9 +163,6 @@ def test_status_page_shows_csmd_figures_and_the_same_as_json(site: Site, page: P
     assert (api["sessions"], api["files"], api["pid"]) == (status["sessions"], status["files"], status["pid"])
     csp = page.request.get(site.base + "/").headers["content-security-policy"]
     assert "script-src 'self'" in csp and "default-src 'none'" in csp
-    if SHOT:
-        page.set_viewport_size({"width": 900, "height": 640})
-        page.screenshot(path=SHOT)
 
 
 def test_sync_now_runs_and_the_page_shows_it_finishing(site: Site, page: Page) -> None:
@@ -177,6 +174,11 @@ def test_sync_now_runs_and_the_page_shows_it_finishing(site: Site, page: Page) -
 
 
 def test_sessions_list_filters_by_project_and_title_words_in_the_url(site: Site, page: Page) -> None:
+    if SHOT:
+        page.set_viewport_size({"width": 960, "height": 600})
+        page.goto(site.base + "/sessions")
+        expect(page.locator("#sessions tbody tr").first).to_be_visible()
+        page.screenshot(path=SHOT)
     page.goto(site.base + "/sessions?project=SPOTTER")
     want = json.loads(site.csm("query", "sessions", "-p", "spotter", "--json").stdout)
     rows = page.locator("#sessions tbody tr")

@@ -19,7 +19,7 @@
   }
 
   function localTimes(root) {
-    const fmt = new Intl.DateTimeFormat(undefined, {dateStyle: "medium", timeStyle: "short"});
+    const fmt = new Intl.DateTimeFormat(undefined, {dateStyle: "short", timeStyle: "short"});
     root.querySelectorAll("time[datetime]").forEach(function (t) {
       const d = new Date(t.getAttribute("datetime"));
       if (!isNaN(d)) { t.textContent = fmt.format(d); t.title = t.getAttribute("datetime"); }
