@@ -261,6 +261,50 @@ def test_a_session_id_in_two_places_lists_both_and_each_opens(site: Site, page: 
     expect(page.locator("#entries .entry.user")).to_contain_text("the second copy")
 
 
+def events(site: Site, last_id: int | None = None) -> Iterator[tuple[int | None, str, Any]]:
+    """A page's event stream read raw: (id, event, data) as they come; each read waits at most 10 s."""
+    conn = http.client.HTTPConnection("127.0.0.1", site.port, timeout=10)
+    headers = {"Host": f"127.0.0.1:{site.port}", "Cookie": f"csm_token_{site.port}={site.token}"}
+    if last_id is not None:
+        headers["Last-Event-ID"] = str(last_id)
+    conn.request("GET", "/events?page=session&sessions=replayed", headers=headers)
+    r = conn.getresponse()
+    assert r.status == 200 and r.getheader("content-type", "").startswith("text/event-stream")
+    try:
+        fields: dict[str, str] = {}
+        for raw in r:
+            line = raw.decode().rstrip("\n")
+            if line:
+                key, _, value = line.partition(": ")
+                fields[key] = value
+            elif "event" in fields:
+                yield (int(fields["id"]) if "id" in fields else None, fields["event"], json.loads(fields["data"]))
+                fields = {}
+            else:
+                fields = {}
+    finally:
+        conn.close()
+
+
+def test_a_stream_reconnecting_with_last_event_id_gets_what_it_missed_or_is_told_to_reload(site: Site) -> None:
+    path = site.projects / "spotter" / "replayed.jsonl"
+    write(path, user("replayed", 1, "before"))
+    synced(site)
+    first = events(site)
+    assert next(first)[1] == "csmd"
+    write(path, user("replayed", 2, "missed by a page that was away"))
+    got = next(e for e in first if e[1] == "entry")
+    assert got[0] is not None and "missed by a page that was away" in got[2]["html"]
+    first.close()
+    again = events(site, last_id=got[0] - 1)
+    replayed = next(again)
+    assert replayed[:2] == got[:2] and replayed[2]["html"] == got[2]["html"]
+    again.close()
+    lost = events(site, last_id=got[0] + 10**6)  # an id this server never gave (it restarted): reload
+    assert next(lost)[1] == "dropped"
+    lost.close()
+
+
 # --- private by default ------------------------------------------------------------------
 
 
