@@ -189,6 +189,8 @@ def test_sessions_list_filters_by_project_and_title_words_in_the_url(site: Site,
     expect(page).to_have_url(re.compile(r"title=PHX\+server"))
     expect(rows).to_have_count(1)
     expect(rows.first.locator(".title a")).to_have_text("mix phx.server doesnt seem to start")
+    page.goto(site.base + "/sessions?project=spotter&page=2")  # past the end: empty, with a way back
+    expect(page.locator('.pager a[rel="prev"]')).to_have_attribute("href", "?project=spotter&page=1")
     page.goto(site.base + "/sessions?since=nonsense")
     expect(page.locator(".error")).to_contain_text("since:")
 

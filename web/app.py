@@ -50,6 +50,7 @@ class Web:
                                       trim_blocks=True, lstrip_blocks=True)
         self.env.filters.update(markdown=views.markdown, snippet=views.snippet, number=views.number, usd=views.usd,
                                 when=views.when)
+        self.env.globals["with_page"] = views.with_page
         self.hub = Hub(self.render_entry)
         self.sync_task: asyncio.Task[protocol.Message] | None = None
         self.static = str(root / "static")
