@@ -215,6 +215,10 @@ def test_a_session_page_renders_markdown_tools_and_the_resume_command(site: Site
     expect(tool.locator("pre").first).not_to_be_visible()
     tool.locator("summary").click()
     expect(tool.locator("pre").first).to_be_visible()
+    page.set_viewport_size({"width": 390, "height": 800})  # a phone: nothing wider than the screen
+    for path in ("/session/short", "/sessions", "/", "/usage?tz=UTC", "/settings"):
+        page.goto(site.base + path)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
     r = page.request.get(site.base + "/session/short/export.jsonl")
     assert r.status == 200 and r.body() == (site.projects / "spotter" / "short.jsonl").read_bytes()
 
