@@ -109,19 +109,24 @@ def status(fmt: str | None) -> None:
         ("state", reply.state),
         ("watcher", reply.watch_mode + (f", restarted {reply.watcher_restarts} times"
                                         if reply.watcher_restarts else "")),
-        ("database", reply.db_path),
+        ("database", reply.db_path + (f" (quick_check ok at {reply.db_checked_at})"
+                                      if reply.db_checked_at and not reply.db_problem else "")),
         ("roots", ", ".join(reply.roots) or "(none)"),
         ("files", f"{reply.files}" + (f" (+{reply.files_gone} gone, rows kept)" if reply.files_gone else "")),
         ("sessions", f"{reply.sessions}" + (f" ({reply.sessions_gone} with source file gone)"
                                             if reply.sessions_gone else "")),
         ("lines", reply.events),
         ("bad lines", f"{reply.errors}" + (" (csm query errors)" if reply.errors else "")),
+        *([("derived", f"{reply.line_errors} stored lines failed: usage, search text or figures "
+                       "(csm query errors)")] if reply.line_errors else []),
         ("last sync", reply.last_sync_at or "never"),
     ]
     if reply.backlog is not None:
         rows.append(("backlog", _backlog_line(reply.backlog)))
     if reply.last_error:
         rows.append(("error", reply.last_error))
+    if reply.db_problem:
+        rows.append(("db problem", reply.db_problem))
     for k, v in rows:
         click.echo(f"{k:<10} {v}")
 
@@ -364,7 +369,9 @@ def query_errors(max_rows: int, fmt: str | None) -> None:
 
     A bad line (not JSON, not an object, not UTF-8, NUL bytes) is recorded once and
     skipped; every other line of its file is stored. An offset left empty means the
-    whole file could not be read.
+    whole file could not be read. A line that is stored but whose usage, search text or
+    session figures could not be derived (a token count SQLite cannot sum) is listed
+    too, its error naming the part and ending "(the line is stored)".
 
     \b
     Examples:

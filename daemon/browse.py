@@ -11,7 +11,8 @@ import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from csm.daemon import projects
+from csm.daemon import projects, turns
+from csm.daemon.queries import progress
 from csm.daemon.transcript import build
 from csm.shared.errors import NotFound, QueryError
 from csm.shared.protocol import Entry, Rows, SessionInfo, Sessions, Show, Transcript
@@ -28,7 +29,7 @@ class time_limit:
         self.deadline = time.monotonic() + seconds
 
     def __enter__(self) -> None:
-        self.conn.set_progress_handler(lambda: int(time.monotonic() > self.deadline), 10_000)
+        self.conn.set_progress_handler(progress(self.deadline), turns.STEPS)
 
     def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: object) -> None:
         self.conn.set_progress_handler(None, 0)

@@ -21,6 +21,9 @@ from typing import Any
 import msgspec
 
 from csm.daemon.migrations import MIGRATIONS
+from csm.daemon.diagnose import diagnose, unwritable
+from csm.daemon.private import private_file
+from csm.shared import paths
 from csm.shared.errors import DatabaseError
 
 BUSY_TIMEOUT_MS = 5000
@@ -66,28 +69,14 @@ def _file_row(r: Sequence[Any]) -> FileRow:
     )
 
 
-def _create_private(path: Path) -> None:
-    """Create the database file 0600 before SQLite does; its -wal and -shm inherit the mode.
+def _private_files(db: Path) -> None:
+    """Refuse a database, WAL or shared-memory file of another user; close ours to others (0600).
 
-    A database found open to others (made by hand, or copied) is closed to them: it holds
-    people's prompts, code and secrets.
+    Checked before SQLite opens them and again once it has (WAL on), so one made in the
+    moment between is refused too. csmd's umask (077) makes the files it creates 0600.
     """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600))
-    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            continue
-        if st.st_uid == os.getuid() and st.st_mode & 0o077:
-            p.chmod(0o600)
-
-
-def way_out(db: Path) -> str:
-    """What a user can do about a database csmd cannot use (said in every such message)."""
-    return (f"check it with 'csm db check --db {db}', restore it from a backup, or move it away and start csmd "
-            "to rebuild it from the transcripts that still exist (a rebuild cannot bring back the lines of "
-            "transcripts Claude Code has deleted since)")
+    for path, what in paths.db_files(db):
+        private_file(path, what)
 
 
 def migrate(conn: sqlite3.Connection, db: Path) -> None:
@@ -120,7 +109,10 @@ def migrate(conn: sqlite3.Connection, db: Path) -> None:
 def open_writer(db: Path) -> sqlite3.Connection:
     """Open (creating and migrating) the database for the one writer."""
     try:
-        _create_private(db)
+        db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_files(db)
+        if refused := unwritable(db, f"cannot open database {db}"):
+            raise refused
         conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         # Lines average 2 KB and many exceed a 4 KB page: 16 KB pages need fewer overflow
@@ -129,6 +121,7 @@ def open_writer(db: Path) -> sqlite3.Connection:
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
             raise DatabaseError(f"{db}: cannot switch to WAL mode (is it on a network filesystem?)")
+        _private_files(db)
         conn.execute("PRAGMA synchronous = NORMAL")
         # 2 MB, SQLite's default: the writer appends at the right edge of its b-trees, so a
         # bigger cache buys little speed, and csmd must stay under 50 MB RSS (8 MB -> 2 MB with
@@ -139,9 +132,9 @@ def open_writer(db: Path) -> sqlite3.Connection:
         migrate(conn, db)
         return conn
     except OSError as e:
-        raise DatabaseError(f"cannot create database {db}: {e.strerror}") from None
-    except sqlite3.DatabaseError as e:
-        raise DatabaseError(f"cannot open database {db}: {e}; {way_out(db)}") from None
+        raise DatabaseError(f"cannot create the folder of database {db}: {e.strerror}") from None
+    except sqlite3.Error as e:
+        raise diagnose(db, e, "cannot open database") from None
 
 
 def open_reader(db: Path) -> sqlite3.Connection:
@@ -274,6 +267,12 @@ class Store:
             [(*r, ts) for r in rows],
         )
 
+    def insert_line_errors(self, rows: Iterable[tuple[int, str, str]]) -> None:
+        """rows: (event_id, part, error): a stored line whose derived ``part`` could not be made."""
+        ts = now_iso()
+        self.conn.executemany("INSERT OR REPLACE INTO line_errors (event_id, part, error, seen_at) VALUES (?,?,?,?)",
+                              [(*r, ts) for r in rows])
+
     def upsert_sessions(self, rows: Iterable[tuple[Any, ...]]) -> None:
         """rows: (file_id, session_id, project, parent, is_subagent, cwd, first_ts, last_ts, lines, messages,
         custom_title, ai_title, summary, first_prompt). A session is its file. Counts add up; titles: the last
@@ -333,4 +332,5 @@ def figures(conn: sqlite3.Connection) -> dict[str, int]:
         "sessions": q("SELECT count(*) FROM session_stats").fetchone()[0],
         "sessions_gone": q("SELECT count(*) FROM sessions WHERE NOT file_present").fetchone()[0],
         "errors": q("SELECT count(*) FROM sync_errors").fetchone()[0],
+        "line_errors": q("SELECT count(DISTINCT event_id) FROM line_errors").fetchone()[0],
     }

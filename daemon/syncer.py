@@ -9,10 +9,11 @@ start, every ``rescan_interval_s`` (``poll_s`` while the watcher cannot watch) a
 
 A database error (disk full, locked by another program) rolls its batch back; the
 paths go back into the set and the thread retries with capped exponential backoff,
-resuming by itself when the cause goes away. Any other error is a bug: it is logged
-with its traceback, the work in hand is dropped (the next rescan retries it) and the
-thread goes on, because a dead ingest thread would leave a daemon that answers but
-never ingests again.
+resuming by itself when the cause goes away; sync requests waiting meanwhile are
+answered at once with the error (``unavailable``), not left to time out. Any other
+error is a bug: it is logged with its traceback, the work in hand is dropped (the next
+rescan retries it) and the thread goes on, because a dead ingest thread would leave a
+daemon that answers but never ingests again.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from csm.daemon.diagnose import diagnose
 from csm.daemon.ingest import Ingestor, Totals
+from csm.daemon.turns import Turns
 from csm.shared.protocol import Backlog, Error, Message, Progress, SyncReply
 
 log = logging.getLogger("csm.sync")
@@ -36,9 +39,11 @@ BACKOFF_MAX_S = 60.0
 
 
 class Syncer(threading.Thread):
-    def __init__(self, ingestor: Ingestor, rescan_interval_s: float) -> None:
+    def __init__(self, ingestor: Ingestor, rescan_interval_s: float, db: Path) -> None:
         super().__init__(name="csm-ingest", daemon=True)
         self.ingestor = ingestor
+        self.db = db
+        """The database, to say what a database error really is (``diagnose``)."""
         self.rescan_interval_s = rescan_interval_s
         self.poll_s: float | None = None
         """Set while the watcher cannot watch: rescans this often instead."""
@@ -58,6 +63,8 @@ class Syncer(threading.Thread):
         """Deferred work, run after each round of hints and rescans; it should stop when ``busy``."""
         self.after_new_dirs: list[Callable[[], None]] = []
         self.scans = 0
+        self.turns = Turns()
+        """Queries step aside while this thread stores the lines of hints (``daemon/turns.py``)."""
 
     # --- called from other threads -------------------------------------------------
 
@@ -133,12 +140,21 @@ class Syncer(threading.Thread):
                 self._work(paths, dirs, moves, rescan, waiters)
             except Exception as e:  # the ingest thread must never die: back off and retry
                 backoff = min(BACKOFF_MAX_S, backoff * 2 or 0.5)
-                what = "database" if isinstance(e, sqlite3.Error) else f"internal error {type(e).__name__}"
-                self.last_error = f"{what}: {e}; retrying in {backoff:.1f} s"
+                if isinstance(e, sqlite3.Error):
+                    what = f"database: {diagnose(self.db, e, 'cannot write')}"
+                else:
+                    what = f"internal error {type(e).__name__}: {e}"
+                self.last_error = f"{what}; retrying in {backoff:.1f} s"
                 if isinstance(e, sqlite3.Error):
                     log.error("%s", self.last_error)
                 else:
                     log.exception("%s", self.last_error)
+                # Whoever waits for a sync hears why now, not when its own deadline runs out.
+                failed = Error(code="unavailable" if isinstance(e, sqlite3.Error) else "internal",
+                               message=f"sync not finished: {what}; csmd keeps retrying by itself "
+                                       "('csm status' shows the error until it clears)")
+                for reply in waiters:
+                    reply(failed)
                 with self.cond:
                     for p in paths:
                         self.paths.setdefault(p)
@@ -146,11 +162,13 @@ class Syncer(threading.Thread):
                         self.dirs.setdefault(d)
                     self.moves[:0] = moves
                     self.rescan_due = self.rescan_due or rescan
-                    self.waiters[:0] = waiters
                     # New hints must not cut the pause short: under a steady stream of
                     # appends that would turn the backoff into a busy retry loop.
                     resume = time.monotonic() + backoff
                     while not stopping.is_set() and (left := resume - time.monotonic()) > 0:
+                        for reply in self.waiters:
+                            reply(failed)
+                        self.waiters.clear()
                         self.cond.wait(left)
                 continue
             except Exception as e:
@@ -208,8 +226,9 @@ class Syncer(threading.Thread):
         if dirs:
             for hook in self.after_new_dirs:
                 hook()
-        for p in paths:
-            ing.visit(p)
+        with self.turns.appending():
+            for p in paths:
+                ing.visit(p)
         if rescan:
             self._rescan(waiters)
         for job in self.after_work:
@@ -222,6 +241,7 @@ class Syncer(threading.Thread):
         self.state = "initial sync" if self.scans == 0 else "scanning"
         started = time.monotonic()
         totals: Totals = self.ingestor.rescan(self._progress())
+        totals += self.ingestor.final_lines()
         self.scans += 1
         self.last_sync_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         seconds = time.monotonic() - started

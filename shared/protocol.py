@@ -113,7 +113,8 @@ class Watch(Message, kw_only=True):
 
 
 class ListErrors(Message, kw_only=True):
-    """The bad lines csmd skipped (``sync_errors``), by file and offset."""
+    """The bad lines csmd skipped (``sync_errors``) and the stored lines whose derived data failed
+    (``line_errors``), by file and offset."""
 
     max_rows: int = 10_000
 
@@ -179,11 +180,17 @@ class StatusReply(Message, kw_only=True):
     sessions: int
     sessions_gone: int = 0
     errors: int
+    line_errors: int = 0
+    """Stored lines whose derived data (usage, search text, session figures) could not be made."""
     last_sync_at: str | None = None
     watch_mode: str = "watching"
     watcher_restarts: int = 0
     backlog: Backlog | None = None
     last_error: str | None = None
+    db_problem: str | None = None
+    """Damage ``quick_check`` found, or the database or its WAL deleted or replaced while csmd has it open."""
+    db_checked_at: str | None = None
+    """When ``quick_check`` last finished (None until the first, which starts with csmd)."""
 
 
 class Progress(Message, kw_only=True):
