@@ -18,6 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import msgspec
+
 from csm.daemon import browse, export, queries, reports, search, turns
 from csm.daemon.checkpoint import Checkpointer
 from csm.daemon.diagnose import diagnose
@@ -33,8 +35,9 @@ from csm.daemon.usage import UsageSink
 from csm.daemon.watch import Watchers
 from csm.daemon.watcher import Watcher
 from csm.shared import __version__, paths
+from csm.shared import config as config_mod
 from csm.shared.config import Resolved
-from csm.shared.errors import NotFound, QueryError
+from csm.shared.errors import ConfigError, NotFound, QueryError
 from csm.shared.protocol import (
     ConfigReply,
     Error,
@@ -45,6 +48,7 @@ from csm.shared.protocol import (
     Message,
     Ok,
     Query,
+    ReloadConfig,
     Request,
     Search,
     Sessions,
@@ -220,6 +224,34 @@ class Daemon:
                 self._submit(reply, lambda conn: queries.list_errors(conn, max_rows), own=True)
             case Export():
                 self._submit(reply, lambda conn: export.run(conn, request, reply), own=True)
+            case ReloadConfig():
+                reply(self.reload_config())
+
+    def reload_config(self) -> Message:
+        """Apply a changed config file without a restart (the web settings page, ``csm config set``).
+
+        The roots list is shared by the ingestor and the watcher, so it changes in place; the
+        rescan that follows watches new roots and reads them. A bad file changes nothing.
+        """
+        try:
+            new = config_mod.reload(self.settings)
+        except ConfigError as e:
+            return Error(code="config", message=str(e))
+        old, cfg = self.config, new.config
+        changed = [k for k in config_mod.KEYS if getattr(old, k) != getattr(cfg, k)]
+        self.settings, self.config = new, msgspec.structs.replace(old, **{k: getattr(cfg, k) for k in config_mod.LIVE})
+        self.roots[:] = new.roots()
+        self.syncer.rescan_interval_s = cfg.rescan_interval_s
+        self.watcher.poll_interval_s = cfg.poll_interval_s
+        if self.syncer.poll_s is not None:
+            self.syncer.poll_s = cfg.poll_interval_s
+        logging.getLogger().setLevel(cfg.log_level.upper())
+        self.syncer.request_rescan()
+        applied = [k for k in changed if k in config_mod.LIVE]
+        later = [k for k in changed if k not in config_mod.LIVE]
+        log.info("config reloaded from %s: applied %s", new.file, ", ".join(applied) or "nothing new")
+        return Ok(message=f"applied: {', '.join(applied) or 'nothing changed'}"
+                          + (f"; after a restart of csmd: {', '.join(later)}" if later else ""))
 
     def status(self) -> StatusReply:
         db_problem = self.health.problem()

@@ -66,10 +66,13 @@ def sessions(conn: sqlite3.Connection, req: Sessions) -> Rows:
     if req.until:
         where.append("s.started < ?")
         params.append(req.until)
+    for word in (req.title or "").split():
+        where.append("instr(lower(s.title), ?) > 0")
+        params.append(word.lower())
     sql = (f"SELECT s.session_id, s.project, s.title, s.started, s.last_activity, s.messages, {_TOKENS}, {_COST}, "
-           f"s.file_present FROM sessions s WHERE {' AND '.join(where)} ORDER BY s.last_activity DESC LIMIT ?")
+           f"s.file_present FROM sessions s WHERE {' AND '.join(where)} ORDER BY s.last_activity DESC LIMIT ? OFFSET ?")
     with time_limit(conn):
-        rows = conn.execute(sql, [*params, req.limit]).fetchall()
+        rows = conn.execute(sql, [*params, req.limit, req.offset]).fetchall()
     return Rows(columns=SESSION_COLUMNS, rows=[list(r) for r in rows])
 
 
