@@ -53,8 +53,8 @@ def sessions(project: str | None, since: str | None, until: str | None, limit: i
         render.emit_rows(reply.columns, reply.rows, fmt)
         return
     cols = ["session", "project", "title", "started", "last activity", "msgs", "tokens", "cost", "file"]
-    rows = [[render.short_id(sid), proj, title, timespec.local(start), timespec.local(last), msgs, _tokens(tok), _cost(cost, tok),
-             "" if present else "gone"]
+    rows = [[render.short_id(sid), proj, title, timespec.local(start), timespec.local(last), msgs, _tokens(tok),
+             _cost(cost, tok), "" if present else "gone"]
             for sid, proj, title, start, last, msgs, tok, cost, present, *_ in reply.rows]
     # The id, times and figures identify and describe a row: the title gives up room first, then
     # the project (its end, the repository's name, kept); on a narrow terminal "started" goes.

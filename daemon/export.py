@@ -1,9 +1,10 @@
 """Streaming a session or a file back out of the archive, in chunks over the control socket.
 
-The rows of a file's current generation, in offset order, each followed by ``\\n``, are the
-file's complete lines byte for byte (the lossless rule; see ARCHITECTURE.md). One SELECT
-reads them all, so the export is one consistent snapshot even while csmd keeps ingesting, and
-its cursor is drained in chunks so memory stays bounded whatever the file's size.
+The rows of a file's current generation, in offset order, each followed by ``\\n`` (but a
+final line stored without one), are the file's lines byte for byte (the lossless rule; see
+ARCHITECTURE.md). One SELECT reads them all, so the export is one consistent snapshot even
+while csmd keeps ingesting, and its cursor is drained in chunks so memory stays bounded
+whatever the file's size.
 """
 
 from __future__ import annotations
@@ -33,30 +34,36 @@ def resolve(conn: sqlite3.Connection, target: str) -> list[tuple[int, str]]:
     return conn.execute("SELECT file_id, file_path FROM sync_metadata WHERE file_id = ?", (file_id,)).fetchall()
 
 
-def _raw_lines(conn: sqlite3.Connection, file_ids: list[int]) -> Iterator[str]:
+def _raw_lines(conn: sqlite3.Connection, file_ids: list[int]) -> Iterator[tuple[bytes, bool]]:
+    """Each row's bytes, and whether it is a file's final line stored without a newline (it ends
+    where the checkpoint is: a line that had its newline ends one byte before)."""
     marks = ",".join("?" * len(file_ids))
     cur = conn.execute(
-        "SELECT e.raw FROM events e JOIN sync_metadata m ON m.file_id = e.file_id AND e.generation = m.generation "
+        "SELECT e.raw, e.line_offset, m.last_position FROM events e "
+        "JOIN sync_metadata m ON m.file_id = e.file_id AND e.generation = m.generation "
         f"WHERE m.file_id IN ({marks}) ORDER BY m.file_path, e.line_offset",
         file_ids,
     )
-    for (raw,) in cur:
-        yield raw
+    for raw, offset, end in cur:
+        data = raw.encode("utf-8")
+        yield data, offset + len(data) == end
 
 
 def run(conn: sqlite3.Connection, request: Export, reply: Callable[[Message], None]) -> ExportDone:
     """Send the ``Chunk``s through ``reply`` and return the final ``ExportDone``; raises ``CsmError``
-    before the first chunk if it cannot."""
+    before the first chunk if it cannot.
+
+    A file whose final line was stored without a newline is given back without one, byte for byte."""
     if request.format not in FORMATS:
         raise QueryError(f"unknown export format {request.format!r}; known: {', '.join(FORMATS)}")
     files = resolve(conn, request.target)
     buf: list[bytes] = []
     size = lines = total = seq = 0
-    for raw in _raw_lines(conn, [f for f, _ in files]):
-        data = raw.encode("utf-8")
+    for data, unterminated in _raw_lines(conn, [f for f, _ in files]):
         buf.append(data)
-        buf.append(b"\n")
-        size += len(data) + 1
+        if not unterminated:
+            buf.append(b"\n")
+        size += len(data) + (not unterminated)
         lines += 1
         if size >= CHUNK_BYTES:
             reply(Chunk(seq=seq, data=b"".join(buf)))

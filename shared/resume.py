@@ -11,6 +11,13 @@ import shlex
 
 
 def command(session_id: str, cwd: str | None) -> str:
-    """``cd '<cwd>' && claude --resume <id>``; without a known cwd, just the resume."""
+    """``cd '<cwd>' && claude --resume <id>``; without a known cwd, just the resume.
+
+    The folder is always in single quotes (shlex.quote leaves a plain path bare), so the line
+    reads the same for every session.
+    """
     resume = f"claude --resume {shlex.quote(session_id)}"
-    return f"cd {shlex.quote(cwd)} && {resume}" if cwd else resume
+    if not cwd:
+        return resume
+    folder = shlex.quote(cwd)
+    return f"cd {folder if folder.startswith(chr(39)) else chr(39) + cwd + chr(39)} && {resume}"
