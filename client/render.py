@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import csv
 import functools
-import io
 import json
 import os
-import shlex
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +28,6 @@ from typing import Any, TypeVar
 
 import click
 import msgspec
-import wcwidth
 
 FORMATS = ("table", "json", "jsonl", "csv")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -137,6 +133,8 @@ def output_options(fn: F | None = None, *, formats: Sequence[str] = (), paged: b
 
 def _pager_command() -> list[str] | None:
     """``CSM_PAGER``, else ``PAGER``, else less; empty or ``cat`` means none (as git reads them)."""
+    import shlex
+
     raw = os.environ.get("CSM_PAGER", os.environ.get("PAGER", "less"))
     try:
         cmd = shlex.split(raw)
@@ -159,6 +157,9 @@ def paged(to_stdout: bool = True) -> Iterator[None]:
     if cmd is None:
         yield
         return
+    import io
+    import subprocess
+
     env = dict(os.environ)
     env.setdefault("LESS", "FRX")
     env.setdefault("LV", "-c")
@@ -262,6 +263,8 @@ def short_id(session_id: str) -> str:
 
 
 def _width(s: str) -> int:
+    import wcwidth  # only for a table: the other output needs no widths
+
     return int(wcwidth.width(s))
 
 
@@ -269,6 +272,8 @@ def _fit(s: str, w: int, keep_end: bool) -> str:
     """``s`` in at most ``w`` display columns: cut with "…" at the end (or, ``keep_end``, at the start)."""
     if _width(s) <= w:
         return s
+    import wcwidth
+
     if keep_end:
         n = _width(s)
         return "…" + str(wcwidth.clip(s, n - (w - 1), n, fillchar=""))
