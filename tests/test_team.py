@@ -113,7 +113,8 @@ def members(tmp_path: Path) -> Iterator[list[Member]]:
 
 def pg(cluster: Cluster, db: str, query: str, *params: Any, user: str = ADMIN) -> list[tuple[Any, ...]]:
     with psycopg.connect(cluster.dsn(user=user, dbname=db), autocommit=True) as conn:
-        return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+        cur = conn.execute(query, params)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
 
 
 def copy_fixtures(dest: Path, *projects: str) -> None:
@@ -330,3 +331,41 @@ def test_team_init_through_the_cli_and_errors_in_one_line(cluster: Cluster, tmp_
     assert r.returncode == 69 and "csm team init" in r.stderr and "Traceback" not in r.stderr
     r = run_csm("query", "usage", "--by", "member")
     assert r.returncode != 0 and "--team" in r.stderr
+
+
+def test_without_team_csmd_never_loads_psycopg(csmd: Csmd, tmp_path: Path) -> None:
+    csmd.start()
+    assert csmd.proc is not None
+    maps = Path(f"/proc/{csmd.proc.pid}/maps").read_text()
+    assert "psycopg" not in maps and "libpq" not in maps
+    r = run_csm("team", "status")
+    assert r.returncode == 0 and "team mode is off" in r.stdout
+
+
+@pytest.mark.parametrize(("team", "error"), [
+    ('dsn = "postgresql://alice:s3cret@db/csm"', "holds a password"),
+    ('dsn = "host=db user=alice password = s3cret"', "holds a password"),
+    ('share = "usage"', "needs 'dsn'"),
+    ('dsn = "host=db"\nshare = "everything"', "bad value for 'team.share'"),
+    ('dsn = "host=db"\nmembr = "x"', "membr"),
+])
+def test_team_settings_refused_with_their_line(tmp_path: Path, team: str, error: str) -> None:
+    cfg = tmp_path / "config" / "csm" / "config.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text(f'log_level = "info"\n[team]\n{team}\n')
+    r = run_csm("config", "show")
+    assert r.returncode == 78 and error in r.stderr and f"{cfg}:2" in r.stderr, r.stderr
+    assert "s3cret" not in r.stderr
+
+
+def test_team_member_and_machine_default_to_login_and_host(tmp_path: Path) -> None:
+    import getpass
+    import socket
+
+    cfg = tmp_path / "config" / "csm" / "config.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text('[team]\nservice = "csm"\n')
+    r = run_csm("config", "show", "--json")
+    assert r.returncode == 0, r.stderr
+    team = json.loads(r.stdout)["settings"]["team"]["value"]
+    assert (team["member"], team["machine"], team["share"]) == (getpass.getuser(), socket.gethostname(), "usage")
