@@ -24,7 +24,7 @@ from csm.shared.config import Team
 if TYPE_CHECKING:
     import psycopg
 
-MAX_BATCH_BYTES = 4 * 1024 * 1024
+MAX_BATCH_BYTES = 256 * 1024
 """Line text per batch (share = transcripts): bounds csmd's memory whatever ``batch_rows`` says."""
 
 LEVELS = {"usage": 0, "sessions": 1, "transcripts": 2}

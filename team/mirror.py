@@ -99,6 +99,7 @@ class Mirror(threading.Thread):
         writer = sqlite3.connect(self.db, isolation_level=None)
         for c in (reader, writer):
             c.execute("PRAGMA busy_timeout = 10000")
+            c.execute("PRAGMA cache_size = -256")  # it reads each line once: a cache buys nothing, costs RSS
         pg: psycopg.Connection | None = None
         backoff = 1.0
         try:
