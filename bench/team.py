@@ -31,6 +31,7 @@ from soak import rss_mb  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mb", type=float, default=100)
+    ap.add_argument("--control-s", type=float, default=30, help="how long to sample csmd restarted without [team]")
     args = ap.parse_args()
 
     import psycopg
@@ -68,6 +69,15 @@ def main() -> None:
             time.sleep(0.2)
         p.terminate()
         p.wait()
+        # Control: the same restart without [team] (a restart finishes work the first run left, such as
+        # indexing tool text for search), sampled as long as the mirror will take, at most 60 s.
+        p = csmd()
+        control_peak, t0 = 0.0, time.monotonic()
+        while time.monotonic() - t0 < args.control_s:
+            control_peak = max(control_peak, rss_mb(p.pid))
+            time.sleep(0.1)
+        p.terminate()
+        p.wait()
         events = sqlite3.connect(db).execute("SELECT count(*), sum(length(raw)) FROM events").fetchone()
 
         cfg = work / "config" / "csm" / "config.toml"
@@ -96,6 +106,7 @@ def main() -> None:
             "seconds": round(seconds, 1), "rows_per_s": round(rows / seconds), "line_mb_per_s": round(mb / seconds, 1),
             "gb_history_s": round(seconds * 1000 / mb), "pg_db_mb": round(size / 1e6), "csmd_peak_rss_mb": round(peak, 1),
             "csmd_peak_rss_mb_archiving_alone": round(local_peak, 1),
+            "csmd_peak_rss_mb_restart_without_team": round(control_peak, 1),
         }))
     finally:
         cluster.destroy()
