@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from csm.daemon import turns
 from csm.daemon.store import open_reader
 from csm.shared.errors import QueryError
 from csm.shared.protocol import Rows
@@ -55,6 +57,16 @@ def open_query_connection(db: Path) -> sqlite3.Connection:
     return conn
 
 
+def progress(deadline: float) -> Callable[[], int]:
+    """SQLite's progress handler for a query: take turns with live appends; stop past ``deadline``."""
+
+    def step() -> int:
+        turns.give_way()
+        return int(time.monotonic() > deadline)
+
+    return step
+
+
 def _size(row: tuple[Any, ...]) -> int:
     return sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
 
@@ -64,12 +76,7 @@ def run_sql(conn: sqlite3.Connection, sql: str, params: list[Any], max_rows: int
     """Run one statement. The reply stops at ``max_rows`` rows or about ``max_bytes`` of values,
     whichever comes first, and says which (``limit``); the rest is never read."""
     max_rows = max(0, max_rows)
-    deadline = time.monotonic() + time_limit_s
-
-    def too_long() -> int:
-        return int(time.monotonic() > deadline)
-
-    conn.set_progress_handler(too_long, 10_000)
+    conn.set_progress_handler(progress(time.monotonic() + time_limit_s), turns.STEPS)
     rows: list[list[Any]] = []
     limit = ""
     try:

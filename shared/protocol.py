@@ -81,6 +81,9 @@ class Sessions(Message, kw_only=True):
     since: str | None = None
     until: str | None = None
     limit: int = 50
+    title: str | None = None
+    """Only sessions whose title holds each of these words (any case)."""
+    offset: int = 0
 
 
 class Show(Message, kw_only=True):
@@ -132,9 +135,14 @@ class TeamResync(Message, kw_only=True):
     """Send the whole history to the team's PostgreSQL again, with what is shared now (``csm team resync``)."""
 
 
+class ReloadConfig(Message, kw_only=True):
+    """Read the config file again and apply what can change while csmd runs (``shared.config.LIVE``);
+    the reply names what was applied and what waits for a restart."""
+
+
 Request = (
     Status | Sync | Query | UsageReport | GetConfig | Fault | Sessions | Show | Search | Watch | ListErrors | Export
-    | TeamStatus | TeamResync
+    | TeamStatus | TeamResync | ReloadConfig
 )
 
 

@@ -369,3 +369,15 @@ def test_team_member_and_machine_default_to_login_and_host(tmp_path: Path) -> No
     assert r.returncode == 0, r.stderr
     team = json.loads(r.stdout)["settings"]["team"]["value"]
     assert (team["member"], team["machine"], team["share"]) == (getpass.getuser(), socket.gethostname(), "usage")
+
+
+def test_config_set_keeps_new_keys_out_of_the_team_table(tmp_path: Path) -> None:
+    cfg = tmp_path / "config" / "csm" / "config.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text('[team]\ndsn = "host=db"\n')
+    r = run_csm("config", "set", "rescan_interval_s", "7.5")
+    assert r.returncode == 0, r.stderr
+    settings = json.loads(run_csm("config", "show", "--json").stdout)["settings"]
+    assert settings["rescan_interval_s"]["value"] == 7.5 and settings["team"]["value"]["dsn"] == "host=db"
+    r = run_csm("config", "set", "team", "x")
+    assert r.returncode == 78 and "edit it in the config file" in r.stderr
