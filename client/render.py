@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import click
 import msgspec
@@ -99,6 +99,12 @@ def terminal_options(*, wide: bool = True, colors: bool = True, paged: bool = Fa
         return wrapped  # type: ignore[no-any-return]
 
     return decorate
+
+
+@overload
+def output_options(fn: F) -> F: ...
+@overload
+def output_options(*, formats: Sequence[str] = (), paged: bool = False) -> Callable[[F], F]: ...
 
 
 def output_options(fn: F | None = None, *, formats: Sequence[str] = (), paged: bool = False) -> Any:
