@@ -148,12 +148,13 @@ def status(fmt: str | None) -> None:
         rows.append(("error", reply.last_error))
     if reply.db_problem:
         rows.append(("db problem", reply.db_problem))
-    if lost := reply.lost_before_csm:
+    lost = reply.lost_before_csm
+    if lost and lost.prompts and lost.first and lost.last:
         rows.append(("lost", f"{lost.sessions} sessions ({lost.prompts} prompts typed {lost.first[:10]} to "
                              f"{lost.last[:10]}) deleted by Claude Code before csm archived them"))
     for k, v in rows:
         click.echo(f"{k:<10} {v}")
-    if lost and _first_time(f"lost {lost.first} {lost.last} {lost.sessions} {lost.prompts} {reply.db_path}"):
+    if lost and lost.prompts and _first_time(f"lost {lost.first} {lost.last} {lost.sessions} {lost.prompts} {reply.db_path}"):
         click.echo(f"csm: warning: Claude Code had deleted {lost.sessions} sessions before csm archived them "
                    "(they are named in its history.jsonl, their transcripts are gone); csm keeps everything from "
                    "now on. Raise cleanupPeriodDays in Claude Code's settings.json to keep transcripts longer.",

@@ -29,7 +29,8 @@ _METRICS: list[tuple[str, str, str]] = [
     ("csm_db_problem", "gauge", "1 when the database is damaged, deleted or replaced under csmd, else 0."),
     ("csm_cleanup_period_days", "gauge", "Claude Code's cleanupPeriodDays: transcripts older are deleted."),
     ("csm_sessions_lost_before_csm", "gauge",
-     "Sessions history.jsonl names whose transcripts Claude Code deleted before csm archived them."),
+     "Sessions history.jsonl names whose transcripts Claude Code deleted before csm archived them "
+     "(absent until csmd's first rescan has ended)."),
 ]
 
 
@@ -52,7 +53,7 @@ def values(r: StatusReply | None) -> dict[str, float | None]:
         "csm_backlog_bytes": max(b.bytes_total - b.bytes_done, 0) if b else 0,
         "csm_error": int(bool(r.last_error)), "csm_db_problem": int(bool(r.db_problem)),
         "csm_cleanup_period_days": r.cleanup_period_days,
-        "csm_sessions_lost_before_csm": r.lost_before_csm.sessions if r.lost_before_csm else 0,
+        "csm_sessions_lost_before_csm": r.lost_before_csm.sessions if r.lost_before_csm else None,
     }
 
 

@@ -23,7 +23,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 WHEN = "today, yesterday, 7d, 2w, 12h, 30m, 2026-11-01, 2026-11-01T14:30[+05:45]"
 
 
-COMPLETION_TIMEOUT_S = 0.5
+COMPLETION_TIMEOUT_S = 1.0
 COMPLETIONS = 200
 
 

@@ -64,7 +64,7 @@ def _iso(seconds: float) -> str:
 
 
 def lost_before(conn: sqlite3.Connection, config_dirs: list[Path], period_days: int,
-                now: float | None = None) -> LostBefore | None:
+                now: float | None = None) -> LostBefore:
     """Sessions and prompts ``history.jsonl`` names that Claude Code deleted before csm archived them."""
     cutoff = (time.time() if now is None else now) - period_days * DAY_S
     known = {r[0] for r in conn.execute("SELECT DISTINCT session_id FROM session_stats")}
@@ -96,7 +96,7 @@ def lost_before(conn: sqlite3.Connection, config_dirs: list[Path], period_days: 
             prompts += 1
             first, last = min(first, ts), max(last, ts)
     if not prompts:
-        return None
+        return LostBefore(sessions=0, prompts=0)
     return LostBefore(sessions=len(sessions), prompts=prompts, first=_iso(first), last=_iso(last))
 
 
@@ -119,8 +119,8 @@ class Retention:
             return
         self.checked = True
         days, _ = self.period()
-        self.lost = lost_before(conn, self.dirs, days)
-        if self.lost:
+        self.lost = lost = lost_before(conn, self.dirs, days)
+        if lost.prompts and lost.first and lost.last:
             log.warning("Claude Code deleted %d sessions (%d prompts typed %s to %s, in history.jsonl) before csm "
-                        "archived them; csm keeps everything from now on", self.lost.sessions, self.lost.prompts,
-                        self.lost.first[:10], self.lost.last[:10])
+                        "archived them; csm keeps everything from now on", lost.sessions, lost.prompts,
+                        lost.first[:10], lost.last[:10])

@@ -180,8 +180,8 @@ class LostBefore(msgspec.Struct, kw_only=True):
     sessions: int
     """Sessions named (by ``sessionId``) that the archive never held."""
     prompts: int
-    first: str
-    last: str
+    first: str | None = None
+    last: str | None = None
 
 
 class StatusReply(Message, kw_only=True):
@@ -214,7 +214,7 @@ class StatusReply(Message, kw_only=True):
     cleanup_period_source: str = "default"
     """The settings.json that sets it, or "default"."""
     lost_before_csm: LostBefore | None = None
-    """Found once, after csmd's first rescan (daemon/retention.py)."""
+    """Found once, after csmd's first rescan (daemon/retention.py); None until then, 0 prompts when nothing was lost."""
 
 
 class Progress(Message, kw_only=True):
