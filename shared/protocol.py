@@ -11,6 +11,7 @@ retyped, unknown fields are ignored, so an older CLI can talk to a newer daemon.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -243,12 +244,33 @@ class UsageRows(Message, kw_only=True):
     tz: str = "UTC"
 
 
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+"""The image types csm passes on: pictures every browser shows, not SVG (which can hold script)."""
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+class Image(msgspec.Struct, kw_only=True):
+    """An image a transcript holds (a pasted screenshot, a tool's output), base64 as Claude Code wrote it."""
+
+    media_type: str
+    data: str
+
+    def data_url(self) -> str:
+        """The picture as a ``data:`` URL (the web page's CSP allows ``img-src data:``; an exported file needs
+        nothing beside it), or "" unless it is base64 of one of ``IMAGE_TYPES``."""
+        if self.media_type not in IMAGE_TYPES or not _BASE64.fullmatch(self.data):
+            return ""
+        return f"data:{self.media_type};base64,{self.data}"
+
+
 class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One item of a conversation, as ``show``, ``export`` and ``watch`` print it.
 
     ``kind``: user, assistant, tool (a call, with its result attached), tool_result (a result
     whose call is not in the file), summary, compact (a compaction boundary) or subagent (the
     header of a nested subagent session, whose entries follow one ``depth`` deeper).
+    ``thinking`` and ``images`` (like ``input`` and ``output``) come only with ``Show.full``;
+    ``is_error`` marks a failed tool call and an API error Claude Code wrote as an answer.
     """
 
     kind: str
@@ -263,6 +285,8 @@ class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
     session_id: str | None = None
     project: str | None = None
     depth: int = 0
+    thinking: str | None = None
+    images: list[Image] = []
 
 
 class SessionInfo(msgspec.Struct, kw_only=True, omit_defaults=True):

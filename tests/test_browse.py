@@ -257,9 +257,9 @@ def test_export_markdown_and_html(csmd: Csmd, projects: Path, tmp_path: Path) ->
     r = run_csm("export", "x1", "--format", "html", "-o", str(out))
     assert r.returncode == 0, r.stderr
     page = out.read_text()
-    assert page.startswith("<!DOCTYPE html>") and "<style>" in page and "<script" not in page
-    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; ```fence```" in page
-    assert "<summary>→ Bash <code>cat a.md</code></summary>" in page and "x = 1" in page
+    assert page.startswith("<!doctype html>") and "<style>" in page and "<script" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; <code>fence</code> in text" in page, "Markdown, HTML off"
+    assert '<b>Bash</b> <span class="detail">cat a.md</span>' in page and "x = 1" in page
 
     md = run_csm("export", "x1", "--format", "markdown").stdout
     assert md.startswith("# x1\n")
@@ -270,7 +270,7 @@ def test_export_markdown_and_html(csmd: Csmd, projects: Path, tmp_path: Path) ->
     nested = run_csm("export", "29cc", "--format", "markdown").stdout
     assert "### Subagent `agent-a2271d1`" in nested and "> #### Assistant · 2026-01-23 17:34:49" in nested
     page = run_csm("export", "29cc", "--format", "html").stdout
-    assert page.count("<section") == page.count("</section>") == 1
+    assert page.count('class="entry subagent') == 1 and 'class="entry user depth-1' in page
     r = fail("export", "nope")
     assert r.returncode == 5
 

@@ -126,6 +126,35 @@ def assistant(session: str, n: int, text: str) -> str:
                           "content": [{"type": "text", "text": text}]})
 
 
+def png(width: int, height: int) -> str:
+    """A real PNG (grey pixels), base64, as Claude Code stores a pasted screenshot."""
+    import base64
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
+    raw = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return base64.b64encode(raw).decode()
+
+
+def image_session(session: str) -> str:
+    """A pasted picture with its prompt; a tool whose result is a screenshot; an SVG (never passed on)."""
+    picture = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png(3, 2)}}
+    svg = {"type": "image", "source": {"type": "base64", "media_type": "image/svg+xml", "data": "PHN2Zy8+"}}
+    return (jline(type="user", uuid=f"u-{session}", sessionId=session, timestamp="2026-03-01T10:00:01.000Z",
+                  message={"role": "user", "content": [picture, svg, {"type": "text", "text": "what is this?"}]})
+            + jline(type="assistant", uuid=f"a-{session}", sessionId=session, timestamp="2026-03-01T10:00:02.000Z",
+                    message={"id": f"m-{session}", "role": "assistant", "model": "claude-test-1", "content": [
+                        {"type": "tool_use", "id": f"t-{session}", "name": "Screenshot", "input": {}}]})
+            + jline(type="user", uuid=f"r-{session}", sessionId=session, timestamp="2026-03-01T10:00:03.000Z",
+                    message={"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"t-{session}",
+                                                          "content": [picture]}]}))
+
+
 def write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
@@ -221,6 +250,48 @@ def test_a_session_page_renders_markdown_tools_and_the_resume_command(site: Site
         assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
     r = page.request.get(site.base + "/session/short/export.jsonl")
     assert r.status == 200 and r.body() == (site.projects / "spotter" / "short.jsonl").read_bytes()
+
+
+SUB_PARENT = "29ccd257-68b1-427f-ae5f-6524b7cb6f20"  # a real transcript: a Task call that ran a subagent
+
+
+def test_a_session_page_shows_thinking_collapsed_images_errors_and_subagents_under_their_call(
+        site: Site, page: Page) -> None:
+    page.goto(site.base + "/session/short")
+    thinking = page.locator(".entry.assistant details.thinking")
+    expect(thinking).to_have_count(1)
+    body = thinking.locator(".text")
+    expect(body).not_to_be_visible()  # collapsed
+    thinking.locator("summary").click()
+    expect(body).to_contain_text("The user is having trouble starting their Phoenix server")
+    failed = page.locator(".entry.tool.failed")
+    expect(failed.first.locator("summary")).to_contain_text("Bash")
+    expect(failed.first.locator(".badge.err")).to_have_text("error")
+
+    write(site.projects / "spotter" / "pictures.jsonl", image_session("pictures"))
+    synced(site)
+    page.goto(site.base + "/session/pictures")
+    pasted = page.locator('.entry.user .images img[src^="data:image/png;base64,"]')
+    expect(pasted).to_have_count(1)
+    assert page.evaluate("(i) => i.decode().then(() => i.naturalWidth)", pasted.element_handle()) == 3, \
+        "the picture decoded: the CSP lets data: images load"
+    expect(page.locator('.entry.tool .images img[src^="data:image/png;base64,"]')).to_have_count(1)
+    expect(page.locator("img:not([src^='data:'])")).to_have_count(0)  # the SVG is not passed on
+
+    write(site.projects / "spotter" / "overloaded.jsonl", user("overloaded", 1, "hello?") + jline(
+        type="assistant", uuid="a-overloaded", sessionId="overloaded", timestamp="2026-03-01T10:00:02.000Z",
+        isApiErrorMessage=True, message={"id": "m-ov", "role": "assistant", "model": "<synthetic>",
+                                         "content": [{"type": "text", "text": "API Error: 529 Overloaded"}]}))
+    synced(site)
+    page.goto(site.base + "/session/overloaded")
+    expect(page.locator(".entry.assistant.failed .badge.err")).to_have_text("error")
+
+    page.goto(site.base + f"/session/{SUB_PARENT}")
+    task = page.locator(".entry.tool", has=page.locator("summary b", has_text="Task")).first
+    sub = task.locator("xpath=following-sibling::article[1]")
+    expect(sub).to_have_class(re.compile(r"\bsubagent\b"))
+    expect(sub).to_contain_text("agent-a2271d1")
+    expect(sub.locator("xpath=following-sibling::article[1]")).to_have_class(re.compile(r"\bdepth-1\b"))
 
 
 def test_a_line_appended_while_its_page_is_open_appears_without_a_reload(site: Site, page: Page) -> None:

@@ -17,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,7 +28,7 @@ from csm.client.render import plain
 from csm.client.transport import START_HINT, arequest
 from csm.shared import protocol, timespec
 from csm.shared.errors import ConfigError, CsmError, DaemonNotRunning, NotFound, QueryError
-from csm.web import views
+from csm.web import conversation, views
 from csm.web.guard import Guard
 from csm.web.live import Hub
 
@@ -45,15 +44,10 @@ class Web:
 
     def __init__(self, token: str) -> None:
         self.token = token
-        root = resources.files("csm.web")
-        self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(root / "templates")), autoescape=True,
-                                      trim_blocks=True, lstrip_blocks=True)
-        self.env.filters.update(markdown=views.markdown, snippet=views.snippet, number=views.number, usd=views.usd,
-                                when=views.when)
-        self.env.globals["with_page"] = views.with_page
-        self.hub = Hub(self.render_entry)
+        self.env = conversation.environment()
+        self.hub = Hub(conversation.entry)
         self.sync_task: asyncio.Task[protocol.Message] | None = None
-        self.static = str(root / "static")
+        self.static = str(resources.files("csm.web") / "static")
 
     # --- plumbing ------------------------------------------------------------------
 
@@ -61,9 +55,6 @@ class Web:
         ctx.setdefault("sessions_live", "")
         html = self.env.get_template(name).render(request=request, token=self.token, nav=name.split(".")[0], **ctx)
         return HTMLResponse(html, status_code=status)
-
-    def render_entry(self, e: protocol.Entry) -> str:
-        return self.env.get_template("entry.html").module.entry(e, -1, False)  # type: ignore[attr-defined]
 
     def down(self, request: Request, e: CsmError) -> HTMLResponse:
         return self.page(request, "down.html", 503, error=str(e), start="csmd", service="csm service install")
@@ -240,7 +231,7 @@ class Web:
 
                 t = await arequest(protocol.Show(session=sid, full=True), timeout_s=60.0)
                 assert isinstance(t, protocol.Transcript)
-                text = transcript.markdown(t) if fmt == "md" else transcript.page(t)
+                text = transcript.markdown(t) if fmt == "md" else conversation.page(t.session, t.entries)
                 body, media = text.encode(), "text/markdown" if fmt == "md" else "text/html"
         except NotFound as e:
             return Response(str(e), status_code=404)
