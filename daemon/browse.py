@@ -196,4 +196,15 @@ def show(conn: sqlite3.Connection, req: Show) -> Transcript:
             if key not in seen:
                 entries.append(Entry(kind="subagent", session_id=key, text=title or "", depth=0))
                 entries += _entries(conn, child, req.full, 1, children, seen | {key})
-    return Transcript(session=info, entries=entries)
+    offset = req.offset
+    at = _hit(entries, req.at) if req.at else None
+    if req.limit is not None and at is not None:
+        offset = at - at % req.limit
+    end = len(entries) if req.limit is None else offset + req.limit
+    return Transcript(session=info, entries=entries[offset:end], offset=offset, total=len(entries), hit=at)
+
+
+def _hit(entries: list[Entry], at: str) -> int | None:
+    """The entry a search hit at time ``at`` opens: a prompt or answer of that time, else any entry of it."""
+    found = next((i for i, e in enumerate(entries) if e.timestamp == at and e.kind in ("user", "assistant")), None)
+    return found if found is not None else next((i for i, e in enumerate(entries) if e.timestamp == at), None)

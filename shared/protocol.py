@@ -12,7 +12,7 @@ retyped, unknown fields are ignored, so an older CLI can talk to a newer daemon.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -88,10 +88,17 @@ class Sessions(Message, kw_only=True):
 
 
 class Show(Message, kw_only=True):
-    """One session's conversation; ``session`` may be a unique prefix of its id."""
+    """One session's conversation; ``session`` may be a unique prefix of its id.
+
+    ``limit`` entries from ``offset`` (all by default), so a page of a long session does not carry
+    the rest over the socket; with ``at`` (an entry's timestamp) and a ``limit``, the page of
+    ``limit`` entries that holds that entry, whatever ``offset`` says."""
 
     session: str
     full: bool = False
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    at: str | None = None
 
 
 class Search(Message, kw_only=True):
@@ -303,8 +310,14 @@ class SessionInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class Transcript(Message, kw_only=True):
+    """``entries`` are the conversation's from ``offset`` on (``Show.limit`` of them at most), of ``total``;
+    ``hit`` is the index (in the whole conversation) of the entry ``Show.at`` named, if any."""
+
     session: SessionInfo
     entries: list[Entry]
+    offset: int = 0
+    total: int = 0
+    hit: int | None = None
 
 
 class Watching(Message, kw_only=True):

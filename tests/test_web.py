@@ -313,6 +313,68 @@ def test_a_line_appended_while_its_page_is_open_appears_without_a_reload(site: S
     expect(page.locator('tr[data-session="brand-new"]')).to_contain_text("a session started just now")
 
 
+ENTRIES_HTML = """() => Array.from(document.querySelectorAll('#entries > article')).map((a) => {
+  const x = a.cloneNode(true);
+  x.classList.remove('new', 'selected');
+  x.querySelectorAll('details[open]').forEach((d) => d.removeAttribute('open'));
+  return x.outerHTML;
+})"""
+
+
+def tool_call(session: str, n: int, command: str) -> str:
+    return jline(type="assistant", uuid=f"t-{session}-{n}", sessionId=session,
+                 timestamp=f"2026-03-01T10:00:{n:02d}.000Z", requestId=f"r-{session}-{n}",
+                 message={"id": f"m-{session}-{n}", "role": "assistant", "model": "claude-test-1", "content": [
+                     {"type": "tool_use", "id": f"call-{session}-{n}", "name": "Bash", "input": {"command": command}}]})
+
+
+def tool_result(session: str, n: int, call: int, output: str) -> str:
+    return jline(type="user", uuid=f"r-{session}-{n}", sessionId=session, timestamp=f"2026-03-01T10:00:{n:02d}.000Z",
+                 message={"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"call-{session}-{call}",
+                                                       "content": output}]})
+
+
+def test_live_lines_carry_full_detail_and_look_as_after_a_reload(site: Site, page: Page) -> None:
+    """csmd's watch stream carries no tool input or output and cuts text at 2,000 characters; the page
+    shows what a reload shows: the whole answer, the call's input, its result attached to it."""
+    path = site.projects / "spotter" / "detail.jsonl"
+    write(path, user("detail", 1, "start"))
+    synced(site)
+    page.goto(site.base + "/session/detail")
+    page.evaluate("window.notReloaded = true")
+    long = " ".join(f"w{i}" for i in range(1500)) + " THE END"  # > 2,000 characters
+    write(path, assistant("detail", 2, long) + tool_call("detail", 3, "ls -la /the/folder"))
+    answer = page.locator("#entries .entry.assistant .text")
+    expect(answer).to_contain_text("w1499 THE END")
+    call = page.locator("#entries .entry.tool")
+    expect(call.locator("pre").first).to_have_text(re.compile(r'"command": "ls -la /the/folder"'))
+    write(path, tool_result("detail", 4, 3, "total 0, the folder's listing"))
+    expect(call.locator("pre").nth(1)).to_have_text("total 0, the folder's listing")
+    expect(page.locator("#entries .entry.tool_result")).to_have_count(0)  # attached to its call, as on a reload
+    live = page.evaluate(ENTRIES_HTML)
+    assert page.evaluate("window.notReloaded") is True
+    page.reload()
+    expect(call.locator("pre").nth(1)).to_have_text("total 0, the folder's listing")
+    assert page.evaluate(ENTRIES_HTML) == live
+
+
+def test_follow_keeps_the_newest_entry_in_view(site: Site, page: Page) -> None:
+    path = site.projects / "spotter" / "follow.jsonl"
+    write(path, "".join(user("follow", n, f"message {n}\n\n" + "a long line of words " * 40) for n in range(1, 31)))
+    synced(site)
+    page.goto(site.base + "/session/follow")
+    expect(page.locator("#entries .entry")).to_have_count(30)
+    write(path, user("follow", 31, "the first newest, not followed"))
+    newest = page.locator("#entries .entry").last
+    expect(newest).to_contain_text("the first newest, not followed")
+    expect(newest).not_to_be_in_viewport()
+    assert page.evaluate("window.scrollY") == 0, "without follow the reader's place is kept"
+    page.check("#follow")
+    write(path, user("follow", 32, "the second newest, followed"))
+    expect(newest).to_contain_text("the second newest, followed")
+    expect(newest).to_be_in_viewport()
+
+
 def test_a_message_holding_script_is_shown_as_text_never_run(site: Site, page: Page) -> None:
     evil = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"> and [x](javascript:alert(1))'
     write(site.projects / "spotter" / "evil.jsonl", user("evil", 1, evil))
@@ -371,11 +433,11 @@ def test_a_stream_reconnecting_with_last_event_id_gets_what_it_missed_or_is_told
     assert next(first)[1] == "csmd"
     write(path, user("replayed", 2, "missed by a page that was away"))
     got = next(e for e in first if e[1] == "entry")
-    assert got[0] is not None and "missed by a page that was away" in got[2]["html"]
+    assert got[0] is not None and "missed by a page that was away" in got[2]["text"]
     first.close()
     again = events(site, last_id=got[0] - 1)
     replayed = next(again)
-    assert replayed[:2] == got[:2] and replayed[2]["html"] == got[2]["html"]
+    assert replayed[:2] == got[:2] and replayed[2]["text"] == got[2]["text"]
     again.close()
     lost = events(site, last_id=got[0] + 10**6)  # an id this server never gave (it restarted): reload
     assert next(lost)[1] == "dropped"

@@ -45,7 +45,7 @@ class Web:
     def __init__(self, token: str) -> None:
         self.token = token
         self.env = conversation.environment()
-        self.hub = Hub(conversation.entry)
+        self.hub = Hub()
         self.sync_task: asyncio.Task[protocol.Message] | None = None
         self.static = str(resources.files("csm.web") / "static")
 
@@ -178,9 +178,20 @@ class Web:
         return "/" + sid if sid.endswith(".jsonl") and not sid.startswith("/") else sid
 
     async def session(self, request: Request) -> Response:
+        """A page of ``ENTRIES_PAGE`` entries (the one a search hit is on, with ``at``); csmd sends only those.
+        ``fragment=1``: the entries alone, which the live page fetches to show new lines as a reload would."""
         sid = self.target(request)
+        q = request.query_params
+        n = self.page_number(request)
+        at = q.get("at") if "page" not in q else None
         try:
-            t = await arequest(protocol.Show(session=sid, full=True), timeout_s=60.0)
+            t = await arequest(protocol.Show(session=sid, full=True, offset=n * ENTRIES_PAGE, limit=ENTRIES_PAGE,
+                                             at=at), timeout_s=60.0)
+            assert isinstance(t, protocol.Transcript)
+            if not t.entries and t.total:  # past the end: the last page
+                n = (t.total - 1) // ENTRIES_PAGE
+                t = await arequest(protocol.Show(session=sid, full=True, offset=n * ENTRIES_PAGE,
+                                                 limit=ENTRIES_PAGE), timeout_s=60.0)
         except NotFound as e:
             return self.page(request, "error.html", 404, error=str(e))
         except QueryError as e:  # an ambiguous id: each place it is in gets a link of its own
@@ -189,25 +200,14 @@ class Web:
         except CsmError as e:
             return self.down(request, e)
         assert isinstance(t, protocol.Transcript)
-        entries = t.entries
-        at = request.query_params.get("at")
-        hit = next((i for i, e in enumerate(entries) if at and e.timestamp == at and e.kind in ("user", "assistant")),
-                   None) if at else None
-        if hit is None and at:
-            hit = next((i for i, e in enumerate(entries) if e.timestamp == at), None)
-        pages = max(1, -(-len(entries) // ENTRIES_PAGE))
-        if hit is not None and "page" not in request.query_params:
-            n = hit // ENTRIES_PAGE
-        elif "page" in request.query_params:
-            n = min(self.page_number(request), pages - 1)
-        else:
-            n = 0
-        lo = n * ENTRIES_PAGE
-        shown = list(enumerate(entries[lo: lo + ENTRIES_PAGE], lo))
-        ids = sorted({t.session.session_id, *(e.session_id for e in entries if e.session_id)})
+        n = t.offset // ENTRIES_PAGE
+        pages = max(1, -(-t.total // ENTRIES_PAGE))
+        shown = list(enumerate(t.entries, t.offset))
+        ids = sorted({t.session.session_id, *(e.session_id for e in t.entries if e.session_id)})
         info = t.session
-        return self.page(request, "session.html", info=info, entries=shown, hit=hit, n=n, pages=pages,
-                         total=len(entries), last_page=n == pages - 1, live="session", sessions_live=",".join(ids),
+        name = "session_entries.html" if q.get("fragment") else "session.html"
+        return self.page(request, name, info=info, entries=shown, hit=t.hit, n=n, pages=pages, total=t.total,
+                         size=ENTRIES_PAGE, last_page=n == pages - 1, live="session", sessions_live=",".join(ids),
                          resume=views.resume_command(info.cwd, info.resume), target=sid.lstrip("/"))
 
     async def export(self, request: Request) -> Response:

@@ -32,11 +32,6 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def entry(e: Entry, index: int = -1, hit: bool = False, links: bool = True) -> str:
-    """One entry's HTML (``index`` its place in the conversation, for the page's anchors; -1: none)."""
-    return str(environment().get_template("entry.html").module.entry(e, index, hit, links))  # type: ignore[attr-defined]
-
-
 @cache
 def _css() -> str:
     return resources.files("csm.web").joinpath("static", "style.css").read_text(encoding="utf-8")
