@@ -46,10 +46,15 @@ _USAGE_SCOPE = ("FROM usage u WHERE u.session_id IN (SELECT s.session_id UNION A
 _TOKENS = ("(SELECT sum(u.input_tokens + u.output_tokens + u.cache_creation_tokens + u.cache_read_tokens) "
            f"{_USAGE_SCOPE})")
 _COST = f"(SELECT CASE WHEN count(*) = count(u.cost_usd) THEN sum(u.cost_usd) END {_USAGE_SCOPE})"
+# The models that answered (Claude Code's own "<synthetic>" placeholder left out), by name.
+_MODELS = (f"(SELECT group_concat(m, ', ') FROM (SELECT DISTINCT u.model AS m {_USAGE_SCOPE} "
+           "AND u.model NOT LIKE '<%' ORDER BY u.model))")
+_SUBAGENTS = ("(SELECT count(*) FROM session_stats c WHERE c.parent_session_id = s.session_id "
+              "AND c.project = s.project)")
 
 
 SESSION_COLUMNS = ["session_id", "project", "title", "started", "last_activity", "messages", "tokens", "cost_usd",
-                   "file_present"]
+                   "file_present", "models", "subagents"]
 
 
 def sessions(conn: sqlite3.Connection, req: Sessions) -> Rows:
@@ -70,7 +75,7 @@ def sessions(conn: sqlite3.Connection, req: Sessions) -> Rows:
         where.append("instr(lower(s.title), ?) > 0")
         params.append(word.lower())
     sql = (f"SELECT s.session_id, s.project, s.title, s.started, s.last_activity, s.messages, {_TOKENS}, {_COST}, "
-           f"s.file_present FROM sessions s WHERE {' AND '.join(where)} ORDER BY s.last_activity DESC LIMIT ? OFFSET ?")
+           f"s.file_present, {_MODELS}, {_SUBAGENTS} FROM sessions s WHERE {' AND '.join(where)} ORDER BY s.last_activity DESC LIMIT ? OFFSET ?")
     with time_limit(conn):
         rows = conn.execute(sql, [*params, req.limit, req.offset]).fetchall()
     return Rows(columns=SESSION_COLUMNS, rows=[list(r) for r in rows])

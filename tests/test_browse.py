@@ -68,7 +68,7 @@ def fail(*args: str) -> subprocess.CompletedProcess[str]:
 def test_sessions_lists_by_last_activity_with_filters(real: Path, db: Path) -> None:
     rows = csm_json("query", "sessions")
     assert list(rows[0]) == ["session_id", "project", "title", "started", "last_activity", "messages", "tokens",
-                             "cost_usd", "file_present"]
+                             "cost_usd", "file_present", "models", "subagents"]
     last = [r["last_activity"] for r in rows if r["last_activity"]]
     assert last == sorted(last, reverse=True) and rows[0]["session_id"] == "03eb5929-52b3-4b13-ada3-b93ae35806b8"
     ids = {r["session_id"] for r in rows}
@@ -336,6 +336,7 @@ def test_watch_streams_new_messages_and_stops_cleanly(csmd: Csmd, projects: Path
     wait_for(lambda: w.out, what="a JSON line")
     assert json.loads(w.out[0]) == {"kind": "user", "timestamp": "2026-11-01T10:00:09.000Z", "text": "as json",
                                     "model": None, "tool": None, "detail": None, "input": None, "output": None,
-                                    "is_error": False, "session_id": "w1", "project": "p", "depth": 0}
+                                    "is_error": False, "session_id": "w1", "project": "p", "depth": 0,
+                                    "thinking": None, "images": []}
     csmd.kill()
     assert w.proc.wait(15) == 3 and "stopped answering" in "".join(w.err)

@@ -224,6 +224,17 @@ def test_sessions_list_filters_by_project_and_title_words_in_the_url(site: Site,
     expect(page.locator(".error")).to_contain_text("since:")
 
 
+def test_sessions_list_shows_models_subagents_tokens_and_cost(site: Site, page: Page) -> None:
+    page.goto(site.base + "/sessions?project=claude_p")
+    row = page.locator(f'#sessions tr[data-session="{SUB_PARENT}"]')
+    expect(row.locator(".models")).to_have_text("claude-haiku-4-5-20251001, claude-opus-4-5-20251101")
+    expect(row.locator(".subagents")).to_have_text("1")
+    want = next(r for r in json.loads(site.csm("query", "sessions", "--json").stdout) if r["session_id"] == SUB_PARENT)
+    assert want["tokens"] > 0 and want["subagents"] == 1
+    expect(row.locator("td.num").nth(1)).to_have_text(f"{want['tokens']:,}")
+    expect(row.locator("td.num").nth(2)).to_have_text(re.compile(r"^\$\d+\.\d\d\*?$"))
+
+
 def test_a_search_hit_opens_the_session_at_the_hit(site: Site, page: Page) -> None:
     page.goto(site.base + "/search?q=phx")
     hit = page.locator(".hits li a").first
