@@ -205,6 +205,8 @@ def show(conn: sqlite3.Connection, req: Show) -> Transcript:
     at = _hit(entries, req.at) if req.at else None
     if req.limit is not None and at is not None:
         offset = at - at % req.limit
+    elif req.limit is not None and entries and offset >= len(entries):  # past the end: the last page
+        offset = (len(entries) - 1) - (len(entries) - 1) % req.limit
     end = len(entries) if req.limit is None else offset + req.limit
     return Transcript(session=info, entries=entries[offset:end], offset=offset, total=len(entries), hit=at)
 

@@ -92,7 +92,8 @@ class Show(Message, kw_only=True):
 
     ``limit`` entries from ``offset`` (all by default), so a page of a long session does not carry
     the rest over the socket; with ``at`` (an entry's timestamp) and a ``limit``, the page of
-    ``limit`` entries that holds that entry, whatever ``offset`` says."""
+    ``limit`` entries that holds that entry, whatever ``offset`` says; an ``offset`` past the end
+    with a ``limit`` gives the last page."""
 
     session: str
     full: bool = False

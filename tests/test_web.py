@@ -305,6 +305,28 @@ def test_a_session_page_shows_thinking_collapsed_images_errors_and_subagents_und
     expect(sub.locator("xpath=following-sibling::article[1]")).to_have_class(re.compile(r"\bdepth-1\b"))
 
 
+def test_a_long_session_comes_a_page_at_a_time_and_a_hit_opens_its_page(site: Site, page: Page) -> None:
+    lines = "".join(jline(type="user", uuid=f"u-long-{n}", sessionId="long", message={"role": "user",
+                          "content": f"prompt number {n}"}, timestamp=f"2026-03-02T{n // 3600:02d}:{n // 60 % 60:02d}:"
+                          f"{n % 60:02d}.000Z") for n in range(450))
+    write(site.projects / "spotter" / "long.jsonl", lines)
+    synced(site)
+    page.goto(site.base + "/session/long")
+    entries = page.locator("#entries .entry")
+    expect(entries).to_have_count(200)
+    expect(page.locator(".pager span")).to_have_text("entries 1–200 of 450")
+    page.click('.pager a[rel="next"]')
+    expect(entries.first).to_have_attribute("id", "m-200")
+    page.goto(site.base + "/session/long?page=99")  # past the end: the last page
+    expect(entries).to_have_count(50)
+    expect(entries.last).to_contain_text("prompt number 449")
+    page.goto(site.base + "/session/long?at=2026-03-02T00:05:10.000Z")  # entry 310, as a search hit links it
+    hit = page.locator(".entry.hit")
+    expect(hit).to_have_attribute("id", "m-310")
+    expect(hit).to_be_in_viewport()
+    expect(page.locator(".pager span")).to_have_text("entries 201–400 of 450")
+
+
 def test_a_line_appended_while_its_page_is_open_appears_without_a_reload(site: Site, page: Page) -> None:
     path = site.projects / "spotter" / "live.jsonl"
     write(path, user("live", 1, "first prompt of the live session"))
@@ -384,6 +406,73 @@ def test_follow_keeps_the_newest_entry_in_view(site: Site, page: Page) -> None:
     write(path, user("follow", 32, "the second newest, followed"))
     expect(newest).to_contain_text("the second newest, followed")
     expect(newest).to_be_in_viewport()
+
+
+def exported_session(session: str) -> str:
+    """Prompt with a picture; an answer with thinking, Markdown and a code block; a failing tool call."""
+    answer = "The **fix**:\n\n```python\ndef double(x):\n    return x * 2\n```\n\nThen run `make`."
+    return (image_session(session)
+            + jline(type="assistant", uuid=f"th-{session}", sessionId=session, timestamp="2026-03-01T10:00:04.000Z",
+                    message={"id": f"m2-{session}", "role": "assistant", "model": "claude-test-1", "content": [
+                        {"type": "thinking", "thinking": "Let me think about *doubling*.", "signature": "x"}]})
+            + jline(type="assistant", uuid=f"tx-{session}", sessionId=session, timestamp="2026-03-01T10:00:04.000Z",
+                    message={"id": f"m2-{session}", "role": "assistant", "model": "claude-test-1", "content": [
+                        {"type": "text", "text": answer}]})
+            + tool_call(session, 5, "make test")
+            + jline(type="user", uuid=f"e-{session}", sessionId=session, timestamp="2026-03-01T10:00:06.000Z",
+                    message={"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"call-{session}-5",
+                                                          "content": "make: *** no rule", "is_error": True}]}))
+
+
+def test_the_html_export_is_the_session_page_offline_in_one_file(site: Site, browser: Browser) -> None:
+    write(site.projects / "spotter" / "exported.jsonl", exported_session("exported"))
+    synced(site)
+    out = site.tmp / "exported.html"
+    r = site.csm("export", "exported", "--format", "html", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    ctx = browser.new_context(offline=True)
+    ctx.set_default_timeout(TIMEOUT_MS)
+    p = ctx.new_page()
+    asked: list[str] = []
+    p.on("request", lambda req: asked.append(req.url))
+    p.goto(out.as_uri())
+    answer = p.locator(".entry.assistant .text").last
+    expect(answer.locator("strong")).to_have_text("fix")  # Markdown rendered
+    expect(answer.locator("pre code")).to_have_text("def double(x):\n    return x * 2\n")
+    thinking = p.locator(".entry.assistant details.thinking")
+    expect(thinking.locator(".text")).not_to_be_visible()
+    thinking.locator("summary").click()
+    expect(thinking.locator(".text em")).to_have_text("doubling")
+    pasted = p.locator(".entry.user .images img")
+    assert p.evaluate("(i) => i.decode().then(() => i.naturalWidth)", pasted.element_handle()) == 3
+    failed = p.locator(".entry.tool.failed")
+    expect(failed.locator("pre").first).not_to_be_visible()
+    failed.locator("summary").click()
+    expect(failed.locator("pre").first).to_contain_text('"command": "make test"')
+    expect(failed.locator("pre.err")).to_have_text("make: *** no rule")
+    assert p.evaluate("getComputedStyle(document.body).margin") == "0px", "the stylesheet is inline"
+    nested = site.tmp / "nested.html"
+    assert site.csm("export", SUB_PARENT[:8], "--format", "html", "-o", str(nested)).returncode == 0
+    p.goto(nested.as_uri())
+    task = p.locator(".entry.tool", has=p.locator("summary b", has_text="Task")).first
+    sub = task.locator("xpath=following-sibling::article[1]")
+    expect(sub).to_have_class(re.compile(r"\bsubagent\b"))
+    expect(sub.locator("xpath=following-sibling::article[1]")).to_have_class(re.compile(r"\bdepth-1\b"))
+    assert all(u.startswith(("file:", "data:")) for u in asked), asked
+    assert p.locator("script, link").count() == 0
+    ctx.close()
+
+
+def test_the_markdown_export_keeps_code_blocks_thinking_and_images(site: Site) -> None:
+    write(site.projects / "spotter" / "exported-md.jsonl", exported_session("exported-md"))
+    synced(site)
+    r = site.csm("export", "exported-md", "--format", "markdown")
+    assert r.returncode == 0, r.stderr
+    md = r.stdout
+    assert "```python\ndef double(x):\n    return x * 2\n```" in md
+    assert "<details><summary>thinking</summary>\n\nLet me think about *doubling*.\n\n</details>" in md
+    assert "![image 1](data:image/png;base64," in md
+    assert "**Bash** `make test` **(error)**" in md and "make: *** no rule" in md
 
 
 def test_a_message_holding_script_is_shown_as_text_never_run(site: Site, page: Page) -> None:

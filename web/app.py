@@ -187,11 +187,6 @@ class Web:
         try:
             t = await arequest(protocol.Show(session=sid, full=True, offset=n * ENTRIES_PAGE, limit=ENTRIES_PAGE,
                                              at=at), timeout_s=60.0)
-            assert isinstance(t, protocol.Transcript)
-            if not t.entries and t.total:  # past the end: the last page
-                n = (t.total - 1) // ENTRIES_PAGE
-                t = await arequest(protocol.Show(session=sid, full=True, offset=n * ENTRIES_PAGE,
-                                                 limit=ENTRIES_PAGE), timeout_s=60.0)
         except NotFound as e:
             return self.page(request, "error.html", 404, error=str(e))
         except QueryError as e:  # an ambiguous id: each place it is in gets a link of its own
