@@ -190,15 +190,24 @@
     if (fresh.dataset.lastPage !== "1") say("New messages: on the next page.", "info");
     if (added && followBox && followBox.checked) added.scrollIntoView({block: "end"});
   }
+  // One fetch at a time, and after one that took t ms a pause of 2t before the next: csmd builds the whole
+  // conversation for a page, so a long session being written costs it at most a third of a core.
   const followBox = document.getElementById("follow");
-  let fetching = null, again = false;
+  let busy = false, again = false;
   function refetch() {
     const list = document.getElementById("entries");
-    if (fetching) { again = true; return; }
+    if (busy) { again = true; return; }
+    busy = true;
+    const started = performance.now();
     const q = new URLSearchParams({page: list.dataset.page, fragment: "1"});
-    fetching = fetch(location.pathname + "?" + q.toString()).then(function (r) { return r.ok ? r.text() : null; })
-      .then(function (html) { if (html !== null) freshen(list, html); })
-      .finally(function () { fetching = null; if (again) { again = false; refetch(); } });
+    fetch(location.pathname + "?" + q.toString()).then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) { if (html !== null) freshen(list, html); }, function () {})
+      .finally(function () {
+        setTimeout(function () {
+          busy = false;
+          if (again) { again = false; refetch(); }
+        }, 2 * (performance.now() - started));
+      });
   }
   source.addEventListener("entry", function () {
     if (page === "session") {
