@@ -284,6 +284,9 @@ class TestWeb:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             c.request("GET", url.split(str(port), 1)[1])
             assert c.getresponse().status == 303  # the token is this run's: it becomes the cookie
+            twice = run_csm("serve")
+            assert twice.returncode == 1 and "is csm serve running already? 'csm serve --url' says" in twice.stderr
+            assert file.read_text().strip() == url, "a server that could not start leaves the address alone"
         finally:
             proc.terminate()
             assert proc.wait(15) == 0

@@ -7,6 +7,7 @@ A running server keeps its URL, token included, in a file only its user can read
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import signal
@@ -68,7 +69,8 @@ def serve(port: int | None, host: str, open_: bool, url_only: bool) -> None:
     try:
         sock.bind((host, port))
     except OSError as e:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}; pick another with --port")
+        taken = " (is csm serve running already? 'csm serve --url' says)" if e.errno == errno.EADDRINUSE else ""
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}{taken}; pick another with --port")
     port = sock.getsockname()[1]
     token = secrets.token_urlsafe(24)
     shown = f"[{host}]" if ":" in host else host
