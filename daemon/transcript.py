@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
 
 import msgspec
 
@@ -197,11 +196,3 @@ class Builder:
         if message_id:
             self._assistant[message_id] = head
         return head
-
-
-def build(lines: Iterable[str | bytes], full: bool, depth: int = 0, session_id: str | None = None,
-          project: str | None = None) -> Builder:
-    b = Builder(full, depth, session_id, project)
-    for raw in lines:
-        b.add(raw)
-    return b

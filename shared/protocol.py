@@ -320,13 +320,16 @@ class SessionInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 class Transcript(Message, kw_only=True):
     """``entries`` are the conversation's from ``offset`` on (``Show.limit`` of them at most), of ``total``;
-    ``hit`` is the index (in the whole conversation) of the entry ``Show.at`` named, if any."""
+    ``hit`` is the index (in the whole conversation) of the entry ``Show.at`` named, if any. A page
+    that did not need the rest of the session is ``complete=False``: ``total`` then counts only the
+    entries read, and more follow."""
 
     session: SessionInfo
     entries: list[Entry]
     offset: int = 0
     total: int = 0
     hit: int | None = None
+    complete: bool = True
 
 
 class Watching(Message, kw_only=True):

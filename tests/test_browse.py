@@ -149,6 +149,44 @@ def test_show_prefix_merging_nesting_and_full(real: Path) -> None:
     assert r.returncode == 5 and "no session matches 'zzz'" in r.stderr
 
 
+def test_show_sends_a_page_read_only_as_far_as_it_reaches_and_equal_to_the_whole(csmd: Csmd, projects: Path) -> None:
+    """``Show(offset, limit)``: the same entries as the whole conversation's slice (calls with their results),
+    the first pages read without the rest (``complete`` false); ``at`` opens the page holding the hit."""
+    from csm.client.transport import request
+    from csm.shared import protocol
+
+    lines = b""
+    for n in range(150):
+        ts = f"2026-11-02T10:{n // 60:02d}:{n % 60:02d}.000Z"
+        lines += (user(f"u{n}", "paged", ts, f"prompt {n}")
+                  + assistant(f"a{n}", "paged", ts, f"m{n}", {"type": "tool_use", "id": f"t{n}", "name": "Bash",
+                                                             "input": {"command": f"echo {n}"}})
+                  + user(f"r{n}", "paged", ts, [{"type": "tool_result", "tool_use_id": f"t{n}", "content": f"{n}"}])
+                  + assistant(f"b{n}", "paged", ts, f"n{n}", {"type": "text", "text": f"answer {n}"}))
+    append(projects / "p" / "paged.jsonl", lines)
+    csmd.start()
+    assert run_csm("sync", "--now").returncode == 0
+
+    def show(**kw: Any) -> protocol.Transcript:
+        t = request(protocol.Show(session="paged", full=True, **kw), timeout_s=30)
+        assert isinstance(t, protocol.Transcript)
+        return t
+
+    whole = show()
+    assert (whole.total, whole.complete, len(whole.entries)) == (450, True, 450)
+    for offset, limit, complete in ((0, 10, False), (0, 200, False), (30, 40, False), (200, 200, True),
+                                    (400, 200, True), (449, 1, True)):
+        t = show(offset=offset, limit=limit)
+        assert t.entries == whole.entries[offset:offset + limit], (offset, limit)
+        assert (t.offset, t.complete) == (offset, complete), (offset, limit)
+    tail = show(offset=10, limit=10).entries[-1]
+    assert (tail.tool, tail.output) == ("Bash", "6"), "the page's last call has its result"
+    last = show(offset=9000, limit=200)
+    assert (last.offset, last.entries) == (400, whole.entries[400:])
+    hit = show(offset=0, limit=100, at="2026-11-02T10:02:00.000Z")
+    assert (hit.hit, hit.offset, hit.entries[hit.hit - hit.offset].text) == (360, 300, "prompt 120")
+
+
 def test_split_response_merged_in_file_order_and_messages_view(csmd: Csmd, projects: Path) -> None:
     f = projects / "p" / "s1.jsonl"
     append(f, user("u1", "s1", "2026-11-01T10:00:00.000Z", "first question")

@@ -314,9 +314,10 @@ def test_a_long_session_comes_a_page_at_a_time_and_a_hit_opens_its_page(site: Si
     page.goto(site.base + "/session/long")
     entries = page.locator("#entries .entry")
     expect(entries).to_have_count(200)
-    expect(page.locator(".pager span")).to_have_text("entries 1–200 of 450")
+    expect(page.locator(".pager span")).to_have_text("entries 1–200, more follow")  # csmd read no further
     page.click('.pager a[rel="next"]')
     expect(entries.first).to_have_attribute("id", "m-200")
+    expect(page.locator(".pager span")).to_have_text("entries 201–400 of 450")
     page.goto(site.base + "/session/long?page=99")  # past the end: the last page
     expect(entries).to_have_count(50)
     expect(entries.last).to_contain_text("prompt number 449")

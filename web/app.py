@@ -196,13 +196,13 @@ class Web:
             return self.down(request, e)
         assert isinstance(t, protocol.Transcript)
         n = t.offset // ENTRIES_PAGE
-        pages = max(1, -(-t.total // ENTRIES_PAGE))
+        pages = max(1, -(-t.total // ENTRIES_PAGE)) if t.complete else n + 2
         shown = list(enumerate(t.entries, t.offset))
         ids = sorted({t.session.session_id, *(e.session_id for e in t.entries if e.session_id)})
         info = t.session
         name = "session_entries.html" if q.get("fragment") else "session.html"
         return self.page(request, name, info=info, entries=shown, hit=t.hit, n=n, pages=pages, total=t.total,
-                         size=ENTRIES_PAGE, last_page=n == pages - 1, live="session", sessions_live=",".join(ids),
+                         size=ENTRIES_PAGE, last_page=n == pages - 1, complete=t.complete, live="session", sessions_live=",".join(ids),
                          resume=views.resume_command(info.cwd, info.resume), target=sid.lstrip("/"))
 
     async def export(self, request: Request) -> Response:
