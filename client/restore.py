@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import filecmp
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ import click
 
 from csm.client.export import receive
 from csm.client.render import emit_rows, output_options
-from csm.shared.errors import Conflict
+from csm.shared.errors import Conflict, PathError
 
 COLUMNS = ("status", "path", "lines", "bytes")
 RESTORED, THERE, WOULD, DIFFERS = "restored", "already there", "would restore", "differs"
@@ -49,8 +50,15 @@ class File:
     newline_last: bool = True
 
     def open(self) -> None:
+        """Open what is at ``dest`` to compare, else stage a temporary file beside it (not in a dry run)."""
         try:
-            fd = os.open(self.dest, os.O_RDONLY | os.O_NOFOLLOW)
+            self._open()
+        except OSError as e:
+            raise PathError(f"cannot write {self.dest}: {e.strerror}") from None
+
+    def _open(self) -> None:
+        try:
+            fd = os.open(self.dest, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             if not self.dry_run:
                 self.dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -58,9 +66,14 @@ class File:
                 self.staged = os.fdopen(fd, "wb")
             return
         except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise Conflict(f"{self.dest} is a symbolic link; left it alone") from None
-            raise
+            if e.errno != errno.ELOOP:
+                raise
+            self.same = False  # a symbolic link there: not the file, and never followed
+            return
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            self.same = False  # a folder, a pipe: not the file
+            return
         self.existing = os.fdopen(fd, "rb")
 
     def write(self, data: bytes) -> None:
@@ -79,6 +92,8 @@ class File:
             same = self.same and self.existing.read(1) == b""
             self.existing.close()
             return THERE if same else DIFFERS
+        if not self.same:
+            return DIFFERS
         if self.staged is None:
             return WOULD
         try:

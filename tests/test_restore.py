@@ -84,6 +84,20 @@ def test_dry_run_writes_nothing_and_a_different_file_is_never_overwritten(
     agent = to / SESSION / "subagents" / "agent-a2271d1.jsonl"
     assert agent.read_bytes() == originals()[f"{SESSION}/subagents/agent-a2271d1.jsonl"], "the other file is restored"
     assert "differs" in r.stdout and "restored" in r.stdout
+    # A symbolic link is never followed, even to the very bytes: it is not the file.
+    link = tmp_path / "linked"
+    link.mkdir()
+    (link / f"{SESSION}.jsonl").symlink_to(agent)
+    shutil.copytree(to / SESSION, link / SESSION)
+    r = run_csm("restore", SESSION, "--to", str(link), "--json")
+    assert r.returncode == 73, (r.returncode, r.stderr)
+    assert [x["status"] for x in json.loads(r.stdout)] == ["differs", "already there"]
+    # A folder that cannot be made (a file is in the way; tests run as root, so no permission test) is
+    # one line, not a traceback.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    r = run_csm("restore", SESSION, "--to", str(blocker / "x"))
+    assert r.returncode == 1 and r.stderr.startswith("csm: cannot write") and "Traceback" not in r.stderr, r.stderr
 
 
 def test_a_final_line_stored_without_newline_is_restored_without_one(csmd: Csmd, projects: Path, tmp_path: Path,
