@@ -84,21 +84,25 @@ def receive(target: str, fmt: str, out: Writer, *, subagents: bool = False,
 
 class RedactedLines:
     """Raw lines redacted on their way to ``out``: chunks are cut anywhere, so a line is held until
-    its newline (memory: the longest line); ``close`` writes a final line that has none."""
+    its newline (memory: the longest line, gathered without copying it again for each chunk);
+    ``close`` writes a final line that has none."""
 
     def __init__(self, out: Writer, redactor: Redactor) -> None:
-        self.out, self.redactor, self.tail = out, redactor, b""
+        self.out, self.redactor, self.tail = out, redactor, bytearray()
 
     def write(self, data: bytes) -> None:
-        lines = (self.tail + data).split(b"\n")
-        self.tail = lines.pop()
-        for line in lines:
-            self.out.write(self.redactor.jsonl(line) + b"\n")
+        start = 0
+        while (end := data.find(b"\n", start)) != -1:
+            self.tail += data[start:end]
+            self.out.write(self.redactor.jsonl(bytes(self.tail)) + b"\n")
+            self.tail.clear()
+            start = end + 1
+        self.tail += data[start:]
 
     def close(self) -> None:
         if self.tail:
-            self.out.write(self.redactor.jsonl(self.tail))
-        self.tail = b""
+            self.out.write(self.redactor.jsonl(bytes(self.tail)))
+        self.tail.clear()
 
 
 @click.command("export")

@@ -143,3 +143,22 @@ def test_a_redacted_line_is_the_redacted_record_and_valid_json(obj: dict[str, ob
     assert json.loads(got) == expected
     if expected == obj:
         assert got == line
+
+
+@settings(max_examples=100, deadline=None)
+@given(records=st.lists(st.dictionaries(SOME_TEXT, SOME_TEXT, max_size=3), min_size=1, max_size=4),
+       newline_last=st.booleans(), cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=6))
+def test_lines_redact_the_same_however_the_chunks_cut_them(records: list[dict[str, str]], newline_last: bool,
+                                                          cuts: list[int]) -> None:
+    """csmd cuts chunks anywhere, even inside a line (and a final line may have no newline)."""
+    lines = [json.dumps(r).encode() for r in records]
+    data = b"\n".join(lines) + (b"\n" if newline_last else b"")
+    out = io.BytesIO()
+    w = RedactedLines(out, Redactor(home="/home/me"))
+    at = 0
+    for cut in sorted({min(c, len(data)) for c in cuts}) + [len(data)]:
+        w.write(data[at:cut])
+        at = cut
+    w.close()
+    r = Redactor(home="/home/me")
+    assert out.getvalue() == b"\n".join(r.jsonl(x) for x in lines) + (b"\n" if newline_last else b"")
