@@ -1,8 +1,9 @@
 """``--redact``: secrets and the home path taken out of a transcript before it is shared.
 
-One list of patterns (``PATTERNS``, listed in README) serves every format: ``Redactor.text`` for a
-string, ``Redactor.value`` for decoded JSON or a reply's data (the Markdown and HTML renderers
-redact the entries before rendering), ``Redactor.jsonl`` for raw lines. A raw line is redacted
+One list of patterns (``PATTERNS``, listed in README) serves every format: ``redact`` or
+``Redactor.text`` for a string, ``Redactor.value`` for decoded JSON, ``Redactor.struct`` for a reply
+(``csm export`` redacts the ``Transcript`` before Markdown or HTML renders it, so the renderers
+need not know), ``Redactor.jsonl`` for raw lines. A raw line is redacted
 inside its JSON string tokens only and each changed token is encoded again, so every line stays
 valid JSON and the bytes of what nothing matched stay as they were.
 
