@@ -43,7 +43,8 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings=CONTEXT, lazy={
     "service": "csm.client.service:service", "db": "csm.client.db:db", "watch": "csm.client.browse:watch",
-    "export": "csm.client.export:export", "serve": "csm.web.command:serve", "team": "csm.client.team:team",
+    "export": "csm.client.export:export", "restore": "csm.client.restore:restore", "serve": "csm.web.command:serve",
+    "team": "csm.client.team:team",
 })
 @click.version_option(__version__, prog_name="csm")
 def cli() -> None:

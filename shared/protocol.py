@@ -121,10 +121,13 @@ class ListErrors(Message, kw_only=True):
 
 class Export(Message, kw_only=True):
     """A session's or a file's lines. ``target``: an absolute file path, a session id, or a unique
-    prefix of one. Replies with ``Chunk`` messages, then ``ExportDone``."""
+    prefix of one. Replies with an ``ExportFile`` and its ``Chunk`` messages for each file, then
+    ``ExportDone``."""
 
     target: str
     format: str = "jsonl"
+    subagents: bool = False
+    """Also the files of the session's subagents, each after the session's own (``csm restore``)."""
 
 
 class TeamStatus(Message, kw_only=True):
@@ -314,6 +317,13 @@ class Chunk(Message, kw_only=True):
     data: bytes
 
 
+class ExportFile(Message, kw_only=True):
+    """The ``Chunk``s that follow, up to the next ``ExportFile``, are this file's bytes (a chunk never
+    holds two files). ``path``: where the file is, or was last seen."""
+
+    path: str
+
+
 class ExportDone(Message, kw_only=True):
     """The end of an export: what was sent, for the client to check it got all of it."""
 
@@ -346,7 +356,7 @@ class TeamStatusReply(Message, kw_only=True):
 
 Reply = (
     Error | Ok | StatusReply | Progress | SyncReply | Rows | UsageRows | ConfigReply | Transcript | Watching | Messages
-    | Heartbeat | Chunk | ExportDone | TeamStatusReply
+    | Heartbeat | Chunk | ExportFile | ExportDone | TeamStatusReply
 )
 
 FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows, ConfigReply, Transcript, ExportDone,
