@@ -12,6 +12,7 @@ import click
 from csm.shared import __version__, paths
 from csm.shared import config as config_mod
 from csm.shared.errors import CsmError
+from csm.shared.streams import whole_writes
 
 
 class JournalFormatter(logging.Formatter):
@@ -87,6 +88,7 @@ def cli(roots: tuple[Path, ...], db: Path | None, config_file: Path | None, log_
 
 
 def main() -> None:
+    whole_writes()
     try:
         cli(standalone_mode=True)
     except CsmError as e:
