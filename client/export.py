@@ -52,16 +52,18 @@ def _target(target: str) -> str:
 
 
 def receive(target: str, fmt: str, out: BinaryIO) -> protocol.ExportDone:
-    """Write the chunks as they come, checking that none is missing."""
+    """Write the chunks as they come, checking that none is missing, and acknowledge each one
+    written: csmd sends only a few ahead, so a stopped client makes it wait, not pile up chunks."""
     expected = [0]
 
-    def chunk(msg: protocol.Message) -> None:
+    def chunk(msg: protocol.Message) -> protocol.Ack | None:
         if not isinstance(msg, protocol.Chunk):
-            return
+            return None
         if msg.seq != expected[0]:
             raise DaemonError(f"export interrupted: piece {expected[0]} of the stream was lost; run it again")
         out.write(msg.data)
         expected[0] += 1
+        return protocol.Ack(seq=msg.seq)
 
     done = request(protocol.Export(target=_target(target), format=fmt), timeout_s=30.0, on_progress=chunk)
     assert isinstance(done, protocol.ExportDone)

@@ -60,12 +60,13 @@ def request(
     msg: Message,
     *,
     timeout_s: float = 10.0,
-    on_progress: Callable[[Any], None] | None = None,
+    on_progress: Callable[[Any], Message | None] | None = None,
     sock: Path | None = None,
 ) -> Message:
     """Send ``msg`` and return the final reply; ``timeout_s`` bounds each wait for a message.
 
-    Streamed replies before it (``Progress``, ``Chunk``) go to ``on_progress``, in order.
+    Streamed replies before it (``Progress``, ``Chunk``) go to ``on_progress``, in order; a message
+    it returns (an ``Ack``) is sent back on the same socket.
     """
     with _sent(msg, sock) as (s, path):
         while True:
@@ -75,8 +76,8 @@ def request(
                 )
             reply = protocol.decode_reply(s.recv())
             if not isinstance(reply, protocol.FINAL_REPLIES):
-                if on_progress is not None:
-                    on_progress(reply)
+                if on_progress is not None and (answer := on_progress(reply)) is not None:
+                    s.send(protocol.encode(answer))
                 continue
             if isinstance(reply, Error):
                 raise ERRORS.get(reply.code, DaemonError)(reply.message)
@@ -101,5 +102,7 @@ def subscribe(msg: Message, *, timeout_s: float = 10.0, sock: Path | None = None
             if isinstance(reply, Watching):
                 wait_s = 3 * reply.heartbeat_s + 1
             yield reply
+            if isinstance(reply, protocol.Messages):
+                s.send(protocol.encode(protocol.Ack(seq=reply.seq)))  # printed: csmd may send more
             if isinstance(reply, Ok):
                 return

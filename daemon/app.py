@@ -34,6 +34,7 @@ from csm.shared import __version__, paths
 from csm.shared.config import Resolved
 from csm.shared.errors import DatabaseError, NotFound, QueryError
 from csm.shared.protocol import (
+    Ack,
     ConfigReply,
     Error,
     Export,
@@ -107,6 +108,7 @@ class Daemon:
         self.server = Server(self.sock)
         self.server.bind()
         self.watchers = Watchers(self.server)
+        self.exports = export.Exports(self.server)
         self.ingestor.on_commit.append(self.watchers.on_commit)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
@@ -139,6 +141,7 @@ class Daemon:
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.watchers.stop()
+        self.exports.stop()
         self.server.stop()
 
     def _tick(self) -> float | None:
@@ -210,7 +213,12 @@ class Daemon:
             case ListErrors(max_rows=max_rows):
                 self._submit(reply, lambda conn: queries.list_errors(conn, max_rows), own=True)
             case Export():
-                self._submit(reply, lambda conn: export.run(conn, request, reply), own=True)
+                assert isinstance(reply, Replier)
+                self._submit(reply, lambda conn: self.exports.run(conn, request, reply), own=True, alone=True)
+            case Ack(seq=seq):
+                assert isinstance(reply, Replier)
+                self.exports.ack(reply.envelope, seq)
+                self.watchers.ack(reply.envelope, seq)
 
     def status(self) -> StatusReply:
         f = figures(self.reader)
@@ -259,14 +267,19 @@ class Daemon:
             conn = self.local.own = open_reader(self.db)
         return conn
 
-    def _submit(self, reply: Reply, work: Callable[[sqlite3.Connection], Message | None], own: bool = False) -> None:
+    def _submit(self, reply: Reply, work: Callable[[sqlite3.Connection], Message | None], own: bool = False,
+                alone: bool = False) -> None:
         """Queue read-only ``work`` for the pool; a bounded queue, so a flood of slow queries gets
-        "busy" at once instead of hours of backlog and memory."""
+        "busy" at once instead of hours of backlog and memory. ``alone``: work that waits for its
+        client (an export) gets a thread (and connection) of its own instead of a pool thread."""
         if not self.query_slots.acquire(blocking=False):
             reply(Error(code="busy", message=f"csmd is busy: {self.config.query_queue} queries are "
                                              "running or waiting; try again when they finish"))
             return
-        self.pool.submit(self._answer, reply, work, own)
+        if alone:
+            threading.Thread(target=self._answer, args=(reply, work, own), name="csm-export", daemon=True).start()
+        else:
+            self.pool.submit(self._answer, reply, work, own)
 
     def _answer(self, reply: Reply, work: Callable[[sqlite3.Connection], Message | None], own: bool = False) -> None:
         """Run a read-only ``work`` on this pool thread's connection and reply with its result (if any).

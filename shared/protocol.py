@@ -121,8 +121,18 @@ class Export(Message, kw_only=True):
     format: str = "jsonl"
 
 
+class Ack(Message, kw_only=True):
+    """Sent by a client streaming an ``Export`` or a ``Watch`` on the same socket: it has written out
+    the ``Chunk`` or ``Messages`` numbered ``seq``. csmd sends only a few pieces ahead of the last
+    one acknowledged, so a client that stops reading (Ctrl-Z) cannot make it queue the whole stream.
+    No reply."""
+
+    seq: int
+
+
 Request = (
     Status | Sync | Query | UsageReport | GetConfig | Fault | Sessions | Show | Search | Watch | ListErrors | Export
+    | Ack
 )
 
 
@@ -274,6 +284,8 @@ class Watching(Message, kw_only=True):
 
 class Messages(Message, kw_only=True):
     entries: list[Entry]
+    seq: int = 0
+    """Numbers the ``Messages`` of one subscription, for the client's ``Ack``."""
 
 
 class Heartbeat(Message, kw_only=True):
