@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from csm.daemon import reader
+from csm.daemon import heap, reader
 from csm.daemon.parse import BadLine, LineView, parse, prompt_text
 from csm.daemon.store import FileRow, Store, now_iso
 from csm.shared.config import Config
@@ -507,20 +507,20 @@ class Ingestor:
         changed = False
         while True:
             try:
-                data = reader.read_complete(fd, f.offset, self.config.batch_bytes, self.config.max_line_bytes)
+                lines = reader.read_lines(fd, f.offset, self.config.batch_bytes, self.config.max_line_bytes)
             except reader.LineTooLong as e:
                 self._commit(f, fd, st, f.offset, [], reattach, totals, too_long=e.length)
                 changed = True
                 continue
-            if not data:
+            if not lines:
                 break
             changed = True
-            lines = data.split(b"\n")
-            lines.pop()  # what follows the last newline: nothing
             start = f.offset
             for i in range(0, len(lines), self.config.batch_lines):
                 chunk = lines[i : i + self.config.batch_lines]
                 start = self._commit(f, fd, st, start, chunk, reattach, totals)
+            if len(lines[0]) > self.config.batch_bytes:  # a long line, read alone: give back what it left
+                heap.release(self.store.conn)
             if self.stopping.is_set():
                 return changed
         if f.size != st.st_size or f.mtime_ns != st.st_mtime_ns:

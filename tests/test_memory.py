@@ -113,3 +113,22 @@ def test_a_stopped_watch_client_costs_a_bounded_budget(csmd: Csmd, projects: Pat
         w.kill()
         w.wait(10)
     assert rss < 75, f"csmd holds {rss:.0f} MB for a stopped watch client"
+
+
+def test_a_long_line_is_stored_and_its_memory_given_back(csmd: Csmd, projects: Path) -> None:
+    """A 24 MB prompt (real lines reach 10 MB): stored whole, csmd's peak a bounded multiple of
+    the line, and its size back under 50 MB once the line is in."""
+    f = projects / "p" / "long.jsonl"
+    f.parent.mkdir()
+    f.write_bytes(user("long", "first", 0))
+    csmd.start()
+    base = vm(pid(csmd), "VmRSS")
+    words = "lorem ipsum dolor sit amet, " * ((24 << 20) // 28)
+    line = user("long", words, 1)
+    with open(f, "ab") as out:
+        out.write(line)
+    wait_for(lambda: scalar("SELECT count(*) FROM events") == 2, 60, "the long line")
+    assert scalar("SELECT length(raw) FROM events WHERE uuid = 'u1'") == len(line) - 1
+    wait_for(lambda: vm(pid(csmd), "VmRSS") < 50, 10, "csmd back under 50 MB")
+    peak = vm(pid(csmd), "VmHWM") - base
+    assert peak < 8 * len(line) / 2**20, f"{peak:.0f} MB over the baseline for a {len(line) >> 20} MB line"

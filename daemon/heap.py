@@ -1,0 +1,101 @@
+"""Giving memory back after a long line, so csmd returns to its usual size.
+
+A line of tens of MB passes through buffers that outlive it. SQLite keeps each prepared
+statement's last bound values until the statement runs again, and Python's sqlite3 keeps
+the writer's statements prepared: after a 50 MB prompt, the ``events`` insert, the
+``message_text`` insert and the search index insert each held a 50 MB copy (150 MB) until
+the next line came. ``release`` clears the bindings and trims the heap; it is called after a
+batch that held a long line, not after every batch (it walks the statements).
+
+glibc gives a freed block back to the system only if it was mmapped, and after each such free
+it raises its mmap threshold to that block's size (up to 32 MB): after one long line, every
+buffer of a few MB (a query's reply, an export's chunks) came from the heap and stayed there
+(a ``SELECT length(raw)`` of a 24 MB line: +26 MB for good). ``configure`` fixes the threshold
+at 1 MB, so what is that large always goes back when freed.
+
+Python's sqlite3 exposes neither the connection's handle nor ``sqlite3_clear_bindings``,
+so they are reached through ctypes: the handle is the first field of the connection
+object, and it is used only if SQLite confirms it (``sqlite3_db_filename`` gives back the
+database's path); with any other layout, or another platform, ``release`` only trims.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import sqlite3
+import sys
+
+log = logging.getLogger("csm.heap")
+
+
+def _sqlite_library() -> ctypes.CDLL | None:
+    """The SQLite that Python's own sqlite3 uses (its symbols are found through _sqlite3's handle)."""
+    try:
+        import _sqlite3
+
+        lib = ctypes.CDLL(_sqlite3.__file__)
+        lib.sqlite3_db_filename.restype = ctypes.c_char_p
+        lib.sqlite3_db_filename.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.sqlite3_next_stmt.restype = ctypes.c_void_p
+        lib.sqlite3_next_stmt.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        lib.sqlite3_clear_bindings.argtypes = [ctypes.c_void_p]
+        lib.sqlite3_stmt_busy.argtypes = [ctypes.c_void_p]
+        return lib
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+
+
+_SQLITE = _sqlite_library()
+_LIBC = _libc()
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1 << 20
+
+
+def configure() -> None:
+    """At start: blocks of 1 MB and more are mmapped, so freeing one returns it (see above)."""
+    if _LIBC is not None:
+        _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+def _handle(conn: sqlite3.Connection) -> int | None:
+    """The ``sqlite3*`` of ``conn``, if SQLite confirms it is the connection to ``conn``'s database."""
+    if _SQLITE is None:
+        return None
+    path = next(file for _, name, file in conn.execute("PRAGMA database_list") if name == "main")
+    db = ctypes.c_void_p.from_address(id(conn) + object.__basicsize__).value
+    if not db:
+        return None
+    name = _SQLITE.sqlite3_db_filename(db, b"main")
+    return db if name is not None and path and os.path.samefile(name.decode(), path) else None
+
+
+def release(conn: sqlite3.Connection) -> None:
+    """Free what the last long line left behind: ``conn``'s statements' bound values (none of
+    them may be running), SQLite's unused cache pages, and glibc's free heap memory."""
+    try:
+        db = _handle(conn)
+    except OSError:
+        db = None
+    if db is not None:
+        stmt = _SQLITE.sqlite3_next_stmt(db, None)  # type: ignore[union-attr]
+        while stmt:
+            if not _SQLITE.sqlite3_stmt_busy(stmt):  # type: ignore[union-attr]
+                _SQLITE.sqlite3_clear_bindings(stmt)  # type: ignore[union-attr]
+            stmt = _SQLITE.sqlite3_next_stmt(db, stmt)  # type: ignore[union-attr]
+    conn.execute("PRAGMA shrink_memory")
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
