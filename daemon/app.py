@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from csm.daemon import browse, export, queries, reports, search
+from csm.daemon import browse, export, heap, queries, reports, search
 from csm.daemon.checkpoint import Checkpointer
 from csm.daemon.ingest import Ingestor
 from csm.daemon.lock import InstanceLock
@@ -83,7 +83,8 @@ class Daemon:
     def _run(self) -> int:
         store = Store(open_writer(self.db))
         own = paths.own_files(self.db)
-        self.ingestor = Ingestor(store, self.roots, self.config, exclude=own)
+        self.ingestor = Ingestor(store, self.roots, self.config, exclude=own,
+                                 heap_cap=heap.SqliteCap(store.conn, self.config.query_max_bytes))
         self.prices = PriceTable.shipped()
         usage = UsageSink(self.prices)
         usage.prepare(store)
@@ -256,7 +257,7 @@ class Daemon:
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self.local, "conn", None)
         if conn is None:
-            conn = self.local.conn = queries.open_query_connection(self.db)
+            conn = self.local.conn = queries.open_query_connection(self.db, self.config.query_max_bytes)
         return conn
 
     def _own_connection(self) -> sqlite3.Connection:

@@ -27,6 +27,8 @@ import logging
 import os
 import sqlite3
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger("csm.heap")
 
@@ -43,6 +45,9 @@ def _sqlite_library() -> ctypes.CDLL | None:
         lib.sqlite3_next_stmt.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         lib.sqlite3_clear_bindings.argtypes = [ctypes.c_void_p]
         lib.sqlite3_stmt_busy.argtypes = [ctypes.c_void_p]
+        lib.sqlite3_hard_heap_limit64.restype = ctypes.c_int64
+        lib.sqlite3_hard_heap_limit64.argtypes = [ctypes.c_int64]
+        lib.sqlite3_memory_used.restype = ctypes.c_int64
         return lib
     except (ImportError, OSError, AttributeError):
         return None
@@ -99,3 +104,44 @@ def release(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA shrink_memory")
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
+
+
+class SqliteCap:
+    """SQLite's whole heap, capped (``hard_heap_limit``, process-wide), with room made for a long line.
+
+    What the cap is for: a query making many big values at once (``SELECT randomblob(6e7),
+    randomblob(6e7), …``: each under the length limit, together 480 MB) fails with "out of
+    memory" instead of taking csmd with it. Everyday csmd needs far less than the cap: a few MB
+    of page cache per connection, and one reply's values (``query_max_bytes``). The writer
+    storing one long line needs more: about four copies of it are in SQLite at the end of its
+    transaction (the ``events`` row, the prose for ``message_text`` and the search index, each
+    bound and built into a record), so ``room_for`` raises the cap by five times the line while
+    it is stored (queries get that room too meanwhile), then lowers it and gives back what the
+    line left (``release``). The pragma can only lower the cap, so it is set through ctypes;
+    without them there is no cap (the length limit on each value still holds).
+    """
+
+    SLACK = 32 << 20
+    """Page caches and schemas of csmd's connections, on top of one reply."""
+
+    def __init__(self, conn: sqlite3.Connection, query_max_bytes: int) -> None:
+        self.conn = conn
+        self.base = query_max_bytes + self.SLACK
+        self._set(self.base)
+
+    def _set(self, limit: int) -> None:
+        if _SQLITE is not None:
+            _SQLITE.sqlite3_hard_heap_limit64(limit)
+
+    @contextmanager
+    def room_for(self, line_bytes: int) -> Iterator[None]:
+        """Around storing a line of ``line_bytes`` read alone (longer than a batch)."""
+        self._set(self.base + 5 * line_bytes)
+        try:
+            yield
+        finally:
+            release(self.conn)
+            # Back to the cap, or just above what SQLite still holds (if the bindings could not be
+            # cleared), so that nothing fails for want of memory already taken.
+            used = _SQLITE.sqlite3_memory_used() if _SQLITE is not None else 0
+            self._set(max(self.base, used + self.SLACK))

@@ -29,6 +29,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -190,8 +191,10 @@ class Sink(Protocol):
 class Ingestor:
     """Owns the writer connection; every method runs on the ingest thread."""
 
-    def __init__(self, store: Store, roots: list[Path], config: Config, exclude: Iterable[Path] = ()) -> None:
+    def __init__(self, store: Store, roots: list[Path], config: Config, exclude: Iterable[Path] = (),
+                 heap_cap: heap.SqliteCap | None = None) -> None:
         self.store = store
+        self.heap_cap = heap_cap
         self.roots = roots
         self.config = config
         self.exclude = {str(p) for p in exclude}
@@ -516,11 +519,11 @@ class Ingestor:
                 break
             changed = True
             start = f.offset
-            for i in range(0, len(lines), self.config.batch_lines):
-                chunk = lines[i : i + self.config.batch_lines]
-                start = self._commit(f, fd, st, start, chunk, reattach, totals)
-            if len(lines[0]) > self.config.batch_bytes:  # a long line, read alone: give back what it left
-                heap.release(self.store.conn)
+            long = len(lines[0]) if len(lines[0]) > self.config.batch_bytes else 0  # a long line comes alone
+            with self.heap_cap.room_for(long) if long and self.heap_cap else nullcontext():
+                for i in range(0, len(lines), self.config.batch_lines):
+                    chunk = lines[i : i + self.config.batch_lines]
+                    start = self._commit(f, fd, st, start, chunk, reattach, totals)
             if self.stopping.is_set():
                 return changed
         if f.size != st.st_size or f.mtime_ns != st.st_mtime_ns:

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from csmtest import Csmd, scalar, sync_now, wait_for
+from csmtest import Csmd, run_csm, scalar, sync_now, wait_for
 
 
 def vm(pid: int, key: str) -> float:
@@ -132,3 +132,30 @@ def test_a_long_line_is_stored_and_its_memory_given_back(csmd: Csmd, projects: P
     wait_for(lambda: vm(pid(csmd), "VmRSS") < 50, 10, "csmd back under 50 MB")
     peak = vm(pid(csmd), "VmHWM") - base
     assert peak < 8 * len(line) / 2**20, f"{peak:.0f} MB over the baseline for a {len(line) >> 20} MB line"
+
+
+BIG_VALUES = [
+    ("SELECT length(randomblob(900000000))", "makes a value over"),
+    ("SELECT zeroblob(900000000)", "makes a value over"),
+    ("SELECT length(printf('%.*c', 900000000, 'x'))", None),  # SQLite gives NULL past the length limit
+    ("SELECT length(replace(hex(zeroblob(1000000)), '0', hex(zeroblob(500))))", "query stopped"),
+    ("WITH RECURSIVE r(i, s) AS (SELECT 0, 'x' UNION ALL SELECT i + 1, s || s FROM r WHERE i < 40) "
+     "SELECT max(length(s)) FROM r", "query stopped"),
+    ("SELECT " + ", ".join(["randomblob(60000000)"] * 8), "needs more memory than csmd allows"),
+    ("SELECT " + " || ".join(["randomblob(20000000)"] * 8), "query stopped"),
+]
+
+
+def test_a_query_cannot_make_csmd_allocate_what_no_reply_could_carry(csmd: Csmd) -> None:
+    """``SELECT randomblob(900000000)`` took csmd from 39 MB to 1.78 GB; every way SQL has of
+    building big values, one at a time or many at once, now stops with a clear error."""
+    csmd.start()
+    for query, error in BIG_VALUES:
+        r = run_csm("query", "sql", query)
+        if error is None:
+            assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        else:
+            assert r.returncode == 4 and error in r.stderr and r.stderr.count("\n") == 1, (query, r.stderr)
+    assert vm(pid(csmd), "VmHWM") < 200, "SQLite's heap is capped near query_max_bytes (64 MB) + 32 MB"
+    after = run_csm("query", "sql", "SELECT length(randomblob(1000000)) AS n", "--json")
+    assert json.loads(after.stdout) == [{"n": 1000000}], "csmd answers normally after"
