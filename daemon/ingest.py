@@ -128,8 +128,8 @@ def _why(e: UnicodeDecodeError | BadLine) -> str:
     return str(e)
 
 
-def _after_nuls(line: bytes) -> tuple[int, bytes, str, LineView] | None:
-    """The record after a run of NUL bytes, if one is there: (NULs cut, record, its text, view).
+def _after_nuls(line: bytes) -> tuple[int, bytes, LineView] | None:
+    """The record after a run of NUL bytes, if one is there and is UTF-8: (NULs cut, record, view).
 
     A crash on ext4 can leave the unflushed end of a file as NUL bytes, and Claude Code's next
     append then lands on the same line after them; the record is intact and is kept.
@@ -139,7 +139,8 @@ def _after_nuls(line: bytes) -> tuple[int, bytes, str, LineView] | None:
         return None
     rest = line[cut:]
     try:
-        return cut, rest, rest.decode("utf-8"), parse(rest)
+        rest.decode("utf-8")
+        return cut, rest, parse(rest)
     except (UnicodeDecodeError, BadLine):
         return None
 
@@ -580,14 +581,14 @@ class Ingestor:
                 self._bad_line(f, offset, len(line), line, self._too_long(len(line)), errors, error_moves, reattach)
                 continue
             try:
-                raw = line.decode("utf-8")
+                line.decode("utf-8")  # only checked: the row binds the bytes (see Store.insert_events)
                 v = parse(line)
             except (UnicodeDecodeError, BadLine) as e:
                 salvaged = _after_nuls(line)
                 if salvaged is None:
                     self._bad_line(f, offset, len(line), line, _why(e), errors, error_moves, reattach)
                     continue
-                cut, rest, raw, v = salvaged
+                cut, rest, v = salvaged
                 self._bad_line(f, offset, cut, line[:cut], f"{line[:cut].count(0)} NUL bytes before a record (the "
                                f"record after them is kept at offset {offset + cut})", errors, error_moves, reattach)
                 line = rest
@@ -602,7 +603,7 @@ class Ingestor:
                 agg.add(v, counted=False)
                 continue
             rows.append((next_id, f.file_id, gen, offset, v.session_id or fallback_session, v.uuid, v.parent_uuid,
-                         v.type, v.timestamp, raw))
+                         v.type, v.timestamp, line))
             for sink in sinks:
                 sink.add(next_id, f, v, line)
             next_id += 1

@@ -219,10 +219,14 @@ class Store:
 
         Ids are assigned by the writer (``max_event_id`` + 1, …) so that derived tables filled in
         the same transaction (sinks) can point at a row before it is inserted.
+
+        ``raw`` is the line's UTF-8 bytes (checked by the caller), stored as TEXT by the CAST, which
+        keeps the bytes as they are: no Python str of the line is made, which for a long line
+        was one more copy of it (up to four for text beyond Latin-1, plus its UTF-8 form).
         """
         self.conn.executemany(
             "INSERT INTO events (id, file_id, generation, line_offset, session_id, uuid, parent_uuid, type, "
-            "timestamp, raw) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "timestamp, raw) VALUES (?,?,?,?,?,?,?,?,?,CAST(? AS TEXT))",
             rows,
         )
 
