@@ -477,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="10 s idle window, 50 appends, one repeat")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--only", default="sync,rtt,fresh,idle,rescan", help="comma-separated phases to run")
+    ap.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config.toml line for csmd (TOML value), e.g. check_interval_s=0.01; repeatable")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder (corpus, database, logs)")
     ap.add_argument("--corpus", type=Path, help="reuse a corpus folder written by bench/corpus.py (the fresh phase appends to it; "
                     "use it with --only sync)")
@@ -498,6 +500,11 @@ def main(argv: list[str] | None = None) -> int:
     c = Ctx(a, base, out, say)
     started = time.perf_counter()
     home = Home(base, "main")
+    if a.setting:
+        cfg = home.dir / "config" / "csm" / "config.toml"
+        cfg.parent.mkdir(parents=True)
+        cfg.write_text("".join(f"{s}\n" for s in a.setting))
+        out["settings"] = a.setting
     d = None
     try:
         if phases & {"sync", "rtt", "queries", "fresh", "idle"}:

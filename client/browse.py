@@ -10,18 +10,14 @@ import sys
 from typing import Any
 
 import click
-import msgspec
 
-from csm.client import render, timespec
+from csm.client import render
+from csm.client.options import project_option, time_options
 from csm.client.transport import request, subscribe
-from csm.shared import protocol
+from csm.shared import protocol, timespec
 
 MARKS = ("\u00ab", "\u00bb")
-
-
-def _project_option(fn):  # type: ignore[no-untyped-def]
-    return click.option("--project", "-p", metavar="P",
-                        help="Only projects whose folder name contains P (e.g. 'myrepo').")(fn)
+ENTRY_COLUMNS = list(protocol.Entry.__struct_fields__)
 
 
 def _tokens(n: Any) -> str:
@@ -35,10 +31,10 @@ def _cost(cost: Any, tokens: Any) -> str:
 
 
 @click.command("sessions")
-@_project_option
-@timespec.since_option
+@project_option
+@time_options()
 @click.option("--limit", "-n", type=click.IntRange(1), default=50, show_default=True, help="At most this many.")
-@render.format_options
+@render.output_options
 def sessions(project: str | None, since: str | None, until: str | None, limit: int, fmt: str | None) -> None:
     """List sessions, most recent activity first.
 
@@ -66,12 +62,14 @@ def sessions(project: str | None, since: str | None, until: str | None, limit: i
 @click.command("show")
 @click.argument("session")
 @click.option("--full", is_flag=True, help="Include tool input and output.")
-@click.option("json_", "--json", is_flag=True, help="Output the conversation as JSON.")
-def show(session: str, full: bool, json_: bool) -> None:
+@render.output_options
+def show(session: str, full: bool, fmt: str | None) -> None:
     """Show a session's conversation: prompts, answers, one line per tool call.
 
-    SESSION is a session id or a unique prefix of one (as git takes short hashes).
-    Subagents appear nested under the call that started them.
+    SESSION is a session id or a unique prefix of one (as git takes short hashes), or the
+    transcript's path (for an id found in several places: a copied project folder, two roots).
+    Subagents appear nested under the call that started them. --json prints the session
+    and its entries; --jsonl and --csv one entry a line, with the keys 'csm watch' uses.
 
     \b
     Examples:
@@ -80,10 +78,15 @@ def show(session: str, full: bool, json_: bool) -> None:
     """
     from csm.client import transcript
 
-    reply = request(protocol.Show(session=session, full=full), timeout_s=30.0)
+    from csm.client.export import target_arg
+
+    reply = request(protocol.Show(session=target_arg(session), full=full), timeout_s=30.0)
     assert isinstance(reply, protocol.Transcript)
-    if json_:
-        render.emit_json(msgspec.to_builtins(reply))
+    if fmt == "json":
+        render.emit_json(render.plain(reply))
+        return
+    if fmt is not None:
+        render.emit_rows(ENTRY_COLUMNS, [list(render.plain(e).values()) for e in reply.entries], fmt)
         return
     color = sys.stdout.isatty()
     for chunk in transcript.text(reply, color):
@@ -92,11 +95,11 @@ def show(session: str, full: bool, json_: bool) -> None:
 
 @click.command("search")
 @click.argument("text")
-@_project_option
-@timespec.since_option
+@project_option
+@time_options()
 @click.option("--include-tools", is_flag=True, help="Also search tool input and output (commands, files, results).")
 @click.option("--limit", "-n", type=click.IntRange(1, 1000), default=20, show_default=True, help="At most this many.")
-@render.format_options
+@render.output_options
 def search(text: str, project: str | None, since: str | None, until: str | None, include_tools: bool, limit: int,
            fmt: str | None) -> None:
     """Search prompts, answers and summaries (SQLite FTS5), best match first.
@@ -133,13 +136,14 @@ def search(text: str, project: str | None, since: str | None, until: str | None,
 
 @click.command("watch")
 @click.argument("session", required=False)
-@_project_option
-@click.option("--jsonl", "jsonl", is_flag=True, help="Output one JSON object per message.")
-def watch(session: str | None, project: str | None, jsonl: bool) -> None:
+@project_option
+@render.output_options
+def watch(session: str | None, project: str | None, fmt: str | None) -> None:
     """Print new messages as csmd ingests them: tail -f for all of Claude Code.
 
     SESSION (an id or unique prefix) follows one session and its subagents; --project
-    follows a project; neither follows everything. Ctrl-C stops.
+    follows a project; neither follows everything. Ctrl-C stops. --json and --jsonl print
+    one JSON object a message (a stream has no end to close an array), --csv one row.
 
     \b
     Examples:
@@ -148,19 +152,23 @@ def watch(session: str | None, project: str | None, jsonl: bool) -> None:
       csm watch -p myrepo --jsonl | jq -r .text
     """
     from csm.client import transcript
+    from csm.client.export import target_arg
 
     color = sys.stdout.isatty()
     missed = 0
+    if fmt == "csv":
+        render.emit_rows(ENTRY_COLUMNS, [], fmt)
     try:
-        for msg in subscribe(protocol.Watch(session=session, project=project)):
+        for msg in subscribe(protocol.Watch(session=target_arg(session) if session else None, project=project)):
             if isinstance(msg, protocol.Watching):
                 click.echo(f"csm: watching {msg.what} (Ctrl-C to stop)", err=True)
             elif isinstance(msg, protocol.Messages):
-                for e in msg.entries:
-                    if jsonl:
-                        click.echo(msgspec.json.encode(e).decode())
-                    else:
+                if fmt is None:
+                    for e in msg.entries:
                         click.echo(transcript.entry_text(e, color, show_session=True))
+                else:
+                    render.emit_rows(ENTRY_COLUMNS, [list(render.plain(e).values()) for e in msg.entries],
+                                     "jsonl" if fmt == "json" else fmt, header=False)
                 sys.stdout.flush()
             elif isinstance(msg, protocol.Heartbeat) and msg.missed > missed:
                 click.echo(f"csm: {msg.missed - missed} updates dropped: output was read too slowly", err=True)

@@ -15,9 +15,8 @@ import sys
 from typing import Any
 
 import click
-import msgspec
 
-from csm.client import render
+from csm.client import options, render
 from csm.client.transport import request
 from csm.shared import __version__, protocol
 from csm.shared.errors import CsmError, DaemonNotRunning
@@ -70,17 +69,6 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def _plain(obj: Any) -> Any:
-    """A reply as JSON-ready data with every field, defaults included (the wire omits them)."""
-    if isinstance(obj, msgspec.Struct):
-        return {f: _plain(getattr(obj, f)) for f in obj.__struct_fields__}
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_plain(v) for v in obj]
-    return obj
-
-
 def _backlog_line(b: protocol.Backlog) -> str:
     if b.counting:
         return f"listing files: {b.files_total} to read so far, {_human_bytes(b.bytes_total)}"
@@ -104,8 +92,8 @@ def _bar(b: protocol.Backlog, width: int = 30) -> str:
 
 
 @cli.command()
-@click.option("json_", "--json", is_flag=True, help="Output JSON.")
-def status(json_: bool) -> None:
+@render.output_options
+def status(fmt: str | None) -> None:
     """Show what csmd is doing and what the archive holds.
 
     \b
@@ -114,15 +102,16 @@ def status(json_: bool) -> None:
     """
     reply = request(protocol.Status(), timeout_s=5.0)
     assert isinstance(reply, protocol.StatusReply)
-    if json_:
-        render.emit_json(_plain(reply))
+    if fmt is not None:
+        render.emit_record(render.plain(reply), fmt)
         return
     rows: list[tuple[str, Any]] = [
         ("csmd", f"{reply.version}, pid {reply.pid}, up {reply.uptime_s:.0f} s"),
         ("state", reply.state),
         ("watcher", reply.watch_mode + (f", restarted {reply.watcher_restarts} times"
                                         if reply.watcher_restarts else "")),
-        ("database", reply.db_path),
+        ("database", reply.db_path + (f" (quick_check ok at {reply.db_checked_at})"
+                                      if reply.db_checked_at and not reply.db_problem else "")),
         ("roots", ", ".join(reply.roots) or "(none)"),
         ("files", f"{reply.files}" + (f" (+{reply.files_gone} gone, rows kept)" if reply.files_gone else "")),
         ("sessions", f"{reply.sessions}" + (f" ({reply.sessions_gone} with source file gone)"
@@ -135,14 +124,16 @@ def status(json_: bool) -> None:
         rows.append(("backlog", _backlog_line(reply.backlog)))
     if reply.last_error:
         rows.append(("error", reply.last_error))
+    if reply.db_problem:
+        rows.append(("db problem", reply.db_problem))
     for k, v in rows:
         click.echo(f"{k:<10} {v}")
 
 
 @cli.command()
 @click.option("--now", is_flag=True, help="Wait for the sync to finish and report what it did.")
-@click.option("json_", "--json", is_flag=True, help="Output JSON.")
-def sync(now: bool, json_: bool) -> None:
+@render.output_options
+def sync(now: bool, fmt: str | None) -> None:
     """Rescan every transcript root and ingest what is new.
 
     csmd does this by itself as files change; use it after restoring files or to be
@@ -154,7 +145,7 @@ def sync(now: bool, json_: bool) -> None:
     Example:
       csm sync --now
     """
-    progress = now and not json_ and sys.stderr.isatty()
+    progress = now and fmt is None and sys.stderr.isatty()
 
     def draw(p: protocol.Progress) -> None:
         click.echo(f"\r{_bar(p.backlog)}\033[K", nl=False, err=True)
@@ -167,8 +158,8 @@ def sync(now: bool, json_: bool) -> None:
     if progress:
         click.echo("\r\033[K", nl=False, err=True)
     assert isinstance(reply, protocol.SyncReply)
-    if json_:
-        render.emit_json(_plain(reply))
+    if fmt is not None:
+        render.emit_record(render.plain(reply), fmt)
     else:
         click.echo(f"scanned {reply.files_scanned} files ({reply.files_changed} changed), ingested "
                    f"{reply.lines_ingested} lines, {reply.errors} bad lines, in {reply.seconds:.2f} s")
@@ -217,8 +208,8 @@ def _value(v: Any) -> str:
 @config_group.command("show")
 @click.option("--file", "file", type=click.Path(dir_okay=False), help="Read this config file here instead of "
               "asking csmd (checks it: a bad key or value fails with its line).")
-@click.option("json_", "--json", is_flag=True, help="Output JSON.")
-def config_show(file: str | None, json_: bool) -> None:
+@render.output_options
+def config_show(file: str | None, fmt: str | None) -> None:
     """Show each effective setting and where it came from.
 
     Asks the running csmd, which knows its command-line flags; when csmd is not running
@@ -232,13 +223,13 @@ def config_show(file: str | None, json_: bool) -> None:
       csm config show --json | jq -r .settings.rescan_interval_s.value
     """
     reply, local = _config(file)
-    settings = _plain(reply.settings)
-    if json_:
-        render.emit_json({
+    settings = render.plain(reply.settings)
+    if fmt is not None:
+        render.emit_record({
             "from": "file" if local else "csmd", "pid": None if local else reply.pid,
             "config_file": reply.config_file, "config_file_exists": reply.config_file_exists,
             "config_file_source": reply.config_file_source, "settings": settings,
-        })
+        }, fmt)
         return
     if local:
         click.echo(f"{local}: read here from the config file and environment (no csmd flags)")
@@ -275,7 +266,7 @@ def query() -> None:
 @click.option("--param", "-p", "params", multiple=True, help="A value for a ? placeholder. Repeatable.")
 @click.option("--max-rows", type=click.IntRange(1), default=10_000, show_default=True,
               help="Stop after this many rows (and say so).")
-@render.format_options
+@render.output_options
 def query_sql(sql: str, params: tuple[str, ...], max_rows: int, fmt: str | None) -> None:
     """Run read-only SQL against the archive.
 
@@ -303,12 +294,10 @@ def query_sql(sql: str, params: tuple[str, ...], max_rows: int, fmt: str | None)
 @query.command("usage")
 @click.option("--by", type=click.Choice(["day", "week", "month", "session", "project", "model"]), default="day",
               show_default=True, help="Group by calendar day, week (from Monday), month, session, project or model.")
-@click.option("--since", metavar="WHEN", help="First day: YYYY-MM-DD, YYYYMMDD, today, yesterday, Nd or Nw.")
-@click.option("--until", metavar="WHEN", help="Last day (included), in the same forms.")
-@click.option("--tz", metavar="ZONE", help="Time zone of days and weeks (IANA name). Default: this machine's.")
-@click.option("--project", "-p", metavar="P", help="Only this project (its folder name, as in 'csm query sql').")
-@render.format_options
-def query_usage(by: str, since: str | None, until: str | None, tz: str | None, project: str | None,
+@options.project_option
+@options.time_options(zone_option=True)
+@render.output_options
+def query_usage(by: str, since: str | None, until: str | None, tz: str, project: str | None,
                 fmt: str | None) -> None:
     """Tokens and cost of every API response, counted once.
 
@@ -321,11 +310,10 @@ def query_usage(by: str, since: str | None, until: str | None, tz: str | None, p
       csm query usage                          # per day, in your time zone
       csm query usage --by month --tz UTC
       csm query usage --since 7d --by model
+      csm query usage --since 12h -p myrepo
       csm query usage --by session --since 2026-02-01 --until 2026-02-14 --json
     """
-    from csm.shared.timerange import local_zone_name
-
-    req = protocol.UsageReport(by=by, since=since, until=until, tz=tz or local_zone_name(), project=project)
+    req = protocol.UsageReport(by=by, since=since, until=until, tz=tz, project=project)
     reply = request(req, timeout_s=30.0)
     assert isinstance(reply, protocol.UsageRows)
     if fmt is not None:
@@ -343,7 +331,7 @@ def query_usage(by: str, since: str | None, until: str | None, tz: str | None, p
 @query.command("errors")
 @click.option("--max-rows", type=click.IntRange(1), default=10_000, show_default=True,
               help="Stop after this many rows (and say so).")
-@render.format_options
+@render.output_options
 def query_errors(max_rows: int, fmt: str | None) -> None:
     """List the bad lines csmd skipped: file, byte offset, length, why, first bytes.
 
@@ -372,6 +360,9 @@ def main() -> None:
     except click.Abort:
         click.echo("Aborted!", err=True)
         sys.exit(130)
+    except click.BadParameter as e:  # a value the message explains: one line, not the usage
+        click.echo(f"csm: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

@@ -53,8 +53,8 @@ def db_path(config_file: Path | None) -> None:
 @click.option("--db", "db_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Database file (default: the configured one, as 'csm db path' prints it).")
 @click.option("--full", is_flag=True, help="Run integrity_check (slower: also checks indexes against tables).")
-@click.option("json_", "--json", is_flag=True, help="Output JSON.")
-def db_check(db_file: Path | None, full: bool, json_: bool) -> None:
+@render.output_options
+def db_check(db_file: Path | None, full: bool, fmt: str | None) -> None:
     """Check the database file for damage (works while csmd is stopped or running).
 
     Runs SQLite's quick_check (or integrity_check with --full) on a read-only
@@ -83,9 +83,9 @@ def db_check(db_file: Path | None, full: bool, json_: bool) -> None:
     except sqlite3.Error as e:
         raise DatabaseError(f"{path}: {e}; {WAY_OUT}") from None
     ok = problems == ["ok"]
-    if json_:
-        render.emit_json({"path": str(path), "check": pragma, "ok": ok, "schema_version": version,
-                          "problems": [] if ok else problems})
+    if fmt is not None:
+        render.emit_record({"path": str(path), "check": pragma, "ok": ok, "schema_version": version,
+                            "problems": [] if ok else problems}, fmt)
     elif ok:
         click.echo(f"{path}: ok ({pragma}, schema version {version})")
     else:

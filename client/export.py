@@ -42,7 +42,7 @@ def _opened(path: str | None) -> Iterator[BinaryIO]:
         raise
 
 
-def _target(target: str) -> str:
+def target_arg(target: str) -> str:
     """A path (an existing file, or a name ending in .jsonl: it may be deleted) is sent absolute;
     anything else is a session id or the start of one."""
     path = Path(target).expanduser()
@@ -65,7 +65,7 @@ def receive(target: str, fmt: str, out: BinaryIO) -> protocol.ExportDone:
         expected[0] += 1
         return protocol.Ack(seq=msg.seq)
 
-    done = request(protocol.Export(target=_target(target), format=fmt), timeout_s=30.0, on_progress=chunk)
+    done = request(protocol.Export(target=target_arg(target), format=fmt), timeout_s=30.0, on_progress=chunk)
     assert isinstance(done, protocol.ExportDone)
     if done.chunks != expected[0]:
         raise DaemonError(f"export incomplete: got {expected[0]} of {done.chunks} pieces; run it again")
@@ -105,7 +105,7 @@ def export(target: str, fmt: str, raw: bool, output: str | None) -> None:
         return
     from csm.client import transcript
 
-    reply = request(protocol.Show(session=target, full=True), timeout_s=60.0)
+    reply = request(protocol.Show(session=target_arg(target), full=True), timeout_s=60.0)
     assert isinstance(reply, protocol.Transcript)
     with _opened(output) as out:
         out.write((transcript.markdown(reply) if fmt == "markdown" else transcript.page(reply)).encode("utf-8"))

@@ -1,4 +1,9 @@
-"""Printing rows: an aligned table for people, JSON, JSON lines or CSV for programs."""
+"""Printing rows and records: a table (or a few aligned lines) for people, JSON, JSON lines or CSV for programs.
+
+Every command that prints rows or a record takes ``output_options`` (``--json``, ``--jsonl``,
+``--csv``) and prints through ``emit_rows`` or ``emit_record``; a reply becomes data through
+``plain``, every field with its default, so the same reply has the same keys in every command.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +15,32 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
+import msgspec
 
 FORMATS = ("table", "json", "jsonl", "csv")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def format_options(fn: F) -> F:
-    """``--json``, ``--jsonl`` and ``--csv`` (the default is a table)."""
+def output_options(fn: F) -> F:
+    """``--json``, ``--jsonl`` and ``--csv``, handed to the command as ``fmt`` (None: the table for people)."""
     for flag, help_ in reversed((
-        ("json", "Output a JSON array of objects."),
+        ("json", "Output JSON (rows: an array of objects)."),
         ("jsonl", "Output one JSON object per line."),
         ("csv", "Output CSV with a header row."),
     )):
         fn = click.option(f"--{flag}", "fmt", flag_value=flag, help=help_)(fn)
     return fn
+
+
+def plain(obj: Any) -> Any:
+    """A reply as JSON-ready data: every field, defaults included (the wire omits them), no type tag."""
+    if isinstance(obj, msgspec.Struct):
+        return {f: plain(getattr(obj, f)) for f in obj.__struct_fields__}
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
 
 
 def _cell(v: Any) -> str:
@@ -40,7 +57,8 @@ def _jsonable(v: Any) -> Any:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
 
 
-def emit_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str | None) -> None:
+def emit_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str | None, header: bool = True) -> None:
+    """Rows in ``fmt`` (None: a table); ``header=False`` continues a CSV stream (``csm watch``)."""
     out = sys.stdout
     if fmt == "json":
         json.dump([{c: _jsonable(v) for c, v in zip(columns, r)} for r in rows], out, ensure_ascii=False, indent=2)
@@ -50,10 +68,25 @@ def emit_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str | 
             out.write(json.dumps({c: _jsonable(v) for c, v in zip(columns, r)}, ensure_ascii=False) + "\n")
     elif fmt == "csv":
         w = csv.writer(out)
-        w.writerow(columns)
+        if header:
+            w.writerow(columns)
         w.writerows([[_jsonable(v) for v in r] for r in rows])
     else:
         table(columns, rows)
+
+
+def emit_record(record: dict[str, Any], fmt: str) -> None:
+    """One record for a program (``fmt`` from ``output_options``); as CSV it is one row, nested values as JSON."""
+    if fmt == "json":
+        emit_json(record)
+    elif fmt == "jsonl":
+        click.echo(json.dumps(record, ensure_ascii=False))
+    else:
+        emit_rows(list(record), [[_flat(v) for v in record.values()]], fmt)
+
+
+def _flat(v: Any) -> Any:
+    return json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v
 
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[int] = ()) -> None:

@@ -337,8 +337,8 @@ def service_uninstall(dry_run: bool) -> None:
 
 
 @service.command("status")
-@click.option("json_", "--json", is_flag=True, help="Output JSON.")
-def service_status(json_: bool) -> None:
+@render.output_options
+def service_status(fmt: str | None) -> None:
     """Say whether the service is installed, enabled and running, and what csmd says.
 
     \b
@@ -352,8 +352,8 @@ def service_status(json_: bool) -> None:
     daemon = _daemon()
     s = ServiceStatus(manager=m.name, file=str(m.path), installed=installed, manager_problem=problem,
                       enabled=st.enabled, running=st.running, state=st.detail, pid=st.pid, daemon=daemon)
-    if json_:
-        render.emit_json(msgspec.to_builtins(s))
+    if fmt is not None:
+        render.emit_record(render.plain(s), fmt)
         return
 
     def yes_no(v: bool | None) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import click
 
-from csm.client.timespec import local
+from csm.shared.timespec import local
 from csm.shared.protocol import Entry, SessionInfo, Transcript
 
 INDENT = "    "

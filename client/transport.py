@@ -9,23 +9,51 @@ not running, at once. Past that, every wait has a deadline; long requests stream
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from csm.shared import paths, protocol
-from csm.shared.errors import DaemonError, DaemonNotRunning, NotFound, QueryError
+from csm.shared.errors import DaemonError, DaemonNotRunning, NotFound, QueryError, Unavailable
 from csm.shared.protocol import Error, Message, Ok, Progress, Watching
 
 START_HINT = "start it with 'csmd' (or 'csm service install' to run it at login)"
-ERRORS: dict[str, type[DaemonError]] = {"query": QueryError, "not_found": NotFound}
+ERRORS: dict[str, type[DaemonError]] = {"query": QueryError, "not_found": NotFound, "unavailable": Unavailable}
+
+
+def _unreachable(sock: Path, e: OSError) -> DaemonNotRunning:
+    """Why the socket's folder cannot be looked into, named with its owner and mode, and the fix.
+
+    A csmd no one can reach counts as not running, so commands that can do without it still do.
+    """
+    for f in (*reversed(sock.parents), sock):
+        try:
+            st = os.lstat(f)
+        except OSError:
+            break
+        if f != sock and not stat.S_ISDIR(st.st_mode):
+            return DaemonNotRunning(f"cannot reach csmd's socket {sock}: {f} is not a folder; point XDG_RUNTIME_DIR at "
+                             "your own runtime folder (usually /run/user/$(id -u)), or unset it")
+        if f != sock and not os.access(f, os.X_OK, effective_ids=True):
+            fix = f", or run 'chmod 700 {f}'" if st.st_uid == os.geteuid() else ""
+            return DaemonNotRunning(
+                f"cannot reach csmd's socket {sock}: no permission to enter {f} (owner uid {st.st_uid}, mode "
+                f"{stat.S_IMODE(st.st_mode):04o}, you are uid {os.geteuid()}); point XDG_RUNTIME_DIR at your "
+                f"own runtime folder (usually /run/user/$(id -u)){fix}")
+    return DaemonNotRunning(f"cannot reach csmd's socket {sock}: {e.strerror}")
 
 
 def _check_listening(sock: Path) -> None:
-    if not sock.exists():
-        raise DaemonNotRunning(f"csmd is not running (no socket at {sock}); {START_HINT}")
+    try:
+        os.stat(sock)
+    except FileNotFoundError:
+        raise DaemonNotRunning(f"csmd is not running (no socket at {sock}); {START_HINT}") from None
+    except OSError as e:  # EACCES, ENOTDIR: an XDG_RUNTIME_DIR that is not ours, not open to us, or not a folder
+        raise _unreachable(sock, e) from None
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:

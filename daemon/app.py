@@ -20,19 +20,21 @@ from pathlib import Path
 
 from csm.daemon import browse, export, heap, queries, reports, search
 from csm.daemon.checkpoint import Checkpointer
+from csm.daemon.diagnose import diagnose
+from csm.daemon.health import Health
 from csm.daemon.ingest import Ingestor
 from csm.daemon.lock import InstanceLock
 from csm.daemon.notify import Notifier
 from csm.daemon.server import Replier, Reply, Server
 from csm.daemon.prices import PriceTable
-from csm.daemon.store import Store, figures, open_reader, open_writer, way_out
+from csm.daemon.store import Store, figures, open_reader, open_writer
 from csm.daemon.syncer import Syncer
 from csm.daemon.usage import UsageSink
 from csm.daemon.watch import Watchers
 from csm.daemon.watcher import Watcher
 from csm.shared import __version__, paths
 from csm.shared.config import Resolved
-from csm.shared.errors import DatabaseError, NotFound, QueryError
+from csm.shared.errors import NotFound, QueryError
 from csm.shared.protocol import (
     Ack,
     ConfigReply,
@@ -69,14 +71,16 @@ class Daemon:
         self.local = threading.local()
         self.notifier = Notifier()
         self.next_ping = 0.0
+        self.figures = {"files": 0, "files_gone": 0, "sessions": 0, "sessions_gone": 0, "errors": 0}
+        """The last counts read for ``csm status``, shown while the database cannot be read."""
 
     def run(self) -> int:
         lock = InstanceLock(paths.lock_path(self.db))
         lock.acquire()
         try:
             return self._run()
-        except sqlite3.DatabaseError as e:  # damage found past the header, while loading the checkpoints
-            raise DatabaseError(f"cannot use database {self.db}: {e}; {way_out(self.db)}") from None
+        except sqlite3.Error as e:  # damage past the header, a full disk, a lock, while loading the checkpoints
+            raise diagnose(self.db, e, "cannot use database") from None
         finally:
             lock.release()
 
@@ -91,7 +95,9 @@ class Daemon:
         self.ingestor.sinks.append(usage)
         self.checkpointer = Checkpointer(self.db, store.conn)
         self.ingestor.on_commit.append(self.checkpointer.committed)
-        self.syncer = Syncer(self.ingestor, self.config.rescan_interval_s)
+        self.syncer = Syncer(self.ingestor, self.config.rescan_interval_s, db=self.db)
+        self.health = Health(self.db, self.config.check_interval_s)
+        self.syncer.before_rescan.append(self.health.problem)
         self.watcher = Watcher(self.roots, self.syncer, enabled=self.config.watch,
                                poll_interval_s=self.config.poll_interval_s, own=own)
         self.syncer.before_rescan.append(self.watcher.check)
@@ -117,6 +123,7 @@ class Daemon:
         log.info("csmd %s (pid %d): database %s, roots %s, socket %s", __version__, os.getpid(), self.db,
                  ", ".join(map(str, self.roots)), self.sock)
         self.checkpointer.start()
+        self.health.start()
         self.watcher.start()
         self.syncer.start()  # its first job is the initial scan
         self.notifier.ready()
@@ -128,6 +135,7 @@ class Daemon:
             self.syncer.stop()
             self.syncer.join()
             self.watcher.stop()
+            self.health.stop()
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.server.close()
             self.reader.close()
@@ -222,7 +230,12 @@ class Daemon:
                 self.watchers.ack(reply.envelope, seq)
 
     def status(self) -> StatusReply:
-        f = figures(self.reader)
+        db_problem = self.health.problem()
+        try:
+            f = self.figures = figures(self.reader)
+        except sqlite3.Error as e:  # the file deleted or damaged under csmd: the last figures, and why
+            f = self.figures
+            db_problem = db_problem or f"cannot read {self.db}: {e}"
         state = self.syncer.state
         if state == "idle":
             state = "watching" if self.watcher.mode == "watching" else "polling"
@@ -244,6 +257,8 @@ class Daemon:
             watcher_restarts=self.watcher.restarts,
             backlog=self.syncer.backlog,
             last_error=self.syncer.last_error or self._stuck(),
+            db_problem=db_problem,
+            db_checked_at=self.health.checked_at,
         )
 
     def _stuck(self) -> str | None:
@@ -304,5 +319,5 @@ class Daemon:
     def _watch(self, conn: sqlite3.Connection, request: Watch, reply: Reply) -> None:
         """Subscribe this client (a session prefix is resolved once, here)."""
         assert isinstance(reply, Replier)
-        session = browse.resolve(conn, request.session) if request.session else None
+        session = browse.place(conn, browse.resolve(conn, request.session)) if request.session else None
         self.watchers.add(reply.envelope, session, request.project)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
+from csm.daemon import projects
 from csm.daemon.transcript import build
 from csm.shared.errors import NotFound, QueryError
 from csm.shared.protocol import Entry, Rows, SessionInfo, Sessions, Show, Transcript
@@ -37,8 +38,10 @@ class time_limit:
 
 # A session's tokens and cost from the public ``usage`` view (indexed by session), its
 # subagents' included. Cost is NULL when any response is unpriced: never a silent partial sum.
-_USAGE_SCOPE = ("FROM usage u WHERE u.session_id IN (SELECT s.session_id UNION ALL "
-                "SELECT c.session_id FROM session_stats c WHERE c.parent_session_id = s.session_id)")
+# Usage rows name the session and project where the counted copy was found.
+_USAGE_SCOPE = ("FROM usage u WHERE u.session_id IN (SELECT s.session_id UNION ALL SELECT c.session_id "
+                "FROM session_stats c WHERE c.parent_session_id = s.session_id AND c.project = s.project) "
+                "AND u.project = s.project")
 _TOKENS = ("(SELECT sum(u.input_tokens + u.output_tokens + u.cache_creation_tokens + u.cache_read_tokens) "
            f"{_USAGE_SCOPE})")
 _COST = f"(SELECT CASE WHEN count(*) = count(u.cost_usd) THEN sum(u.cost_usd) END {_USAGE_SCOPE})"
@@ -50,10 +53,11 @@ SESSION_COLUMNS = ["session_id", "project", "title", "started", "last_activity",
 
 def sessions(conn: sqlite3.Connection, req: Sessions) -> Rows:
     """Main sessions (and subagents whose parent csm never saw), most recent activity first."""
-    where = ["(NOT s.is_subagent OR NOT EXISTS (SELECT 1 FROM session_stats p WHERE p.session_id = s.parent_session_id))"]
+    where = ["(NOT s.is_subagent OR NOT EXISTS (SELECT 1 FROM session_stats p WHERE p.session_id = "
+             "s.parent_session_id AND p.project = s.project))"]
     params: list[Any] = []
     if req.project:
-        where.append("instr(s.project, ?) > 0")
+        where.append(projects.sql("s.project"))
         params.append(req.project)
     if req.since:
         where.append("s.last_activity >= ?")
@@ -68,74 +72,124 @@ def sessions(conn: sqlite3.Connection, req: Sessions) -> Rows:
     return Rows(columns=SESSION_COLUMNS, rows=[list(r) for r in rows])
 
 
-def resolve(conn: sqlite3.Connection, prefix: str) -> str:
-    """The session whose id is ``prefix`` or starts with it (as git takes short hashes).
+def _one(what: str, rows: list[tuple[int, str]]) -> int:
+    """The one session file of ``rows`` (file_id, path); several are refused with their paths."""
+    if len(rows) == 1:
+        return rows[0][0]
+    paths = [p for _, p in rows[:CANDIDATES_SHOWN]]
+    more = ", …" if len(rows) > CANDIDATES_SHOWN else ""
+    raise QueryError(f"session {what} is ambiguous: it is in {len(rows)} places (a copied project folder, two "
+                     f"roots, subagents of different sessions); name one by its transcript's path: "
+                     f"{', '.join(paths)}{more}")
 
-    A subagent may be named without its ``agent-`` prefix.
+
+def _in_places(conn: sqlite3.Connection, session_id: str) -> list[tuple[int, str]]:
+    return conn.execute(
+        "SELECT s.file_id, m.file_path FROM session_stats s JOIN sync_metadata m ON m.file_id = s.file_id "
+        "WHERE s.session_id = ? ORDER BY m.file_path", (session_id,)).fetchall()
+
+
+def resolve(conn: sqlite3.Connection, target: str) -> int:
+    """The session (its file's id) that ``target`` names: a transcript's path, a session id, or the
+    start of one (as git takes short hashes). A subagent may be named without its ``agent-`` prefix.
+
+    A session lives somewhere: an id found in several places (a copied project folder, both roots,
+    two subagents with one short id) is refused with their paths, as an ambiguous prefix is.
     """
-    prefix = prefix.strip()
-    if not prefix:
+    target = target.strip()
+    if not target:
         raise QueryError("no session given")
-    for p in (prefix, f"agent-{prefix}"):
-        if conn.execute("SELECT 1 FROM session_stats WHERE session_id = ?", (p,)).fetchone():
-            return p
+    if target.startswith("/"):
+        row = conn.execute(
+            "SELECT s.file_id FROM sync_metadata m JOIN session_stats s ON s.file_id = m.file_id "
+            "WHERE m.file_path = ? ORDER BY m.gone_at IS NOT NULL, m.gone_at DESC LIMIT 1", (target,)).fetchone()
+        if row is None:
+            raise NotFound(f"no session in the archive is the transcript {target}")
+        return row[0]
+    for p in (target, f"agent-{target}"):
+        if places := _in_places(conn, p):
+            return _one(repr(target), places)
         found = [r[0] for r in conn.execute(
-            "SELECT session_id FROM session_stats WHERE session_id > ? AND session_id < ? ORDER BY session_id LIMIT ?",
-            (p, p + "\U0010ffff", CANDIDATES_SHOWN + 1))]
+            "SELECT DISTINCT session_id FROM session_stats WHERE session_id > ? AND session_id < ? "
+            "ORDER BY session_id LIMIT ?", (p, p + "\U0010ffff", CANDIDATES_SHOWN + 1))]
         if len(found) == 1:
-            return found[0]
+            return _one(f"{found[0]!r} (from {target!r})", _in_places(conn, found[0]))
         if found:
             more = ", …" if len(found) > CANDIDATES_SHOWN else ""
-            raise QueryError(f"session prefix {prefix!r} is ambiguous; it matches "
+            raise QueryError(f"session prefix {target!r} is ambiguous; it matches "
                              f"{', '.join(found[:CANDIDATES_SHOWN])}{more}")
-    raise NotFound(f"no session matches {prefix!r} (csm query sessions lists them)")
+    raise NotFound(f"no session matches {target!r} (csm query sessions lists them)")
 
 
-def session_info(conn: sqlite3.Connection, session_id: str) -> SessionInfo:
-    r = conn.execute(
-        "SELECT session_id, project, title, cwd, started, last_activity, messages, parent_session_id, file_present "
-        "FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+class Place(NamedTuple):
+    """Where a session lives: its file, and what its subagents' files carry to name it."""
+
+    file_id: int
+    session_id: str
+    project: str
+    root: str
+
+
+def place(conn: sqlite3.Connection, file_id: int) -> Place:
+    r = conn.execute("SELECT s.file_id, s.session_id, s.project, m.root FROM session_stats s "
+                     "JOIN sync_metadata m ON m.file_id = s.file_id WHERE s.file_id = ?", (file_id,)).fetchone()
     if r is None:
-        raise NotFound(f"no session {session_id!r}")
+        raise NotFound("the session left the archive")
+    return Place(*r)
+
+
+def session_info(conn: sqlite3.Connection, file_id: int) -> SessionInfo:
+    r = conn.execute(
+        "SELECT s.session_id, s.project, COALESCE(s.custom_title, s.ai_title, s.summary, s.first_prompt), s.cwd, "
+        "s.first_ts, s.last_ts, s.messages, s.parent_session_id, m.gone_at IS NULL "
+        "FROM session_stats s JOIN sync_metadata m ON m.file_id = s.file_id WHERE s.file_id = ?",
+        (file_id,)).fetchone()
+    if r is None:
+        raise NotFound("the session left the archive")
     resume = r[7] if r[7] else r[0]
     return SessionInfo(session_id=r[0], project=r[1], title=r[2], cwd=r[3], started=r[4], last_activity=r[5],
                        messages=r[6], parent_session_id=r[7], file_present=bool(r[8]),
                        resume=f"claude --resume {resume}")
 
 
-def _lines(conn: sqlite3.Connection, session_id: str) -> Iterator[str]:
+def _lines(conn: sqlite3.Connection, file_id: int) -> Iterator[str]:
     """The session's lines in the order csm stored them (file order; lines a rewrite removed stay)."""
-    for (raw,) in conn.execute(
-        "SELECT e.raw FROM sync_metadata m JOIN events e ON e.file_id = m.file_id WHERE m.session_key = ? "
-        "ORDER BY e.file_id, e.id", (session_id,)):
+    for (raw,) in conn.execute("SELECT raw FROM events WHERE file_id = ? ORDER BY id", (file_id,)):
         yield raw
 
 
-def _entries(conn: sqlite3.Connection, session_id: str, full: bool, depth: int, children: dict[str, str | None],
+Children = dict[str, tuple[int, str | None]]
+"""A session's subagents: session id -> (file id, title)."""
+
+
+def _entries(conn: sqlite3.Connection, file_id: int, full: bool, depth: int, children: Children,
              seen: set[str]) -> list[Entry]:
     """A session's entries, each subagent it spawned nested right after the call that spawned it."""
-    b = build(_lines(conn, session_id), full, depth)
+    b = build(_lines(conn, file_id), full, depth)
     out = list(b.entries)
     for index, agent in sorted(b.spawned, reverse=True):
         key = f"agent-{agent}"
         if key in children and key not in seen:
             seen.add(key)
-            nested = _entries(conn, key, full, depth + 1, children, seen)
-            out[index + 1 : index + 1] = [Entry(kind="subagent", session_id=key, text=children[key] or "",
+            child, title = children[key]
+            nested = _entries(conn, child, full, depth + 1, children, seen)
+            out[index + 1 : index + 1] = [Entry(kind="subagent", session_id=key, text=title or "",
                                                 depth=depth), *nested]
     return out
 
 
 def show(conn: sqlite3.Connection, req: Show) -> Transcript:
     with time_limit(conn):
-        session_id = resolve(conn, req.session)
-        info = session_info(conn, session_id)
-        children: dict[str, str | None] = dict(conn.execute(
-            "SELECT session_id, title FROM sessions WHERE parent_session_id = ? ORDER BY started", (session_id,)))
+        p = place(conn, resolve(conn, req.session))
+        info = session_info(conn, p.file_id)
+        children: Children = {r[0]: (r[1], r[2]) for r in conn.execute(
+            "SELECT c.session_id, c.file_id, COALESCE(c.custom_title, c.ai_title, c.summary, c.first_prompt) "
+            "FROM session_stats c JOIN sync_metadata m ON m.file_id = c.file_id WHERE c.parent_session_id = ? "
+            "AND c.project = ? AND m.root = ? ORDER BY c.first_ts", (p.session_id, p.project, p.root))}
         seen: set[str] = set()
-        entries = _entries(conn, session_id, req.full, 0, children, seen)
-        for key, title in children.items():  # subagents no call in the parent names
+        entries = _entries(conn, p.file_id, req.full, 0, children, seen)
+        for key, (child, title) in children.items():  # subagents no call in the parent names
             if key not in seen:
                 entries.append(Entry(kind="subagent", session_id=key, text=title or "", depth=0))
-                entries += _entries(conn, key, req.full, 1, children, seen | {key})
+                entries += _entries(conn, child, req.full, 1, children, seen | {key})
     return Transcript(session=info, entries=entries)

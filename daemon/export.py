@@ -31,16 +31,17 @@ FORMATS = ("jsonl",)
 
 
 def resolve(conn: sqlite3.Connection, target: str) -> list[tuple[int, str]]:
-    """(file_id, path) of the files ``target`` names: a file path, a session id or a unique prefix of one."""
+    """(file_id, path) of the file ``target`` names: a file path, or a session as ``csm query show`` takes it."""
     if target.startswith("/"):
-        rows = conn.execute("SELECT file_id, file_path FROM sync_metadata WHERE file_path = ?", (target,)).fetchall()
+        # A path names the file there now, else the one last seen there (a gone checkpoint keeps its path).
+        rows = conn.execute("SELECT file_id, file_path FROM sync_metadata WHERE file_path = ? "
+                            "ORDER BY gone_at IS NOT NULL, gone_at DESC LIMIT 1", (target,)).fetchall()
         if not rows:
             raise NotFound(f"no transcript file {target} in the archive (csm query sql \"SELECT file_path FROM "
                            "sync_metadata\" lists them)")
         return rows
-    session = browse.resolve(conn, target)  # the one rule for session prefixes, as in 'csm query show'
-    return conn.execute("SELECT file_id, file_path FROM sync_metadata WHERE session_key = ? ORDER BY file_path",
-                        (session,)).fetchall()
+    file_id = browse.resolve(conn, target)  # the one rule for session ids and prefixes
+    return conn.execute("SELECT file_id, file_path FROM sync_metadata WHERE file_id = ?", (file_id,)).fetchall()
 
 
 def _raw_lines(conn: sqlite3.Connection, file_ids: list[int]) -> Iterator[bytes]:

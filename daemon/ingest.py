@@ -8,11 +8,13 @@ re-derived here from the file and its checkpoint row. For each visit:
 3. truncated  -> size below the offset, size shrank, or the bytes before the offset
                  changed: read again from 0 as a new generation;
 4. replaced   -> same path, new inode or new head: read again from 0 as a new generation;
-5. renamed    -> a new path whose (dev, inode, head) is a live checkpoint's whose old path
-                 is gone: the checkpoint follows the file, nothing is read twice;
+5. renamed    -> a path holding the (dev, inode, head) of a checkpoint, live or gone, whose own
+                 path no longer holds it: the checkpoint follows the file, whatever happened in
+                 between (chains of renames, swaps), and nothing is read twice;
 6. deleted    -> rows stay; the checkpoint is marked gone with the time;
-7. inode reuse never inherits an offset: only a live checkpoint with a matching head can
-   move, and a gone one never does.
+7. inode reuse never inherits an offset: a claimed checkpoint is then checked like any other
+   (size, head, the tail before its offset), so different bytes are read again from 0,
+   re-attaching only lines that are really the same.
 
 A re-read (3, 4) re-attaches each unchanged line to its existing row instead of
 inserting it again, so it adds nothing twice and loses nothing: lines that vanished
@@ -199,10 +201,13 @@ class Ingestor:
         self.roots = roots
         self.config = config
         self.exclude = {str(p) for p in exclude}
-        self.files: dict[str, FileRow] = {f.path: f for f in store.files()}
+        self.by_id: dict[int, FileRow] = {f.file_id: f for f in store.files()}
+        self.files: dict[str, FileRow] = {f.path: f for f in self.by_id.values() if not f.gone_at}
+        """Live checkpoints by path; a gone one keeps the path its file was last seen at, which another
+        file may hold by now, so gone ones are found by file id, inode or path in the database."""
         self.next_id = store.next_file_id()
-        self.have_prompt: set[str] = {
-            r[0] for r in store.conn.execute("SELECT session_id FROM session_stats WHERE first_prompt IS NOT NULL")
+        self.have_prompt: set[int] = {
+            r[0] for r in store.conn.execute("SELECT file_id FROM session_stats WHERE first_prompt IS NOT NULL")
         }
         self.unreadable: set[int] = store.unreadable_files()
         self.events = store.count_events()
@@ -252,7 +257,8 @@ class Ingestor:
 
         Unchanged files (same inode, size and mtime) cost one ``stat``; the rest are
         visited. Files whose checkpoints lie under a scanned root but that no longer
-        exist are marked gone — never those of other roots. ``self.backlog`` shows the
+        exist are marked gone — never those of other roots; a full rescan also marks gone
+        the files of a root deleted whole or no longer configured. ``self.backlog`` shows the
         work while it lasts: growing totals while files are listed, then files and bytes
         done, moved by every committed batch (``_batch_done``), so one huge file shows too.
         """
@@ -260,6 +266,8 @@ class Ingestor:
         tops = [top] if top else [r for r in self.roots if r.is_dir()]
         seen: set[str] = set()
         todo: list[tuple[str, int]] = []
+        strangers: list[tuple[str, os.stat_result]] = []
+        """Paths whose file is not their checkpoint's: maybe another checkpoint's, moved here."""
         b = self.backlog = Backlog(counting=True)
         self.progress = progress
         for t in tops:
@@ -268,18 +276,23 @@ class Ingestor:
                 totals.files_scanned += 1
                 f = self.files.get(path)
                 if (
-                    f is None or f.gone_at or f.inode != st.st_ino or f.dev != st.st_dev
+                    f is None or f.inode != st.st_ino or f.dev != st.st_dev
                     or f.size != st.st_size or f.mtime_ns != st.st_mtime_ns
                 ):
-                    size = max(0, st.st_size - (f.offset if f and not f.gone_at else 0))
+                    size = max(0, st.st_size - (f.offset if f else 0))
+                    if f is None or (f.dev, f.inode) != (st.st_dev, st.st_ino):
+                        strangers.append((path, st))
                     todo.append((path, size))
                     b.files_total += 1
                     b.bytes_total += size
                     if progress and b.files_total % 256 == 0:
                         progress()
-        # New paths first: a file renamed while csmd was stopped then claims its checkpoint before a
-        # new file created at its old path is taken for a replacement of it.
-        todo.sort(key=lambda t: t[0] in self.files)
+        # Every moved file claims its checkpoint before any path is read: whatever the order of the
+        # visits, a file renamed, swapped or rotated while csmd was stopped is never taken for a new
+        # file or for the replacement of the file now at its old path.
+        for path, st in strangers:
+            if not self.stopping.is_set() and self.store.with_inode(st.st_dev, st.st_ino):
+                self._claim_at(path)
         try:
             b.counting = False
             self.started = time.monotonic()
@@ -295,26 +308,36 @@ class Ingestor:
                 self._tick()
         finally:
             self.backlog = self.progress = None
-        prefixes = [str(t) + os.sep for t in tops]
+        # Files not seen are gone when they no longer exist — under a root deleted whole too — and, after
+        # a full rescan, when no configured root holds them any more: csm no longer follows those.
+        prefixes = [str(t) + os.sep for t in (self.roots if top is None else tops)]
         for path, f in list(self.files.items()):
-            if not f.gone_at and path not in seen and any(path.startswith(p) for p in prefixes):
-                if not os.path.lexists(path):
-                    self.mark_gone(f)
+            if f.gone_at or path in seen:
+                continue
+            if not any(path.startswith(p) for p in prefixes):
+                if top is None:
+                    self.mark_gone(f, "not under a configured root")
+            elif not os.path.lexists(path):
+                self.mark_gone(f)
         return totals
 
     # --- one file ------------------------------------------------------------------
 
-    def mark_gone(self, f: FileRow) -> None:
+    def mark_gone(self, f: FileRow, why: str = "source file gone") -> None:
         when = now_iso()
         with self.store.transaction():
             self.store.mark_gone(f.file_id, when)
         f.gone_at = when  # only once committed, so a failed write is retried
-        log.info("source file gone, rows kept: %s", f.path)
+        if self.files.get(f.path) is f:
+            del self.files[f.path]
+        log.info("%s, rows kept: %s", why, f.path)
 
     def moved(self, src: str, dest: str) -> Totals:
-        """A rename seen by the watcher: the checkpoint follows the file when it is the same file."""
+        """A rename seen by the watcher. The destination is visited like any path (its identity finds
+        the checkpoint, even if ``src`` was itself the end of an earlier rename); a move out of sight
+        (``x.jsonl.bak``) takes the checkpoint along, so the file is the same one when it comes back."""
         f = self.files.get(src)
-        if f is not None and not f.gone_at and dest not in self.files:
+        if f is not None and not dest.endswith(".jsonl") and dest not in self.files:
             try:
                 st = os.stat(dest, follow_symlinks=False)
             except OSError:
@@ -322,31 +345,39 @@ class Ingestor:
             if st is not None and (st.st_dev, st.st_ino) == (f.dev, f.inode):
                 self._rename(f, dest)
         totals = self.visit(dest) if dest.endswith(".jsonl") else Totals()
-        if src in self.files and not os.path.lexists(src) and not self.files[src].gone_at:
-            self.mark_gone(self.files[src])
+        g = self.files.get(src)
+        if g is not None and not os.path.lexists(src):
+            self.mark_gone(g)
         return totals
 
-    def _rename(self, f: FileRow, dest: str) -> None:
+    def _rename(self, f: FileRow, dest: str, displaced: FileRow | None = None) -> None:
+        """``f``'s file is now at ``dest``: move the checkpoint (live again if it was gone) and its session.
+        ``displaced``, the live checkpoint of ``dest`` whose file is not there any more, is marked gone
+        in the same transaction (its file may turn up elsewhere and claim it back)."""
         root = self.root_of(Path(dest))
         if root is None:
             return
-        del self.files[f.path]
-        log.info("renamed: %s -> %s (offset %d kept)", f.path, dest, f.offset)
-        old_key = f.session_key
-        f.path = dest
-        f.root = str(root)
+        g = msgspec.structs.replace(f, path=dest, root=str(root), gone_at=None)
         if dest.endswith(".jsonl"):  # a move to x.jsonl.bak keeps its session until it comes back
-            f.project, f.session_key, parent = describe_path(root, Path(dest))
-            f.parent_session = parent or f.parent_session
-        self.files[dest] = f
-        # The session's figures follow its file, unless another file still carries the old key.
-        move_session = old_key != f.session_key and not any(
-            g.session_key == old_key and not g.gone_at for g in self.files.values())
+            g.project, g.session_key, parent = describe_path(root, Path(dest))
+            g.parent_session = parent or f.parent_session
+        when = now_iso()
         with self.store.transaction():
-            self.store.save_file(f, _iso_mtime(f.mtime_ns))
-            self.store.move_session(old_key, f.session_key if move_session else old_key, f.project)
-        if move_session and old_key in self.have_prompt:
-            self.have_prompt.add(f.session_key)
+            if displaced is not None:
+                self.store.mark_gone(displaced.file_id, when)
+            self.store.save_file(g, _iso_mtime(g.mtime_ns))
+            if (g.session_key, g.project) != (f.session_key, f.project):
+                self.store.move_session(g.file_id, (f.session_key, f.project), (g.session_key, g.project))
+        if displaced is not None:
+            displaced.gone_at = when
+            log.info("%s holds another file now; its checkpoint is gone, rows kept", dest)
+        if self.files.get(f.path) is f:
+            del self.files[f.path]
+        if f.path != dest:
+            log.info("renamed: %s -> %s (offset %d kept)", f.path, dest, f.offset)
+        for name in FileRow.__struct_fields__:
+            setattr(f, name, getattr(g, name))
+        self.files[dest] = f
 
     def visit(self, path: str) -> Totals:
         """Bring one path's rows and checkpoint up to date with the file.
@@ -442,26 +473,28 @@ class Ingestor:
             parent_session=parent, dev=st.st_dev, inode=st.st_ino, size=0, mtime_ns=-1, offset=0,
         )  # mtime -1: never saved yet, so the first visit always writes the checkpoint
         self.next_id += 1
+        self.by_id[f.file_id] = f
         return f
 
     def _identify(self, path: str, fd: int, st: os.stat_result) -> FileRow | None:
         """The checkpoint this file continues, reset to offset 0 when it must be read again."""
         f = self.files.get(path)
+        if f is None or (f.dev, f.inode) != (st.st_dev, st.st_ino):
+            f = self._claim(path, fd, st, f) or f
         if f is None:
             root = self.root_of(Path(path))
             if root is None:
                 return None
-            f = self._rename_source(path, fd, st)
-            if f is None:
+            gone = self.store.gone_at_path(path)
+            if gone is None:
                 f = self._new_row(path, root, st)
                 self.files[path] = f
                 return f
-            self._rename(f, path)  # then checked like any other: it may have changed since
+            f = self.by_id[gone]  # a file at a gone checkpoint's path, not its own file: read again below
+            self._rename(f, path)
+            log.info("%s: reappeared", path)
         why = None
-        if f.gone_at:
-            why = "reappeared"
-            f.gone_at = None
-        elif (f.dev, f.inode) != (st.st_dev, st.st_ino):
+        if (f.dev, f.inode) != (st.st_dev, st.st_ino):
             why = "replaced (new inode)"
         elif st.st_size < f.offset or st.st_size < f.size:
             why = f"truncated ({f.size} -> {st.st_size} bytes)"
@@ -478,30 +511,39 @@ class Ingestor:
             f.head_len, f.head_hash, f.tail_hash = 0, None, None
         return f
 
-    def _rename_source(self, path: str, fd: int, st: os.stat_result) -> FileRow | None:
-        """A live checkpoint this new path continues: same (dev, inode) and head, and its own path
-        no longer holds that inode (gone, or a new file was created there after the move)."""
-        for other in self.store.paths_with_inode(st.st_dev, st.st_ino):
-            f = self.files.get(other)
-            if (
-                f is not None and not f.gone_at and f.path != path and not _holds(f)
-                and st.st_size >= f.offset and f.head_len and reader.head_matches(fd, f.head_len, f.head_hash)
-            ):
+    def _claim_at(self, path: str) -> None:
+        """Let the file at ``path`` claim its checkpoint if it is another path's (see ``_claim``)."""
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except OSError:
+            return
+        try:
+            st = os.fstat(fd)
+            f = self.files.get(path)
+            if stat.S_ISREG(st.st_mode) and (f is None or (f.dev, f.inode) != (st.st_dev, st.st_ino)):
+                self._claim(path, fd, st, f)
+        finally:
+            os.close(fd)
+
+    def _claim(self, path: str, fd: int, st: os.stat_result, here: FileRow | None) -> FileRow | None:
+        """The checkpoint, live or gone, whose file ``path`` now holds, moved to ``path``; ``here`` (the
+        checkpoint of ``path``, on another inode) is displaced.
+
+        Its file: the same (dev, inode) and the same first bytes (head hash), and its own path no longer
+        holds that inode (else this is a hard link: two files). Nothing else about the past matters, so
+        chains of renames faster than csmd, swaps and rotations all end with each checkpoint on its file.
+        A gone checkpoint qualifies too: it was marked gone because its path was empty when csmd looked.
+        Inode reuse is safe: the claimed checkpoint is then checked like any other, and bytes before its
+        offset that differ (the tail hash) make it read again from 0, re-attaching only identical lines.
+        """
+        for file_id in self.store.with_inode(st.st_dev, st.st_ino):
+            f = self.by_id.get(file_id)
+            if f is None or f is here or not f.head_len or (f.path != path and _holds(f)):
+                continue
+            if reader.head_matches(fd, f.head_len, f.head_hash):
+                self._rename(f, path, displaced=here)
                 return f
         return None
-
-    def _same_inode(self, st: os.stat_result) -> list[FileRow]:
-        """Checkpoints on the file's (dev, inode), through the ``sync_metadata_inode`` index.
-
-        Why not scan ``self.files``: this runs for every new file, so a scan made a first
-        sync quadratic in the number of files (44 s for 10,000 small files, 4 s of it for
-        3,000). Every checkpoint change is committed at once, so the table and
-        ``self.files`` agree on paths, devices and inodes.
-        """
-        rows = self.store.conn.execute(
-            "SELECT file_path FROM sync_metadata WHERE dev = ? AND inode = ?", (st.st_dev, st.st_ino)
-        )
-        return [f for (p,) in rows if (f := self.files.get(p)) is not None]
 
     def _catch_up(self, f: FileRow, fd: int, st: os.stat_result, totals: Totals) -> bool:
         """Read and commit every complete line after the checkpoint, batch by batch."""
@@ -608,7 +650,7 @@ class Ingestor:
                 sink.add(next_id, f, v, line)
             next_id += 1
             agg.add(v, counted=True)
-            if agg.first_prompt is None and f.session_key not in self.have_prompt:
+            if agg.first_prompt is None and f.file_id not in self.have_prompt:
                 agg.first_prompt = prompt_text(v)
         if too_long:
             self._bad_line(f, pos, too_long, os.pread(fd, ERROR_HEAD, pos), self._too_long(too_long), errors,
@@ -630,7 +672,7 @@ class Ingestor:
         for name in FileRow.__struct_fields__:
             setattr(f, name, getattr(g, name))
         if agg is not None and agg.first_prompt:
-            self.have_prompt.add(f.session_key)
+            self.have_prompt.add(f.file_id)
         self.events += len(rows)
         totals.lines += len(rows)
         totals.errors += len(errors)
@@ -691,11 +733,11 @@ class Ingestor:
                 if agg.parent is None:
                     agg.parent = f.parent_session
                 self.store.upsert_sessions([
-                    (key, a.project, a.parent, int(a.is_subagent), a.cwd, a.first_ts, a.last_ts, a.lines, a.messages,
+                    (f.file_id, key, a.project, a.parent, int(a.is_subagent), a.cwd, a.first_ts, a.last_ts, a.lines, a.messages,
                      a.custom_title, a.ai_title, a.summary, a.first_prompt)
                     for key, a in sessions.items()
                 ])
-                self.store.add_models([(key, m) for key, a in sessions.items() for m in a.models])
+                self.store.add_models([(f.file_id, m) for a in sessions.values() for m in a.models])
             for sink in self.sinks:
                 sink.write(self.store)
             self.store.save_file(g, _iso_mtime(st.st_mtime_ns))

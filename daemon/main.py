@@ -55,7 +55,7 @@ def cli(roots: tuple[Path, ...], db: Path | None, config_file: Path | None, log_
     \b
     Examples:
       csmd                                  # default paths
-      csmd --root ~/work/claude/projects --db /tmp/csm.db
+      csmd --root ~/work/claude/projects --db ~/archive/csm.db
       csmd --config ./csm.toml --log-level debug
 
     Settings: defaults, then config.toml, then these flags ('csm config show').

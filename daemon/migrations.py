@@ -265,8 +265,106 @@ WHERE h.role IN ('user', 'assistant')
       WHERE q.session_id = h.session_id AND q.message_id = h.message_id AND q.event_id < h.event_id));
 """
 
+M006_SESSION_IDENTITY = """
+-- A checkpoint is a file, found by its identity (dev, inode, head) wherever it moves. Its path is
+-- unique only among live checkpoints: a gone checkpoint keeps the path its file was last seen at,
+-- even once another file lives there (a file renamed over it, two files swapped). file_id becomes
+-- the key. Copied through a scratch table: views refer to sync_metadata by name, so it is never
+-- renamed.
+CREATE TEMP TABLE m006_files AS SELECT * FROM sync_metadata;
+DROP TABLE sync_metadata;
+CREATE TABLE sync_metadata (
+    file_id INTEGER PRIMARY KEY,
+    file_path TEXT NOT NULL,
+    last_position INTEGER NOT NULL,
+    last_modified TEXT NOT NULL,
+    last_synced_at TEXT NOT NULL,
+    root TEXT NOT NULL,
+    project TEXT NOT NULL,
+    session_key TEXT NOT NULL,
+    parent_session TEXT,
+    dev INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0,
+    head_len INTEGER NOT NULL DEFAULT 0,
+    head_hash BLOB,
+    tail_hash BLOB,
+    gone_at TEXT
+);
+INSERT INTO sync_metadata (file_id, file_path, last_position, last_modified, last_synced_at, root, project,
+    session_key, parent_session, dev, inode, size, mtime_ns, generation, head_len, head_hash, tail_hash, gone_at)
+SELECT file_id, file_path, last_position, last_modified, last_synced_at, root, project, session_key,
+    parent_session, dev, inode, size, mtime_ns, generation, head_len, head_hash, tail_hash, gone_at
+FROM m006_files;
+DROP TABLE m006_files;
+CREATE UNIQUE INDEX sync_metadata_live_path ON sync_metadata(file_path) WHERE gone_at IS NULL;
+CREATE INDEX sync_metadata_path ON sync_metadata(file_path);
+CREATE INDEX sync_metadata_inode ON sync_metadata(dev, inode);
+CREATE INDEX sync_metadata_session_key ON sync_metadata(session_key);
+
+-- A session is its file (file_id): the same session id in two places (a copied project folder,
+-- both default roots, two subagents with one short id under different parents) is two sessions.
+-- session_id stays the id Claude Code knows (the file name; agent-<id> for subagents).
+CREATE TEMP TABLE m006_sessions AS SELECT * FROM session_stats;
+CREATE TEMP TABLE m006_models AS SELECT * FROM session_models;
+DROP TABLE session_stats;
+DROP TABLE session_models;
+CREATE TABLE session_stats (
+    file_id INTEGER PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    project TEXT NOT NULL,
+    parent_session_id TEXT,
+    is_subagent INTEGER NOT NULL DEFAULT 0,
+    cwd TEXT,
+    first_ts TEXT,
+    last_ts TEXT,
+    lines INTEGER NOT NULL DEFAULT 0,
+    messages INTEGER NOT NULL DEFAULT 0,
+    custom_title TEXT,
+    ai_title TEXT,
+    summary TEXT,
+    first_prompt TEXT
+);
+INSERT INTO session_stats
+SELECT m.file_id, s.session_id, m.project, s.parent_session_id, s.is_subagent, s.cwd, s.first_ts, s.last_ts,
+       s.lines, s.messages, s.custom_title, s.ai_title, s.summary, s.first_prompt
+FROM sync_metadata m JOIN m006_sessions s ON s.session_id = m.session_key;
+-- Files that shared a key had their figures summed into one row: each one's counts again from its rows.
+UPDATE session_stats SET (lines, messages, first_ts, last_ts) = (
+    SELECT count(*), count(*) FILTER (WHERE e.type IN ('user', 'assistant')
+                                       AND json_extract(e.raw, '$.isMeta') IS NOT 1),
+           min(e.timestamp), max(e.timestamp)
+    FROM events e WHERE e.file_id = session_stats.file_id)
+WHERE session_id IN (SELECT session_key FROM sync_metadata GROUP BY session_key HAVING count(*) > 1);
+CREATE TABLE session_models (
+    file_id INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    PRIMARY KEY (file_id, model)
+) WITHOUT ROWID;
+INSERT INTO session_models SELECT m.file_id, sm.model FROM sync_metadata m JOIN m006_models sm
+    ON sm.session_id = m.session_key;
+DROP TABLE m006_sessions;
+DROP TABLE m006_models;
+CREATE INDEX session_stats_session ON session_stats(session_id);
+CREATE INDEX session_stats_last_ts ON session_stats(last_ts);
+CREATE INDEX session_stats_parent ON session_stats(parent_session_id);
+
+-- Public: file_path names the session's transcript, so copies of one session can be told apart.
+DROP VIEW sessions;
+CREATE VIEW sessions AS
+SELECT s.session_id, s.project, s.parent_session_id, s.is_subagent, s.cwd,
+       s.first_ts AS started, s.last_ts AS last_activity, s.lines, s.messages,
+       COALESCE(s.custom_title, s.ai_title, s.summary, s.first_prompt) AS title,
+       (SELECT group_concat(model, ',') FROM session_models sm WHERE sm.file_id = s.file_id) AS models,
+       m.gone_at IS NULL AS file_present, m.file_path
+FROM session_stats s JOIN sync_metadata m ON m.file_id = s.file_id;
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
     ("m003_usage", M003_USAGE),
     ("m004_search", M004_SEARCH),
+    ("m006_session_identity", M006_SESSION_IDENTITY),
 ]

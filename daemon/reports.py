@@ -4,6 +4,8 @@
 ``usage_slots`` (quarter-hour sums kept by triggers), not the responses themselves, so its
 cost grows with the number of active quarter hours, not with the history's size. Local
 days are whole runs of quarter hours in any zone, found by walking the sorted slots once.
+Bounds are UTC instants (the client reads what the user typed); a bound that cuts a quarter
+hour reads that slot's own responses, so ``--since 12h`` is exact too.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 import datetime
 import sqlite3
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
+from csm.daemon import projects
+from csm.shared import timespec
 from csm.shared.errors import QueryError
 from csm.shared.protocol import UsageReport, UsageRows
-from csm.shared.timerange import parse_day
 
 SLOT_S = 900
+SLOT_MS = SLOT_S * 1000
 TIME_GROUPS = ("day", "week", "month")
 GROUPS = (*TIME_GROUPS, "session", "project", "model")
 TOTALS = ["responses", "input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens",
@@ -27,36 +31,76 @@ _SUMS = ("sum(responses), sum(input_tokens), sum(output_tokens), sum(cache_creat
 NO_MODEL = "(no model)"
 
 
+_COLUMNS = ("slot, project, session_id, model, responses, input_tokens, output_tokens, cache_creation_tokens, "
+            "cache_read_tokens, cost_usd, unpriced_tokens")
+# One response as a usage_slots row (what the usage_slots_add trigger adds).
+_ENTRY = ("ts / 900000, project, session_id, COALESCE(model, ''), 1, input_tokens, output_tokens, "
+          "cache_creation_tokens, cache_read_tokens, COALESCE(cost_usd, 0), CASE WHEN cost_usd IS NULL THEN "
+          "input_tokens + output_tokens + cache_creation_tokens + cache_read_tokens ELSE 0 END")
+
+
 def zone(name: str) -> ZoneInfo:
     try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise QueryError(f"unknown time zone '{name}': use an IANA name such as Europe/Berlin, or UTC") from None
+        return timespec.zone(name)
+    except ValueError as e:
+        raise QueryError(str(e)) from None
 
 
 def _midnight(day: datetime.date, tz: ZoneInfo) -> float:
     return datetime.datetime.combine(day, datetime.time(), tzinfo=tz).timestamp()
 
 
-def _filters(req: UsageReport, tz: ZoneInfo) -> tuple[str, list[Any]]:
-    today = datetime.datetime.now(tz).date()
-    where: list[str] = []
-    params: list[Any] = []
-    since = until = None
+def _ms(value: str) -> int:
+    try:
+        return int(timespec.from_wire(value).timestamp() * 1000)
+    except ValueError as e:
+        raise QueryError(str(e)) from None
+
+
+def _where(conds: list[str]) -> str:
+    return (" WHERE " + " AND ".join(conds)) if conds else ""
+
+
+def _source(req: UsageReport) -> tuple[str, list[Any]]:
+    """The quarter-hour sums in the request's bounds and project, as a subquery and its parameters.
+
+    Slots wholly inside ``[since, until)`` come from ``usage_slots``; a slot a bound cuts is
+    summed from its own responses in the bounds (found through the sessions the slot lists,
+    which ``usage_entries`` indexes), so the figures are exact for any instant.
+    """
+    slots: list[str] = []
+    slot_params: list[Any] = []
+    entries: list[str] = []
+    entry_params: list[Any] = []
+    cut: list[int] = []
     if req.since:
-        since = parse_day(req.since, today)
-        where.append("slot >= ?")
-        params.append(int(_midnight(since, tz) // SLOT_S))
+        lo = _ms(req.since)
+        slots.append("slot >= ?")
+        slot_params.append(-(-lo // SLOT_MS))
+        entries.append("ts >= ?")
+        entry_params.append(lo)
+        if lo % SLOT_MS:
+            cut.append(lo // SLOT_MS)
     if req.until:
-        until = parse_day(req.until, today)
-        where.append("slot < ?")
-        params.append(-int(-_midnight(until + datetime.timedelta(days=1), tz) // SLOT_S))
-    if since and until and until < since:
-        raise QueryError(f"--until {until} is before --since {since}")
+        hi = _ms(req.until)
+        slots.append("slot < ?")
+        slot_params.append(hi // SLOT_MS)
+        entries.append("ts < ?")
+        entry_params.append(hi)
+        if hi % SLOT_MS:
+            cut.append(hi // SLOT_MS)
     if req.project:
-        where.append("project = ?")
-        params.append(req.project)
-    return (" WHERE " + " AND ".join(where)) if where else "", params
+        for conds, params in ((slots, slot_params), (entries, entry_params)):
+            conds.append(projects.sql("project"))
+            params.append(req.project)
+    sql = f"SELECT {_COLUMNS} FROM usage_slots{_where(slots)}"
+    if not cut:
+        return f"({sql})", slot_params
+    marks = ", ".join("?" * len(cut))
+    entries += [f"session_id IN (SELECT session_id FROM usage_slots WHERE slot IN ({marks}))",
+                f"ts / {SLOT_MS} IN ({marks})"]
+    return f"({sql} UNION ALL SELECT {_ENTRY} FROM usage_entries{_where(entries)})", [
+        *slot_params, *entry_params, *cut, *cut]
 
 
 def _add(acc: dict[Any, list[Any]], key: Any, vals: tuple[Any, ...]) -> None:
@@ -68,11 +112,11 @@ def _add(acc: dict[Any, list[Any]], key: Any, vals: tuple[Any, ...]) -> None:
             a[i] += v
 
 
-def _by_day(conn: sqlite3.Connection, where: str, params: list[Any], tz: ZoneInfo) -> dict[Any, list[Any]]:
+def _by_day(conn: sqlite3.Connection, source: str, params: list[Any], tz: ZoneInfo) -> dict[Any, list[Any]]:
     acc: dict[Any, list[Any]] = {}
     boundary = float("-inf")
     day = None
-    for slot, *vals in conn.execute(f"SELECT slot, {_SUMS} FROM usage_slots{where} GROUP BY slot ORDER BY slot",
+    for slot, *vals in conn.execute(f"SELECT slot, {_SUMS} FROM {source} GROUP BY slot ORDER BY slot",
                                     params):
         t = slot * SLOT_S
         if t >= boundary:
@@ -93,10 +137,10 @@ def usage(conn: sqlite3.Connection, req: UsageReport, prices_updated: str) -> Us
     if req.by not in GROUPS:
         raise QueryError(f"cannot group usage by '{req.by}': use one of {', '.join(GROUPS)}")
     tz = zone(req.tz)
-    where, params = _filters(req, tz)
+    source, params = _source(req)
     rows: list[list[Any]]
     if req.by in TIME_GROUPS:
-        days = _by_day(conn, where, params, tz)
+        days = _by_day(conn, source, params, tz)
         periods: dict[Any, list[Any]] = {}
         for day, vals in days.items():
             if req.by == "day":
@@ -111,7 +155,7 @@ def usage(conn: sqlite3.Connection, req: UsageReport, prices_updated: str) -> Us
     else:
         keys = {"session": ["session_id", "project"], "project": ["project"], "model": ["model"]}[req.by]
         group = ", ".join(keys)
-        found = conn.execute(f"SELECT {group}, {_SUMS} FROM usage_slots{where} GROUP BY {group}", params)
+        found = conn.execute(f"SELECT {group}, {_SUMS} FROM {source} GROUP BY {group}", params)
         rows = [_row(list(r[: len(keys)]), list(r[len(keys):])) for r in found]
         if req.by == "model":
             for r in rows:
@@ -122,7 +166,6 @@ def usage(conn: sqlite3.Connection, req: UsageReport, prices_updated: str) -> Us
         columns = keys + TOTALS
     unpriced: list[str] = []
     if any(r[-1] for r in rows):
-        extra = " AND " if where else " WHERE "
         unpriced = sorted(m or NO_MODEL for (m,) in conn.execute(
-            f"SELECT DISTINCT model FROM usage_slots{where}{extra}unpriced_tokens > 0", params))
+            f"SELECT DISTINCT model FROM {source} WHERE unpriced_tokens > 0", params))
     return UsageRows(columns=columns, rows=rows, unpriced_models=unpriced, prices_updated=prices_updated, tz=req.tz)

@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from csm.daemon import projects
 from csm.daemon.browse import time_limit
 from csm.daemon.content import blocks, decode_any, result_text, strings
 from csm.daemon.parse import BadLine, LineView, parse
@@ -194,7 +195,7 @@ def _scratch_conn() -> sqlite3.Connection:
 def _filters(req: Search) -> tuple[str, list[Any]]:
     sql, params = "", []
     if req.project:
-        sql += " AND instr(m.project, ?) > 0"
+        sql += " AND " + projects.sql("m.project")
         params.append(req.project)
     if req.since:
         sql += " AND e.timestamp >= ?"
@@ -238,7 +239,7 @@ def _rows(conn: sqlite3.Connection, table: str, req: Search, best: list[tuple[in
     # One statement per hit: FTS5 seeks straight to a rowid given with '=', not with IN.
     sql = (f"SELECT m.session_key, m.project, e.timestamp, {role}, {snippet}, "
            "'claude --resume ' || COALESCE(m.parent_session, m.session_key), "
-           "(SELECT cwd FROM session_stats st WHERE st.session_id = m.session_key) "
+           "(SELECT cwd FROM session_stats st WHERE st.file_id = m.file_id) "
            f"FROM {table} s {_JOIN} WHERE {table} MATCH ? AND s.rowid = ?")
     found = {i: conn.execute(sql, (req.text, i)).fetchone() for i, _ in best}
     rows = [[*found[i], score] for i, score in best if found[i]]

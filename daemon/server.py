@@ -21,14 +21,13 @@ import logging
 import math
 import os
 import queue
-import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import zmq
 
+from csm.daemon.private import private_dir
 from csm.shared import paths, protocol
-from csm.shared.errors import PathError
 from csm.shared.protocol import Error, Message
 
 log = logging.getLogger("csm.server")
@@ -36,22 +35,6 @@ log = logging.getLogger("csm.server")
 Envelope = list[bytes]
 Reply = Callable[[Message], None]
 Dispatch = Callable[[protocol.Request, Reply], None]
-
-
-def private_dir(path: Path) -> None:
-    """Create ``path`` 0700, or refuse it if someone else could reach into it."""
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = path.stat()
-    except OSError as e:
-        raise PathError(f"cannot use {path} as the socket folder: {e.strerror}") from None
-    if st.st_uid != os.getuid():
-        raise PathError(f"socket folder {path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); refusing")
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        raise PathError(
-            f"socket folder {path} is open to others (mode {stat.S_IMODE(st.st_mode):o}); "
-            f"run 'chmod 700 {path}' and start csmd again"
-        )
 
 
 def peer_uid(frame: zmq.Frame) -> int | None:

@@ -21,6 +21,9 @@ from typing import Any
 import msgspec
 
 from csm.daemon.migrations import MIGRATIONS
+from csm.daemon.diagnose import diagnose, unwritable
+from csm.daemon.private import private_file
+from csm.shared import paths
 from csm.shared.errors import DatabaseError
 
 BUSY_TIMEOUT_MS = 5000
@@ -66,28 +69,14 @@ def _file_row(r: Sequence[Any]) -> FileRow:
     )
 
 
-def _create_private(path: Path) -> None:
-    """Create the database file 0600 before SQLite does; its -wal and -shm inherit the mode.
+def _private_files(db: Path) -> None:
+    """Refuse a database, WAL or shared-memory file of another user; close ours to others (0600).
 
-    A database found open to others (made by hand, or copied) is closed to them: it holds
-    people's prompts, code and secrets.
+    Checked before SQLite opens them and again once it has (WAL on), so one made in the
+    moment between is refused too. csmd's umask (077) makes the files it creates 0600.
     """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600))
-    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            continue
-        if st.st_uid == os.getuid() and st.st_mode & 0o077:
-            p.chmod(0o600)
-
-
-def way_out(db: Path) -> str:
-    """What a user can do about a database csmd cannot use (said in every such message)."""
-    return (f"check it with 'csm db check --db {db}', restore it from a backup, or move it away and start csmd "
-            "to rebuild it from the transcripts that still exist (a rebuild cannot bring back the lines of "
-            "transcripts Claude Code has deleted since)")
+    for path, what in paths.db_files(db):
+        private_file(path, what)
 
 
 def migrate(conn: sqlite3.Connection, db: Path) -> None:
@@ -120,7 +109,10 @@ def migrate(conn: sqlite3.Connection, db: Path) -> None:
 def open_writer(db: Path) -> sqlite3.Connection:
     """Open (creating and migrating) the database for the one writer."""
     try:
-        _create_private(db)
+        db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_files(db)
+        if refused := unwritable(db, f"cannot open database {db}"):
+            raise refused
         conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         # Lines average 2 KB and many exceed a 4 KB page: 16 KB pages need fewer overflow
@@ -129,6 +121,7 @@ def open_writer(db: Path) -> sqlite3.Connection:
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
             raise DatabaseError(f"{db}: cannot switch to WAL mode (is it on a network filesystem?)")
+        _private_files(db)
         conn.execute("PRAGMA synchronous = NORMAL")
         # 2 MB, SQLite's default: the writer appends at the right edge of its b-trees, so a
         # bigger cache buys little speed, and csmd must stay under 50 MB RSS (8 MB -> 2 MB with
@@ -139,9 +132,9 @@ def open_writer(db: Path) -> sqlite3.Connection:
         migrate(conn, db)
         return conn
     except OSError as e:
-        raise DatabaseError(f"cannot create database {db}: {e.strerror}") from None
-    except sqlite3.DatabaseError as e:
-        raise DatabaseError(f"cannot open database {db}: {e}; {way_out(db)}") from None
+        raise DatabaseError(f"cannot create the folder of database {db}: {e.strerror}") from None
+    except sqlite3.Error as e:
+        raise diagnose(db, e, "cannot open database") from None
 
 
 def open_reader(db: Path) -> sqlite3.Connection:
@@ -205,9 +198,17 @@ class Store:
              f.dev, f.inode, f.size, f.mtime_ns, f.generation, f.head_len, f.head_hash, f.tail_hash, f.gone_at),
         )
 
-    def paths_with_inode(self, dev: int, inode: int) -> list[str]:
+    def with_inode(self, dev: int, inode: int) -> list[int]:
+        """Checkpoints, live or gone, made on this (dev, inode): the live ones first, then the newest."""
         return [r[0] for r in self.conn.execute(
-            "SELECT file_path FROM sync_metadata WHERE dev = ? AND inode = ? AND gone_at IS NULL", (dev, inode))]
+            "SELECT file_id FROM sync_metadata WHERE dev = ? AND inode = ? ORDER BY gone_at IS NOT NULL, file_id DESC",
+            (dev, inode))]
+
+    def gone_at_path(self, path: str) -> int | None:
+        """The checkpoint whose file was last seen at ``path`` and is gone (the latest, if several)."""
+        r = self.conn.execute("SELECT file_id FROM sync_metadata WHERE file_path = ? AND gone_at IS NOT NULL "
+                              "ORDER BY gone_at DESC, file_id DESC LIMIT 1", (path,)).fetchone()
+        return r[0] if r else None
 
     def mark_gone(self, file_id: int, when: str) -> None:
         self.conn.execute("UPDATE sync_metadata SET gone_at = ? WHERE file_id = ?", (when, file_id))
@@ -271,13 +272,13 @@ class Store:
         )
 
     def upsert_sessions(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """rows: (session_id, project, parent, is_subagent, cwd, first_ts, last_ts, lines, messages,
-        custom_title, ai_title, summary, first_prompt). Counts add up; titles: the last one wins,
-        except the first prompt, which is kept."""
+        """rows: (file_id, session_id, project, parent, is_subagent, cwd, first_ts, last_ts, lines, messages,
+        custom_title, ai_title, summary, first_prompt). A session is its file. Counts add up; titles: the last
+        one wins, except the first prompt, which is kept."""
         self.conn.executemany(
-            "INSERT INTO session_stats (session_id, project, parent_session_id, is_subagent, cwd, first_ts, "
+            "INSERT INTO session_stats (file_id, session_id, project, parent_session_id, is_subagent, cwd, first_ts, "
             "last_ts, lines, messages, custom_title, ai_title, summary, first_prompt) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(session_id) DO UPDATE SET "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(file_id) DO UPDATE SET "
             "parent_session_id = COALESCE(parent_session_id, excluded.parent_session_id), "
             "cwd = COALESCE(excluded.cwd, cwd), "
             "first_ts = CASE WHEN first_ts IS NULL OR excluded.first_ts < first_ts "
@@ -292,15 +293,26 @@ class Store:
             rows,
         )
 
-    def move_session(self, old: str, new: str, project: str) -> None:
-        """A session's file was renamed or moved: its figures take the new key and project.
-        A key already taken (the same name in another root) keeps its own figures."""
-        self.conn.execute("UPDATE OR IGNORE session_stats SET session_id = ?, project = ? WHERE session_id = ?",
-                          (new, project, old))
-        if new != old:
-            self.conn.execute("UPDATE OR IGNORE session_models SET session_id = ? WHERE session_id = ?", (new, old))
+    def move_session(self, file_id: int, old: tuple[str, str], new: tuple[str, str]) -> None:
+        """A session's file was renamed or moved: its figures, its usage rows and its search text take
+        the new (session id, project). Usage rows move as a delete and an insert, so the triggers keep
+        ``usage_slots`` exact."""
+        (old_id, old_project), (session_id, project) = old, new
+        q = self.conn.execute
+        q("UPDATE session_stats SET session_id = ?, project = ? WHERE file_id = ?", (session_id, project, file_id))
+        q("UPDATE message_text SET session_id = ? WHERE event_id IN (SELECT id FROM events WHERE file_id = ?)",
+          (session_id, file_id))
+        mine = ("FROM usage_entries WHERE session_id = ? AND project = ? AND event_id IN "
+                "(SELECT id FROM events WHERE file_id = ?)")
+        q(f"CREATE TEMP TABLE IF NOT EXISTS moved_usage AS SELECT * {mine} AND 0", (old_id, old_project, file_id))
+        q(f"INSERT INTO temp.moved_usage SELECT * {mine}", (old_id, old_project, file_id))
+        q(f"DELETE {mine}", (old_id, old_project, file_id))
+        q("UPDATE temp.moved_usage SET session_id = ?, project = ?", (session_id, project))
+        q("INSERT INTO usage_entries SELECT * FROM temp.moved_usage")
+        q("DELETE FROM temp.moved_usage")
 
-    def add_models(self, rows: Iterable[tuple[str, str]]) -> None:
+    def add_models(self, rows: Iterable[tuple[int, str]]) -> None:
+        """rows: (file_id, model)."""
         self.conn.executemany("INSERT OR IGNORE INTO session_models VALUES (?, ?)", rows)
 
     # --- figures -------------------------------------------------------------------

@@ -9,10 +9,11 @@ start, every ``rescan_interval_s`` (``poll_s`` while the watcher cannot watch) a
 
 A database error (disk full, locked by another program) rolls its batch back; the
 paths go back into the set and the thread retries with capped exponential backoff,
-resuming by itself when the cause goes away. Any other error is a bug: it is logged
-with its traceback, the work in hand is dropped (the next rescan retries it) and the
-thread goes on, because a dead ingest thread would leave a daemon that answers but
-never ingests again.
+resuming by itself when the cause goes away; sync requests waiting meanwhile are
+answered at once with the error (``unavailable``), not left to time out. Any other
+error is a bug: it is logged with its traceback, the work in hand is dropped (the next
+rescan retries it) and the thread goes on, because a dead ingest thread would leave a
+daemon that answers but never ingests again.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from csm.daemon.ingest import Ingestor, Totals
+from csm.daemon.diagnose import diagnose
 from csm.shared.protocol import Backlog, Error, Message, Progress, SyncReply
 
 log = logging.getLogger("csm.sync")
@@ -36,9 +38,11 @@ BACKOFF_MAX_S = 60.0
 
 
 class Syncer(threading.Thread):
-    def __init__(self, ingestor: Ingestor, rescan_interval_s: float) -> None:
+    def __init__(self, ingestor: Ingestor, rescan_interval_s: float, db: Path) -> None:
         super().__init__(name="csm-ingest", daemon=True)
         self.ingestor = ingestor
+        self.db = db
+        """The database, to say what a database error really is (``diagnose``)."""
         self.rescan_interval_s = rescan_interval_s
         self.poll_s: float | None = None
         """Set while the watcher cannot watch: rescans this often instead."""
@@ -133,12 +137,21 @@ class Syncer(threading.Thread):
                 self._work(paths, dirs, moves, rescan, waiters)
             except Exception as e:  # the ingest thread must never die: back off and retry
                 backoff = min(BACKOFF_MAX_S, backoff * 2 or 0.5)
-                what = "database" if isinstance(e, sqlite3.Error) else f"internal error {type(e).__name__}"
-                self.last_error = f"{what}: {e}; retrying in {backoff:.1f} s"
+                if isinstance(e, sqlite3.Error):
+                    what = f"database: {diagnose(self.db, e, 'cannot write')}"
+                else:
+                    what = f"internal error {type(e).__name__}: {e}"
+                self.last_error = f"{what}; retrying in {backoff:.1f} s"
                 if isinstance(e, sqlite3.Error):
                     log.error("%s", self.last_error)
                 else:
                     log.exception("%s", self.last_error)
+                # Whoever waits for a sync hears why now, not when its own deadline runs out.
+                failed = Error(code="unavailable" if isinstance(e, sqlite3.Error) else "internal",
+                               message=f"sync not finished: {what}; csmd keeps retrying by itself "
+                                       "('csm status' shows the error until it clears)")
+                for reply in waiters:
+                    reply(failed)
                 with self.cond:
                     for p in paths:
                         self.paths.setdefault(p)
@@ -146,11 +159,13 @@ class Syncer(threading.Thread):
                         self.dirs.setdefault(d)
                     self.moves[:0] = moves
                     self.rescan_due = self.rescan_due or rescan
-                    self.waiters[:0] = waiters
                     # New hints must not cut the pause short: under a steady stream of
                     # appends that would turn the backoff into a busy retry loop.
                     resume = time.monotonic() + backoff
                     while not stopping.is_set() and (left := resume - time.monotonic()) > 0:
+                        for reply in self.waiters:
+                            reply(failed)
+                        self.waiters.clear()
                         self.cond.wait(left)
                 continue
             except Exception as e:
@@ -202,7 +217,7 @@ class Syncer(threading.Thread):
         # A new folder's files may have been written before its watch existed; a folder moved in
         # whole may be a large history, so its progress goes to waiting syncs. A renamed folder
         # arrives as its old path and its new one: the new is scanned first, so its files claim
-        # their checkpoints as renames before those of the vanished old path are marked gone.
+        # their checkpoints before the old path's are marked gone (a gone one is claimed too, later).
         for d in sorted(dirs, key=lambda d: not os.path.isdir(d)):
             ing.rescan(self._progress(), top=Path(d))
         if dirs:

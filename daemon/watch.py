@@ -19,6 +19,8 @@ import time
 from collections import deque
 from typing import Any
 
+from csm.daemon import projects
+from csm.daemon.browse import Place
 from csm.daemon.server import Envelope, Server
 from csm.daemon.store import FileRow
 from csm.daemon.transcript import Builder, one_line
@@ -34,7 +36,7 @@ _CONVERSATION = frozenset({"user", "assistant", "summary", "system"})
 
 
 class Subscriber:
-    def __init__(self, envelope: Envelope, session: str | None, project: str | None) -> None:
+    def __init__(self, envelope: Envelope, session: Place | None, project: str | None) -> None:
         self.envelope = envelope
         self.session = session
         self.project = project
@@ -61,9 +63,11 @@ class Subscriber:
             self.unacked_bytes -= self.unacked.popleft()[1]
 
     def wants(self, f: FileRow) -> bool:
-        if self.session is not None and self.session not in (f.session_key, f.parent_session):
+        s = self.session
+        if s is not None and f.file_id != s.file_id and (f.parent_session, f.project, f.root) != (
+                s.session_id, s.project, s.root):  # the session's file, or one of its subagents' files
             return False
-        return self.project is None or self.project in f.project
+        return self.project is None or projects.matches(self.project, f.project)
 
 
 class Watchers:
@@ -75,8 +79,8 @@ class Watchers:
         self.next_beat = 0.0
         server.dropped.append(self.dropped)
 
-    def add(self, envelope: Envelope, session: str | None, project: str | None) -> None:
-        what = f"session {session}" if session else f"project *{project}*" if project else "all sessions"
+    def add(self, envelope: Envelope, session: Place | None, project: str | None) -> None:
+        what = f"session {session.session_id}" if session else f"project *{project}*" if project else "all sessions"
         with self.lock:
             self.subs[envelope[0]] = Subscriber(envelope, session, project)
         self.server.post(envelope, Watching(what=what, heartbeat_s=self.heartbeat_s))

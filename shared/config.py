@@ -44,6 +44,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     three times over (bytes, lines, decoded text), so this bounds csmd's peak RSS."""
     max_line_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024 * 1024
     """A longer line is recorded as a bad line instead of being read into memory and stored."""
+    check_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    """Period (s) of the database's ``quick_check``, run at start too, in the background at idle priority."""
     watch: bool = True
     """Use the file watcher; false means polling rescans only."""
     poll_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0

@@ -18,6 +18,13 @@ class PathError(CsmError):
     """A path csm needs cannot be used."""
 
 
+class NotPrivate(PathError):
+    """A file or folder that would hold or reach the archive belongs to another user, or is a symlink
+    where csm needs the real thing: using it could hand the transcripts to someone else."""
+
+    exit_code = 77  # EX_NOPERM
+
+
 class ConfigError(CsmError):
     """The config file is invalid."""
 
@@ -34,6 +41,13 @@ class DaemonError(CsmError):
     """csmd answered with an error."""
 
     exit_code = 1
+
+
+class Unavailable(DaemonError):
+    """csmd cannot do it now: its database is locked by another program, or the disk is full.
+    csmd keeps retrying by itself; the same request later may succeed."""
+
+    exit_code = 75  # EX_TEMPFAIL
 
 
 class QueryError(DaemonError):
@@ -58,6 +72,24 @@ class DatabaseError(CsmError):
     """The database cannot be opened or used."""
 
     exit_code = 1
+
+
+class NoSpace(DatabaseError):
+    """The database's filesystem is full: the archive is fine, it only cannot grow."""
+
+    exit_code = 75  # EX_TEMPFAIL
+
+
+class Locked(DatabaseError):
+    """Another program holds the database's write lock (a sqlite3 shell in a transaction)."""
+
+    exit_code = 75  # EX_TEMPFAIL
+
+
+class NoPermission(DatabaseError):
+    """The database or its folder cannot be written by this user: the archive is fine."""
+
+    exit_code = 77  # EX_NOPERM
 
 
 class ServiceError(CsmError):

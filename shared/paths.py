@@ -41,13 +41,19 @@ def lock_path(db: Path) -> Path:
     return db.with_name(db.name + ".lock")
 
 
+def db_files(db: Path) -> list[tuple[Path, str]]:
+    """The database and the files SQLite keeps beside it in WAL mode, with what to call each in a message."""
+    return [(db, "database"), (db.with_name(db.name + "-wal"), "database WAL"),
+            (db.with_name(db.name + "-shm"), "database shared-memory file")]
+
+
 def own_files(db: Path) -> list[Path]:
     """Files csmd itself writes, which it must never read as transcripts, wherever they sit.
 
     The database and its companions, the lock, and the files its stdout/stderr go to when a
     service manager points them at a file (found through ``/proc/self/fd`` where there is one).
     """
-    own = [db, *(db.with_name(db.name + suffix) for suffix in ("-wal", "-shm", "-journal")), lock_path(db)]
+    own = [*(p for p, _ in db_files(db)), db.with_name(db.name + "-journal"), lock_path(db)]
     for fd in (1, 2):
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")

@@ -47,8 +47,9 @@ class Query(Message, kw_only=True):
 class UsageReport(Message, kw_only=True):
     """Token and cost totals of the counted API responses, grouped (``csm query usage``).
 
-    ``since``/``until`` are the user's words (``7d``, ``2026-02-10``, ``today``), read by
-    the daemon in ``tz`` (an IANA zone name), where day boundaries are computed too.
+    ``since``/``until`` are UTC instants (``YYYY-MM-DDTHH:MM:SS``, see ``shared.timespec``),
+    the client having read the user's words in ``tz`` (an IANA zone name), the zone whose
+    days, weeks and months the rows are grouped by. ``project``: the one rule of ``daemon.projects``.
     """
 
     by: str = "day"
@@ -74,7 +75,7 @@ class Fault(Message, kw_only=True):
 
 
 class Sessions(Message, kw_only=True):
-    """Sessions, most recent activity first. ``since``/``until`` are ISO-8601 UTC bounds."""
+    """Sessions active in ``[since, until)`` (UTC instants, ``YYYY-MM-DDTHH:MM:SS``), most recent first."""
 
     project: str | None = None
     since: str | None = None
@@ -90,7 +91,8 @@ class Show(Message, kw_only=True):
 
 
 class Search(Message, kw_only=True):
-    """Full-text search (FTS5 syntax) over prompts, answers and summaries, and tools if asked."""
+    """Full-text search (FTS5 syntax) over prompts, answers and summaries, and tools if asked; ``since``/``until``
+    as in ``Sessions``."""
 
     text: str
     project: str | None = None
@@ -183,6 +185,10 @@ class StatusReply(Message, kw_only=True):
     watcher_restarts: int = 0
     backlog: Backlog | None = None
     last_error: str | None = None
+    db_problem: str | None = None
+    """Damage ``quick_check`` found, or the database or its WAL deleted or replaced while csmd has it open."""
+    db_checked_at: str | None = None
+    """When ``quick_check`` last finished (None until the first, which starts with csmd)."""
 
 
 class Progress(Message, kw_only=True):

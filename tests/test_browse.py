@@ -131,7 +131,7 @@ def test_show_prefix_merging_nesting_and_full(real: Path) -> None:
     assert [e["kind"] for e in s[:4]] == ["user", "assistant", "tool", "tool"]
     assert s[1]["text"] == "Let me check the project structure and try running the server to see the error."
     assert (s[2]["tool"], s[2]["detail"], s[2]["is_error"]) == ("Bash", "mix phx.server 2>&1 | head -80", True)
-    assert "input" not in s[2] and "output" not in s[2]
+    assert (s[2]["input"], s[2]["output"]) == (None, None)  # every key is printed; without --full these are empty
     full = csm_json("query", "show", "short", "--full")["entries"]
     assert json.loads(full[2]["input"])["timeout"] == 30000
     assert full[2]["output"].startswith("The user doesn't want to proceed with this tool use.")
@@ -335,6 +335,7 @@ def test_watch_streams_new_messages_and_stops_cleanly(csmd: Csmd, projects: Path
     append(f, user("u2", "w1", "2026-11-01T10:00:09.000Z", "as json"))
     wait_for(lambda: w.out, what="a JSON line")
     assert json.loads(w.out[0]) == {"kind": "user", "timestamp": "2026-11-01T10:00:09.000Z", "text": "as json",
-                                    "session_id": "w1", "project": "p"}
+                                    "model": None, "tool": None, "detail": None, "input": None, "output": None,
+                                    "is_error": False, "session_id": "w1", "project": "p", "depth": 0}
     csmd.kill()
     assert w.proc.wait(15) == 3 and "stopped answering" in "".join(w.err)

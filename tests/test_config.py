@@ -39,7 +39,7 @@ def test_show_asks_the_running_daemon_which_knows_its_flags(csmd: Csmd, tmp_path
     assert s["poll_interval_s"]["source"] == "default"
     assert set(s) == {"roots", "db", "rescan_interval_s", "batch_lines", "batch_bytes", "max_line_bytes", "watch",
                       "poll_interval_s", "log_level", "query_time_limit_s", "query_max_rows", "query_max_bytes",
-                      "query_queue", "search_defer_tools_bytes"}
+                      "query_queue", "search_defer_tools_bytes", "check_interval_s"}
 
     human = run_csm("config", "show")
     assert human.returncode == 0
@@ -125,3 +125,21 @@ def test_config_show_file_option_checks_a_file_even_with_a_daemon(csmd: Csmd, tm
     checked = run_csm("config", "show", "--file", str(new), "--json")
     assert checked.returncode == 78 and checked.stdout == ""
     assert checked.stderr == f"csm: {new}:1: bad value for 'batch_bytes': Expected `int` >= 1\n"
+
+
+def test_readme_says_every_literal_default_the_code_has() -> None:
+    """README's table of settings states each default; a number or word there must be the code's."""
+    import re
+
+    from csm.shared.config import Config
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", readme, re.M))
+    defaults = Config()
+    literal = {k: getattr(defaults, k) for k in Config.__struct_fields__
+               if isinstance(getattr(defaults, k), (int, float, bool)) or k == "log_level"}
+    assert literal, "no defaults found"
+    for key, value in literal.items():
+        assert key in table, f"README's settings table has no row for {key}"
+        shown = json.loads(table[key])
+        assert shown == value, f"README says {key} = {table[key]}, the code {value!r}"

@@ -6,16 +6,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
+import sys
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from csmtest import Csmd, csm_json, db_rows, refused_start, run_csm, wait_for
+from csmtest import Csmd, csm_json, db_rows, refused_start, run_csm, status, sync_now, wait_for
 from test_end_to_end import append, line
 
 
@@ -29,6 +33,34 @@ def expected(n: int, start: int = 0) -> list[str]:
 
 def fat_line(i: int) -> bytes:
     return line(i, extra="x" * 400)
+
+
+ROOT = os.geteuid() == 0
+NO_DAC = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search"] if ROOT else []
+"""Run a command as root without the capabilities that override file permissions, so a folder's mode binds it."""
+needs_permissions = pytest.mark.skipif(ROOT and not shutil.which("setpriv"),
+                                       reason="root needs setpriv to be bound by file permissions")
+
+
+def scribble(db: Path, page: int = 4096) -> None:
+    """Overwrite four pages in the middle of the file (not the header): damage only a full read finds."""
+    pages = db.stat().st_size // page
+    assert pages > 10
+    with open(db, "r+b") as fh:
+        for n in range(pages // 2, pages // 2 + 4):
+            fh.seek(n * page)
+            fh.write(b"\xa5" * page)
+
+
+def fill(folder: Path) -> None:
+    """Write into ``folder`` until its filesystem has no space left."""
+    with open(folder / "filler", "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
 
 
 @pytest.fixture
@@ -207,3 +239,173 @@ class TestDbCommands:
             wait_for(lambda: run_csm("status").returncode == 3, 15, "csmd to stop")
         missing = run_csm("db", "check", "--db", str(tmp_path / "nope.db"))
         assert missing.returncode == 1 and "no database file" in missing.stderr
+
+
+class TestDamageNoticed:
+    """Item 12: damage past the header, and a database deleted or replaced under csmd, show in status."""
+
+    @pytest.mark.parametrize("when", ["before start", "while running"])
+    def test_damaged_pages_are_found_by_quick_check_and_shown(self, csmd: Csmd, tmp_path: Path, projects: Path,
+                                                             db: Path, when: str) -> None:
+        cfg = tmp_path / "config" / "csm" / "config.toml"
+        cfg.parent.mkdir(parents=True)
+        cfg.write_text("check_interval_s = 0.5\n")
+        append(projects / "p" / "s.jsonl", b"".join(fat_line(i) for i in range(300)))
+        csmd.start()
+        assert csmd.stop() == 0
+        if when == "before start":
+            scribble(db)
+        csmd.start()
+        if when == "while running":
+            wait_for(lambda: status().get("db_checked_at"), 15, "the first check")
+            assert status()["db_problem"] is None
+            assert re.search(r"^database\s+.*quick_check ok", run_csm("status").stdout, re.M)
+            scribble(db)
+        st = wait_for(lambda: (s := status()).get("db_problem") and s, 15, "the damage in status")
+        assert "quick_check found damage" in st["db_problem"] and str(db) in st["db_problem"], st
+        human = run_csm("status")
+        assert human.returncode == 0 and re.search(r"^db problem\s+quick_check found damage", human.stdout, re.M)
+        assert "quick_check found damage" in csm_json("status")["db_problem"]
+        append(projects / "p" / "s.jsonl", fat_line(300))
+        wait_for(lambda: "quick_check found damage" in csmd.log(), 10, "the damage in the log")
+        time.sleep(1.5)  # three more checks: the same damage is logged once, not at each one
+        assert csmd.log().count("quick_check found damage") == 1, csmd.log()
+        assert csmd.alive
+
+    @pytest.mark.parametrize("how", ["database deleted", "WAL deleted", "database replaced"])
+    def test_a_database_deleted_or_replaced_under_csmd_is_noticed(self, csmd: Csmd, projects: Path, db: Path,
+                                                                  tmp_path: Path, how: str) -> None:
+        append(projects / "p" / "s.jsonl", b"".join(line(i) for i in range(20)))
+        csmd.start()
+        assert status()["db_problem"] is None
+        if how == "database deleted":
+            db.unlink()
+        elif how == "WAL deleted":
+            db.with_name("csm.db-wal").unlink()
+        else:
+            copy = tmp_path / "copy.db"
+            shutil.copyfile(db, copy)
+            os.replace(copy, db)
+        word = "replaced" if how == "database replaced" else "deleted"
+        st = wait_for(lambda: (s := status()).get("db_problem") and s, 10, "the problem in status")
+        assert word in st["db_problem"] and "restart csmd" in st["db_problem"], st
+        human = run_csm("status")
+        assert human.returncode == 0 and re.search(rf"^db problem\s+the database.* {word}", human.stdout, re.M), \
+            human.stdout
+        assert word in csmd.log()
+
+
+class TestWhatIsActuallyWrong:
+    """Item 13: no space, no permission and a lock are named as such, never as damage."""
+
+    def test_a_full_disk_at_start_says_no_space_not_restore(self, small_disk: Path, tmp_path: Path,
+                                                             projects: Path) -> None:
+        db = small_disk / "csm.db"
+        append(projects / "p" / "s.jsonl", b"".join(line(i) for i in range(20)))
+        csmd = Csmd(tmp_path, ["--db", str(db)])
+        fill(small_disk)
+        code, out = refused_start(csmd)
+        assert code == 75 and out.strip().count("\n") == 0, (code, out)
+        assert "no space left" in out and str(small_disk) in out and "free some space" in out, out
+        for misleading in ("backup", "rebuild", "csm db check"):
+            assert misleading not in out, out
+        (small_disk / "filler").unlink()
+        csmd.start()  # space was all it needed
+        assert uuids(db) == expected(20)
+        assert csmd.stop() == 0
+
+    @needs_permissions
+    @pytest.mark.parametrize("what", ["folder", "database"])
+    def test_an_unwritable_folder_or_database_says_no_permission(self, csmd: Csmd, tmp_path: Path,
+                                                                 projects: Path, db: Path, what: str) -> None:
+        append(projects / "p" / "s.jsonl", b"".join(line(i) for i in range(20)))
+        csmd.start()
+        assert csmd.stop() == 0
+        target = db.parent if what == "folder" else db
+        target.chmod(0o500 if what == "folder" else 0o400)
+        try:
+            code, out = refused_start(Csmd(tmp_path, prefix=NO_DAC))
+        finally:
+            target.chmod(0o700 if what == "folder" else 0o600)
+        assert code == 77 and out.strip().count("\n") == 0, (code, out)
+        assert "no permission" in out and f"chmod u+w {target}" in out, out
+        for misleading in ("backup", "rebuild", "csm db check"):
+            assert misleading not in out, out
+        csmd.start()
+        assert uuids(db) == expected(20)
+
+    def test_sync_now_reports_a_lock_held_by_another_program_at_once(self, csmd: Csmd, projects: Path,
+                                                                     db: Path) -> None:
+        f = projects / "p" / "s.jsonl"
+        append(f, b"".join(line(i) for i in range(10)))
+        csmd.start()
+        other = sqlite3.connect(db, isolation_level=None)  # a user's sqlite3 shell, in this process
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            append(f, b"".join(line(i) for i in range(10, 50)))
+            for attempt in ("first", "during the backoff"):
+                started = time.monotonic()
+                r = run_csm("sync", "--now")
+                took = time.monotonic() - started
+                assert r.returncode == 75, (attempt, r.returncode, r.stderr)
+                assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+                assert "locked" in r.stderr and f"pid {os.getpid()}" in r.stderr, r.stderr
+                assert "keeps retrying" in r.stderr, r.stderr
+                assert took < 20, (attempt, took)
+            assert f"pid {os.getpid()}" in status()["last_error"]
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        wait_for(lambda: db_rows(db, "SELECT count(*) FROM events")[0][0] == 50, 90, "ingestion after the lock")
+        assert run_csm("sync", "--now").returncode == 0
+        assert uuids(db) == expected(50)
+
+
+class TestOneLineNotATraceback:
+    """Item 14: an unreachable runtime folder; roots that went away."""
+
+    @needs_permissions
+    @pytest.mark.parametrize("how", ["mode 000", "another user's", "a file"])
+    def test_status_with_an_unreachable_runtime_dir(self, how: str) -> None:
+        if how == "another user's" and not ROOT:
+            pytest.skip("needs root to make a folder of another user")
+        base = Path(tempfile.mkdtemp(prefix="csm-", dir="/tmp"))  # short: socket paths are limited
+        try:
+            run = base / "run"
+            if how == "a file":
+                run.write_text("")
+            else:
+                run.mkdir(mode=0o700)
+                if how == "mode 000":
+                    run.chmod(0)
+                else:
+                    os.chown(run, 65534, 65534)
+            r = subprocess.run([*NO_DAC, sys.executable, "-m", "csm.client", "status"], capture_output=True,
+                               text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(run)}, timeout=30)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        assert r.returncode == 3, (r.returncode, r.stderr)  # csmd cannot be reached: as good as not running
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+        assert str(run) in r.stderr and "XDG_RUNTIME_DIR" in r.stderr, r.stderr
+        assert ("not a folder" if how == "a file" else "no permission") in r.stderr, r.stderr
+
+    def test_files_of_a_root_removed_or_deleted_are_not_present(self, tmp_path: Path) -> None:
+        a, b = tmp_path / "a" / "projects", tmp_path / "b" / "projects"
+        append(a / "p" / "s1.jsonl", line(0, session="s1"))
+        append(b / "q" / "s2.jsonl", line(1, session="s2"))
+        csmd = Csmd(tmp_path, ["--root", str(a), "--root", str(b)]).start()
+        try:
+            st = status()
+            assert (st["files"], st["files_gone"], st["sessions_gone"]) == (2, 0, 0), st
+            assert csmd.stop() == 0
+            csmd = Csmd(tmp_path, ["--root", str(a)]).start()  # b is no longer followed
+            st = status()
+            assert (st["files"], st["files_gone"], st["sessions_gone"]) == (2 - 1, 1, 1), st
+            shutil.rmtree(a)  # the root itself deleted while csmd runs
+            sync_now()
+            st = status()
+            assert (st["files"], st["files_gone"], st["sessions_gone"]) == (0, 2, 2), st
+            assert st["events"] == 2, "rows are kept"
+        finally:
+            if csmd.alive:
+                assert csmd.stop() == 0

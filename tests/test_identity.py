@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -364,3 +365,279 @@ class TestRowIdentity:
         stored = Counter(dict(db_rows(db, "SELECT type, count(*) FROM lines WHERE uuid IS NULL GROUP BY type")))
         assert stored == no_uuid and stored["summary"] > 0 and stored["brand-new-type"] == 1
         assert db_rows(db, "SELECT raw FROM lines WHERE type IS NULL") == [(unknown[2],)]
+
+
+def path_of(db: Path, file_id: int) -> list[tuple[str, str | None]]:
+    return db_rows(db, "SELECT file_path, gone_at FROM sync_metadata WHERE file_id = ?", file_id)
+
+
+class TestRenameChains:
+    """Renames faster than csmd: the file is claimed by its identity wherever it now is."""
+
+    def test_renamed_twice_before_csmd_looks(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        a = projects / "p" / "a.jsonl"
+        s1 = projects / "proj-a" / "s1.jsonl"
+        lines, s1lines = [rec(i, session="a") for i in range(60)], [rec(i, session="s1") for i in range(5)]
+        write(a, lines)
+        write(s1, s1lines)
+        csmd.start()
+        ids = (checkpoint(db, a)[0], checkpoint(db, s1)[0])
+        b, c = a.with_name("b.jsonl"), a.with_name("c.jsonl")
+        os.rename(a, b)
+        os.rename(b, c)  # csmd sees a -> b after b is already gone
+        os.rename(projects / "proj-a", projects / "proj-b")
+        os.rename(projects / "proj-b", projects / "proj-c")
+        more = [rec(i, session="a") for i in range(60, 63)]
+        write(c, more, "a")
+        s1c = projects / "proj-c" / "s1.jsonl"
+        wait_for(lambda: len(current_raws(db, c)) == 63 and current_raws(db, s1c), what="the renamed files")
+        sync_now()
+        expect(db, {c: lines + more, s1c: s1lines}, lines + more + s1lines)
+        assert path_of(db, ids[0]) == [(str(c), None)] and path_of(db, ids[1]) == [(str(s1c), None)]
+        assert db_rows(db, "SELECT count(*) FROM sync_metadata")[0][0] == 2
+
+    def test_renamed_during_a_catch_up(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        """Two renames 0.3 s apart while csmd reads a large file, then appends at the last name."""
+        a = projects / "p" / "big.jsonl"
+        lines = [rec(i, session="big", pad=300) for i in range(15000)]
+        write(a, lines)
+        csmd.start(wait=False)
+        wait_for(lambda: db.exists() and db_rows(db, "SELECT count(*) FROM sqlite_master WHERE name = 'events'")[0][0]
+                 and db_rows(db, "SELECT count(*) FROM events")[0][0], what="the catch-up to start")
+        b, c = a.with_name("b.jsonl"), a.with_name("c.jsonl")
+        os.rename(a, b)
+        time.sleep(0.3)  # the interval under test, not a wait for a condition
+        os.rename(b, c)
+        more = [rec(i, session="big") for i in range(15000, 15010)]
+        write(c, more, "a")
+        csmd.wait_ready(60)
+        sync_now()
+        expect(db, {c: lines + more}, lines + more)
+
+
+class TestSwap:
+    def test_two_files_swapped_while_stopped_and_while_watching(self, csmd: Csmd, projects: Path, db: Path
+                                                                ) -> None:
+        a, b, c = (projects / "p" / f"{n}.jsonl" for n in "abc")
+        la, lb, lc = ([rec(i, session=n) for i in range(4)] for n in "abc")
+        write(a, la)
+        write(b, lb)
+        write(c, lc)
+        csmd.start()
+        ida, idb, idc = (checkpoint(db, p)[0] for p in (a, b, c))
+        csmd.stop()
+        tmp = projects / "p" / "tmp"
+        os.rename(a, tmp)
+        os.rename(b, a)
+        os.rename(tmp, b)
+        csmd.start()
+        sync_now()
+        expect(db, {a: lb, b: la, c: lc}, la + lb + lc)
+        assert (checkpoint(db, a)[:2], checkpoint(db, b)[:2]) == ((idb, 0), (ida, 0))
+        swap = projects / "p" / "swap.jsonl"  # now while watching, through a .jsonl name too
+        os.rename(a, swap)
+        os.rename(c, a)
+        os.rename(swap, c)
+        wait_for(lambda: path_of(db, idb) == [(str(c), None)] and path_of(db, idc) == [(str(a), None)],
+                 what="the checkpoints to follow the swap")
+        sync_now()
+        expect(db, {a: lc, b: la, c: lb}, la + lb + lc)
+        assert db_rows(db, "SELECT count(*) FROM sync_metadata")[0][0] == 3
+
+
+class TestSessionIdentity:
+    """A session is where it lives as well as its id: copies are separate sessions, ids that name
+    several are refused with the candidates."""
+
+    def test_same_session_in_two_project_folders(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        sid = "4e27c414-a885-46a0-b5c8-d58e1417377d"
+        one = projects / "proj-one" / f"{sid}.jsonl"
+        lines = [rec(i, session=sid) for i in range(4)]
+        write(one, lines)
+        shutil.copytree(one.parent, projects / "proj-two")
+        two = projects / "proj-two" / one.name
+        csmd.start()
+        rows = db_rows(db, "SELECT session_id, project, lines FROM sessions ORDER BY project")
+        assert rows == [(sid, "proj-one", 4), (sid, "proj-two", 4)]
+        for target in (sid, sid[:8]):
+            for args in (["export", "--raw", target], ["query", "show", target]):
+                r = run_csm(*args)
+                assert r.returncode == 4 and r.stdout == "", (args, r)
+                assert str(one) in r.stderr and str(two) in r.stderr, r.stderr
+        for path in (one, two):
+            r = run_csm("export", "--raw", str(path))
+            assert r.returncode == 0 and r.stdout == "".join(x + "\n" for x in lines), r.stderr
+            r = run_csm("query", "show", str(path), "--json")
+            assert r.returncode == 0, r.stderr
+            assert json.loads(r.stdout)["session"]["project"] == path.parent.name
+
+    def test_same_session_under_both_roots(self, csmd: Csmd, projects: Path, db: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+        other = tmp_path / "claude2" / "projects"
+        monkeypatch.setenv("CLAUDE_CONFIG_DIR", f"{projects.parent},{other.parent}")
+        lines = [rec(i, session="s1") for i in range(4)]
+        write(projects / "p" / "s1.jsonl", lines)
+        write(other / "p" / "s1.jsonl", lines)
+        csmd.start()
+        assert db_rows(db, "SELECT session_id, project, lines FROM sessions") == [("s1", "p", 4)] * 2
+        r = run_csm("export", "--raw", "s1")
+        assert r.returncode == 4 and "ambiguous" in r.stderr and str(other / "p" / "s1.jsonl") in r.stderr, r
+        r = run_csm("export", "--raw", str(other / "p" / "s1.jsonl"))
+        assert r.returncode == 0 and r.stdout.count("\n") == 4, r
+
+    def test_subagents_with_one_id_under_two_parents(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        x = projects / "p" / "s1" / "subagents" / "agent-a1.jsonl"
+        y = projects / "p" / "s2" / "subagents" / "agent-a1.jsonl"
+        write(projects / "p" / "s1.jsonl", [rec(0, session="s1")])
+        write(projects / "p" / "s2.jsonl", [rec(0, session="s2")])
+        write(x, [rec(i, session="s1", isSidechain=True) for i in range(3)])
+        write(y, [rec(i, session="s2", isSidechain=True) for i in range(10, 13)])
+        csmd.start()
+        rows = db_rows(db, "SELECT session_id, parent_session_id, lines FROM sessions WHERE is_subagent "
+                           "ORDER BY parent_session_id")
+        assert rows == [("agent-a1", "s1", 3), ("agent-a1", "s2", 3)]
+        r = run_csm("export", "--raw", "a1")
+        assert r.returncode == 4 and str(x) in r.stderr and str(y) in r.stderr, r
+        shown = json.loads(run_csm("query", "show", "s1", "--json").stdout)
+        texts = [e["text"] for e in shown["entries"]]
+        assert any("hello 2" in t for t in texts) and not any("hello 12" in t for t in texts), texts
+
+    def test_an_existing_database_migrates(self, csmd: Csmd, projects: Path, db: Path) -> None:
+        """A database written before sessions had a place: two copies of s1 summed into one row."""
+        import sqlite3
+
+        from csm.daemon import reader
+        from csm.daemon.migrations import MIGRATIONS
+
+        lines = [rec(i, session="s1") for i in range(4)]
+        files = [projects / "p1" / "s1.jsonl", projects / "p2" / "s1.jsonl"]
+        db.parent.mkdir(parents=True)
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("CREATE TABLE _csm_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        old = [(name, sql) for name, sql in MIGRATIONS if name in ("m001_initial", "m003_usage", "m004_search")]
+        for number, (name, sql) in enumerate(old, 1):
+            conn.executescript(f"BEGIN; {sql}; INSERT INTO _csm_migrations VALUES ('{name}', 'then'); "
+                               f"PRAGMA user_version = {number}; COMMIT;")
+        event = 0
+        for file_id, f in enumerate(files, 1):
+            write(f, lines)
+            st, fd = f.stat(), os.open(f, os.O_RDONLY)
+            head_len, head_hash = reader.head(fd, st.st_size)
+            conn.execute("INSERT INTO sync_metadata VALUES (?,?,'then','then',?,?,?,'s1',NULL,?,?,?,?,0,?,?,?,NULL)",
+                         (str(f), st.st_size, file_id, str(projects), f.parent.name, st.st_dev, st.st_ino, st.st_size,
+                          st.st_mtime_ns, head_len, head_hash, reader.tail(fd, st.st_size)))
+            os.close(fd)
+            offset = 0
+            for x in lines:
+                event += 1
+                conn.execute("INSERT INTO events VALUES (?,?,0,?,'s1',NULL,NULL,'user',NULL,?)",
+                             (event, file_id, offset, x))
+                offset += len(x) + 1
+        conn.execute("INSERT INTO session_stats (session_id, project, lines, messages, first_prompt) "
+                     "VALUES ('s1', 'p2', 8, 8, 'hello 0')")
+        conn.execute("INSERT INTO session_models VALUES ('s1', 'claude-x')")
+        conn.close()
+        csmd.start()
+        sync_now()
+        assert db_rows(db, "SELECT session_id, project, lines, messages, models, file_path FROM sessions "
+                           "ORDER BY project") == [("s1", f.parent.name, 4, 4, "claude-x", str(f)) for f in files]
+        assert db_rows(db, "SELECT file_id, file_path, gone_at FROM sync_metadata ORDER BY file_id") == [
+            (1, str(files[0]), None), (2, str(files[1]), None)]
+        assert all_raws(db) == {x: 2 for x in lines}, "nothing read again"
+        assert "m006_session_identity" in {r[0] for r in db_rows(db, "SELECT name FROM _csm_migrations")}
+
+
+class TestRenameChaos:
+    @pytest.mark.parametrize("seed", [1, 2])
+    def test_renames_appends_and_restarts_at_random(self, csmd: Csmd, projects: Path, db: Path, seed: int) -> None:
+        """Files and project folders renamed (in chains faster than csmd, and swapped), lines appended,
+        csmd stopped (SIGTERM) or killed (SIGKILL) and restarted, all at random: in the end every line
+        of every file is stored exactly once, and each file's current rows are its lines."""
+        import random
+        import signal
+
+        rnd = random.Random(seed)
+        folders = [projects / f"proj{k}" for k in range(3)]
+        files: list[Path] = []
+        counter = 0
+
+        def lines(tag: int, n: int, pad: int = 0) -> list[str]:
+            nonlocal counter
+            counter += n
+            return [rec(i, session=f"f{tag}", pad=pad) for i in range(counter - n, counter)]
+
+        for k in range(8):
+            f = folders[k % 3] / f"s{k}.jsonl"
+            write(f, lines(k, rnd.choice([5, 50, 3000]), pad=rnd.choice([0, 100])))
+            files.append(f)
+        csmd.start()
+        names = 100
+
+        def fresh_name(folder: Path) -> Path:
+            nonlocal names
+            names += 1
+            return folder / f"n{names}.jsonl"
+
+        for step in range(70):
+            what = rnd.random()
+            if what < 0.35:  # append, sometimes a lot (a catch-up for the next renames to race)
+                k = rnd.randrange(len(files))
+                write(files[k], lines(k, rnd.choice([1, 3, 2000])), "a")
+            elif what < 0.6:  # a chain of renames, back to back
+                k = rnd.randrange(len(files))
+                for _ in range(rnd.randint(1, 3)):
+                    dest = fresh_name(rnd.choice(folders))
+                    os.rename(files[k], dest)
+                    files[k] = dest
+            elif what < 0.72:  # swap two files
+                i, j = rnd.sample(range(len(files)), 2)
+                tmp = files[i].with_name(f"swap{step}" + rnd.choice([".jsonl", ".tmp"]))
+                os.rename(files[i], tmp)
+                os.rename(files[j], files[i])
+                os.rename(tmp, files[j])
+                files[i], files[j] = files[j], files[i]  # i's lines are at j's old path now, and j's at i's
+            elif what < 0.85:  # a project folder renamed, maybe twice in a row
+                src = rnd.choice(folders)
+                for _ in range(rnd.randint(1, 2)):
+                    dest = projects / f"proj-r{step}-{rnd.randrange(10**6)}"
+                    os.rename(src, dest)
+                    files = [dest / f.relative_to(src) if f.is_relative_to(src) else f for f in files]
+                    folders[folders.index(src)] = dest
+                    src = dest
+            else:  # csmd stopped or killed; sometimes a change while it is down
+                csmd.stop(rnd.choice([signal.SIGTERM, signal.SIGKILL]))
+                if rnd.random() < 0.5:
+                    k = rnd.randrange(len(files))
+                    dest = fresh_name(rnd.choice(folders))
+                    os.rename(files[k], dest)
+                    files[k] = dest
+                csmd.start(wait=rnd.random() < 0.5)
+            if rnd.random() < 0.3:
+                time.sleep(rnd.uniform(0, 0.3))  # pacing, so events land before, during and after catch-ups
+        if csmd.proc is not None:
+            csmd.wait_ready(60)
+        sync_now()
+        everything = [x for f in files for x in file_lines(f)]
+        assert len(everything) == len(set(everything)) == counter
+        expect(db, {f: file_lines(f) for f in files}, everything)
+        assert db_rows(db, "SELECT count(*) FROM sync_metadata WHERE gone_at IS NULL")[0][0] == len(files)
+
+
+def test_usage_and_search_text_follow_a_renamed_session(csmd: Csmd, projects: Path, db: Path) -> None:
+    a = projects / "p" / "s1.jsonl"
+    answer = {"type": "assistant", "uuid": "a1", "sessionId": "s1", "timestamp": "2026-11-01T10:00:00.000Z",
+              "requestId": "r1", "message": {"id": "m1", "model": "claude-opus-4-6", "role": "assistant",
+                                             "content": [{"type": "text", "text": "zebra crossing"}],
+                                             "usage": {"input_tokens": 10, "output_tokens": 5}}}
+    write(a, [rec(0), json.dumps(answer)])
+    csmd.start()
+    b = projects / "q" / "s2.jsonl"
+    b.parent.mkdir()
+    os.rename(a, b)
+    wait_for(lambda: db_rows(db, "SELECT session_id FROM sessions") == [("s2",)], what="the session to follow")
+    sync_now()
+    assert db_rows(db, "SELECT session_id, project, output_tokens FROM usage") == [("s2", "q", 5)]
+    assert db_rows(db, "SELECT session_id, project, responses, output_tokens FROM session_usage") == [("s2", "q", 1, 5)]
+    assert db_rows(db, "SELECT DISTINCT session_id FROM messages") == [("s2",)]
+    hits = json.loads(run_csm("query", "search", "zebra", "--json").stdout)
+    assert [(h["session_id"], h["project"]) for h in hits] == [("s2", "q")]

@@ -209,3 +209,55 @@ class TestPrivateFiles:
         for f in (db, db.with_name("csm.db-wal"), db.with_name("csm.db-shm")):
             assert mode(f) == 0o600, f
         assert run_csm("status").returncode == 0
+
+    @needs_root
+    @pytest.mark.parametrize("name", ["csm.db", "csm.db-wal", "csm.db-shm", "csm.db.lock"])
+    def test_files_made_in_advance_by_another_user_are_refused(self, csmd: Csmd, projects: Path, db: Path,
+                                                               name: str) -> None:
+        """Another user pre-creates the database's files 0666 where csmd will put them (a shared folder):
+        csmd must not write transcripts into them; it says which file, whose, and what to do."""
+        append(projects / "p" / "s1.jsonl", line(0))
+        db.parent.mkdir(parents=True, mode=0o700)
+        planted = db.with_name(name)
+        planted.touch()
+        os.chown(planted, OTHER_UID, OTHER_UID)
+        planted.chmod(0o666)
+        code, out = refused_start(csmd)
+        assert code == 77, (code, out)
+        assert out.strip().count("\n") == 0 and out.startswith("csmd: error: "), out
+        assert str(planted) in out and f"uid {OTHER_UID}" in out and "0666" in out and "remove it" in out, out
+        assert planted.stat().st_size == 0 and planted.stat().st_uid == OTHER_UID, "csmd wrote into it"
+        assert not list(db.parent.glob("csm.db*-wal")) or name == "csm.db-wal"
+        planted.unlink()
+        csmd.start()  # the fix the message gives works
+        assert scalar("SELECT count(*) FROM lines") == 1
+
+    @needs_root
+    def test_a_symlink_of_another_user_in_the_databases_place_is_refused(self, csmd: Csmd, db: Path) -> None:
+        db.parent.mkdir(parents=True, mode=0o700)
+        target = db.with_name("mine.db")
+        target.touch()
+        db.symlink_to(target)
+        os.lchown(db, OTHER_UID, OTHER_UID)
+        code, out = refused_start(csmd)
+        assert code == 77 and out.strip().count("\n") == 0, out
+        assert str(db) in out and "symlink" in out and f"uid {OTHER_UID}" in out, out
+
+    def test_a_lock_file_open_to_others_is_closed(self, csmd: Csmd, db: Path) -> None:
+        lock = db.with_name("csm.db.lock")
+        lock.parent.mkdir(parents=True, mode=0o700)
+        lock.touch()
+        lock.chmod(0o644)
+        csmd.start()
+        assert mode(lock) == 0o600
+
+
+class TestTheSocketFolderIsNotFollowed:
+    def test_a_symlink_in_the_socket_folders_place_is_refused(self, csmd: Csmd, tmp_path: Path) -> None:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir(mode=0o700)
+        runtime_csm().symlink_to(elsewhere)
+        code, out = refused_start(csmd)
+        assert code == 77 and out.strip().count("\n") == 0, out
+        assert str(runtime_csm()) in out and "symlink" in out, out
+        assert not (elsewhere / "csmd.sock").exists()
