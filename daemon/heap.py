@@ -5,7 +5,8 @@ statement's last bound values until the statement runs again, and Python's sqlit
 the writer's statements prepared: after a 50 MB prompt, the ``events`` insert, the
 ``message_text`` insert and the search index insert each held a 50 MB copy (150 MB) until
 the next line came. ``release`` clears the bindings and trims the heap; it is called after a
-batch that held a long line, not after every batch (it walks the statements).
+batch that held a long line, not after every batch (it walks the statements), and during
+that batch each ``executemany`` clears them as soon as it has run (``WriterConnection``).
 
 glibc gives a freed block back to the system only if it was mmapped, and after each such free
 it raises its mmap threshold to that block's size (up to 32 MB): after one long line, every
@@ -29,6 +30,7 @@ import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 log = logging.getLogger("csm.heap")
 
@@ -88,9 +90,9 @@ def _handle(conn: sqlite3.Connection) -> int | None:
     return db if name is not None and path and os.path.samefile(name.decode(), path) else None
 
 
-def release(conn: sqlite3.Connection) -> None:
-    """Free what the last long line left behind: ``conn``'s statements' bound values (none of
-    them may be running), SQLite's unused cache pages, and glibc's free heap memory."""
+def clear_bindings(conn: sqlite3.Connection) -> None:
+    """Drop the values bound to ``conn``'s statements that are not running (Python binds every
+    value again before each run, so nothing depends on them)."""
     try:
         db = _handle(conn)
     except OSError:
@@ -101,6 +103,26 @@ def release(conn: sqlite3.Connection) -> None:
             if not _SQLITE.sqlite3_stmt_busy(stmt):  # type: ignore[union-attr]
                 _SQLITE.sqlite3_clear_bindings(stmt)  # type: ignore[union-attr]
             stmt = _SQLITE.sqlite3_next_stmt(db, stmt)  # type: ignore[union-attr]
+
+
+class WriterConnection(sqlite3.Connection):
+    """The writer's connection: while ``long_line`` is set, each ``executemany`` drops its bound
+    values as soon as it has run, so the inserts of one long line (the row, its prose, its search
+    entry) do not each hold a copy of it until the transaction ends."""
+
+    long_line = False
+
+    def executemany(self, sql: str, rows: Any, /) -> sqlite3.Cursor:  # type: ignore[override]
+        cur = super().executemany(sql, rows)
+        if self.long_line:
+            clear_bindings(self)
+        return cur
+
+
+def release(conn: sqlite3.Connection) -> None:
+    """Free what the last long line left behind: ``conn``'s statements' bound values, SQLite's
+    unused cache pages, and glibc's free heap memory."""
+    clear_bindings(conn)
     conn.execute("PRAGMA shrink_memory")
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
@@ -113,11 +135,11 @@ class SqliteCap:
     randomblob(6e7), …``: each under the length limit, together 480 MB) fails with "out of
     memory" instead of taking csmd with it. Everyday csmd needs far less than the cap: a few MB
     of page cache per connection, and one reply's values (``query_max_bytes``). The writer
-    storing one long line needs more: about four copies of it are in SQLite at the end of its
-    transaction (the ``events`` row, the prose for ``message_text`` and the search index, each
-    bound and built into a record), so ``room_for`` raises the cap by five times the line while
-    it is stored (queries get that room too meanwhile), then lowers it and gives back what the
-    line left (``release``). The pragma can only lower the cap, so it is set through ctypes;
+    storing one long line needs more: each insert of it (the ``events`` row, its prose for
+    ``message_text`` and the search index) binds a copy and builds a record, two copies at a time
+    with ``WriterConnection`` (a 50 MB line: 112 MB at SQLite's peak), so ``room_for`` raises the
+    cap by five times the line while it is stored (queries get that room too meanwhile), then
+    lowers it and gives back what the line left (``release``). The pragma can only lower the cap, so it is set through ctypes;
     without them there is no cap (the length limit on each value still holds).
     """
 
@@ -137,9 +159,13 @@ class SqliteCap:
     def room_for(self, line_bytes: int) -> Iterator[None]:
         """Around storing a line of ``line_bytes`` read alone (longer than a batch)."""
         self._set(self.base + 5 * line_bytes)
+        if isinstance(self.conn, WriterConnection):
+            self.conn.long_line = True
         try:
             yield
         finally:
+            if isinstance(self.conn, WriterConnection):
+                self.conn.long_line = False
             release(self.conn)
             # Back to the cap, or just above what SQLite still holds (if the bindings could not be
             # cleared), so that nothing fails for want of memory already taken.
