@@ -130,8 +130,8 @@ def _why(e: UnicodeDecodeError | BadLine) -> str:
     return str(e)
 
 
-def _after_nuls(line: bytes) -> tuple[int, bytes, LineView] | None:
-    """The record after a run of NUL bytes, if one is there and is UTF-8: (NULs cut, record, view).
+def _after_nuls(line: bytes) -> tuple[int, bytes, str, LineView] | None:
+    """The record after a run of NUL bytes, if one is there: (NULs cut, record, its text, view).
 
     A crash on ext4 can leave the unflushed end of a file as NUL bytes, and Claude Code's next
     append then lands on the same line after them; the record is intact and is kept.
@@ -141,10 +141,17 @@ def _after_nuls(line: bytes) -> tuple[int, bytes, LineView] | None:
         return None
     rest = line[cut:]
     try:
-        rest.decode("utf-8")
-        return cut, rest, parse(rest)
+        return cut, rest, rest.decode("utf-8"), parse(rest)
     except (UnicodeDecodeError, BadLine):
         return None
+
+
+def _text(line: bytes, long: int) -> str | bytes:
+    """The line as ``raw`` is bound, checked as UTF-8: its str, or for a line over ``long`` bytes the
+    bytes themselves (``Store.insert_events`` stores them unchanged as TEXT): the str of a long
+    line would be one more copy of it (two to four for text beyond Latin-1, and its UTF-8 form)."""
+    text = line.decode("utf-8")
+    return line if len(line) > long else text
 
 
 @dataclass
@@ -623,14 +630,14 @@ class Ingestor:
                 self._bad_line(f, offset, len(line), line, self._too_long(len(line)), errors, error_moves, reattach)
                 continue
             try:
-                line.decode("utf-8")  # only checked: the row binds the bytes (see Store.insert_events)
+                raw = _text(line, self.config.batch_bytes)
                 v = parse(line)
             except (UnicodeDecodeError, BadLine) as e:
                 salvaged = _after_nuls(line)
                 if salvaged is None:
                     self._bad_line(f, offset, len(line), line, _why(e), errors, error_moves, reattach)
                     continue
-                cut, rest, v = salvaged
+                cut, rest, raw, v = salvaged
                 self._bad_line(f, offset, cut, line[:cut], f"{line[:cut].count(0)} NUL bytes before a record (the "
                                f"record after them is kept at offset {offset + cut})", errors, error_moves, reattach)
                 line = rest
@@ -645,7 +652,7 @@ class Ingestor:
                 agg.add(v, counted=False)
                 continue
             rows.append((next_id, f.file_id, gen, offset, v.session_id or fallback_session, v.uuid, v.parent_uuid,
-                         v.type, v.timestamp, line))
+                         v.type, v.timestamp, raw))
             for sink in sinks:
                 sink.add(next_id, f, v, line)
             next_id += 1

@@ -222,9 +222,9 @@ class Store:
         Ids are assigned by the writer (``max_event_id`` + 1, …) so that derived tables filled in
         the same transaction (sinks) can point at a row before it is inserted.
 
-        ``raw`` is the line's UTF-8 bytes (checked by the caller), stored as TEXT by the CAST, which
-        keeps the bytes as they are: no Python str of the line is made, which for a long line
-        was one more copy of it (up to four for text beyond Latin-1, plus its UTF-8 form).
+        ``raw`` is the line's str, or for a long line its UTF-8 bytes (checked by the caller): the
+        CAST stores those unchanged as TEXT, so no str of a long line is made (it costs a copy
+        per row, which is why ordinary lines are bound as their str; a str's CAST is free).
         """
         self.conn.executemany(
             "INSERT INTO events (id, file_id, generation, line_offset, session_id, uuid, parent_uuid, type, "
