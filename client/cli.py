@@ -44,7 +44,7 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings=CONTEXT, lazy={
     "service": "csm.client.service:service", "db": "csm.client.db:db", "watch": "csm.client.browse:watch",
-    "export": "csm.client.export:export",
+    "export": "csm.client.export:export", "serve": "csm.web.command:serve",
 })
 @click.version_option(__version__, prog_name="csm")
 def cli() -> None:
@@ -118,6 +118,8 @@ def status(fmt: str | None) -> None:
                                             if reply.sessions_gone else "")),
         ("lines", reply.events),
         ("bad lines", f"{reply.errors}" + (" (csm query errors)" if reply.errors else "")),
+        *([("derived", f"{reply.line_errors} stored lines failed: usage, search text or figures "
+                       "(csm query errors)")] if reply.line_errors else []),
         ("last sync", reply.last_sync_at or "never"),
     ]
     if reply.backlog is not None:
@@ -242,6 +244,37 @@ def config_show(file: str | None, fmt: str | None) -> None:
     render.table(["setting", "value", "source"], rows)
 
 
+@config_group.command("set")
+@click.argument("key")
+@click.argument("value")
+def config_set(key: str, value: str) -> None:
+    """Set KEY to VALUE in the config file and have csmd apply it.
+
+    The file is checked by the same rules csmd uses before it is replaced (a bad value
+    changes nothing); its other lines and comments are kept. roots, rescan_interval_s,
+    poll_interval_s and log_level apply at once; the others when csmd restarts.
+
+    \b
+    Examples:
+      csm config set rescan_interval_s 30
+      csm config set roots ~/.claude/projects,~/work/claude/projects
+    """
+    from pathlib import Path
+
+    from csm.shared import config as config_mod
+
+    reply, local = _config(None)
+    resolved = config_mod.write(Path(reply.config_file), {key: config_mod.parse_value(key, value)})
+    s = resolved.sources[key]
+    click.echo(f"{key} = {_value(s.value)} in {resolved.file}")
+    if local:
+        click.echo(f"{local}: it applies when csmd starts", err=True)
+        return
+    done = request(protocol.ReloadConfig(), timeout_s=10.0)
+    assert isinstance(done, protocol.Ok)
+    click.echo(f"csmd: {done.message}")
+
+
 @config_group.command("path")
 def config_path() -> None:
     """Print the config file's path (the running csmd's, else the default), whether or not it exists.
@@ -337,7 +370,9 @@ def query_errors(max_rows: int, fmt: str | None) -> None:
 
     A bad line (not JSON, not an object, not UTF-8, NUL bytes) is recorded once and
     skipped; every other line of its file is stored. An offset left empty means the
-    whole file could not be read.
+    whole file could not be read. A line that is stored but whose usage, search text or
+    session figures could not be derived (a token count SQLite cannot sum) is listed
+    too, its error naming the part and ending "(the line is stored)".
 
     \b
     Examples:

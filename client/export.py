@@ -52,18 +52,17 @@ def target_arg(target: str) -> str:
 
 
 def receive(target: str, fmt: str, out: BinaryIO) -> protocol.ExportDone:
-    """Write the chunks as they come, checking that none is missing, and acknowledge each one
-    written: csmd sends only a few ahead, so a stopped client makes it wait, not pile up chunks."""
+    """Write the chunks as they come, checking that none is missing (the transport acknowledges
+    each one written: csmd sends only a few ahead, so a stopped client makes it wait)."""
     expected = [0]
 
-    def chunk(msg: protocol.Message) -> protocol.Ack | None:
+    def chunk(msg: protocol.Message) -> None:
         if not isinstance(msg, protocol.Chunk):
-            return None
+            return
         if msg.seq != expected[0]:
             raise DaemonError(f"export interrupted: piece {expected[0]} of the stream was lost; run it again")
-        out.write(msg.data)
+        out.write(msg.data)  # written (a file, or stdout's whole writes) before the transport acknowledges it
         expected[0] += 1
-        return protocol.Ack(seq=msg.seq)
 
     done = request(protocol.Export(target=target_arg(target), format=fmt), timeout_s=30.0, on_progress=chunk)
     assert isinstance(done, protocol.ExportDone)

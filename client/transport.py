@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from csm.shared import paths, protocol
-from csm.shared.errors import DaemonError, DaemonNotRunning, NotFound, QueryError, Unavailable
+from csm.shared.errors import ConfigError, CsmError, DaemonError, DaemonNotRunning, NotFound, QueryError, Unavailable
 from csm.shared.protocol import Error, Message, Ok, Progress, Watching
 
 START_HINT = "start it with 'csmd' (or 'csm service install' to run it at login)"
-ERRORS: dict[str, type[DaemonError]] = {"query": QueryError, "not_found": NotFound, "unavailable": Unavailable}
+ERRORS: dict[str, type[CsmError]] = {"query": QueryError, "not_found": NotFound, "unavailable": Unavailable,
+                                   "config": ConfigError}
 
 
 def _unreachable(sock: Path, e: OSError) -> DaemonNotRunning:
@@ -84,17 +85,25 @@ def _sent(msg: Message, sock: Path | None) -> Iterator[tuple[Any, Path]]:
         s.close(linger=0)
 
 
+def _ack(reply: Message) -> bytes | None:
+    """The ``Ack`` of a streamed piece (``Chunk``, ``Messages``), sent once its consumer has handled it:
+    csmd sends only a few pieces ahead of the last one acknowledged (see ``daemon/export.py``)."""
+    if isinstance(reply, (protocol.Chunk, protocol.Messages)):
+        return protocol.encode(protocol.Ack(seq=reply.seq))
+    return None
+
+
 def request(
     msg: Message,
     *,
     timeout_s: float = 10.0,
-    on_progress: Callable[[Any], Message | None] | None = None,
+    on_progress: Callable[[Any], None] | None = None,
     sock: Path | None = None,
 ) -> Message:
     """Send ``msg`` and return the final reply; ``timeout_s`` bounds each wait for a message.
 
-    Streamed replies before it (``Progress``, ``Chunk``) go to ``on_progress``, in order; a message
-    it returns (an ``Ack``) is sent back on the same socket.
+    Streamed replies before it (``Progress``, ``Chunk``) go to ``on_progress``, in order; each
+    piece is acknowledged once it returns (``_ack``).
     """
     with _sent(msg, sock) as (s, path):
         while True:
@@ -104,8 +113,10 @@ def request(
                 )
             reply = protocol.decode_reply(s.recv())
             if not isinstance(reply, protocol.FINAL_REPLIES):
-                if on_progress is not None and (answer := on_progress(reply)) is not None:
-                    s.send(protocol.encode(answer))
+                if on_progress is not None:
+                    on_progress(reply)
+                if (ack := _ack(reply)) is not None:
+                    s.send(ack)
                 continue
             if isinstance(reply, Error):
                 raise ERRORS.get(reply.code, DaemonError)(reply.message)
@@ -130,7 +141,66 @@ def subscribe(msg: Message, *, timeout_s: float = 10.0, sock: Path | None = None
             if isinstance(reply, Watching):
                 wait_s = 3 * reply.heartbeat_s + 1
             yield reply
-            if isinstance(reply, protocol.Messages):
-                s.send(protocol.encode(protocol.Ack(seq=reply.seq)))  # printed: csmd may send more
+            if (ack := _ack(reply)) is not None:
+                s.send(ack)
             if isinstance(reply, Ok):
                 return
+
+
+# --- the same, for asyncio (``csm serve``): one socket per request, the same deadlines and errors ---
+
+
+async def arequest(msg: Message, *, timeout_s: float = 10.0, on_progress: Callable[[Any], Any] | None = None,
+                   sock: Path | None = None) -> Message:
+    """``request`` without blocking the event loop (``zmq.asyncio``); ``on_progress`` may be a coroutine."""
+    import inspect
+
+    async for reply in _astream(msg, timeout_s, sock, lambda r: None):
+        if isinstance(reply, protocol.FINAL_REPLIES):
+            return reply
+        if on_progress is not None:
+            done = on_progress(reply)
+            if inspect.isawaitable(done):
+                await done
+    raise AssertionError("unreachable: a stream ends with a final reply")
+
+
+async def asubscribe(msg: Message, *, timeout_s: float = 10.0, sock: Path | None = None) -> Any:
+    """``subscribe`` for asyncio: an async iterator of what csmd pushes, until it ends it (``Ok``)."""
+    async for reply in _astream(msg, timeout_s, sock, lambda r: 3 * r.heartbeat_s + 1 if isinstance(r, Watching)
+                                else None):
+        yield reply
+        if isinstance(reply, Ok):
+            return
+
+
+async def _astream(msg: Message, timeout_s: float, sock: Path | None,
+                   next_wait: Callable[[Message], float | None]) -> Any:
+    """Send ``msg`` on a fresh DEALER and yield replies until a final one; each wait has a deadline."""
+    import zmq
+    import zmq.asyncio
+
+    sock = sock or paths.socket_path()
+    _check_listening(sock)
+    s = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+    s.linger = 0
+    s.setsockopt(zmq.IMMEDIATE, 1)
+    try:
+        s.connect(paths.endpoint(sock))
+        await s.send(protocol.encode(msg))
+        wait_s = timeout_s
+        while True:
+            if not await s.poll(int(wait_s * 1000)):
+                raise DaemonNotRunning(f"csmd did not answer within {wait_s:g} s on {sock}; "
+                                       "check 'csm service logs' or restart csmd")
+            reply = protocol.decode_reply(await s.recv())
+            if isinstance(reply, Error):
+                raise ERRORS.get(reply.code, DaemonError)(reply.message)
+            wait_s = next_wait(reply) or wait_s
+            yield reply
+            if (ack := _ack(reply)) is not None:
+                await s.send(ack)
+            if isinstance(reply, protocol.FINAL_REPLIES):
+                return
+    finally:
+        s.close(linger=0)

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from csm.daemon import browse, export, heap, queries, reports, search
+import msgspec
+
+from csm.daemon import browse, export, heap, queries, reports, search, turns
 from csm.daemon.checkpoint import Checkpointer
 from csm.daemon.diagnose import diagnose
 from csm.daemon.health import Health
@@ -33,8 +35,9 @@ from csm.daemon.usage import UsageSink
 from csm.daemon.watch import Watchers
 from csm.daemon.watcher import Watcher
 from csm.shared import __version__, paths
+from csm.shared import config as config_mod
 from csm.shared.config import Resolved
-from csm.shared.errors import NotFound, QueryError
+from csm.shared.errors import ConfigError, NotFound, QueryError
 from csm.shared.protocol import (
     Ack,
     ConfigReply,
@@ -46,6 +49,7 @@ from csm.shared.protocol import (
     Message,
     Ok,
     Query,
+    ReloadConfig,
     Request,
     Search,
     Sessions,
@@ -110,7 +114,8 @@ class Daemon:
         self.syncer.after_work.append(
             lambda: self.search_index.catch_up(store, lambda: ing.stopping.is_set() or self.syncer.busy()))
         self.reader = open_reader(self.db)
-        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query")
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query",
+                                       initializer=turns.on_query_thread, initargs=(self.syncer.turns.give_way,))
         self.query_slots = threading.BoundedSemaphore(self.config.query_queue)
         self.server = Server(self.sock)
         self.server.bind()
@@ -228,6 +233,34 @@ class Daemon:
                 assert isinstance(reply, Replier)
                 self.exports.ack(reply.envelope, seq)
                 self.watchers.ack(reply.envelope, seq)
+            case ReloadConfig():
+                reply(self.reload_config())
+
+    def reload_config(self) -> Message:
+        """Apply a changed config file without a restart (the web settings page, ``csm config set``).
+
+        The roots list is shared by the ingestor and the watcher, so it changes in place; the
+        rescan that follows watches new roots and reads them. A bad file changes nothing.
+        """
+        try:
+            new = config_mod.reload(self.settings)
+        except ConfigError as e:
+            return Error(code="config", message=str(e))
+        old, cfg = self.config, new.config
+        changed = [k for k in config_mod.KEYS if getattr(old, k) != getattr(cfg, k)]
+        self.settings, self.config = new, msgspec.structs.replace(old, **{k: getattr(cfg, k) for k in config_mod.LIVE})
+        self.roots[:] = new.roots()
+        self.syncer.rescan_interval_s = cfg.rescan_interval_s
+        self.watcher.poll_interval_s = cfg.poll_interval_s
+        if self.syncer.poll_s is not None:
+            self.syncer.poll_s = cfg.poll_interval_s
+        logging.getLogger().setLevel(cfg.log_level.upper())
+        self.syncer.request_rescan()
+        applied = [k for k in changed if k in config_mod.LIVE]
+        later = [k for k in changed if k not in config_mod.LIVE]
+        log.info("config reloaded from %s: applied %s", new.file, ", ".join(applied) or "nothing new")
+        return Ok(message=f"applied: {', '.join(applied) or 'nothing changed'}"
+                          + (f"; after a restart of csmd: {', '.join(later)}" if later else ""))
 
     def status(self) -> StatusReply:
         db_problem = self.health.problem()
@@ -252,6 +285,7 @@ class Daemon:
             sessions=f["sessions"],
             sessions_gone=f["sessions_gone"],
             errors=f["errors"],
+            line_errors=f["line_errors"],
             last_sync_at=self.syncer.last_sync_at,
             watch_mode=self.watcher.mode,
             watcher_restarts=self.watcher.restarts,
@@ -303,6 +337,7 @@ class Daemon:
         ``own``: csm's own SQL, on a connection without the authorizer (see ``_own_connection``).
         """
         try:
+            turns.give_way()  # a query does not start while fresh lines wait for their turn
             result = work(self._own_connection() if own else self._connection())
             if result is not None:
                 reply(result)

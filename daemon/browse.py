@@ -11,7 +11,8 @@ import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from csm.daemon import projects
+from csm.daemon import projects, turns
+from csm.daemon.queries import progress
 from csm.daemon.transcript import build
 from csm.shared.errors import NotFound, QueryError
 from csm.shared.protocol import Entry, Rows, SessionInfo, Sessions, Show, Transcript
@@ -28,7 +29,7 @@ class time_limit:
         self.deadline = time.monotonic() + seconds
 
     def __enter__(self) -> None:
-        self.conn.set_progress_handler(lambda: int(time.monotonic() > self.deadline), 10_000)
+        self.conn.set_progress_handler(progress(self.deadline), turns.STEPS)
 
     def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: object) -> None:
         self.conn.set_progress_handler(None, 0)
@@ -65,10 +66,13 @@ def sessions(conn: sqlite3.Connection, req: Sessions) -> Rows:
     if req.until:
         where.append("s.started < ?")
         params.append(req.until)
+    for word in (req.title or "").split():
+        where.append("instr(lower(s.title), ?) > 0")
+        params.append(word.lower())
     sql = (f"SELECT s.session_id, s.project, s.title, s.started, s.last_activity, s.messages, {_TOKENS}, {_COST}, "
-           f"s.file_present FROM sessions s WHERE {' AND '.join(where)} ORDER BY s.last_activity DESC LIMIT ?")
+           f"s.file_present FROM sessions s WHERE {' AND '.join(where)} ORDER BY s.last_activity DESC LIMIT ? OFFSET ?")
     with time_limit(conn):
-        rows = conn.execute(sql, [*params, req.limit]).fetchall()
+        rows = conn.execute(sql, [*params, req.limit, req.offset]).fetchall()
     return Rows(columns=SESSION_COLUMNS, rows=[list(r) for r in rows])
 
 

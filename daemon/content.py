@@ -38,7 +38,7 @@ def blocks(raw: msgspec.Raw | bytes | None) -> list[Block]:
         value = _content.decode(raw)
     except msgspec.ValidationError:
         return _lenient(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested deeper than msgspec goes
         return []
     return [Block(type="text", text=value)] if isinstance(value, str) else value
 
@@ -65,7 +65,7 @@ def decode_any(raw: msgspec.Raw | bytes | None) -> Any:
         return None
     try:
         return _any.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
 
 
@@ -81,13 +81,16 @@ def result_text(block: Block) -> str:
 
 
 def strings(value: Any, out: list[str]) -> list[str]:
-    """Every string inside a JSON value (a tool's input), in order: what a person would search for."""
-    if isinstance(value, str):
-        out.append(value)
-    elif isinstance(value, dict):
-        for v in value.values():
-            strings(v, out)
-    elif isinstance(value, list):
-        for v in value:
-            strings(v, out)
+    """Every string inside a JSON value (a tool's input), in order: what a person would search for.
+
+    A stack, not recursion: a value msgspec decoded may still be nested deeper than Python recurses."""
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, dict):
+            todo.extend(reversed(v.values()))
+        elif isinstance(v, list):
+            todo.extend(reversed(v))
     return out

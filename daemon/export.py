@@ -1,9 +1,10 @@
 """Streaming a session or a file back out of the archive, in chunks over the control socket.
 
-The rows of a file's current generation, in offset order, each followed by ``\\n``, are the
-file's complete lines byte for byte (the lossless rule; see ARCHITECTURE.md). One SELECT
-reads them all, so the export is one consistent snapshot even while csmd keeps ingesting, and
-its cursor is drained in chunks so memory stays bounded whatever the file's size. The client
+The rows of a file's current generation, in offset order, each followed by ``\\n`` (but a
+final line stored without one), are the file's lines byte for byte (the lossless rule; see
+ARCHITECTURE.md). One SELECT reads them all, so the export is one consistent snapshot even
+while csmd keeps ingesting, and its cursor is drained in chunks so memory stays bounded
+whatever the file's size. The client
 acknowledges each chunk it has written and csmd stays at most ``WINDOW`` chunks ahead, so a
 client that stops reading (Ctrl-Z, a stalled pipe) holds up its export, not csmd's memory.
 """
@@ -44,16 +45,19 @@ def resolve(conn: sqlite3.Connection, target: str) -> list[tuple[int, str]]:
     return conn.execute("SELECT file_id, file_path FROM sync_metadata WHERE file_id = ?", (file_id,)).fetchall()
 
 
-def _raw_lines(conn: sqlite3.Connection, file_ids: list[int]) -> Iterator[bytes]:
-    """The lines as UTF-8 bytes straight from SQLite (no str made and encoded again: lines reach 10 MB)."""
+def _raw_lines(conn: sqlite3.Connection, file_ids: list[int]) -> Iterator[tuple[bytes, bool]]:
+    """Each row's bytes, straight from SQLite (no str made and encoded again: lines reach 10 MB),
+    and whether it is a file's final line stored without a newline (it ends where the checkpoint
+    is: a line that had its newline ends one byte before)."""
     marks = ",".join("?" * len(file_ids))
     cur = conn.execute(
-        "SELECT CAST(e.raw AS BLOB) FROM events e JOIN sync_metadata m ON m.file_id = e.file_id "
-        f"AND e.generation = m.generation WHERE m.file_id IN ({marks}) ORDER BY m.file_path, e.line_offset",
+        "SELECT CAST(e.raw AS BLOB), e.line_offset, m.last_position FROM events e "
+        "JOIN sync_metadata m ON m.file_id = e.file_id AND e.generation = m.generation "
+        f"WHERE m.file_id IN ({marks}) ORDER BY m.file_path, e.line_offset",
         file_ids,
     )
-    for (raw,) in cur:
-        yield raw
+    for data, offset, end in cur:
+        yield data, offset + len(data) == end
 
 
 class ClientGone(Exception):
@@ -144,6 +148,7 @@ def run(conn: sqlite3.Connection, request: Export, reply: Callable[[Message], No
 
     Chunks are ``CHUNK_BYTES`` exactly (the last one less), cut wherever that falls, even inside
     a line: the client only appends them, and a 50 MB line then costs csmd no 50 MB message.
+    A file whose final line was stored without a newline is given back without one, byte for byte.
     """
     if request.format not in FORMATS:
         raise QueryError(f"unknown export format {request.format!r}; known: {', '.join(FORMATS)}")
@@ -158,9 +163,10 @@ def run(conn: sqlite3.Connection, request: Export, reply: Callable[[Message], No
         seq += 1
         total += len(data)
 
-    for raw in _raw_lines(conn, [f for f, _ in files]):
-        buf += raw
-        buf += b"\n"
+    for data, unterminated in _raw_lines(conn, [f for f, _ in files]):
+        buf += data
+        if not unterminated:
+            buf += b"\n"
         lines += 1
         while len(buf) >= CHUNK_BYTES:
             send(bytes(buf[:CHUNK_BYTES]))

@@ -163,6 +163,49 @@ class Reread:
 
 
 @dataclass
+class Batch:
+    """What one transaction stores: new rows, re-attached rows, bad lines, session figures, line errors."""
+
+    end: int
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    moves: list[tuple[int, int, int]] = field(default_factory=list)
+    errors: list[tuple[Any, ...]] = field(default_factory=list)
+    error_moves: list[tuple[int, int, int]] = field(default_factory=list)
+    line_errors: list[tuple[int, str, str]] = field(default_factory=list)
+    sessions: dict[str, SessionAgg] = field(default_factory=dict)
+    agg: SessionAgg | None = None
+    taken: list[tuple[dict[Any, list[int]], Any, int]] = field(default_factory=list)
+    """Rows and bad lines taken from a re-read's pool, given back if the transaction fails."""
+
+    def give_back(self) -> None:
+        for pool, key, row_id in reversed(self.taken):
+            pool.setdefault(key, []).append(row_id)
+        self.taken.clear()
+
+
+def _error_text(e: Exception) -> str:
+    """A derived-data failure as recorded: a sink's own error (``UsageError``) says it all; a bug names its type."""
+    return str(e) if isinstance(e, ValueError) and str(e) else f"{type(e).__name__}: {e}"
+
+
+_TROUBLE = frozenset({
+    sqlite3.SQLITE_PERM, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_INTERRUPT, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL, sqlite3.SQLITE_NOLFS, sqlite3.SQLITE_AUTH, sqlite3.SQLITE_NOTADB,
+})
+
+
+def _database_trouble(e: Exception) -> bool:
+    """An error of the database itself (locked, full, I/O, corrupt, read-only), not of what a batch
+    holds: the syncer backs off and retries the batch whole. Anything else (a constraint, a value
+    SQLite cannot bind or sum, "integer overflow", a bug) is the batch's, and is split down to its line."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _TROUBLE
+    return isinstance(e, sqlite3.OperationalError) or type(e) is sqlite3.DatabaseError
+
+
+@dataclass
 class Totals:
     """What one sync or visit did, for ``csm sync`` and the log."""
 
@@ -186,10 +229,15 @@ CommitHook = Callable[[FileRow, list[tuple[Any, ...]]], None]
 class Sink(Protocol):
     """Derived data (indexes, usage, …) the writer keeps current in the same transaction as the rows.
 
-    ``add`` sees each newly inserted line; ``write`` stores what was collected, inside the
-    batch's transaction; ``clear`` forgets it (after a commit, or when the batch rolled back).
-    Re-attached lines (a re-read of an unchanged line) are not added again.
+    A batch's life: ``add`` for each newly inserted line, then ``write`` inside the batch's
+    transaction, then ``clear``, always, whether the transaction committed, rolled back or never
+    began, so nothing a sink holds outlives its batch. ``add`` takes the whole line or raises
+    having taken none of it: the line is then stored without this sink's data and the error is
+    recorded against it as ``name`` (``line_errors``). Re-attached lines (a re-read of an
+    unchanged line) are not added again.
     """
+
+    name: str
 
     def add(self, event_id: int, f: FileRow, view: LineView, line: bytes) -> None: ...
 
@@ -230,6 +278,11 @@ class Ingestor:
         """Files whose last visit failed with an unexpected error (a bug), for ``csm status``."""
         self.skipped: set[str] = set()
         """Paths that cannot be stored (names that are not UTF-8), warned about once."""
+        self.waiting: dict[int, tuple[tuple[int, int], float | None]] = {}
+        """Files whose last bytes have no newline: (size, mtime) and since when csmd has seen them so
+        (None: looked at, not a complete record); see ``final_lines``."""
+        self.final_due: dict[int, tuple[int, int]] = {}
+        """The file ``final_lines`` is visiting, and the (size, mtime) its final line may be stored at."""
 
     # --- scanning ------------------------------------------------------------------
 
@@ -509,6 +562,8 @@ class Ingestor:
             why = "replaced (new head)"
         elif f.offset and reader.tail(fd, f.offset) != f.tail_hash:
             why = "rewritten before the checkpoint"
+        elif reader.after_unterminated(fd, f.offset) not in (None, b"", b"\n"):
+            why = "its final line, stored without a newline, went on"
         if why:
             log.info("%s: %s; reading it again from the start", path, why)
             f.generation += 1
@@ -558,6 +613,8 @@ class Ingestor:
             return False
         reattach = self._old_rows(f) if f.generation else None
         changed = False
+        if reader.after_unterminated(fd, f.offset) == b"\n":  # the final line stored without one got its newline
+            self._commit(f, fd, st, f.offset + 1, [], None, totals)
         while True:
             try:
                 lines = reader.read_lines(fd, f.offset, self.config.batch_bytes, self.config.max_line_bytes)
@@ -576,10 +633,67 @@ class Ingestor:
                     start = self._commit(f, fd, st, start, chunk, reattach, totals)
             if self.stopping.is_set():
                 return changed
+        if f.offset < st.st_size and self.final_due.pop(f.file_id, None) == (st.st_size, st.st_mtime_ns):
+            changed |= self._final_line(f, fd, st, reattach, totals)
         if f.size != st.st_size or f.mtime_ns != st.st_mtime_ns:
             # A partial last line is left (or only it arrived, or nothing did): remember what was seen.
             self._commit(f, fd, st, f.offset, [], None, totals, seen=max(st.st_size, f.offset))
         return changed
+
+    def _final_line(self, f: FileRow, fd: int, st: os.stat_result, reattach: Reread | None, totals: Totals) -> bool:
+        """Store the bytes after the last newline as the file's final line, if they are a complete JSON object."""
+        length = st.st_size - f.offset
+        if length > self.config.max_line_bytes:
+            return False
+        line = os.pread(fd, length, f.offset)
+        if len(line) != length or b"\n" in line:
+            return False  # changed under us: the next visit looks again
+        try:
+            line.decode("utf-8")
+            parse(line)
+        except (UnicodeDecodeError, BadLine):
+            return False  # not (yet) a record: it waits for its newline
+        log.info("%s: its final line has no newline and has not changed for %g s; stored", f.path,
+                 self.config.final_line_after_s)
+        self._commit(f, fd, st, f.offset, [line], reattach, totals, unterminated=True)
+        return True
+
+    def final_lines(self) -> Totals:
+        """Store the final lines that never got their newline (run after each rescan).
+
+        A file's bytes after its last newline are a line still being written, until csmd has seen
+        the file unchanged (inode, size, mtime) for ``final_line_after_s`` by its own clock, over
+        two of these passes: then, if they are a complete JSON object, they are stored as its final
+        line (``_final_line``). Bytes that are not one are not read again until the file changes.
+        """
+        totals = Totals()
+        now = time.monotonic()
+        waiting: dict[int, tuple[tuple[int, int], float | None]] = {}
+        for f in list(self.files.values()):
+            if f.gone_at or f.offset >= f.size:
+                continue
+            try:
+                st = os.stat(f.path, follow_symlinks=False)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (f.dev, f.inode, f.size, f.mtime_ns):
+                continue  # it changed: its next visit reads what came
+            seen = (st.st_size, st.st_mtime_ns)
+            first = self.waiting.get(f.file_id)
+            if first is None or first[0] != seen:
+                waiting[f.file_id] = (seen, now)
+                continue
+            waiting[f.file_id] = first
+            since = first[1]
+            if since is None or now - since < self.config.final_line_after_s:
+                continue
+            self.final_due[f.file_id] = seen
+            totals += self.visit(f.path)
+            self.final_due.pop(f.file_id, None)
+            if f.offset < f.size:
+                waiting[f.file_id] = (seen, None)  # looked at, not a record: not again until it changes
+        self.waiting = waiting
+        return totals
 
     def _old_rows(self, f: FileRow) -> Reread | None:
         """What earlier generations of ``f`` hold, for a re-read to re-attach instead of copying.
@@ -598,6 +712,7 @@ class Ingestor:
     def _commit(
         self, f: FileRow, fd: int, st: os.stat_result, start: int, lines: list[bytes],
         reattach: Reread | None, totals: Totals, seen: int | None = None, too_long: int = 0,
+        unterminated: bool = False, failed: str | None = None,
     ) -> int:
         """Store ``lines`` (which begin at ``start``) and move the checkpoint past them, atomically.
 
@@ -609,25 +724,80 @@ class Ingestor:
 
         ``too_long``: after them comes a line of that many bytes, over ``max_line_bytes``: it is
         recorded as a bad line (its head only) and the checkpoint moves past it too.
+        ``unterminated``: the last line is the file's final line, without a newline.
+
+        The rows, what the sinks derived from them and the checkpoint commit together or not at
+        all, and the sinks are cleared either way. When the transaction fails for a reason other
+        than the database itself (what one line's derived data holds), the lines are committed in
+        halves, down to the one line that fails alone, which is then stored with nothing derived
+        (``failed`` says why, in ``line_errors``): one line never holds up the others.
         """
-        rows: list[tuple[Any, ...]] = []
-        moves: list[tuple[int, int, int]] = []
-        errors: list[tuple[Any, ...]] = []
-        error_moves: list[tuple[int, int, int]] = []
-        sessions: dict[str, SessionAgg] = {}
+        b = self._collect(f, fd, start, lines, reattach, too_long, unterminated, failed)
+        # The new checkpoint is built aside and adopted only once it is committed, so a
+        # failed transaction (disk full, locked) leaves memory and database agreeing.
+        g = msgspec.structs.replace(f, offset=b.end, size=b.end if seen is None else seen, mtime_ns=st.st_mtime_ns,
+                                    tail_hash=reader.tail(fd, b.end))
+        if g.head_len < reader.HEAD_LEN:
+            g.head_len, g.head_hash = reader.head(fd, g.size)
+        try:
+            self._write(f, g, st, b)
+        except Exception as e:
+            b.give_back()
+            if _database_trouble(e) or failed is not None:
+                raise
+            self._clear_sinks()  # before the retries, which fill them again
+            if len(lines) > 1:
+                half = len(lines) // 2
+                pos = self._commit(f, fd, st, start, lines[:half], reattach, totals)
+                return self._commit(f, fd, st, pos, lines[half:], reattach, totals, seen, too_long, unterminated)
+            why = f"{type(e).__name__}: {e}"
+            log.warning("%s: the line at offset %d is stored without its derived data: %s", f.path, start, why)
+            return self._commit(f, fd, st, start, lines, reattach, totals, seen, too_long, unterminated, why)
+        finally:
+            self._clear_sinks()
+        self.next_event_id += len(b.rows)
+        for name in FileRow.__struct_fields__:
+            setattr(f, name, getattr(g, name))
+        if b.agg is not None and b.agg.first_prompt:
+            self.have_prompt.add(f.file_id)
+        self.events += len(b.rows)
+        totals.lines += len(b.rows)
+        totals.errors += len(b.errors)
+        for hook in self.on_commit:
+            try:
+                hook(f, b.rows)
+            except Exception:  # after the commit: a hook (csm watch) can fail only itself
+                log.exception("a commit hook failed on a batch of %s", f.path)
+        if self.backlog is not None:
+            self._batch_done(b.end - start)
+        return b.end
+
+    def _clear_sinks(self) -> None:
+        for sink in self.sinks:
+            sink.clear()
+
+    def _collect(
+        self, f: FileRow, fd: int, start: int, lines: list[bytes], reattach: Reread | None, too_long: int,
+        unterminated: bool, failed: str | None,
+    ) -> Batch:
+        """A batch's rows, bad lines and session figures, and the sinks' data (in the sinks).
+
+        Whatever fails while deriving one line's data (its view, its session figures and title, a
+        sink) is that line's error: the line is still a row, and the other lines go on.
+        """
+        b = Batch(end=start)
         gen = f.generation
         fallback_session = f.parent_session or f.session_key
         is_sub = f.parent_session is not None or f.session_key.startswith("agent-")
-        agg = None
-        pos = start
         next_id = self.next_event_id
-        sinks = self.sinks
+        derive = failed is None
         max_line = self.config.max_line_bytes
+        pos = start
         for line in lines:
             offset = pos
             pos += len(line) + 1
             if len(line) > max_line:  # the same rule when the whole line happened to fit in the read
-                self._bad_line(f, offset, len(line), line, self._too_long(len(line)), errors, error_moves, reattach)
+                self._bad_line(f, offset, len(line), line, self._too_long(len(line)), b, reattach)
                 continue
             try:
                 raw = _text(line, self.config.batch_bytes)
@@ -635,74 +805,79 @@ class Ingestor:
             except (UnicodeDecodeError, BadLine) as e:
                 salvaged = _after_nuls(line)
                 if salvaged is None:
-                    self._bad_line(f, offset, len(line), line, _why(e), errors, error_moves, reattach)
+                    self._bad_line(f, offset, len(line), line, _why(e), b, reattach)
                     continue
                 cut, rest, raw, v = salvaged
                 self._bad_line(f, offset, cut, line[:cut], f"{line[:cut].count(0)} NUL bytes before a record (the "
-                               f"record after them is kept at offset {offset + cut})", errors, error_moves, reattach)
+                               f"record after them is kept at offset {offset + cut})", b, reattach)
                 line = rest
                 offset += cut
+            except Exception as e:  # a bug reading a line that is UTF-8: kept, with nothing derived from it
+                log.exception("%s: cannot read the line at offset %d", f.path, offset)
+                v, derive_line, view_error = LineView(), False, e
+            else:
+                derive_line, view_error = derive, None
             if f.parent_session is None and f.session_key.startswith("agent-") and v.session_id:
                 f.parent_session = v.session_id  # a flat (Claude Code <= 2.0) subagent file
-            if agg is None:
-                agg = sessions[f.session_key] = SessionAgg(f.project, f.parent_session, is_sub)
-            old = reattach.rows.get(reader.digest(line)) if reattach else None
+            if b.agg is None:
+                b.agg = b.sessions[f.session_key] = SessionAgg(f.project, f.parent_session, is_sub)
+            digest = reader.digest(line) if reattach else b""
+            old = reattach.rows.get(digest) if reattach else None
             if old:
-                moves.append((gen, offset, old.pop()))
-                agg.add(v, counted=False)
+                b.moves.append((gen, offset, old.pop()))
+                b.taken.append((reattach.rows, digest, b.moves[-1][2]))
+                if derive_line:
+                    b.agg.add(v, counted=False)
                 continue
-            rows.append((next_id, f.file_id, gen, offset, v.session_id or fallback_session, v.uuid, v.parent_uuid,
-                         v.type, v.timestamp, raw))
-            for sink in sinks:
-                sink.add(next_id, f, v, line)
+            b.rows.append((next_id, f.file_id, gen, offset, v.session_id or fallback_session, v.uuid, v.parent_uuid,
+                           v.type, v.timestamp, raw))
+            if view_error is not None:
+                b.line_errors.append((next_id, "view", _error_text(view_error)))
+            elif not derive_line:
+                b.line_errors.append((next_id, "all", f"its batch failed alone: {failed}"))
+            else:
+                self._derive(next_id, f, v, line, b)
             next_id += 1
+        if too_long:
+            self._bad_line(f, pos, too_long, os.pread(fd, ERROR_HEAD, pos), self._too_long(too_long), b, reattach)
+            pos += too_long + 1
+        b.end = pos - 1 if unterminated else pos
+        return b
+
+    def _derive(self, event_id: int, f: FileRow, v: LineView, line: bytes, b: Batch) -> None:
+        """One new line's session figures, title and sinks' data; a failure is the line's error, not the batch's.
+
+        A sink's ``add`` takes the whole line or raises having taken none of it (see ``Sink``)."""
+        for sink in self.sinks:
+            try:
+                sink.add(event_id, f, v, line)
+            except Exception as e:
+                b.line_errors.append((event_id, sink.name, _error_text(e)))
+                if not isinstance(e, ValueError):  # a sink's own refusal is expected; anything else is a bug
+                    log.warning("%s: the %s of line %d failed: %s: %s", f.path, sink.name, event_id, type(e).__name__, e)
+        agg = b.agg
+        assert agg is not None
+        try:
             agg.add(v, counted=True)
             if agg.first_prompt is None and f.file_id not in self.have_prompt:
                 agg.first_prompt = prompt_text(v)
-        if too_long:
-            self._bad_line(f, pos, too_long, os.pread(fd, ERROR_HEAD, pos), self._too_long(too_long), errors,
-                           error_moves, reattach)
-            pos += too_long + 1
-        end = pos
-        # The new checkpoint is built aside and adopted only once it is committed, so a
-        # failed transaction (disk full, locked) leaves memory and database agreeing.
-        g = msgspec.structs.replace(f, offset=end, size=end if seen is None else seen, mtime_ns=st.st_mtime_ns,
-                                    tail_hash=reader.tail(fd, end))
-        if g.head_len < reader.HEAD_LEN:
-            g.head_len, g.head_hash = reader.head(fd, g.size)
-        try:
-            self._write(f, g, st, rows, moves, errors, error_moves, sessions, agg)
-        finally:
-            for sink in sinks:
-                sink.clear()
-        self.next_event_id = next_id
-        for name in FileRow.__struct_fields__:
-            setattr(f, name, getattr(g, name))
-        if agg is not None and agg.first_prompt:
-            self.have_prompt.add(f.file_id)
-        self.events += len(rows)
-        totals.lines += len(rows)
-        totals.errors += len(errors)
-        for hook in self.on_commit:
-            hook(f, rows)
-        if self.backlog is not None:
-            self._batch_done(end - start)
-        return end
+        except Exception as e:
+            b.line_errors.append((event_id, "sessions", _error_text(e)))
 
     def _too_long(self, length: int) -> str:
         return f"line of {length} bytes is over the {self.config.max_line_bytes}-byte limit (max_line_bytes); not stored"
 
     def _bad_line(
-        self, f: FileRow, offset: int, length: int, head: bytes, why: str, errors: list[tuple[Any, ...]],
-        error_moves: list[tuple[int, int, int]], reattach: Reread | None,
+        self, f: FileRow, offset: int, length: int, head: bytes, why: str, b: Batch, reattach: Reread | None,
     ) -> None:
         """Record a line that cannot be stored; a re-read finds it again instead of counting it twice."""
         head = head[:ERROR_HEAD]
         old = reattach.errors.get((length, head)) if reattach else None
         if old:
-            error_moves.append((f.generation, offset, old.pop()))
+            b.error_moves.append((f.generation, offset, old.pop()))
+            b.taken.append((reattach.errors, (length, head), b.error_moves[-1][2]))  # type: ignore[union-attr]
             return
-        errors.append((f.file_id, f.path, f.generation, offset, length, why, head))
+        b.errors.append((f.file_id, f.path, f.generation, offset, length, why, head))
 
     def _batch_done(self, nbytes: int) -> None:
         """Move the backlog by one committed batch, within the current file's share of the total."""
@@ -721,30 +896,28 @@ class Ingestor:
         if self.progress:
             self.progress()
 
-    def _write(
-        self, f: FileRow, g: FileRow, st: os.stat_result, rows: list[tuple[Any, ...]],
-        moves: list[tuple[int, int, int]], errors: list[tuple[Any, ...]], error_moves: list[tuple[int, int, int]],
-        sessions: dict[str, SessionAgg], agg: SessionAgg | None,
-    ) -> None:
+    def _write(self, f: FileRow, g: FileRow, st: os.stat_result, b: Batch) -> None:
         """One transaction: the rows, what derives from them, and the checkpoint past them."""
         with self.store.transaction():
-            if rows:
-                self.store.insert_events(rows)
-            if moves:
-                self.store.reattach(moves)
-            if errors:
-                self.store.insert_errors(errors)
-            if error_moves:
-                self.store.reattach_errors(error_moves)
-            if agg is not None:
-                if agg.parent is None:
-                    agg.parent = f.parent_session
+            if b.rows:
+                self.store.insert_events(b.rows)
+            if b.moves:
+                self.store.reattach(b.moves)
+            if b.errors:
+                self.store.insert_errors(b.errors)
+            if b.error_moves:
+                self.store.reattach_errors(b.error_moves)
+            if b.agg is not None:
+                if b.agg.parent is None:
+                    b.agg.parent = f.parent_session
                 self.store.upsert_sessions([
                     (f.file_id, key, a.project, a.parent, int(a.is_subagent), a.cwd, a.first_ts, a.last_ts, a.lines, a.messages,
                      a.custom_title, a.ai_title, a.summary, a.first_prompt)
-                    for key, a in sessions.items()
+                    for key, a in b.sessions.items()
                 ])
-                self.store.add_models([(f.file_id, m) for a in sessions.values() for m in a.models])
+                self.store.add_models([(f.file_id, m) for a in b.sessions.values() for m in a.models])
             for sink in self.sinks:
                 sink.write(self.store)
+            if b.line_errors:
+                self.store.insert_line_errors(b.line_errors)
             self.store.save_file(g, _iso_mtime(st.st_mtime_ns))

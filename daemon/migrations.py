@@ -265,6 +265,20 @@ WHERE h.role IN ('user', 'assistant')
       WHERE q.session_id = h.session_id AND q.message_id = h.message_id AND q.event_id < h.event_id));
 """
 
+M005_LINE_ERRORS = """
+-- Stored lines whose derived data failed: the line is a row of events like any other, but
+-- one part of what csm derives from it (its usage, its search text, its session figures) could
+-- not be made, say a token count SQLite cannot sum. One row per line and part; csm query errors
+-- lists them with the bad lines, csm status counts them.
+CREATE TABLE line_errors (
+    event_id INTEGER NOT NULL,      -- events.id
+    part TEXT NOT NULL,             -- usage, search, sessions, view, or all (the line's batch failed alone)
+    error TEXT NOT NULL,
+    seen_at TEXT NOT NULL,
+    PRIMARY KEY (event_id, part)
+) WITHOUT ROWID;
+"""
+
 M006_SESSION_IDENTITY = """
 -- A checkpoint is a file, found by its identity (dev, inode, head) wherever it moves. Its path is
 -- unique only among live checkpoints: a gone checkpoint keeps the path its file was last seen at,
@@ -366,5 +380,6 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
     ("m003_usage", M003_USAGE),
     ("m004_search", M004_SEARCH),
+    ("m005_line_errors", M005_LINE_ERRORS),
     ("m006_session_identity", M006_SESSION_IDENTITY),
 ]

@@ -7,15 +7,24 @@ lines drift between versions, so a line the fast path rejects for a *type* reaso
 (say ``message`` being a string) is decoded again generically and kept: only lines
 that are not JSON objects at all, or not UTF-8, are bad lines.
 
-msgspec is also stricter than JSON itself in two corners a JavaScript writer can reach:
-an escaped lone surrogate (``JSON.stringify`` of a string cut inside an emoji writes
-``"\\ud83d"``) and a number beyond a double. Such a line is decoded again with the
-standard library and kept, so "bad line" means exactly "not a JSON object".
+msgspec is also stricter than JSON itself in three corners a writer can reach, and each
+line that meets one is still read, so "bad line" means exactly "not a JSON object":
+
+- an escaped lone surrogate (``JSON.stringify`` of a string cut inside an emoji writes
+  ``"\\ud83d"``): the view is read from a copy of the line in which each one reads as
+  U+FFFD, so no string that SQLite or msgspec cannot encode ever leaves this module;
+- a number beyond a double: decoded again with the standard library;
+- nesting deeper than the decoders' recursion limit (about 1000 levels, less the caller's
+  own stack): the view is read from a copy in which whatever lies deeper than
+  ``SHALLOW_DEPTH`` reads as ``null`` (``shallow``, which also checks the whole line is JSON).
+
+The raw line is always stored as it is; only the view is read from these copies.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import msgspec
@@ -110,13 +119,93 @@ def embedded_message(view: LineView) -> EmbeddedMessage | None:
 def parse(line: bytes) -> LineView:
     """Parse one line (without its ``\\n``); raises ``BadLine``."""
     try:
+        return _parse(line)
+    except RecursionError:  # nested deeper than the decoders go
+        return _parse(shallow(line))
+
+
+def _parse(line: bytes) -> LineView:
+    try:
         return _decoder.decode(line)
     except msgspec.ValidationError:
         return _lenient(line)
     except msgspec.DecodeError as e:
+        clean = _without_lone_surrogates(line)
+        if clean != line:
+            return _parse(clean)
         return _view(_standard_json(line, e))
-    except RecursionError as e:  # nested deeper than any decoder goes
-        raise BadLine(f"invalid JSON: {e}") from None
+
+
+_ESCAPE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u([dD][89a-fA-F][0-9a-fA-F]{2})|\\.",
+                     re.S)
+"""Every escape, left to right (so ``\\\\ud83d`` is a backslash and text): a surrogate pair, a lone
+surrogate (group 1), or any other escape."""
+
+
+def _without_lone_surrogates(line: bytes) -> bytes:
+    return _ESCAPE.sub(lambda m: rb"\ufffd" if m.group(1) else m.group(0), line)
+
+
+def readable(line: bytes) -> bytes:
+    """A copy of a JSON line that any msgspec decoder reads as JSON reads it (lone surrogates as
+    U+FFFD, nesting cut at ``SHALLOW_DEPTH``), for readers of stored lines that decode their own
+    Structs; raises ``BadLine``."""
+    return _without_lone_surrogates(shallow(line))
+
+
+SHALLOW_DEPTH = 100
+"""Levels of a too-deeply nested line that its view keeps; Claude Code's records use about ten."""
+_TOKEN = re.compile(rb"""[ \t\n\r]*(?:("(?:[^"\\\x00-\x1f]+|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*")"""
+                    rb"|(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)|(true|false|null)|([][{}:,]))")
+_STRING, _NUMBER, _LITERAL, _PUNCT = 1, 2, 3, 4
+
+
+def shallow(line: bytes, keep: int = SHALLOW_DEPTH) -> bytes:
+    """The JSON ``line`` with every container nested deeper than ``keep`` levels replaced by ``null``.
+
+    A scanner with an explicit stack instead of recursion, so any depth is read; it checks the
+    whole line against JSON's grammar on the way (``BadLine`` when it is not JSON).
+    """
+    out: list[bytes] = []
+    stack: list[bytes] = []
+    state = "value"  # value, first (after '['), key, firstkey (after '{'), colon, next (after a member), end
+    pos, end = 0, len(line)
+    while True:
+        m = _TOKEN.match(line, pos)
+        if m is None:
+            if state == "end" and not line[pos:].strip(b" \t\n\r"):
+                return b"".join(out)
+            raise BadLine(f"invalid JSON at byte {pos}" if pos < end else "invalid JSON: the line ends inside a value")
+        kind, tok, at = m.lastindex, m.group(m.lastindex), m.start(m.lastindex)
+        depth = len(stack)
+        emit = depth <= keep  # whether this token is in the copy
+        done = False  # a value just ended
+        if kind == _STRING and state in ("key", "firstkey"):
+            state = "colon"
+        elif kind != _PUNCT and state in ("value", "first"):
+            done = True
+        elif tok in (b"[", b"{") and state in ("value", "first"):
+            stack.append(tok)
+            state = "first" if tok == b"[" else "firstkey"
+            emit = depth < keep
+            if depth == keep:
+                out.append(b"null")
+        elif tok in (b"]", b"}") and (state == ("first" if tok == b"]" else "firstkey") or (
+                state == "next" and stack[-1] == (b"[" if tok == b"]" else b"{"))):
+            stack.pop()
+            emit = depth - 1 < keep
+            done = True
+        elif tok == b":" and state == "colon":
+            state = "value"
+        elif tok == b"," and state == "next":
+            state = "value" if stack[-1] == b"[" else "key"
+        else:
+            raise BadLine(f"invalid JSON: unexpected {tok[:20].decode(errors='replace')!r} at byte {at}")
+        if done:
+            state = "next" if stack else "end"
+        if emit:
+            out.append(tok)
+        pos = m.end()
 
 
 def _reject_constant(name: str) -> None:
@@ -127,7 +216,7 @@ def _standard_json(line: bytes, e: Exception) -> Any:
     """The line as the JSON standard reads it (no NaN/Infinity); BadLine when it is not JSON."""
     try:
         return json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
+    except ValueError:
         raise BadLine(_describe(line, e)) from None
 
 
@@ -141,13 +230,7 @@ def _describe(line: bytes, e: Exception) -> str:
 
 def _str(obj: dict[str, Any], key: str) -> str | None:
     v = obj.get(key)
-    if not isinstance(v, str):
-        return None
-    try:
-        v.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: SQLite cannot store it as text
-        return v.encode("utf-8", "replace").decode("utf-8")
-    return v
+    return v if isinstance(v, str) else None
 
 
 def _lenient(line: bytes) -> LineView:
@@ -155,9 +238,10 @@ def _lenient(line: bytes) -> LineView:
     try:
         obj = _any_decoder.decode(line)
     except msgspec.DecodeError as e:  # a number out of range is reported as a type error
+        clean = _without_lone_surrogates(line)
+        if clean != line:  # the typed pass stopped at a wrong type before reaching it
+            return _lenient(clean)
         obj = _standard_json(line, e)
-    except RecursionError as e:  # the typed pass stopped at a wrong type before the deep part
-        raise BadLine(f"invalid JSON: {e}") from None
     return _view(obj)
 
 
@@ -170,10 +254,10 @@ def _view(obj: Any) -> LineView:
     if isinstance(msg, dict):
         try:
             view = msgspec.convert({k: v for k, v in msg.items() if k != "content"}, MessageView)
-        except (msgspec.ValidationError, UnicodeEncodeError):
+        except msgspec.ValidationError:
             view = MessageView(id=_str(msg, "id"), role=_str(msg, "role"), model=_str(msg, "model"))
         if "content" in msg:
-            view.content = msgspec.Raw(_encode(msg["content"]))
+            view.content = msgspec.Raw(msgspec.json.encode(msg["content"]))
     side = obj.get("isSidechain")
     meta = obj.get("isMeta")
     return LineView(
@@ -192,14 +276,6 @@ def _view(obj: Any) -> LineView:
         custom_title=_str(obj, "customTitle"),
         data=_progress_data(obj.get("data")),
     )
-
-
-def _encode(value: Any) -> bytes:
-    """JSON for a decoded value; lone surrogates (valid escaped JSON, not encodable UTF-8) stay escaped."""
-    try:
-        return msgspec.json.encode(value)
-    except UnicodeEncodeError:
-        return json.dumps(value, ensure_ascii=True).encode()
 
 
 def _progress_data(data: Any) -> ProgressData | None:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from csm.daemon import turns
 from csm.daemon.store import open_reader
 from csm.shared.errors import QueryError
 from csm.shared.protocol import Rows
@@ -60,6 +62,16 @@ def open_query_connection(db: Path, max_bytes: int) -> sqlite3.Connection:
     return conn
 
 
+def progress(deadline: float) -> Callable[[], int]:
+    """SQLite's progress handler for a query: take turns with live appends; stop past ``deadline``."""
+
+    def step() -> int:
+        turns.give_way()
+        return int(time.monotonic() > deadline)
+
+    return step
+
+
 def _size(row: tuple[Any, ...]) -> int:
     return sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
 
@@ -69,12 +81,7 @@ def run_sql(conn: sqlite3.Connection, sql: str, params: list[Any], max_rows: int
     """Run one statement. The reply stops at ``max_rows`` rows or about ``max_bytes`` of values,
     whichever comes first, and says which (``limit``); the rest is never read."""
     max_rows = max(0, max_rows)
-    deadline = time.monotonic() + time_limit_s
-
-    def too_long() -> int:
-        return int(time.monotonic() > deadline)
-
-    conn.set_progress_handler(too_long, 10_000)
+    conn.set_progress_handler(progress(time.monotonic() + time_limit_s), turns.STEPS)
     rows: list[list[Any]] = []
     limit = ""
     try:
@@ -117,10 +124,15 @@ def run_sql(conn: sqlite3.Connection, sql: str, params: list[Any], max_rows: int
 
 
 def list_errors(conn: sqlite3.Connection, max_rows: int) -> Rows:
-    """The bad lines, as ``csm query errors`` shows them: the first bytes as text, escapes for the rest."""
+    """The bad lines, and the stored lines whose derived data failed, as ``csm query errors`` shows
+    them: the first bytes as text, escapes for the rest."""
     cur = conn.execute(
         "SELECT file_path, CASE WHEN line_offset >= 0 THEN line_offset END, length, error, head "
-        "FROM sync_errors ORDER BY file_path, line_offset"
+        "FROM sync_errors UNION ALL "
+        "SELECT m.file_path, e.line_offset, length(CAST(e.raw AS BLOB)), "
+        "       le.part || ': ' || le.error || ' (the line is stored)', CAST(substr(e.raw, 1, 200) AS BLOB) "
+        "FROM line_errors le JOIN events e ON e.id = le.event_id JOIN sync_metadata m ON m.file_id = e.file_id "
+        "ORDER BY 1, 2"
     )
     rows = cur.fetchmany(max_rows + 1)
     out = [[p, o, n, e, _printable(h)] for p, o, n, e, h in rows[:max_rows]]

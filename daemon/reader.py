@@ -42,6 +42,16 @@ def tail(fd: int, offset: int) -> bytes | None:
     return digest(os.pread(fd, offset - start, start))
 
 
+def after_unterminated(fd: int, offset: int) -> bytes | None:
+    """What follows a checkpoint that ends a final line stored without its newline: ``b""`` (nothing
+    yet), ``b"\\n"`` (the newline came after all) or the byte that continues the line. None for the
+    usual checkpoint, at the start of the file or just after a newline."""
+    if offset <= 0:
+        return None
+    data = os.pread(fd, 2, offset - 1)
+    return None if not data or data[:1] == b"\n" else data[1:]
+
+
 class LineTooLong(Exception):
     """The complete line at the offset is longer than the limit: ``length`` bytes, without its newline."""
 

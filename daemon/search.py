@@ -80,6 +80,8 @@ class SearchIndex:
     a large backlog is read): the prose is indexed with the lines either way.
     """
 
+    name = "search"
+
     def __init__(self, defer_tools: Callable[[], bool] = lambda: False) -> None:
         self.defer_tools = defer_tools
         self.texts: list[tuple[int, str, str | None, str, str | None, str]] = []
@@ -135,6 +137,9 @@ class SearchIndex:
                     text = extract(parse(raw.encode()))[2]
                 except BadLine:
                     continue
+                except Exception:  # a bug on one line must not hold up the rest of the index
+                    log.exception("search index: cannot extract the tool text of line %d", event_id)
+                    continue
                 if text and text.strip():
                     self.tools.append((event_id, text))
             try:
@@ -166,6 +171,9 @@ class SearchIndex:
                 try:
                     self._collect(event_id, session_id, parse(raw.encode()))
                 except BadLine:
+                    continue
+                except Exception:  # a bug on one line must not hold up the rest of the index
+                    log.exception("search index: cannot index line %d", event_id)
                     continue
             try:
                 with store.transaction():

@@ -272,6 +272,12 @@ class Store:
             [(*r, ts) for r in rows],
         )
 
+    def insert_line_errors(self, rows: Iterable[tuple[int, str, str]]) -> None:
+        """rows: (event_id, part, error): a stored line whose derived ``part`` could not be made."""
+        ts = now_iso()
+        self.conn.executemany("INSERT OR REPLACE INTO line_errors (event_id, part, error, seen_at) VALUES (?,?,?,?)",
+                              [(*r, ts) for r in rows])
+
     def upsert_sessions(self, rows: Iterable[tuple[Any, ...]]) -> None:
         """rows: (file_id, session_id, project, parent, is_subagent, cwd, first_ts, last_ts, lines, messages,
         custom_title, ai_title, summary, first_prompt). A session is its file. Counts add up; titles: the last
@@ -331,4 +337,5 @@ def figures(conn: sqlite3.Connection) -> dict[str, int]:
         "sessions": q("SELECT count(*) FROM session_stats").fetchone()[0],
         "sessions_gone": q("SELECT count(*) FROM sessions WHERE NOT file_present").fetchone()[0],
         "errors": q("SELECT count(*) FROM sync_errors").fetchone()[0],
+        "line_errors": q("SELECT count(DISTINCT event_id) FROM line_errors").fetchone()[0],
     }

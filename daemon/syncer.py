@@ -26,8 +26,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from csm.daemon.ingest import Ingestor, Totals
 from csm.daemon.diagnose import diagnose
+from csm.daemon.ingest import Ingestor, Totals
+from csm.daemon.turns import Turns
 from csm.shared.protocol import Backlog, Error, Message, Progress, SyncReply
 
 log = logging.getLogger("csm.sync")
@@ -62,6 +63,8 @@ class Syncer(threading.Thread):
         """Deferred work, run after each round of hints and rescans; it should stop when ``busy``."""
         self.after_new_dirs: list[Callable[[], None]] = []
         self.scans = 0
+        self.turns = Turns()
+        """Queries step aside while this thread stores the lines of hints (``daemon/turns.py``)."""
 
     # --- called from other threads -------------------------------------------------
 
@@ -223,8 +226,9 @@ class Syncer(threading.Thread):
         if dirs:
             for hook in self.after_new_dirs:
                 hook()
-        for p in paths:
-            ing.visit(p)
+        with self.turns.appending():
+            for p in paths:
+                ing.visit(p)
         if rescan:
             self._rescan(waiters)
         for job in self.after_work:
@@ -237,6 +241,7 @@ class Syncer(threading.Thread):
         self.state = "initial sync" if self.scans == 0 else "scanning"
         started = time.monotonic()
         totals: Totals = self.ingestor.rescan(self._progress())
+        totals += self.ingestor.final_lines()
         self.scans += 1
         self.last_sync_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         seconds = time.monotonic() - started

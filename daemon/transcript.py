@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import msgspec
 
 from csm.daemon.content import Block, blocks, decode_any, result_text, strings
+from csm.daemon.parse import BadLine, readable
 from csm.shared.protocol import Entry
 
 DETAIL_MAX = 120
@@ -52,8 +53,13 @@ _line = msgspec.json.Decoder(_Line)
 def _parse(raw: str | bytes) -> _Line | None:
     try:
         return _line.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except msgspec.ValidationError:
         return None
+    except (msgspec.DecodeError, RecursionError):  # a lone surrogate, or deeper than msgspec goes
+        try:
+            return _line.decode(readable(raw.encode() if isinstance(raw, str) else raw))
+        except (msgspec.DecodeError, msgspec.ValidationError, BadLine):
+            return None
 
 
 def one_line(text: str, limit: int = DETAIL_MAX) -> str:

@@ -15,6 +15,11 @@ a subagent's responses are in its own file and embedded again in the parent's
 The totals do not depend on which file is read first (of equal copies, the one stored
 first keeps its session). ``usage_entries`` holds one row per key; the
 triggers of migration ``m003_usage`` keep ``usage_slots`` (quarter-hour sums) in step.
+
+A token count must be an integer from 0 to ``TOKENS_MAX``. JSON allows any integer, SQLite holds
+64 bits, and the sums (a row's total, a quarter hour's, a session's) must stay exact, not turn
+into floating point or fail: a count outside that range is an error of its line's usage
+(``UsageError``; the line itself is stored), and the line counts for nothing.
 """
 
 from __future__ import annotations
@@ -51,6 +56,23 @@ _TS, _TIMESTAMP, _MODEL, _IN, _OUT, _CC, _CC5M, _CC1H, _CR, _SPEED, _SIDE = rang
 _COST = 18
 
 
+TOKENS_MAX = (1 << 32) - 1
+"""Thousands of times any model's context window, and small enough that 2^29 responses at the
+maximum still sum within SQLite's 64-bit integers."""
+
+
+class UsageError(ValueError):
+    """A response's usage that csm cannot count (a token count out of range); ``str`` says which."""
+
+
+def _count(name: str, n: int | None) -> int:
+    if n is None:
+        return 0
+    if not 0 <= n <= TOKENS_MAX:
+        raise UsageError(f"{name} {n} is not a token count csm can sum (0 to {TOKENS_MAX})")
+    return n
+
+
 def _rank(row: list[Any]) -> tuple[int, int, bool]:
     return (1 - row[_SIDE], row[_IN] + row[_OUT] + row[_CC] + row[_CR], row[_SPEED] is not None)
 
@@ -70,6 +92,8 @@ def epoch_ms(timestamp: str | None) -> int | None:
 
 class UsageSink:
     """The ``Sink`` (see ``daemon/ingest.py``) that keeps ``usage_entries`` current."""
+
+    name = "usage"
 
     def __init__(self, prices: PriceTable) -> None:
         self.prices = prices
@@ -122,13 +146,14 @@ class UsageSink:
             key = f"{msg.id} {request_id}" if request_id else msg.id
         else:
             key = f"line {event_id}"
-        cc = u.cache_creation_input_tokens or 0
+        cc = _count("cache_creation_input_tokens", u.cache_creation_input_tokens)
         split = u.cache_creation
-        one_hour = (split.ephemeral_1h_input_tokens or 0) if split else 0
+        one_hour = _count("ephemeral_1h_input_tokens", split.ephemeral_1h_input_tokens) if split else 0
         row = [
             key, msg.id, request_id, event_id, f.session_key, f.project, None, timestamp, msg.model,
-            u.input_tokens or 0, u.output_tokens or 0, cc, max(cc - one_hour, 0) if split else None,
-            one_hour if split else None, u.cache_read_input_tokens or 0, u.speed, int(bool(sidechain)), embedded,
+            _count("input_tokens", u.input_tokens), _count("output_tokens", u.output_tokens), cc,
+            max(cc - one_hour, 0) if split else None, one_hour if split else None,
+            _count("cache_read_input_tokens", u.cache_read_input_tokens), u.speed, int(bool(sidechain)), embedded,
             None,
         ]
         old = self.pending.get(key)

@@ -115,7 +115,10 @@ class Watchers:
         b = Builder(full=False, session_id=f.session_key, project=f.project)
         for r in rows:
             if r[7] in _CONVERSATION:
-                b.add(r[9])
+                try:
+                    b.add(r[9])
+                except Exception:  # one line the builder cannot read is left out, not the batch
+                    log.exception("watch: cannot show line %d", r[0])
         if not b.entries:
             return
         for e in b.entries:

@@ -194,15 +194,18 @@ class Watcher:
             return
         for root, watch in list(self.watched.items()):
             emitter = next((e for e in obs.emitters if e.watch == watch), None)
-            if root.is_dir() and emitter is not None and emitter.is_alive():
+            if root in self.roots and root.is_dir() and emitter is not None and emitter.is_alive():
                 continue
-            # A root that was deleted stops its emitter; watch it again when it is back.
+            # A root that was deleted stops its emitter; watch it again when it is back. One taken
+            # out of the settings (``ReloadConfig``) is simply no longer watched.
             del self.watched[root]
             try:
                 obs.unschedule(watch)
             except KeyError:
                 pass
-            if root.is_dir():
+            if root not in self.roots:
+                log.info("%s is no longer a root; not watching it", root)
+            elif root.is_dir():
                 log.warning("the watch of %s stopped; watching it again", root)
             else:
                 log.info("%s is gone; it is watched again once it exists", root)

@@ -81,6 +81,9 @@ class Sessions(Message, kw_only=True):
     since: str | None = None
     until: str | None = None
     limit: int = 50
+    title: str | None = None
+    """Only sessions whose title holds each of these words (any case)."""
+    offset: int = 0
 
 
 class Show(Message, kw_only=True):
@@ -110,7 +113,8 @@ class Watch(Message, kw_only=True):
 
 
 class ListErrors(Message, kw_only=True):
-    """The bad lines csmd skipped (``sync_errors``), by file and offset."""
+    """The bad lines csmd skipped (``sync_errors``) and the stored lines whose derived data failed
+    (``line_errors``), by file and offset."""
 
     max_rows: int = 10_000
 
@@ -132,9 +136,14 @@ class Ack(Message, kw_only=True):
     seq: int
 
 
+class ReloadConfig(Message, kw_only=True):
+    """Read the config file again and apply what can change while csmd runs (``shared.config.LIVE``);
+    the reply names what was applied and what waits for a restart."""
+
+
 Request = (
     Status | Sync | Query | UsageReport | GetConfig | Fault | Sessions | Show | Search | Watch | ListErrors | Export
-    | Ack
+    | Ack | ReloadConfig
 )
 
 
@@ -180,6 +189,8 @@ class StatusReply(Message, kw_only=True):
     sessions: int
     sessions_gone: int = 0
     errors: int
+    line_errors: int = 0
+    """Stored lines whose derived data (usage, search text, session figures) could not be made."""
     last_sync_at: str | None = None
     watch_mode: str = "watching"
     watcher_restarts: int = 0

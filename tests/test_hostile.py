@@ -7,6 +7,7 @@ import json
 import os
 import random
 import stat
+import sys
 import threading
 from pathlib import Path
 
@@ -123,11 +124,15 @@ def _reject_constant(name: str) -> None:
 
 
 def is_json_object(raw: bytes) -> bool:
-    """The reference: a line is good iff it is UTF-8 and standard JSON (no NaN) for an object."""
+    """The reference: a line is good iff it is UTF-8 and standard JSON (no NaN) for an object, at any depth."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 4 * len(raw) + 1000))  # deep nesting is valid JSON (issue 10 item 14)
     try:
         value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
+    except ValueError:
         return False
+    finally:
+        sys.setrecursionlimit(limit)
     return isinstance(value, dict)
 
 
@@ -143,7 +148,7 @@ ODD_LINES = [
     b'{"type":"user"}\r\n', b"\x00" * 40 + b"\n", b"[" * 3000 + b"]" * 3000 + b"\n", b"\n", b"   \n",
     b'{"uuid": 5, "sessionId": ["x"], "timestamp": {}, "message": "text"}\n', b'{"a": NaN}\n',
     b'{"a": "\xff\xfe"}\n', b'{"type": "user"', b'"just a string"\n', b"1234\n", b"null\n",
-    b'{"message":' + b"[" * 3000 + b"]" * 3000 + b"}\n", b'{"x":' + b"[" * 3000 + b"]" * 3000 + b"}\n",  # too deep
+    b'{"message":' + b"[" * 3000 + b"]" * 3000 + b"}\n", b'{"x":' + b"[" * 3000 + b"]" * 3000 + b"}\n",  # deep, valid
     b'{"type":"user","message":{"content":' + b"[" * 500 + b"]" * 500 + b"}}\n",  # deep, yet within limits
 ]
 odd_lines = st.sampled_from(ODD_LINES)

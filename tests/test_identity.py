@@ -276,6 +276,10 @@ class TestDeletion:
         lines = [rec(i) for i in range(3)]
         write(f, lines)
         write(keep, [rec(0, session="s2")])
+        # The backup it is restored from below exists before the deletion, so it is on another inode:
+        # a restore that happened to land on the freed inode would be a rename back (the next test).
+        backup = projects.parent / "backup.jsonl"
+        write(backup, lines + [rec(3)])
         csmd.start()
         f.unlink()
         wait_for(lambda: checkpoint(db, f)[3], what="the checkpoint to be marked gone")
@@ -288,7 +292,7 @@ class TestDeletion:
         assert (s["sessions"], s["sessions_gone"], s["files"], s["files_gone"]) == (2, 1, 1, 1)
         human = run_csm("status").stdout
         assert "1 with source file gone" in human, human
-        write(f, lines + [rec(3)])  # restored from a backup, one line longer
+        os.rename(backup, f)  # restored from a backup, one line longer
         sync_now()
         expect(db, {f: lines + [rec(3)]}, lines + [rec(3)] + [rec(0, session="s2")])
         assert checkpoint(db, f)[1:] == (1, f.stat().st_size, None), "the same checkpoint, read again, live"
