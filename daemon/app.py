@@ -57,6 +57,9 @@ from csm.shared.protocol import (
     Status,
     StatusReply,
     Sync,
+    TeamResync,
+    TeamStatus,
+    TeamStatusReply,
     UsageReport,
     Watch,
 )
@@ -122,6 +125,12 @@ class Daemon:
         self.watchers = Watchers(self.server)
         self.exports = export.Exports(self.server)
         self.ingestor.on_commit.append(self.watchers.on_commit)
+        self.mirror = None
+        if self.config.team is not None:  # imported only in team mode: csmd without it never loads psycopg
+            from csm.team.mirror import Mirror
+
+            self.mirror = Mirror(self.db, self.config.team)
+            self.ingestor.on_commit.append(self.mirror.committed)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         signal.set_wakeup_fd(self.server.wake_w, warn_on_full_buffer=False)
@@ -131,6 +140,8 @@ class Daemon:
         self.health.start()
         self.watcher.start()
         self.syncer.start()  # its first job is the initial scan
+        if self.mirror is not None:
+            self.mirror.start()
         self.notifier.ready()
         try:
             self.server.serve(self.dispatch, self._tick)
@@ -139,6 +150,9 @@ class Daemon:
             self.notifier.stopping()
             self.syncer.stop()
             self.syncer.join()
+            if self.mirror is not None:
+                self.mirror.stop()
+                self.mirror.join(15)
             self.watcher.stop()
             self.health.stop()
             self.pool.shutdown(wait=True, cancel_futures=True)
@@ -235,6 +249,13 @@ class Daemon:
                 self.watchers.ack(reply.envelope, seq)
             case ReloadConfig():
                 reply(self.reload_config())
+            case TeamStatus() | TeamResync() if self.mirror is None:
+                reply(TeamStatusReply(configured=False))
+            case TeamStatus():
+                self._submit(reply, self.mirror.status, own=True)
+            case TeamResync():
+                self.mirror.resync()
+                reply(Ok(message="the whole history will be sent again"))
 
     def reload_config(self) -> Message:
         """Apply a changed config file without a restart (the web settings page, ``csm config set``).

@@ -376,10 +376,28 @@ SELECT s.session_id, s.project, s.parent_session_id, s.is_subagent, s.cwd,
 FROM session_stats s JOIN sync_metadata m ON m.file_id = s.file_id;
 """
 
+M007_TEAM_MIRROR = """
+-- Team mode (csm.team.mirror): how far the mirror into the team's PostgreSQL has got. position is
+-- the events.id up to which PostgreSQL has committed every shared row; it moves only after that
+-- commit, so a crash in between re-sends a batch, which the upserts there absorb. archive is this
+-- database's own random id: a rebuilt archive's file and event ids never overwrite the old ones there.
+-- The mirror's own connection writes this row, and nothing else.
+CREATE TABLE team_mirror (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    archive TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    synced_at TEXT
+);
+INSERT INTO team_mirror VALUES (1, lower(hex(randomblob(16))), 0, NULL);
+-- The mirror reads the usage rows of a range of lines.
+CREATE INDEX usage_entries_event ON usage_entries(event_id);
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
     ("m003_usage", M003_USAGE),
     ("m004_search", M004_SEARCH),
     ("m005_line_errors", M005_LINE_ERRORS),
     ("m006_session_identity", M006_SESSION_IDENTITY),
+    ("m007_team_mirror", M007_TEAM_MIRROR),
 ]

@@ -102,3 +102,10 @@ class ServiceManagerMissing(ServiceError):
     """No service manager is reachable from here (a container, a session without a user manager)."""
 
     exit_code = 69  # EX_UNAVAILABLE
+
+
+class TeamUnavailable(CsmError):
+    """The team's PostgreSQL cannot be reached or refused what was asked (team mode off, no driver,
+    no connection, no permission): the message says which."""
+
+    exit_code = 69  # EX_UNAVAILABLE

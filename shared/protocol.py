@@ -136,6 +136,14 @@ class Ack(Message, kw_only=True):
     seq: int
 
 
+class TeamStatus(Message, kw_only=True):
+    """How the mirror into the team's PostgreSQL is doing (``csm team status``)."""
+
+
+class TeamResync(Message, kw_only=True):
+    """Send the whole history to the team's PostgreSQL again, with what is shared now (``csm team resync``)."""
+
+
 class ReloadConfig(Message, kw_only=True):
     """Read the config file again and apply what can change while csmd runs (``shared.config.LIVE``);
     the reply names what was applied and what waits for a restart."""
@@ -143,7 +151,7 @@ class ReloadConfig(Message, kw_only=True):
 
 Request = (
     Status | Sync | Query | UsageReport | GetConfig | Fault | Sessions | Show | Search | Watch | ListErrors | Export
-    | Ack | ReloadConfig
+    | Ack | TeamStatus | TeamResync | ReloadConfig
 )
 
 
@@ -326,12 +334,34 @@ class ExportDone(Message, kw_only=True):
     chunks: int
 
 
+class TeamStatusReply(Message, kw_only=True):
+    """The mirror's state. ``position``: the last local line (``events.id``) whose shared rows PostgreSQL has
+    committed; ``head``: the newest line; ``behind_s``: the age of the oldest line not mirrored yet."""
+
+    configured: bool
+    member: str = ""
+    machine: str = ""
+    share: str = ""
+    target: str = ""
+    """The connection (libpq conninfo or service; never a password: config.toml cannot hold one)."""
+    archive: str = ""
+    connected: bool = False
+    position: int = 0
+    head: int = 0
+    behind_rows: int = 0
+    behind_s: float | None = None
+    last_error: str | None = None
+    last_sent_at: str | None = None
+    rows_sent: int = 0
+
+
 Reply = (
     Error | Ok | StatusReply | Progress | SyncReply | Rows | UsageRows | ConfigReply | Transcript | Watching | Messages
-    | Heartbeat | Chunk | ExportDone
+    | Heartbeat | Chunk | ExportDone | TeamStatusReply
 )
 
-FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows, ConfigReply, Transcript, ExportDone)
+FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows, ConfigReply, Transcript, ExportDone,
+                 TeamStatusReply)
 """Every other reply is streamed (``Progress``, ``Chunk``, …): more follow until a final one."""
 
 _encoder = msgspec.msgpack.Encoder()
