@@ -20,6 +20,7 @@ from csm.client import options, render
 from csm.client.transport import request
 from csm.shared import __version__, protocol
 from csm.shared.errors import CsmError, DaemonNotRunning
+from csm.shared.streams import whole_writes
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -397,6 +398,7 @@ def query_errors(max_rows: int, fmt: str | None) -> None:
 
 
 def main() -> None:
+    whole_writes()
     try:
         cli(standalone_mode=False)
     except click.exceptions.Exit as e:

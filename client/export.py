@@ -58,8 +58,9 @@ class Writer(Protocol):
 
 def receive(target: str, fmt: str, out: Writer, *, subagents: bool = False,
             on_file: Callable[[str], None] | None = None) -> protocol.ExportDone:
-    """Write the chunks as they come, checking that none is missing. ``on_file`` is told each file's
-    path before its chunks (``subagents``: the session's file, then its subagents')."""
+    """Write the chunks as they come, checking that none is missing (the transport acknowledges
+    each one written: csmd sends only a few ahead, so a stopped client makes it wait). ``on_file`` is
+    told each file's path before its chunks (``subagents``: the session's file, then its subagents')."""
     expected = [0]
 
     def chunk(msg: protocol.Message) -> None:
@@ -71,7 +72,7 @@ def receive(target: str, fmt: str, out: Writer, *, subagents: bool = False,
             return
         if msg.seq != expected[0]:
             raise DaemonError(f"export interrupted: piece {expected[0]} of the stream was lost; run it again")
-        out.write(msg.data)
+        out.write(msg.data)  # written (a file, or stdout's whole writes) before the transport acknowledges it
         expected[0] += 1
 
     done = request(protocol.Export(target=target_arg(target), format=fmt, subagents=subagents), timeout_s=30.0,

@@ -130,6 +130,15 @@ class Export(Message, kw_only=True):
     """Also the files of the session's subagents, each after the session's own (``csm restore``)."""
 
 
+class Ack(Message, kw_only=True):
+    """Sent by a client streaming an ``Export`` or a ``Watch`` on the same socket: it has written out
+    the ``Chunk`` or ``Messages`` numbered ``seq``. csmd sends only a few pieces ahead of the last
+    one acknowledged, so a client that stops reading (Ctrl-Z) cannot make it queue the whole stream.
+    No reply."""
+
+    seq: int
+
+
 class TeamStatus(Message, kw_only=True):
     """How the mirror into the team's PostgreSQL is doing (``csm team status``)."""
 
@@ -145,7 +154,7 @@ class ReloadConfig(Message, kw_only=True):
 
 Request = (
     Status | Sync | Query | UsageReport | GetConfig | Fault | Sessions | Show | Search | Watch | ListErrors | Export
-    | TeamStatus | TeamResync | ReloadConfig
+    | Ack | TeamStatus | TeamResync | ReloadConfig
 )
 
 
@@ -303,6 +312,8 @@ class Watching(Message, kw_only=True):
 
 class Messages(Message, kw_only=True):
     entries: list[Entry]
+    seq: int = 0
+    """Numbers the ``Messages`` of one subscription, for the client's ``Ack``."""
 
 
 class Heartbeat(Message, kw_only=True):
