@@ -147,6 +147,22 @@ def place(conn: sqlite3.Connection, file_id: int) -> Place:
     return Place(*r)
 
 
+_CHILDREN = ("FROM session_stats c JOIN sync_metadata m ON m.file_id = c.file_id WHERE c.parent_session_id = ? "
+             "AND c.project = ? AND m.root = ?")
+"""A session's subagents: the sessions naming it as their parent in the same project and root."""
+
+
+def subagent_files(conn: sqlite3.Connection, file_id: int) -> list[tuple[int, str]]:
+    """(file_id, path) of the subagents of the session in file ``file_id``, by path; none for a file
+    that holds no session."""
+    try:
+        p = place(conn, file_id)
+    except NotFound:
+        return []
+    return conn.execute(f"SELECT c.file_id, m.file_path {_CHILDREN} ORDER BY m.file_path",
+                        (p.session_id, p.project, p.root)).fetchall()
+
+
 def session_info(conn: sqlite3.Connection, file_id: int) -> SessionInfo:
     r = conn.execute(
         "SELECT s.session_id, s.project, COALESCE(s.custom_title, s.ai_title, s.summary, s.first_prompt), s.cwd, "
@@ -212,8 +228,7 @@ def show(conn: sqlite3.Connection, req: Show) -> Transcript:
         info = session_info(conn, p.file_id)
         children: Children = {r[0]: (r[1], r[2]) for r in conn.execute(
             "SELECT c.session_id, c.file_id, COALESCE(c.custom_title, c.ai_title, c.summary, c.first_prompt) "
-            "FROM session_stats c JOIN sync_metadata m ON m.file_id = c.file_id WHERE c.parent_session_id = ? "
-            "AND c.project = ? AND m.root = ? ORDER BY c.first_ts", (p.session_id, p.project, p.root))}
+            f"{_CHILDREN} ORDER BY c.first_ts", (p.session_id, p.project, p.root))}
         seen: set[str] = set()
         entries, complete = _entries(conn, p.file_id, req.full, 0, children, seen, enough)
         for key, (child, title) in children.items():  # subagents no call in the parent names

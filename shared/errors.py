@@ -68,6 +68,12 @@ class NotFound(DaemonError):
     exit_code = 5
 
 
+class Conflict(CsmError):
+    """A file csm would write is already there with other contents: csm never overwrites it."""
+
+    exit_code = 73  # EX_CANTCREAT
+
+
 class AlreadyRunning(CsmError):
     """Another csmd holds the lock."""
 

@@ -130,10 +130,22 @@ class ListErrors(Message, kw_only=True):
 
 class Export(Message, kw_only=True):
     """A session's or a file's lines. ``target``: an absolute file path, a session id, or a unique
-    prefix of one. Replies with ``Chunk`` messages, then ``ExportDone``."""
+    prefix of one. Replies with an ``ExportFile`` and its ``Chunk`` messages for each file, then
+    ``ExportDone``."""
 
     target: str
     format: str = "jsonl"
+    subagents: bool = False
+    """Also the files of the session's subagents, each after the session's own (``csm restore``)."""
+
+
+class Ack(Message, kw_only=True):
+    """Sent by a client streaming an ``Export`` or a ``Watch`` on the same socket: it has written out
+    the ``Chunk`` or ``Messages`` numbered ``seq``. csmd sends only a few pieces ahead of the last
+    one acknowledged, so a client that stops reading (Ctrl-Z) cannot make it queue the whole stream.
+    No reply."""
+
+    seq: int
 
 
 class TeamStatus(Message, kw_only=True):
@@ -151,7 +163,7 @@ class ReloadConfig(Message, kw_only=True):
 
 Request = (
     Status | Sync | Query | UsageReport | GetConfig | Fault | Sessions | Show | Search | Watch | ListErrors | Export
-    | TeamStatus | TeamResync | ReloadConfig
+    | Ack | TeamStatus | TeamResync | ReloadConfig
 )
 
 
@@ -341,6 +353,8 @@ class Watching(Message, kw_only=True):
 
 class Messages(Message, kw_only=True):
     entries: list[Entry]
+    seq: int = 0
+    """Numbers the ``Messages`` of one subscription, for the client's ``Ack``."""
 
 
 class Heartbeat(Message, kw_only=True):
@@ -353,6 +367,13 @@ class Chunk(Message, kw_only=True):
 
     seq: int
     data: bytes
+
+
+class ExportFile(Message, kw_only=True):
+    """The ``Chunk``s that follow, up to the next ``ExportFile``, are this file's bytes (a chunk never
+    holds two files). ``path``: where the file is, or was last seen."""
+
+    path: str
 
 
 class ExportDone(Message, kw_only=True):
@@ -387,7 +408,7 @@ class TeamStatusReply(Message, kw_only=True):
 
 Reply = (
     Error | Ok | StatusReply | Progress | SyncReply | Rows | UsageRows | ConfigReply | Transcript | Watching | Messages
-    | Heartbeat | Chunk | ExportDone | TeamStatusReply
+    | Heartbeat | Chunk | ExportFile | ExportDone | TeamStatusReply
 )
 
 FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows, ConfigReply, Transcript, ExportDone,
