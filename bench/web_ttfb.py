@@ -25,6 +25,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -176,6 +177,7 @@ def main() -> None:
             serve.wait(10)
         d.stop()
         home.cleanup()
+        shutil.rmtree(base, ignore_errors=True)  # the archive and the generated session
 
 
 if __name__ == "__main__":
