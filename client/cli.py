@@ -20,6 +20,7 @@ from csm.client import options, render
 from csm.client.transport import request
 from csm.shared import __version__, protocol
 from csm.shared.errors import CsmError, DaemonNotRunning
+from csm.shared.streams import whole_writes
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -43,7 +44,8 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings=CONTEXT, lazy={
     "service": "csm.client.service:service", "db": "csm.client.db:db", "watch": "csm.client.browse:watch",
-    "export": "csm.client.export:export", "serve": "csm.web.command:serve", "team": "csm.client.team:team",
+    "export": "csm.client.export:export", "restore": "csm.client.restore:restore", "serve": "csm.web.command:serve",
+    "team": "csm.client.team:team",
 })
 @click.version_option(__version__, prog_name="csm")
 def cli() -> None:
@@ -455,6 +457,7 @@ def query_errors(max_rows: int, fmt: str | None) -> None:
 
 
 def main() -> None:
+    whole_writes()
     try:
         cli(prog_name="csm", standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import msgspec
 
-from csm.daemon import browse, export, queries, reports, search, turns
+from csm.daemon import browse, export, heap, queries, reports, search, turns
 from csm.daemon.checkpoint import Checkpointer
 from csm.daemon.diagnose import diagnose
 from csm.daemon.health import Health
@@ -40,6 +40,7 @@ from csm.shared import config as config_mod
 from csm.shared.config import Resolved
 from csm.shared.errors import ConfigError, NotFound, QueryError
 from csm.shared.protocol import (
+    Ack,
     ConfigReply,
     Error,
     Export,
@@ -94,7 +95,8 @@ class Daemon:
     def _run(self) -> int:
         store = Store(open_writer(self.db))
         own = paths.own_files(self.db)
-        self.ingestor = Ingestor(store, self.roots, self.config, exclude=own)
+        self.ingestor = Ingestor(store, self.roots, self.config, exclude=own,
+                                 heap_cap=heap.SqliteCap(store.conn, self.config.query_max_bytes))
         self.prices = PriceTable.shipped()
         usage = UsageSink(self.prices)
         usage.prepare(store)
@@ -124,6 +126,7 @@ class Daemon:
         self.server = Server(self.sock)
         self.server.bind()
         self.watchers = Watchers(self.server)
+        self.exports = export.Exports(self.server)
         self.ingestor.on_commit.append(self.watchers.on_commit)
         self.mirror = None
         if self.config.team is not None:  # imported only in team mode: csmd without it never loads psycopg
@@ -169,6 +172,7 @@ class Daemon:
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.watchers.stop()
+        self.exports.stop()
         self.server.stop()
 
     def _tick(self) -> float | None:
@@ -240,7 +244,12 @@ class Daemon:
             case ListErrors(max_rows=max_rows):
                 self._submit(reply, lambda conn: queries.list_errors(conn, max_rows), own=True)
             case Export():
-                self._submit(reply, lambda conn: export.run(conn, request, reply), own=True)
+                assert isinstance(reply, Replier)
+                self._submit(reply, lambda conn: self.exports.run(conn, request, reply), own=True, alone=True)
+            case Ack(seq=seq):
+                assert isinstance(reply, Replier)
+                self.exports.ack(reply.envelope, seq)
+                self.watchers.ack(reply.envelope, seq)
             case ReloadConfig():
                 reply(self.reload_config())
             case TeamStatus() | TeamResync() if self.mirror is None:
@@ -325,7 +334,7 @@ class Daemon:
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self.local, "conn", None)
         if conn is None:
-            conn = self.local.conn = queries.open_query_connection(self.db)
+            conn = self.local.conn = queries.open_query_connection(self.db, self.config.query_max_bytes)
         return conn
 
     def _own_connection(self) -> sqlite3.Connection:
@@ -336,14 +345,19 @@ class Daemon:
             conn = self.local.own = open_reader(self.db)
         return conn
 
-    def _submit(self, reply: Reply, work: Callable[[sqlite3.Connection], Message | None], own: bool = False) -> None:
+    def _submit(self, reply: Reply, work: Callable[[sqlite3.Connection], Message | None], own: bool = False,
+                alone: bool = False) -> None:
         """Queue read-only ``work`` for the pool; a bounded queue, so a flood of slow queries gets
-        "busy" at once instead of hours of backlog and memory."""
+        "busy" at once instead of hours of backlog and memory. ``alone``: work that waits for its
+        client (an export) gets a thread (and connection) of its own instead of a pool thread."""
         if not self.query_slots.acquire(blocking=False):
             reply(Error(code="busy", message=f"csmd is busy: {self.config.query_queue} queries are "
                                              "running or waiting; try again when they finish"))
             return
-        self.pool.submit(self._answer, reply, work, own)
+        if alone:
+            threading.Thread(target=self._answer, args=(reply, work, own), name="csm-export", daemon=True).start()
+        else:
+            self.pool.submit(self._answer, reply, work, own)
 
     def _answer(self, reply: Reply, work: Callable[[sqlite3.Connection], Message | None], own: bool = False) -> None:
         """Run a read-only ``work`` on this pool thread's connection and reply with its result (if any).

@@ -31,13 +31,14 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
 
-from csm.daemon import reader
+from csm.daemon import heap, reader
 from csm.daemon.parse import BadLine, LineView, parse, prompt_text
 from csm.daemon.store import FileRow, Store, now_iso
 from csm.shared.config import Config
@@ -145,6 +146,14 @@ def _after_nuls(line: bytes) -> tuple[int, bytes, str, LineView] | None:
         return None
 
 
+def _text(line: bytes, long: int) -> str | bytes:
+    """The line as ``raw`` is bound, checked as UTF-8: its str, or for a line over ``long`` bytes the
+    bytes themselves (``Store.insert_events`` stores them unchanged as TEXT): the str of a long
+    line would be one more copy of it (two to four for text beyond Latin-1, and its UTF-8 form)."""
+    text = line.decode("utf-8")
+    return line if len(line) > long else text
+
+
 @dataclass
 class Reread:
     """An earlier generation's rows and bad lines, by content, for a re-read to find again."""
@@ -240,8 +249,10 @@ class Sink(Protocol):
 class Ingestor:
     """Owns the writer connection; every method runs on the ingest thread."""
 
-    def __init__(self, store: Store, roots: list[Path], config: Config, exclude: Iterable[Path] = ()) -> None:
+    def __init__(self, store: Store, roots: list[Path], config: Config, exclude: Iterable[Path] = (),
+                 heap_cap: heap.SqliteCap | None = None) -> None:
         self.store = store
+        self.heap_cap = heap_cap
         self.roots = roots
         self.config = config
         self.exclude = {str(p) for p in exclude}
@@ -606,20 +617,20 @@ class Ingestor:
             self._commit(f, fd, st, f.offset + 1, [], None, totals)
         while True:
             try:
-                data = reader.read_complete(fd, f.offset, self.config.batch_bytes, self.config.max_line_bytes)
+                lines = reader.read_lines(fd, f.offset, self.config.batch_bytes, self.config.max_line_bytes)
             except reader.LineTooLong as e:
                 self._commit(f, fd, st, f.offset, [], reattach, totals, too_long=e.length)
                 changed = True
                 continue
-            if not data:
+            if not lines:
                 break
             changed = True
-            lines = data.split(b"\n")
-            lines.pop()  # what follows the last newline: nothing
             start = f.offset
-            for i in range(0, len(lines), self.config.batch_lines):
-                chunk = lines[i : i + self.config.batch_lines]
-                start = self._commit(f, fd, st, start, chunk, reattach, totals)
+            long = len(lines[0]) if len(lines[0]) > self.config.batch_bytes else 0  # a long line comes alone
+            with self.heap_cap.room_for(long) if long and self.heap_cap else nullcontext():
+                for i in range(0, len(lines), self.config.batch_lines):
+                    chunk = lines[i : i + self.config.batch_lines]
+                    start = self._commit(f, fd, st, start, chunk, reattach, totals)
             if self.stopping.is_set():
                 return changed
         if f.offset < st.st_size and self.final_due.pop(f.file_id, None) == (st.st_size, st.st_mtime_ns):
@@ -789,7 +800,7 @@ class Ingestor:
                 self._bad_line(f, offset, len(line), line, self._too_long(len(line)), b, reattach)
                 continue
             try:
-                raw = line.decode("utf-8")
+                raw = _text(line, self.config.batch_bytes)
                 v = parse(line)
             except (UnicodeDecodeError, BadLine) as e:
                 salvaged = _after_nuls(line)

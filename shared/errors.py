@@ -37,6 +37,12 @@ class DaemonNotRunning(CsmError):
     exit_code = 3
 
 
+class ServeNotRunning(CsmError):
+    """No ``csm serve`` is running for ``csm serve --url`` to name."""
+
+    exit_code = 3
+
+
 class DaemonError(CsmError):
     """csmd answered with an error."""
 
@@ -60,6 +66,12 @@ class NotFound(DaemonError):
     """A session, file or other named thing does not exist."""
 
     exit_code = 5
+
+
+class Conflict(CsmError):
+    """A file csm would write is already there with other contents: csm never overwrites it."""
+
+    exit_code = 73  # EX_CANTCREAT
 
 
 class AlreadyRunning(CsmError):
