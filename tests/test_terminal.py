@@ -307,6 +307,7 @@ def test_completion_of_session_ids_and_projects(csmd: Csmd, projects: Path) -> N
         ["plain,3f00aaaa-0000-4000-8000-000000000000", f"plain,{SID}"]), r
     assert complete("bash", "csm export 9e").stdout.split() == [f"plain,{f.stem}"]
     assert complete("fish", "csm watch 3f2").stdout.split() == [f"plain,{SID}"]
+    assert complete("bash", "csm restore 3f2").stdout.split() == [f"plain,{SID}"]
     assert complete("zsh", "csm query show 3f2").stdout.split() == ["plain", SID, "_"]
     assert complete("bash", "csm query sessions -p OTHER").stdout.split() == ["plain,-srv-other-repo"]
     assert complete("bash", "csm query usage --project rather").stdout.split() == [
