@@ -74,27 +74,27 @@ def lost_before(conn: sqlite3.Connection, config_dirs: list[Path], period_days: 
     prompts, first, last = 0, float("inf"), 0.0
     for d in config_dirs:
         try:
-            with open(d / "history.jsonl", "rb") as f:
-                lines = f.read().splitlines()
+            f = open(d / "history.jsonl", "rb")
         except OSError:
             continue
-        for raw in lines:
-            try:
-                entry = json.loads(raw)
-            except ValueError:
-                continue
-            ts = _seconds(entry.get("timestamp")) if isinstance(entry, dict) else None
-            if ts is None or ts >= cutoff:
-                continue
-            sid = entry.get("sessionId")
-            if isinstance(sid, str) and sid:
-                if sid in known:
+        with f:  # line by line: the history of years of prompts is never held whole (csmd stays small)
+            for raw in f:
+                try:
+                    entry = json.loads(raw)
+                except ValueError:
                     continue
-                sessions.add(sid)
-            elif oldest is not None and ts >= oldest:
-                continue
-            prompts += 1
-            first, last = min(first, ts), max(last, ts)
+                ts = _seconds(entry.get("timestamp")) if isinstance(entry, dict) else None
+                if ts is None or ts >= cutoff:
+                    continue
+                sid = entry.get("sessionId")
+                if isinstance(sid, str) and sid:
+                    if sid in known:
+                        continue
+                    sessions.add(sid)
+                elif oldest is not None and ts >= oldest:
+                    continue
+                prompts += 1
+                first, last = min(first, ts), max(last, ts)
     if not prompts:
         return LostBefore(sessions=0, prompts=0)
     return LostBefore(sessions=len(sessions), prompts=prompts, first=_iso(first), last=_iso(last))
@@ -109,17 +109,29 @@ class Retention:
         self.dirs = claude_config_dirs(roots)
         self.lost: LostBefore | None = None
         self.checked = False
+        self.failed = False
 
     def period(self) -> tuple[int, str]:
         return cleanup_period(self.dirs)
 
     def check(self, conn: sqlite3.Connection, rescanned: bool) -> None:
-        """On the ingest thread, after work; once, and only after the first rescan has archived every file."""
+        """On the ingest thread, after work; once, and only after the first rescan has archived every file.
+
+        A finding, never a reason to stop: a database error here (damage ``health`` reports, a lock) is
+        logged once and the check is tried again after the next work, never raised into ingestion.
+        """
         if self.checked or not rescanned:
             return
-        self.checked = True
         days, _ = self.period()
-        self.lost = lost = lost_before(conn, self.dirs, days)
+        try:
+            lost = lost_before(conn, self.dirs, days)
+        except (sqlite3.Error, OSError) as e:
+            if not self.failed:
+                log.warning("cannot compare Claude Code's history.jsonl with the archive (%s); trying again later", e)
+            self.failed = True
+            return
+        self.checked = True
+        self.lost = lost
         if lost.prompts and lost.first and lost.last:
             log.warning("Claude Code deleted %d sessions (%d prompts typed %s to %s, in history.jsonl) before csm "
                         "archived them; csm keeps everything from now on", lost.sessions, lost.prompts,

@@ -393,6 +393,30 @@ def test_no_loss_when_every_session_is_archived(csmd: Csmd, projects: Path) -> N
     assert "lost" not in out.stdout and out.stderr == ""
 
 
+def test_a_database_error_in_the_check_is_never_raised_into_ingestion(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The check runs on the ingest thread after work: an error there (damage, a lock) would otherwise
+    go through the syncer's backoff and stall ingestion for a finding that can wait."""
+    import sqlite3
+
+    from csm.daemon.retention import Retention
+
+    projects = tmp_path / "claude" / "projects"
+    projects.mkdir(parents=True)
+    (projects.parent / "history.jsonl").write_bytes(history({"display": "a", "timestamp": 1, "sessionId": "x"}))
+    r = Retention([projects])
+    broken = sqlite3.connect(tmp_path / "x.db")
+    broken.close()  # any use raises sqlite3.ProgrammingError, a sqlite3.Error
+    for _ in range(3):
+        r.check(broken, rescanned=True)
+    assert (r.checked, r.lost) == (False, None), "tried again after the next work"
+    assert caplog.text.count("cannot compare Claude Code's history.jsonl") == 1, "logged once"
+    good = sqlite3.connect(tmp_path / "good.db")
+    good.execute("CREATE TABLE session_stats (session_id TEXT, first_ts TEXT)")
+    r.check(good, rescanned=True)
+    assert r.checked and r.lost is not None and (r.lost.sessions, r.lost.prompts) == (1, 1)
+
+
 # --- Prometheus ----------------------------------------------------------------------------------
 
 
