@@ -20,7 +20,7 @@ from typing import BinaryIO
 import click
 
 from csm.client.transport import request
-from csm.shared import protocol
+from csm.shared import paths, protocol
 from csm.shared.errors import DaemonError
 
 
@@ -46,7 +46,7 @@ def target_arg(target: str) -> str:
     """A path (an existing file, or a name ending in .jsonl: it may be deleted) is sent absolute;
     anything else is a session id or the start of one."""
     path = Path(target).expanduser()
-    if target.endswith(".jsonl") or path.is_file():
+    if paths.is_transcript_name(target) or path.is_file():
         return str(path.absolute())
     return target
 
@@ -101,11 +101,11 @@ def export(target: str, fmt: str, raw: bool, output: str | None) -> None:
         if output and output != "-":
             click.echo(f"wrote {done.lines} lines ({done.bytes} bytes) to {output}", err=True)
         return
-    from csm.client import transcript
+    from csm.client import layouts
 
     reply = request(protocol.Show(session=target_arg(target), full=True), timeout_s=60.0)
     assert isinstance(reply, protocol.Transcript)
     with _opened(output) as out:
-        out.write((transcript.markdown(reply) if fmt == "markdown" else transcript.page(reply)).encode("utf-8"))
+        out.write((layouts.markdown(reply) if fmt == "markdown" else layouts.page(reply)).encode("utf-8"))
     if output and output != "-":
         click.echo(f"wrote {output}", err=True)

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from csm.shared import paths, protocol
-from csm.shared.errors import DaemonError, DaemonNotRunning, NotFound, QueryError, Unavailable
+from csm.shared.errors import DaemonNotRunning, from_code
 from csm.shared.protocol import Error, Message, Ok, Progress, Watching
 
 START_HINT = "start it with 'csmd' (or 'csm service install' to run it at login)"
-ERRORS: dict[str, type[DaemonError]] = {"query": QueryError, "not_found": NotFound, "unavailable": Unavailable}
 
 
 def _unreachable(sock: Path, e: OSError) -> DaemonNotRunning:
@@ -107,7 +106,7 @@ def request(
                     on_progress(reply)
                 continue
             if isinstance(reply, Error):
-                raise ERRORS.get(reply.code, DaemonError)(reply.message)
+                raise from_code(reply.code)(reply.message)
             return reply
 
 
@@ -125,7 +124,7 @@ def subscribe(msg: Message, *, timeout_s: float = 10.0, sock: Path | None = None
                                        "check 'csm status'")
             reply = protocol.decode_reply(s.recv())
             if isinstance(reply, Error):
-                raise ERRORS.get(reply.code, DaemonError)(reply.message)
+                raise from_code(reply.code)(reply.message)
             if isinstance(reply, Watching):
                 wait_s = 3 * reply.heartbeat_s + 1
             yield reply

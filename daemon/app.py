@@ -87,12 +87,11 @@ class Daemon:
         store = Store(open_writer(self.db))
         own = paths.own_files(self.db)
         self.ingestor = Ingestor(store, self.roots, self.config, exclude=own)
+        ing = self.ingestor
         self.prices = PriceTable.shipped()
-        usage = UsageSink(self.prices)
-        usage.prepare(store)
-        self.ingestor.sinks.append(usage)
         self.checkpointer = Checkpointer(self.db, store.conn)
-        self.ingestor.on_commit.append(self.checkpointer.committed)
+        self.search_index = search.SearchIndex(defer_tools=self._large_backlog, stopping=ing.stopping)
+        ing.sinks += [UsageSink(self.prices), self.search_index, self.checkpointer]
         self.syncer = Syncer(self.ingestor, self.config.rescan_interval_s, db=self.db)
         self.health = Health(self.db, self.config.check_interval_s)
         self.syncer.before_rescan.append(self.health.problem)
@@ -101,19 +100,13 @@ class Daemon:
         self.syncer.before_rescan.append(self.watcher.check)
         self.syncer.after_new_dirs.append(self.watcher.verify)
         threading.excepthook = self._thread_died
-        ing = self.ingestor
-        self.search_index = search.SearchIndex(defer_tools=self._large_backlog)
-        ing.sinks.append(self.search_index)
-        self.syncer.before_rescan.append(lambda: self.search_index.backfill(store, ing.stopping))
-        self.syncer.after_work.append(
-            lambda: self.search_index.catch_up(store, lambda: ing.stopping.is_set() or self.syncer.busy()))
         self.reader = open_reader(self.db)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query")
         self.query_slots = threading.BoundedSemaphore(self.config.query_queue)
         self.server = Server(self.sock)
         self.server.bind()
         self.watchers = Watchers(self.server)
-        self.ingestor.on_commit.append(self.watchers.on_commit)
+        ing.sinks.append(self.watchers)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         signal.set_wakeup_fd(self.server.wake_w, warn_on_full_buffer=False)
@@ -307,4 +300,4 @@ class Daemon:
         """Subscribe this client (a session prefix is resolved once, here)."""
         assert isinstance(reply, Replier)
         session = browse.place(conn, browse.resolve(conn, request.session)) if request.session else None
-        self.watchers.add(reply.envelope, session, request.project)
+        self.watchers.subscribe(reply.envelope, session, request.project)

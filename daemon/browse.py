@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from csm.daemon import projects
-from csm.daemon.transcript import build
+from csm.daemon.conversation import build
+from csm.daemon.tree import AGENT_PREFIX
 from csm.shared.errors import NotFound, QueryError
 from csm.shared.protocol import Entry, Rows, SessionInfo, Sessions, Show, Transcript
 
@@ -106,7 +107,7 @@ def resolve(conn: sqlite3.Connection, target: str) -> int:
         if row is None:
             raise NotFound(f"no session in the archive is the transcript {target}")
         return row[0]
-    for p in (target, f"agent-{target}"):
+    for p in (target, AGENT_PREFIX + target):
         if places := _in_places(conn, p):
             return _one(repr(target), places)
         found = [r[0] for r in conn.execute(
@@ -168,7 +169,7 @@ def _entries(conn: sqlite3.Connection, file_id: int, full: bool, depth: int, chi
     b = build(_lines(conn, file_id), full, depth)
     out = list(b.entries)
     for index, agent in sorted(b.spawned, reverse=True):
-        key = f"agent-{agent}"
+        key = AGENT_PREFIX + agent
         if key in children and key not in seen:
             seen.add(key)
             child, title = children[key]

@@ -9,12 +9,33 @@ prose (the search index's default table) never builds the large strings.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
+T = TypeVar("T")
 
-class Block(msgspec.Struct):
+
+class once(Generic[T]):
+    """``functools.cached_property`` without its lock (Python 3.11 takes one on every first read, which
+    costs more than decoding a small message): a view belongs to the one thread that decoded it."""
+
+    def __init__(self, fn: Callable[[Any], T]) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+
+    def __get__(self, obj: Any, cls: type | None = None) -> T:
+        if obj is None:
+            return self  # type: ignore[return-value]
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value
+
+
+class Block(msgspec.Struct, dict=True):
+    """One content block. Its tool input and output are decoded on first use and kept (``value``,
+    ``output``), so the search sink and ``csm watch`` reading the same block decode them once."""
+
     type: str = ""
     text: str | None = None
     thinking: str | None = None
@@ -24,6 +45,16 @@ class Block(msgspec.Struct):
     tool_use_id: str | None = None
     content: msgspec.Raw = msgspec.Raw()
     is_error: bool | None = None
+
+    @once
+    def value(self) -> Any:
+        """A ``tool_use``'s input, decoded."""
+        return decode_any(self.input)
+
+    @once
+    def output(self) -> str:
+        """A ``tool_result``'s output as text; images and other media are left out."""
+        return result_text(self)
 
 
 _content = msgspec.json.Decoder(str | list[Block])

@@ -121,6 +121,14 @@ def claude_roots() -> list[Path]:
     return existing or defaults[:1]
 
 
+TRANSCRIPT_SUFFIX = ".jsonl"
+
+
+def is_transcript_name(path: str) -> bool:
+    """Whether a file's name is a transcript's (``x.jsonl``; not ``x.jsonl.bak``, not ``x.json``)."""
+    return path.endswith(TRANSCRIPT_SUFFIX)
+
+
 def csmd_command() -> list[str]:
     """How a service manager starts the csmd of the Python environment this csm runs in.
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from csm.shared.errors import DaemonError
+
 PROTOCOL = 1
 MAX_REQUEST_BYTES = 1 << 20
 
@@ -133,8 +135,14 @@ Request = (
 
 
 class Error(Message, kw_only=True):
+    """An error reply: ``code`` names its class in ``shared/errors.py`` (``errors.from_code``)."""
+
     code: str
     message: str
+
+    @classmethod
+    def of(cls, e: DaemonError) -> Error:
+        return cls(code=e.code, message=str(e))
 
 
 class Ok(Message, kw_only=True):
