@@ -1,18 +1,21 @@
 """Soak: many live transcripts appended at a steady rate while clients keep asking.
 
 A real csmd on private temporary paths; ``--files`` transcripts appended round-robin
-at ``--rate`` lines/s in total for ``--seconds``, while ``--clients`` threads call
-status and a query in a loop over the real socket. It measures, from outside:
+at ``--rate`` lines/s in total for ``--seconds``, while ``--clients`` clients (threads of
+a process of their own) ask over the real socket in a loop: status, SQL, sessions, search
+and usage (``MIX``), ``--think`` seconds apart. It measures, from outside:
 
 - exactly once: every written line is a row, once (uuids are unique per line);
 - freshness: time from a line's write to its row being visible to a reader
   (a separate process polling every 5 ms, so figures carry up to ~5 ms of polling delay);
 - csmd's peak RSS (``/proc/<pid>/status``), sampled every 0.25 s;
-- client answers: calls, failures, latency.
+- client answers: calls, failures, latency (all, and per kind of request).
 
-Targets (issue 7): freshness p99 < 250 ms, RSS < 80 MB, every line once.
+Targets (issue 7): freshness p99 < 250 ms, RSS < 80 MB, every line once; with 20 clients
+(issue 10) freshness p99 ≤ 250 ms still, and p50 ≤ 20 ms.
 
     python bench/soak.py                      # the full run: 50 files, 2,000 lines/s, 60 s
+    python bench/soak.py --clients 20         # under load: 20 clients querying
     python bench/soak.py --seconds 10 --json  # short, machine-readable (the test suite uses this)
 """
 
@@ -33,6 +36,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from csmtest import Csmd, isolated_env  # noqa: E402
 
 TARGET_P99_MS = 250.0
 TARGET_RSS_MB = 80.0
@@ -56,6 +62,8 @@ class Result:
     client_calls: int = 0
     client_failures: int = 0
     client_p99_ms: float = 0.0
+    clients: int = 0
+    client_kinds: dict[str, dict[str, float]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -78,13 +86,23 @@ def rss_mb(pid: int) -> float:
 
 
 def transcript_line(session: str, seq: int) -> bytes:
-    """A user line of typical size (~600 bytes) with a unique uuid."""
-    obj = {
+    """A user prompt or an assistant answer with its usage (~600 bytes), alternately, with a unique uuid."""
+    text = f"line {seq} of {session}: " + "lorem ipsum dolor sit amet " * 14
+    obj: dict[str, Any] = {
         "parentUuid": f"{session}-{seq - 1}" if seq else None, "isSidechain": False, "userType": "external",
         "cwd": "/home/me/project", "sessionId": session, "version": "2.0.0", "gitBranch": "main", "type": "user",
-        "message": {"role": "user", "content": f"line {seq} of {session}: " + "lorem ipsum dolor sit amet " * 14},
+        "message": {"role": "user", "content": text},
         "uuid": f"{session}-{seq}", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
     }
+    if seq % 2:
+        obj["type"] = "assistant"
+        obj["requestId"] = f"req_{session}_{seq}"
+        obj["message"] = {
+            "id": f"msg_{session}_{seq}", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
+            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+            "usage": {"input_tokens": 12, "output_tokens": 345, "cache_creation_input_tokens": 678,
+                      "cache_read_input_tokens": 9012},
+        }
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
@@ -115,44 +133,102 @@ def observe(db: str, ready: Any, expected: mp_queue.Queue, out: mp_queue.Queue) 
     out.put(seen)
 
 
+MIX = ("status", "sql count", "sql top", "sql rows", "sessions", "search", "usage")
+"""What each client asks, in turn (each client starts at a different place): ``csm status``,
+``csm query sql`` (a count over every line, a small report, one session's raw lines, up to
+2,000 rows, ~1 MB), ``csm query sessions``, ``csm query search`` and ``csm query usage``."""
+
+
+def _request(kind: str, n: int, files: int) -> Any:
+    from csm.shared import protocol
+
+    session = f"s{n % files:02d}"
+    match kind:
+        case "status":
+            return protocol.Status()
+        case "sql count":
+            return protocol.Query(sql="SELECT count(*) FROM lines")
+        case "sql top":
+            return protocol.Query(sql="SELECT session_id, lines FROM sessions ORDER BY lines DESC LIMIT 5")
+        case "sql rows":
+            return protocol.Query(sql="SELECT uuid, timestamp, raw FROM lines WHERE session_id = ?", params=[session],
+                                  max_rows=2000)
+        case "sessions":
+            return protocol.Sessions()
+        case "search":
+            return protocol.Search(text=session)
+        case "usage":
+            return protocol.UsageReport(by="day")
+    raise ValueError(kind)
+
+
+def ask(sock: str, clients: int, files: int, think_s: float, stop: Any, out: mp_queue.Queue) -> None:
+    """In its own process (so the clients' threads cannot slow the writer): ``clients`` threads,
+    each sending the ``MIX`` in turn and waiting ``think_s`` between answers, until ``stop``.
+    Puts (kind -> latencies in s, failures) on ``out``."""
+    from csm.client.transport import request
+
+    latencies: dict[str, list[float]] = {k: [] for k in MIX}
+    failures: list[str] = []
+
+    def client(c: int) -> None:
+        n = c
+        while not stop.is_set():
+            kind = MIX[n % len(MIX)]
+            t = time.monotonic()
+            try:
+                request(_request(kind, n, files), timeout_s=10.0, sock=Path(sock))
+                latencies[kind].append(time.monotonic() - t)
+            except Exception as e:
+                failures.append(f"client {kind}: {type(e).__name__}: {e}")
+            n += 1
+            stop.wait(think_s)
+
+    threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put((latencies, failures))
+
+
 class Soak:
-    def __init__(self, files: int, rate: float, seconds: float, clients: int) -> None:
-        self.result = Result(files=files, rate=rate, seconds=seconds)
+    def __init__(self, files: int, rate: float, seconds: float, clients: int, think_s: float = 0.02) -> None:
+        self.result = Result(files=files, rate=rate, seconds=seconds, clients=clients)
         self.clients = clients
+        self.think_s = think_s
         self.work = Path(tempfile.mkdtemp(prefix="csm-soak-"))
-        self.run_dir = Path(tempfile.mkdtemp(prefix="csm-", dir="/tmp"))  # short: unix socket paths are limited
-        self.run_dir.chmod(0o700)
-        self.env = dict(os.environ, HOME=str(self.work / "home"), XDG_DATA_HOME=str(self.work / "data"),
-                        XDG_CONFIG_HOME=str(self.work / "config"), XDG_STATE_HOME=str(self.work / "state"),
-                        XDG_RUNTIME_DIR=str(self.run_dir), CLAUDE_CONFIG_DIR=str(self.work / "claude"))
+        self.env = dict(os.environ) | isolated_env(self.work)  # the tests' isolation
+        self.run_dir = Path(self.env["XDG_RUNTIME_DIR"])
         self.projects = self.work / "claude" / "projects"
         self.db = self.work / "data" / "csm" / "csm.db"
         self.written_at: dict[str, float] = {}
         self.seen_at: dict[str, float] = {}
         self.writing = threading.Event()
-        self.latencies: list[float] = []
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.csmd = Csmd(self.work, env=self.env)  # the tests' launcher; readiness is asked in this env below
 
     # --- csmd -----------------------------------------------------------------------
 
     def start(self) -> None:
         self.projects.mkdir(parents=True)
-        log = open(self.work / "csmd.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "csm.daemon"], env=self.env, stdout=log, stderr=log)
+        self.csmd.start(wait=False)
         deadline = time.monotonic() + 30
         while True:
             r = subprocess.run([sys.executable, "-m", "csm.client", "status", "--json"], env=self.env,
                                capture_output=True, text=True)
             if r.returncode == 0 and json.loads(r.stdout).get("last_sync_at"):
                 return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"csmd did not start:\n{(self.work / 'csmd.log').read_text()}")
+            if not self.csmd.alive or time.monotonic() > deadline:
+                raise SystemExit(f"csmd did not start:\n{self.csmd.log()}")
             time.sleep(0.1)
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.csmd.proc
+
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
+        if self.csmd.alive:
+            self.csmd.stop(timeout=30)
         shutil.rmtree(self.work, ignore_errors=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -187,26 +263,6 @@ class Soak:
         self.writing.clear()
 
 
-    def client(self) -> None:
-        from csm.client.transport import request
-        from csm.shared import paths, protocol
-
-        sock = Path(self.env["XDG_RUNTIME_DIR"]) / "csm" / paths.SOCKET_NAME
-        queries = ["SELECT count(*) FROM lines", "SELECT session_id, lines FROM sessions ORDER BY lines DESC LIMIT 5"]
-        i = 0
-        while self.writing.is_set():
-            msg = protocol.Status() if i % 2 == 0 else protocol.Query(sql=queries[i // 2 % 2])
-            t = time.monotonic()
-            try:
-                request(msg, timeout_s=5.0, sock=sock)
-                self.latencies.append(time.monotonic() - t)
-            except Exception as e:
-                self.result.client_failures += 1
-                self.result.failures.append(f"client: {type(e).__name__}: {e}")
-            self.result.client_calls += 1
-            i += 1
-            time.sleep(0.02)
-
     def run(self) -> Result:
         r = self.result
         self.start()
@@ -223,21 +279,27 @@ class Soak:
         writer = threading.Thread(target=self.writer, daemon=True)
         writer.start()
         self.writing.wait(10)
-        threads = [threading.Thread(target=self.client, daemon=True) for _ in range(self.clients)]
-        for t in threads:
-            t.start()
+        stop_asking = ctx.Event()
+        answers: mp_queue.Queue = ctx.Queue()
+        from csm.shared import paths
+
+        sock = Path(self.env["XDG_RUNTIME_DIR"]) / "csm" / paths.SOCKET_NAME
+        asker = ctx.Process(target=ask, args=(str(sock), self.clients, r.files, self.think_s, stop_asking, answers),
+                            daemon=True)
+        asker.start()
         peak = r.rss_start_mb
         while writer.is_alive():
             peak = max(peak, rss_mb(self.proc.pid))
             writer.join(0.25)
         expected.put(r.written)
+        stop_asking.set()
+        latencies, failures = answers.get(timeout=60)
+        asker.join(10)
         while observer.is_alive() and out.empty():
             peak = max(peak, rss_mb(self.proc.pid))
             time.sleep(0.05)
         self.seen_at = out.get(timeout=60)
         observer.join(10)
-        for t in threads:
-            t.join(10)
         r.rss_peak_mb = round(peak, 1)
         conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
         r.rows, r.distinct = conn.execute("SELECT count(*), count(DISTINCT uuid) FROM events").fetchone()
@@ -246,7 +308,13 @@ class Soak:
         fresh = [(self.seen_at[u] - w) * 1000 for u, w in self.written_at.items() if u in self.seen_at]
         r.fresh_p50_ms, r.fresh_p99_ms = round(pct(fresh, 50), 1), round(pct(fresh, 99), 1)
         r.fresh_max_ms = round(max(fresh, default=0.0), 1)
-        r.client_p99_ms = round(pct(self.latencies, 99) * 1000, 1)
+        every = [x for xs in latencies.values() for x in xs]
+        r.client_calls = len(every) + len(failures)
+        r.client_failures = len(failures)
+        r.failures += failures[:20]
+        r.client_p99_ms = round(pct(every, 99) * 1000, 1)
+        r.client_kinds = {k: {"calls": len(xs), "p50_ms": round(pct(xs, 50) * 1000, 1),
+                              "p99_ms": round(pct(xs, 99) * 1000, 1)} for k, xs in latencies.items()}
         r.achieved_rate = round(r.achieved_rate, 1)
         if self.proc.poll() is not None:
             r.failures.append(f"csmd exited with {self.proc.returncode}")
@@ -258,10 +326,11 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=50)
     ap.add_argument("--rate", type=float, default=2000.0, help="lines per second, all files together")
     ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--clients", type=int, default=2, help="concurrent querying clients (issue 10: 20)")
+    ap.add_argument("--think", type=float, default=0.02, help="seconds each client waits between answers")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = ap.parse_args()
-    soak = Soak(args.files, args.rate, args.seconds, args.clients)
+    soak = Soak(args.files, args.rate, args.seconds, args.clients, args.think)
     try:
         r = soak.run()
     finally:
@@ -280,7 +349,9 @@ def main() -> int:
         print(f"  rows {r.rows}, distinct {r.distinct}, bad lines {r.bad_lines}")
         print(f"  freshness p50 {r.fresh_p50_ms} ms, p99 {r.fresh_p99_ms} ms, max {r.fresh_max_ms} ms")
         print(f"  csmd RSS {r.rss_start_mb:.1f} MB at start, peak {r.rss_peak_mb} MB")
-        print(f"  clients: {r.client_calls} calls, {r.client_failures} failed, p99 {r.client_p99_ms} ms")
+        print(f"  {r.clients} clients: {r.client_calls} calls, {r.client_failures} failed, p99 {r.client_p99_ms} ms")
+        for kind, k in r.client_kinds.items():
+            print(f"    {kind:10} {k['calls']:6} calls, p50 {k['p50_ms']} ms, p99 {k['p99_ms']} ms")
         for f in r.failures[:5]:
             print(f"  ! {f}")
         for name, ok in verdicts.items():

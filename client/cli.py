@@ -43,7 +43,7 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings=CONTEXT, lazy={
     "service": "csm.client.service:service", "db": "csm.client.db:db", "watch": "csm.client.browse:watch",
-    "export": "csm.client.export:export",
+    "export": "csm.client.export:export", "serve": "csm.web.command:serve",
 })
 @click.version_option(__version__, prog_name="csm")
 def cli() -> None:
@@ -241,6 +241,37 @@ def config_show(file: str | None, fmt: str | None) -> None:
     rows = [(k, _value(s["value"]), s["source"] + (f" ({s['where']})" if s.get("where") else ""))
             for k, s in settings.items()]
     render.table(["setting", "value", "source"], rows)
+
+
+@config_group.command("set")
+@click.argument("key")
+@click.argument("value")
+def config_set(key: str, value: str) -> None:
+    """Set KEY to VALUE in the config file and have csmd apply it.
+
+    The file is checked by the same rules csmd uses before it is replaced (a bad value
+    changes nothing); its other lines and comments are kept. roots, rescan_interval_s,
+    poll_interval_s and log_level apply at once; the others when csmd restarts.
+
+    \b
+    Examples:
+      csm config set rescan_interval_s 30
+      csm config set roots ~/.claude/projects,~/work/claude/projects
+    """
+    from pathlib import Path
+
+    from csm.shared import config as config_mod
+
+    reply, local = _config(None)
+    resolved = config_mod.write(Path(reply.config_file), {key: config_mod.parse_value(key, value)})
+    s = resolved.sources[key]
+    click.echo(f"{key} = {_value(s.value)} in {resolved.file}")
+    if local:
+        click.echo(f"{local}: it applies when csmd starts", err=True)
+        return
+    done = request(protocol.ReloadConfig(), timeout_s=10.0)
+    assert isinstance(done, protocol.Ok)
+    click.echo(f"csmd: {done.message}")
 
 
 @config_group.command("path")

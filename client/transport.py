@@ -130,3 +130,60 @@ def subscribe(msg: Message, *, timeout_s: float = 10.0, sock: Path | None = None
             yield reply
             if isinstance(reply, Ok):
                 return
+
+
+# --- the same, for asyncio (``csm serve``): one socket per request, the same deadlines and errors ---
+
+
+async def arequest(msg: Message, *, timeout_s: float = 10.0, on_progress: Callable[[Any], Any] | None = None,
+                   sock: Path | None = None) -> Message:
+    """``request`` without blocking the event loop (``zmq.asyncio``); ``on_progress`` may be a coroutine."""
+    import inspect
+
+    async for reply in _astream(msg, timeout_s, sock, lambda r: None):
+        if isinstance(reply, protocol.FINAL_REPLIES):
+            return reply
+        if on_progress is not None:
+            done = on_progress(reply)
+            if inspect.isawaitable(done):
+                await done
+    raise AssertionError("unreachable: a stream ends with a final reply")
+
+
+async def asubscribe(msg: Message, *, timeout_s: float = 10.0, sock: Path | None = None) -> Any:
+    """``subscribe`` for asyncio: an async iterator of what csmd pushes, until it ends it (``Ok``)."""
+    async for reply in _astream(msg, timeout_s, sock, lambda r: 3 * r.heartbeat_s + 1 if isinstance(r, Watching)
+                                else None):
+        yield reply
+        if isinstance(reply, Ok):
+            return
+
+
+async def _astream(msg: Message, timeout_s: float, sock: Path | None,
+                   next_wait: Callable[[Message], float | None]) -> Any:
+    """Send ``msg`` on a fresh DEALER and yield replies until a final one; each wait has a deadline."""
+    import zmq
+    import zmq.asyncio
+
+    sock = sock or paths.socket_path()
+    _check_listening(sock)
+    s = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+    s.linger = 0
+    s.setsockopt(zmq.IMMEDIATE, 1)
+    try:
+        s.connect(paths.endpoint(sock))
+        await s.send(protocol.encode(msg))
+        wait_s = timeout_s
+        while True:
+            if not await s.poll(int(wait_s * 1000)):
+                raise DaemonNotRunning(f"csmd did not answer within {wait_s:g} s on {sock}; "
+                                       "check 'csm service logs' or restart csmd")
+            reply = protocol.decode_reply(await s.recv())
+            if isinstance(reply, Error):
+                raise from_code(reply.code)(reply.message)
+            wait_s = next_wait(reply) or wait_s
+            yield reply
+            if isinstance(reply, protocol.FINAL_REPLIES):
+                return
+    finally:
+        s.close(linger=0)

@@ -16,9 +16,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any, Literal, NamedTuple
 
-from csm.daemon import browse, export, queries, reports, search
+import msgspec
+
+from csm.daemon import browse, export, queries, reports, search, turns
 from csm.daemon.checkpoint import Checkpointer
 from csm.daemon.diagnose import diagnose
 from csm.daemon.health import Health
@@ -33,8 +37,9 @@ from csm.daemon.usage import UsageSink
 from csm.daemon.watch import Watchers
 from csm.daemon.watcher import Watcher
 from csm.shared import __version__, paths
-from csm.shared.config import Resolved
-from csm.shared.errors import NotFound, QueryError
+from csm.shared import config as config_mod
+from csm.shared.config import Config, Resolved
+from csm.shared.errors import BadRequest, Busy, ConfigError, CsmError, DaemonError
 from csm.shared.protocol import (
     ConfigReply,
     Error,
@@ -45,6 +50,7 @@ from csm.shared.protocol import (
     Message,
     Ok,
     Query,
+    ReloadConfig,
     Request,
     Search,
     Sessions,
@@ -95,13 +101,14 @@ class Daemon:
         self.syncer = Syncer(self.ingestor, self.config.rescan_interval_s, db=self.db)
         self.health = Health(self.db, self.config.check_interval_s)
         self.syncer.before_rescan.append(self.health.problem)
-        self.watcher = Watcher(self.roots, self.syncer, enabled=self.config.watch,
-                               poll_interval_s=self.config.poll_interval_s, own=own)
+        self.watcher = Watcher(ing.tree, self.syncer, enabled=self.config.watch,
+                               poll_interval_s=self.config.poll_interval_s)
         self.syncer.before_rescan.append(self.watcher.check)
         self.syncer.after_new_dirs.append(self.watcher.verify)
         threading.excepthook = self._thread_died
         self.reader = open_reader(self.db)
-        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query")
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query",
+                                       initializer=turns.on_query_thread, initargs=(self.syncer.turns.give_way,))
         self.query_slots = threading.BoundedSemaphore(self.config.query_queue)
         self.server = Server(self.sock)
         self.server.bind()
@@ -174,44 +181,58 @@ class Daemon:
     # --- requests ------------------------------------------------------------------
 
     def dispatch(self, request: Request, reply: Reply) -> None:
-        match request:
-            case Status():
-                reply(self.status())
-            case Sync(wait=True):
-                self.syncer.request_sync(reply)
-            case Sync():
-                self.syncer.request_sync(lambda msg: None)
-                reply(Ok(message="sync requested"))
-            case Query(sql=sql, params=params, max_rows=max_rows):
-                cfg = self.config
-                self._submit(reply, lambda conn: queries.run_sql(
-                    conn, sql, params, min(max_rows, cfg.query_max_rows), cfg.query_time_limit_s, cfg.query_max_bytes))
-            case UsageReport():
-                self._submit(reply, lambda conn: reports.usage(conn, request, self.prices.updated), own=True)
-            case GetConfig():
-                s = self.settings
-                reply(ConfigReply(pid=os.getpid(), config_file=s.file, config_file_exists=s.file_exists,
-                                  config_file_source=s.file_source, settings=s.sources))
-            case Fault():
-                if os.environ.get("CSM_TEST_HOOKS") != "1":
-                    reply(Error(code="bad_request", message="faults are for tests: start csmd with CSM_TEST_HOOKS=1"))
-                    return
-                try:
-                    reply(Ok(message=self.watcher.fault(request.action)))
-                except ValueError as e:
-                    reply(Error(code="bad_request", message=str(e)))
-            case Sessions():
-                self._submit(reply, lambda conn: browse.sessions(conn, request), own=True)
-            case Show():
-                self._submit(reply, lambda conn: browse.show(conn, request), own=True)
-            case Search():
-                self._submit(reply, lambda conn: search.search(conn, request), own=True)
-            case Watch():
-                self._submit(reply, lambda conn: self._watch(conn, request, reply), own=True)
-            case ListErrors(max_rows=max_rows):
-                self._submit(reply, lambda conn: queries.list_errors(conn, max_rows), own=True)
-            case Export():
-                self._submit(reply, lambda conn: export.run(conn, request, reply), own=True)
+        """Answer ``request`` where its route says (``ROUTES``)."""
+        route = ROUTES[type(request)]
+        if route.where == "pool":
+            self._submit(route, request, reply)
+            return
+        result = route.run(self, request, reply, None)  # inline, or handing work to the ingest thread
+        if result is not None:
+            reply(result)
+
+    def sync(self, request: Sync, reply: Reply, conn: None) -> Message | None:
+        """Hand a sync to the ingest thread: it answers when done (``wait``), or at once that it will."""
+        self.syncer.request_sync(reply if request.wait else lambda msg: None)
+        return None if request.wait else Ok(message="sync requested")
+
+    def config_reply(self, request: GetConfig, reply: Reply, conn: None) -> ConfigReply:
+        s = self.settings
+        return ConfigReply(pid=os.getpid(), config_file=s.file, config_file_exists=s.file_exists,
+                           config_file_source=s.file_source, settings=s.sources)
+
+    def fault(self, request: Fault, reply: Reply, conn: None) -> Message:
+        if os.environ.get("CSM_TEST_HOOKS") != "1":
+            return Error.of(BadRequest("faults are for tests: start csmd with CSM_TEST_HOOKS=1"))
+        try:
+            return Ok(message=self.watcher.fault(request.action))
+        except ValueError as e:
+            return Error.of(BadRequest(str(e)))
+
+    def reload_config(self) -> Message:
+        """Apply a changed config file without a restart (the web settings page, ``csm config set``).
+
+        The roots list is shared by the ingestor and the watcher, so it changes in place; the
+        rescan that follows watches new roots and reads them. A bad file changes nothing.
+        """
+        try:
+            new = config_mod.reload(self.settings)
+        except ConfigError as e:
+            return Error.of(e)
+        old, cfg = self.config, new.config
+        changed = [k for k in config_mod.KEYS if getattr(old, k) != getattr(cfg, k)]
+        self.settings, self.config = new, msgspec.structs.replace(old, **{k: getattr(cfg, k) for k in config_mod.LIVE})
+        self.roots[:] = new.roots()
+        self.syncer.rescan_interval_s = cfg.rescan_interval_s
+        self.watcher.poll_interval_s = cfg.poll_interval_s
+        if self.syncer.poll_s is not None:
+            self.syncer.poll_s = cfg.poll_interval_s
+        logging.getLogger().setLevel(cfg.log_level.upper())
+        self.syncer.request_rescan()
+        applied = [k for k in changed if k in config_mod.LIVE]
+        later = [k for k in changed if k not in config_mod.LIVE]
+        log.info("config reloaded from %s: applied %s", new.file, ", ".join(applied) or "nothing new")
+        return Ok(message=f"applied: {', '.join(applied) or 'nothing changed'}"
+                          + (f"; after a restart of csmd: {', '.join(later)}" if later else ""))
 
     def status(self) -> StatusReply:
         db_problem = self.health.problem()
@@ -268,36 +289,87 @@ class Daemon:
             conn = self.local.own = open_reader(self.db)
         return conn
 
-    def _submit(self, reply: Reply, work: Callable[[sqlite3.Connection], Message | None], own: bool = False) -> None:
-        """Queue read-only ``work`` for the pool; a bounded queue, so a flood of slow queries gets
+    def _submit(self, route: Route, request: Request, reply: Reply) -> None:
+        """Queue a read-only request for the pool; a bounded queue, so a flood of slow queries gets
         "busy" at once instead of hours of backlog and memory."""
         if not self.query_slots.acquire(blocking=False):
-            reply(Error(code="busy", message=f"csmd is busy: {self.config.query_queue} queries are "
-                                             "running or waiting; try again when they finish"))
+            reply(Error.of(Busy(f"csmd is busy: {self.config.query_queue} queries are running or waiting; "
+                                "try again when they finish")))
             return
-        self.pool.submit(self._answer, reply, work, own)
+        self.pool.submit(self._answer, route, request, reply)
 
-    def _answer(self, reply: Reply, work: Callable[[sqlite3.Connection], Message | None], own: bool = False) -> None:
-        """Run a read-only ``work`` on this pool thread's connection and reply with its result (if any).
-
-        ``own``: csm's own SQL, on a connection without the authorizer (see ``_own_connection``).
-        """
+    def _answer(self, route: Route, request: Request, reply: Reply) -> None:
+        """Run a read-only request on this pool thread's connection, under its route's time limit, and
+        reply with its result (if any). A user's SQL gets the connection with the authorizer
+        (``_connection``); csm's own, one without it (``_own_connection``)."""
         try:
-            result = work(self._own_connection() if own else self._connection())
+            turns.give_way()  # a query does not start while fresh lines wait for their turn
+            conn = self._connection() if route.users_sql else self._own_connection()
+            limit = route.limit(self.config) if route.limit else None
+            with queries.time_limit(conn, *limit) if limit else nullcontext():
+                result = route.run(self, request, reply, conn)
             if result is not None:
                 reply(result)
-        except NotFound as e:
-            reply(Error(code="not_found", message=str(e)))
-        except QueryError as e:
-            reply(Error(code="query", message=str(e)))
+        except CsmError as e:
+            reply(Error.of(e))
         except Exception as e:
             log.exception("query failed")
-            reply(Error(code="internal", message=f"{type(e).__name__}: {e}"))
+            reply(Error.of(DaemonError(f"{type(e).__name__}: {e}")))
         finally:
             self.query_slots.release()
 
-    def _watch(self, conn: sqlite3.Connection, request: Watch, reply: Reply) -> None:
+    def _watch(self, request: Watch, reply: Reply, conn: sqlite3.Connection) -> None:
         """Subscribe this client (a session prefix is resolved once, here)."""
         assert isinstance(reply, Replier)
         session = browse.place(conn, browse.resolve(conn, request.session)) if request.session else None
         self.watchers.subscribe(reply.envelope, session, request.project)
+
+
+Where = Literal["inline", "ingest", "pool"]
+Limit = Callable[[Config], tuple[float, str]]
+"""A time limit and the advice its error gives, from the settings."""
+
+
+class Route(NamedTuple):
+    """Where a request runs and under which time limit.
+
+    ``inline``: on the socket's thread, answered at once (it must never wait on the database);
+    ``ingest``: handed to the ingest thread, which answers when its work is done; ``pool``: a
+    read-only query on a pool thread's connection, ``users_sql`` the one with the authorizer.
+    ``limit``: stops the request's statements past it; None for streams, which end with their client.
+    """
+
+    where: Where
+    run: Callable[[Daemon, Any, Reply, Any], Message | None]
+    limit: Limit | None = None
+    users_sql: bool = False
+
+
+REPORT_LIMIT_S = 10.0
+
+
+def _report(config: Config) -> tuple[float, str]:
+    return REPORT_LIMIT_S, "ask for less"
+
+
+def _users_sql(config: Config) -> tuple[float, str]:
+    return config.query_time_limit_s, "query_time_limit_s in csmd's config"
+
+
+ROUTES: dict[type[Request], Route] = {
+    Status: Route("inline", lambda d, req, reply, conn: d.status()),
+    GetConfig: Route("inline", Daemon.config_reply),
+    Fault: Route("inline", Daemon.fault),
+    ReloadConfig: Route("inline", lambda d, req, reply, conn: d.reload_config()),
+    Sync: Route("ingest", Daemon.sync),
+    Query: Route("pool", lambda d, req, reply, conn: queries.run_sql(
+        conn, req.sql, req.params, min(req.max_rows, d.config.query_max_rows), d.config.query_max_bytes),
+        _users_sql, users_sql=True),
+    UsageReport: Route("pool", lambda d, req, reply, conn: reports.usage(conn, req, d.prices.updated), _report),
+    Sessions: Route("pool", lambda d, req, reply, conn: browse.sessions(conn, req), _report),
+    Show: Route("pool", lambda d, req, reply, conn: browse.show(conn, req), _report),
+    Search: Route("pool", lambda d, req, reply, conn: search.search(conn, req), _report),
+    ListErrors: Route("pool", lambda d, req, reply, conn: queries.list_errors(conn, req.max_rows), _report),
+    Watch: Route("pool", Daemon._watch, _report),
+    Export: Route("pool", lambda d, req, reply, conn: export.run(conn, req, reply)),
+}

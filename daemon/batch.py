@@ -144,6 +144,11 @@ class Batch:
         return [(r, v) for r, v in zip(self.rows, self.views) if v is not None]
 
 
+def _row(values: tuple[Any, ...]) -> EventRow:
+    """An ``EventRow`` without the Python-level ``__new__`` a NamedTuple call costs (once per line)."""
+    return tuple.__new__(EventRow, values)  # type: ignore[type-var]
+
+
 def error_text(e: Exception) -> str:
     """A derived-data failure as recorded: a sink's own error (``UsageError``) says it all; a bug names its type."""
     return str(e) if isinstance(e, ValueError) and str(e) else f"{type(e).__name__}: {e}"
@@ -189,6 +194,7 @@ def collect(
     gen = f.generation
     fallback_session = f.parent_session or f.session_key
     sub = is_subagent(f.session_key, f.parent_session)
+    flat_agent = is_agent_key(f.session_key)
     derive = failed is None
     pos = start
     for line in lines:
@@ -216,7 +222,7 @@ def collect(
             v, derive_line, view_error = LineView(), False, e
         else:
             derive_line, view_error = derive, None
-        if b.parent_session is None and is_agent_key(f.session_key) and v.session_id:
+        if flat_agent and b.parent_session is None and v.session_id:
             b.parent_session = v.session_id  # a flat (Claude Code <= 2.0) subagent file
         if b.agg is None:
             b.agg = SessionAgg(f.project, b.parent_session, sub)
@@ -229,8 +235,8 @@ def collect(
                 b.agg.add(v, counted=False)
             continue
         row_id = next_id + len(b.rows)
-        b.rows.append(EventRow(row_id, f.file_id, gen, offset, v.session_id or fallback_session, v.uuid,
-                               v.parent_uuid, v.type, v.timestamp, raw))
+        b.rows.append(_row((row_id, f.file_id, gen, offset, v.session_id or fallback_session, v.uuid,
+                            v.parent_uuid, v.type, v.timestamp, raw)))
         b.views.append(v if derive_line else None)
         if view_error is not None:
             b.line_errors.append(LineError(row_id, "view", error_text(view_error)))

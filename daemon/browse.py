@@ -1,13 +1,12 @@
 """Reports for browsing the archive: the sessions list and one session's conversation.
 
-These run on the query pool's read-only connections, each statement under a time limit.
+These run on the query pool's read-only connections, under the time limit ``app.ROUTES`` gives them.
 Tokens and cost come from the public ``usage`` view (the usage sink keeps it).
 """
 
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -17,24 +16,7 @@ from csm.daemon.tree import AGENT_PREFIX
 from csm.shared.errors import NotFound, QueryError
 from csm.shared.protocol import Entry, Rows, SessionInfo, Sessions, Show, Transcript
 
-TIME_LIMIT_S = 10.0
 CANDIDATES_SHOWN = 10
-
-
-class time_limit:
-    """Stop a statement that runs past ``seconds`` (SQLite reports it as 'interrupted')."""
-
-    def __init__(self, conn: sqlite3.Connection, seconds: float = TIME_LIMIT_S) -> None:
-        self.conn = conn
-        self.deadline = time.monotonic() + seconds
-
-    def __enter__(self) -> None:
-        self.conn.set_progress_handler(lambda: int(time.monotonic() > self.deadline), 10_000)
-
-    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: object) -> None:
-        self.conn.set_progress_handler(None, 0)
-        if isinstance(e, sqlite3.OperationalError) and str(e) == "interrupted":
-            raise QueryError(f"stopped after the {TIME_LIMIT_S:g} s time limit; ask for less") from None
 
 
 # A session's tokens and cost from the public ``usage`` view (indexed by session), its
@@ -66,10 +48,12 @@ def sessions(conn: sqlite3.Connection, req: Sessions) -> Rows:
     if req.until:
         where.append("s.started < ?")
         params.append(req.until)
+    for word in (req.title or "").split():
+        where.append("instr(lower(s.title), ?) > 0")
+        params.append(word.lower())
     sql = (f"SELECT s.session_id, s.project, s.title, s.started, s.last_activity, s.messages, {_TOKENS}, {_COST}, "
-           f"s.file_present FROM sessions s WHERE {' AND '.join(where)} ORDER BY s.last_activity DESC LIMIT ?")
-    with time_limit(conn):
-        rows = conn.execute(sql, [*params, req.limit]).fetchall()
+           f"s.file_present FROM sessions s WHERE {' AND '.join(where)} ORDER BY s.last_activity DESC LIMIT ? OFFSET ?")
+    rows = conn.execute(sql, [*params, req.limit, req.offset]).fetchall()
     return Rows(columns=SESSION_COLUMNS, rows=[list(r) for r in rows])
 
 
@@ -180,17 +164,16 @@ def _entries(conn: sqlite3.Connection, file_id: int, full: bool, depth: int, chi
 
 
 def show(conn: sqlite3.Connection, req: Show) -> Transcript:
-    with time_limit(conn):
-        p = place(conn, resolve(conn, req.session))
-        info = session_info(conn, p.file_id)
-        children: Children = {r[0]: (r[1], r[2]) for r in conn.execute(
-            "SELECT c.session_id, c.file_id, COALESCE(c.custom_title, c.ai_title, c.summary, c.first_prompt) "
-            "FROM session_stats c JOIN sync_metadata m ON m.file_id = c.file_id WHERE c.parent_session_id = ? "
-            "AND c.project = ? AND m.root = ? ORDER BY c.first_ts", (p.session_id, p.project, p.root))}
-        seen: set[str] = set()
-        entries = _entries(conn, p.file_id, req.full, 0, children, seen)
-        for key, (child, title) in children.items():  # subagents no call in the parent names
-            if key not in seen:
-                entries.append(Entry(kind="subagent", session_id=key, text=title or "", depth=0))
-                entries += _entries(conn, child, req.full, 1, children, seen | {key})
+    p = place(conn, resolve(conn, req.session))
+    info = session_info(conn, p.file_id)
+    children: Children = {r[0]: (r[1], r[2]) for r in conn.execute(
+        "SELECT c.session_id, c.file_id, COALESCE(c.custom_title, c.ai_title, c.summary, c.first_prompt) "
+        "FROM session_stats c JOIN sync_metadata m ON m.file_id = c.file_id WHERE c.parent_session_id = ? "
+        "AND c.project = ? AND m.root = ? ORDER BY c.first_ts", (p.session_id, p.project, p.root))}
+    seen: set[str] = set()
+    entries = _entries(conn, p.file_id, req.full, 0, children, seen)
+    for key, (child, title) in children.items():  # subagents no call in the parent names
+        if key not in seen:
+            entries.append(Entry(kind="subagent", session_id=key, text=title or "", depth=0))
+            entries += _entries(conn, child, req.full, 1, children, seen | {key})
     return Transcript(session=info, entries=entries)

@@ -9,32 +9,22 @@ prose (the search index's default table) never builds the large strings.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import msgspec
 
-T = TypeVar("T")
+CACHE = "csm cache: "
+"""Starts the JSON name of a field that holds what was decoded on first use. Such a field is a cache,
+not data: Claude Code never writes the key, and a line that did would only change what csm derives
+from that line itself, which the line's own content decides anyway. (A field, not a
+``__dict__``: ``dict=True`` makes every view a GC-tracked object, and the collector's extra passes
+cost more than the decode they save.)"""
 
 
-class once(Generic[T]):
-    """``functools.cached_property`` without its lock (Python 3.11 takes one on every first read, which
-    costs more than decoding a small message): a view belongs to the one thread that decoded it."""
-
-    def __init__(self, fn: Callable[[Any], T]) -> None:
-        self.fn = fn
-        self.name = fn.__name__
-
-    def __get__(self, obj: Any, cls: type | None = None) -> T:
-        if obj is None:
-            return self  # type: ignore[return-value]
-        value = obj.__dict__[self.name] = self.fn(obj)
-        return value
-
-
-class Block(msgspec.Struct, dict=True):
+class Block(msgspec.Struct, gc=False):
     """One content block. Its tool input and output are decoded on first use and kept (``value``,
-    ``output``), so the search sink and ``csm watch`` reading the same block decode them once."""
+    ``output``), so the search sink and ``csm watch`` reading the same block decode them once.
+    Untracked by the garbage collector (``gc=False``): a block refers to no object that refers back."""
 
     type: str = ""
     text: str | None = None
@@ -45,16 +35,22 @@ class Block(msgspec.Struct, dict=True):
     tool_use_id: str | None = None
     content: msgspec.Raw = msgspec.Raw()
     is_error: bool | None = None
+    value_cache: Any = msgspec.field(default=msgspec.UNSET, name=CACHE + "value")
+    output_cache: str | None = msgspec.field(default=None, name=CACHE + "output")
 
-    @once
+    @property
     def value(self) -> Any:
         """A ``tool_use``'s input, decoded."""
-        return decode_any(self.input)
+        if self.value_cache is msgspec.UNSET:
+            self.value_cache = decode_any(self.input)
+        return self.value_cache
 
-    @once
+    @property
     def output(self) -> str:
         """A ``tool_result``'s output as text; images and other media are left out."""
-        return result_text(self)
+        if self.output_cache is None:
+            self.output_cache = result_text(self)
+        return self.output_cache
 
 
 _content = msgspec.json.Decoder(str | list[Block])

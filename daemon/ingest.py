@@ -376,7 +376,9 @@ class Ingestor:
 
         A sink's ``add`` takes the whole line or raises having taken none of it (see ``Sink``)."""
         sinks = [s for s in self.sinks if type(s).add is not Sink.add]
-        for row, view in b.new_lines():
+        for row, view in zip(b.rows, b.views):
+            if view is None:
+                continue  # stored with nothing derived (its view failed, or its batch did alone)
             for sink in sinks:
                 try:
                     sink.add(row, f, view)

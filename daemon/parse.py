@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from csm.daemon.content import Block, blocks, once
+from csm.daemon.content import CACHE, Block, blocks
 
 
 class BadLine(Exception):
@@ -80,13 +80,14 @@ class EmbeddedMessage(msgspec.Struct, rename="camel"):
     message: MessageView | None = None
 
 
-class LineView(msgspec.Struct, rename="camel", dict=True):
+class LineView(msgspec.Struct, rename="camel", gc=False):
     """One line as every reader of it sees it: the ingest thread decodes each line once, into this, and the
     session figures, the title, the usage and search sinks and ``csm watch`` all read the same view.
 
     The indexed fields are decoded with the line; the larger parts (``message.content``, a progress
     line's embedded message, ``toolUseResult``) stay ``msgspec.Raw`` until a reader asks, and are then
-    decoded once for all of them (``blocks``, ``embedded``: kept on the view by ``once``, hence ``dict=True``).
+    decoded once for all of them (``blocks``, ``embedded``, kept in the view's cache fields: see
+    ``content.CACHE``). Untracked by the garbage collector: a view refers to nothing that refers back.
     """
 
     type: str | None = None
@@ -107,15 +108,25 @@ class LineView(msgspec.Struct, rename="camel", dict=True):
     data: ProgressData | None = None
     """``progress`` lines' payload: only whether it embeds a message (see ``embedded``)."""
     tool_use_result: msgspec.Raw = msgspec.Raw()
+    blocks_cache: list[Block] | None = msgspec.field(default=None, name=CACHE + "blocks")
+    embedded_cache: EmbeddedMessage | None | msgspec.UnsetType = msgspec.field(default=msgspec.UNSET,
+                                                                              name=CACHE + "embedded")
 
-    @once
+    @property
     def blocks(self) -> list[Block]:
         """``message.content`` as blocks, decoded on first use (tool input and output stay Raw)."""
-        return blocks(self.message.content) if self.message is not None else []
+        if self.blocks_cache is None:
+            self.blocks_cache = blocks(self.message.content) if self.message is not None else []
+        return self.blocks_cache
 
-    @once
+    @property
     def embedded(self) -> EmbeddedMessage | None:
         """The API response a ``progress`` line embeds in ``data.message``, if it has one with usage."""
+        if self.embedded_cache is msgspec.UNSET:
+            self.embedded_cache = self._embedded()
+        return self.embedded_cache
+
+    def _embedded(self) -> EmbeddedMessage | None:
         if self.data is None or self.data.message is None or self.type != "progress":
             return None
         try:

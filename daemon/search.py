@@ -28,7 +28,6 @@ from typing import Any, NamedTuple
 import msgspec
 
 from csm.daemon import projects
-from csm.daemon.browse import time_limit
 from csm.daemon.batch import EventRow
 from csm.daemon.content import strings
 from csm.daemon.parse import BadLine, LineView, parse
@@ -317,11 +316,6 @@ def search(conn: sqlite3.Connection, req: Search) -> Rows:
     """
     if not req.text.strip():
         raise QueryError("nothing to search for")
-    with time_limit(conn):
-        return _search(conn, req)
-
-
-def _search(conn: sqlite3.Connection, req: Search) -> Rows:
     try:
         found = {"search_text": _candidates(conn, "search_text", req)}
     except QueryError:

@@ -29,6 +29,7 @@ from pathlib import Path
 from csm.daemon.diagnose import diagnose
 from csm.daemon.ingest import Ingestor
 from csm.daemon.rescan import Totals
+from csm.daemon.turns import Turns
 from csm.shared.errors import DaemonError, Unavailable
 from csm.shared.protocol import Backlog, Error, Message, Progress, SyncReply
 
@@ -62,6 +63,8 @@ class Syncer(threading.Thread):
         self.before_rescan: list[Callable[[], None]] = []
         self.after_new_dirs: list[Callable[[], None]] = []
         self.scans = 0
+        self.turns = Turns()
+        """Queries step aside while this thread stores the lines of hints (``daemon/turns.py``)."""
 
     # --- called from other threads -------------------------------------------------
 
@@ -215,8 +218,9 @@ class Syncer(threading.Thread):
         if dirs:
             for hook in self.after_new_dirs:
                 hook()
-        for p in paths:
-            ing.visit(p)
+        with self.turns.appending():
+            for p in paths:
+                ing.visit(p)
         if rescan:
             self._rescan(waiters)
         ing.idle(lambda: ing.stopping.is_set() or self.busy())  # deferred work, until new work waits

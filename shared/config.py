@@ -198,3 +198,86 @@ def _syntax_error(path: Path, text: str, message: str) -> str:
     key = _KEY.match(source)
     near = f" (in '{next(g for g in key.groups() if g)}')" if key else ""
     return f"{path}:{number}: TOML syntax error: {message}{near}"
+
+
+LIVE: tuple[str, ...] = ("roots", "rescan_interval_s", "poll_interval_s", "log_level")
+"""Settings a running csmd applies when asked to reload (``ReloadConfig``); the others need a restart."""
+
+
+def reload(r: Resolved) -> Resolved:
+    """Resolve again as csmd did at start: the same ``--config`` file (if one was named) and the same flags."""
+    flags = {k: (s.value, s.where) for k, s in r.sources.items() if s.source == "command line"}
+    return resolve(Path(r.file) if r.file_source == "command line" else None, flags)
+
+
+def parse_value(key: str, text: str) -> Any:
+    """A value typed by a person (``csm config set``, the settings page) as ``key`` takes it.
+
+    TOML syntax is read first (``30``, ``true``, ``["a", "b"]``); a list key also takes
+    comma-separated words, any other key a bare word as a string. Validation is ``write``'s.
+    """
+    if key not in KEYS:
+        raise ConfigError(f"unknown setting '{key}' (known settings: {', '.join(KEYS)})")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    if isinstance(msgspec.structs.asdict(Config())[key], list) and not isinstance(value, list):
+        value = [p.strip() for p in str(value).split(",") if p.strip()]
+    return value
+
+
+def write(file: Path, changes: dict[str, Any]) -> Resolved:
+    """Set ``changes`` in the config file, keeping its other lines and comments; all or nothing.
+
+    The new text is checked by the same resolver csmd uses (from a temporary file beside the
+    real one, so relative paths read the same) and replaces the file atomically only if it passes.
+    """
+    for key in changes:
+        if key not in KEYS:
+            raise ConfigError(f"unknown setting '{key}' (known settings: {', '.join(KEYS)})")
+    file = file.expanduser().absolute()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    lines = text.splitlines()
+    for key, value in changes.items():
+        new = f"{key} = {_toml(value)}"
+        at = _key_lines("\n".join(lines)).get(key)
+        if at is None:
+            lines.append(new)
+            continue
+        end = at
+        while end < len(lines):  # a value may span lines (an array): up to the first end that parses
+            try:
+                tomllib.loads("\n".join(lines[at - 1 : end]))
+                break
+            except tomllib.TOMLDecodeError:
+                end += 1
+        lines[at - 1 : end] = [new]
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        try:
+            resolve(tmp)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace(str(tmp), str(file))) from None
+        os.replace(tmp, file)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return resolve(file)
+
+
+def _toml(value: Any) -> str:
+    """A TOML value: strings as basic strings (JSON's escapes are TOML's), lists of them, numbers, booleans."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)

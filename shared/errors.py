@@ -15,6 +15,8 @@ class CsmError(Exception):
     """Base of every error csm reports to a user."""
 
     exit_code = 1
+    code: str | None = None
+    """The ``protocol.Error`` code csmd answers this error with; None: never sent."""
 
 
 class PathError(CsmError):
@@ -32,6 +34,7 @@ class ConfigError(CsmError):
     """The config file is invalid."""
 
     exit_code = 78  # EX_CONFIG
+    code = "config"
 
 
 class DaemonNotRunning(CsmError):
@@ -87,9 +90,9 @@ class Forbidden(DaemonError):
     code = "forbidden"
 
 
-def from_code(code: str) -> type[DaemonError]:
+def from_code(code: str) -> type[CsmError]:
     """The class of an error csmd answered with; an unknown code (a newer csmd's) is a ``DaemonError``."""
-    todo: list[type[DaemonError]] = [DaemonError]
+    todo: list[type[CsmError]] = [CsmError]
     while todo:
         cls = todo.pop()
         if cls.code == code:

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from csm.shared.errors import DaemonError
+from csm.shared.errors import CsmError, DaemonError
 
 PROTOCOL = 1
 MAX_REQUEST_BYTES = 1 << 20
@@ -83,6 +83,9 @@ class Sessions(Message, kw_only=True):
     since: str | None = None
     until: str | None = None
     limit: int = 50
+    title: str | None = None
+    """Only sessions whose title holds each of these words (any case)."""
+    offset: int = 0
 
 
 class Show(Message, kw_only=True):
@@ -126,8 +129,14 @@ class Export(Message, kw_only=True):
     format: str = "jsonl"
 
 
+class ReloadConfig(Message, kw_only=True):
+    """Read the config file again and apply what can change while csmd runs (``shared.config.LIVE``);
+    the reply names what was applied and what waits for a restart."""
+
+
 Request = (
     Status | Sync | Query | UsageReport | GetConfig | Fault | Sessions | Show | Search | Watch | ListErrors | Export
+    | ReloadConfig
 )
 
 
@@ -141,8 +150,8 @@ class Error(Message, kw_only=True):
     message: str
 
     @classmethod
-    def of(cls, e: DaemonError) -> Error:
-        return cls(code=e.code, message=str(e))
+    def of(cls, e: CsmError) -> Error:
+        return cls(code=e.code or DaemonError.code, message=str(e))
 
 
 class Ok(Message, kw_only=True):

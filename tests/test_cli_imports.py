@@ -27,6 +27,7 @@ def test_status_imports_neither_the_daemon_nor_the_other_commands() -> None:
     assert "csm.client.cli" in mods
     assert not {m for m in mods if m.startswith("csm.daemon")}
     assert not mods & {"csm.client.browse", "csm.client.service", "csm.client.db", "csm.client.export"}
+    assert not {m for m in mods if m.startswith("csm.web")}, "the web UI loads only for csm serve"
     assert "zmq" not in mods  # only once a request is sent
 
 
@@ -40,7 +41,7 @@ def test_help_lists_every_command() -> None:
     from csm.client.cli import cli
 
     top = CliRunner().invoke(cli, ["--help"]).output
-    for name in ("config", "db", "export", "query", "service", "status", "sync", "watch"):
+    for name in ("config", "db", "export", "query", "serve", "service", "status", "sync", "watch"):
         assert f"  {name} " in top, name
     query = CliRunner().invoke(cli, ["query", "--help"]).output
     for name in ("errors", "search", "sessions", "show", "sql", "usage"):

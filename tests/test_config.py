@@ -128,6 +128,30 @@ def test_config_show_file_option_checks_a_file_even_with_a_daemon(csmd: Csmd, tm
     assert checked.stderr == f"csm: {new}:1: bad value for 'batch_bytes': Expected `int` >= 1\n"
 
 
+def test_config_set_writes_the_file_checked_and_csmd_applies_it_without_a_restart(csmd: Csmd,
+                                                                                  tmp_path: Path) -> None:
+    cfg = configure(tmp_path, "# mine\nrescan_interval_s = 60  # a comment\nbatch_lines = 500\n")
+    csmd.start()
+    pid = csmd.proc.pid
+    r = run_csm("config", "set", "rescan_interval_s", "7.5")
+    assert r.returncode == 0, r.stderr
+    assert "csmd: applied: rescan_interval_s" in r.stdout
+    assert cfg.read_text() == "# mine\nrescan_interval_s = 7.5\nbatch_lines = 500\n"
+    out = csm_json("config", "show")
+    assert out["pid"] == pid, "applied by the same csmd, not a restart"
+    assert out["settings"]["rescan_interval_s"] == {"value": 7.5, "source": "file", "where": f"{cfg}:2"}
+
+    bad = run_csm("config", "set", "rescan_interval_s", "soon")
+    assert bad.returncode == 78 and bad.stderr.count("\n") == 1, bad.stderr
+    assert f"{cfg}:2: bad value for 'rescan_interval_s'" in bad.stderr
+    assert cfg.read_text() == "# mine\nrescan_interval_s = 7.5\nbatch_lines = 500\n", "nothing half-written"
+    unknown = run_csm("config", "set", "rescan", "5")
+    assert unknown.returncode == 78 and "unknown setting 'rescan'" in unknown.stderr
+
+    later = run_csm("config", "set", "batch_lines", "100")
+    assert "after a restart of csmd: batch_lines" in later.stdout
+
+
 def test_readme_says_every_literal_default_the_code_has() -> None:
     """README's table of settings states each default; a number or word there must be the code's."""
     import re

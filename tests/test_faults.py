@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from csmtest import Csmd, csm_json, db_rows, refused_start, run_csm, status, sync_now, wait_for
-from test_end_to_end import append, line
+from lines import append, line
 
 
 def uuids(db: Path) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from lines import prompt, record
 from csmtest import (
     REAL, Csmd, all_raws, current_raws, db_rows, file_lines, run_csm, status, sync_now, wait_for,
 )
@@ -23,13 +24,8 @@ from csmtest import (
 
 def rec(i: int, session: str = "s1", pad: int = 0, **extra: object) -> str:
     """One transcript line (text, no newline); ``pad`` makes it longer."""
-    obj: dict[str, object] = {
-        "type": "user", "uuid": f"{session}-u{i}", "sessionId": session,
-        "timestamp": f"2026-11-01T10:{i // 60 % 60:02d}:{i % 60:02d}.000Z",
-        "message": {"role": "user", "content": f"hello {i} " + "x" * pad},
-    }
-    obj.update(extra)
-    return json.dumps(obj, separators=(",", ":"))
+    return record(prompt(f"{session}-u{i}", session, f"2026-11-01T10:{i // 60 % 60:02d}:{i % 60:02d}.000Z",
+                         f"hello {i} " + "x" * pad, **extra)).decode()
 
 
 def write(path: Path, lines: list[str], mode: str = "w") -> None:
@@ -276,6 +272,10 @@ class TestDeletion:
         lines = [rec(i) for i in range(3)]
         write(f, lines)
         write(keep, [rec(0, session="s2")])
+        # The backup it is restored from below exists before the deletion, so it is on another inode:
+        # a restore that happened to land on the freed inode would be a rename back (the next test).
+        backup = projects.parent / "backup.jsonl"
+        write(backup, lines + [rec(3)])
         csmd.start()
         f.unlink()
         wait_for(lambda: checkpoint(db, f)[3], what="the checkpoint to be marked gone")
@@ -288,7 +288,7 @@ class TestDeletion:
         assert (s["sessions"], s["sessions_gone"], s["files"], s["files_gone"]) == (2, 1, 1, 1)
         human = run_csm("status").stdout
         assert "1 with source file gone" in human, human
-        write(f, lines + [rec(3)])  # restored from a backup, one line longer
+        os.rename(backup, f)  # restored from a backup, one line longer
         sync_now()
         expect(db, {f: lines + [rec(3)]}, lines + [rec(3)] + [rec(0, session="s2")])
         assert checkpoint(db, f)[1:] == (1, f.stat().st_size, None), "the same checkpoint, read again, live"
