@@ -34,8 +34,10 @@ def _cost(cost: Any, tokens: Any) -> str:
 @project_option
 @time_options()
 @click.option("--limit", "-n", type=click.IntRange(1), default=50, show_default=True, help="At most this many.")
+@click.option("--team", "team", is_flag=True, help="The team's shared sessions, from the team's PostgreSQL.")
 @render.output_options
-def sessions(project: str | None, since: str | None, until: str | None, limit: int, fmt: str | None) -> None:
+def sessions(project: str | None, since: str | None, until: str | None, limit: int, team: bool,
+             fmt: str | None) -> None:
     """List sessions, most recent activity first.
 
     Tokens and cost include the session's subagents; a session whose transcript Claude
@@ -46,7 +48,12 @@ def sessions(project: str | None, since: str | None, until: str | None, limit: i
     Examples:
       csm query sessions --since 7d
       csm query sessions -p myrepo --json | jq '.[0].session_id'
+      csm query sessions --team --since 7d
     """
+    if team:
+        from csm.client import team as team_mod
+
+        return team_mod.sessions(project, since, until, limit, fmt)
     reply = request(protocol.Sessions(project=project, since=since, until=until, limit=limit))
     assert isinstance(reply, protocol.Rows)
     if fmt is not None:
@@ -55,7 +62,7 @@ def sessions(project: str | None, since: str | None, until: str | None, limit: i
     cols = ["session", "project", "title", "started", "last activity", "msgs", "tokens", "cost", "file"]
     rows = [[sid, proj, title, timespec.local(start), timespec.local(last), msgs, _tokens(tok), _cost(cost, tok),
              "" if present else "gone"]
-            for sid, proj, title, start, last, msgs, tok, cost, present in reply.rows]
+            for sid, proj, title, start, last, msgs, tok, cost, present, *_ in reply.rows]
     render.table(cols, rows)
 
 
@@ -99,9 +106,11 @@ def show(session: str, full: bool, fmt: str | None) -> None:
 @time_options()
 @click.option("--include-tools", is_flag=True, help="Also search tool input and output (commands, files, results).")
 @click.option("--limit", "-n", type=click.IntRange(1, 1000), default=20, show_default=True, help="At most this many.")
+@click.option("--team", "team", is_flag=True, help="Search the team's shared transcripts (PostgreSQL full-text "
+              "search: words, \"phrases\", OR, -word).")
 @render.output_options
 def search(text: str, project: str | None, since: str | None, until: str | None, include_tools: bool, limit: int,
-           fmt: str | None) -> None:
+           team: bool, fmt: str | None) -> None:
     """Search prompts, answers and summaries (SQLite FTS5), best match first.
 
     Words are ANDed; use OR, NOT, "an exact phrase", prefix* and NEAR(a b). Quote
@@ -112,7 +121,12 @@ def search(text: str, project: str | None, since: str | None, until: str | None,
     Examples:
       csm query search 'zeromq OR zmq' --since 30d
       csm query search '"database is locked"' --include-tools -p myrepo
+      csm query search --team 'flaky test'
     """
+    if team:
+        from csm.client import team as team_mod
+
+        return team_mod.search(text, project, since, until, limit, fmt)
     reply = request(protocol.Search(text=text, project=project, since=since, until=until,
                                     include_tools=include_tools, limit=limit))
     assert isinstance(reply, protocol.Rows)

@@ -20,6 +20,7 @@ from csm.client import options, render
 from csm.client.transport import request
 from csm.shared import __version__, protocol
 from csm.shared.errors import CsmError, DaemonNotRunning
+from csm.shared.streams import whole_writes
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -43,7 +44,8 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings=CONTEXT, lazy={
     "service": "csm.client.service:service", "db": "csm.client.db:db", "watch": "csm.client.browse:watch",
-    "export": "csm.client.export:export", "serve": "csm.web.command:serve",
+    "export": "csm.client.export:export", "restore": "csm.client.restore:restore", "serve": "csm.web.command:serve",
+    "team": "csm.client.team:team",
 })
 @click.version_option(__version__, prog_name="csm")
 def cli() -> None:
@@ -324,12 +326,14 @@ def query_sql(sql: str, params: tuple[str, ...], max_rows: int, fmt: str | None)
 
 
 @query.command("usage")
-@click.option("--by", type=click.Choice(["day", "week", "month", "session", "project", "model"]), default="day",
-              show_default=True, help="Group by calendar day, week (from Monday), month, session, project or model.")
+@click.option("--by", type=click.Choice(["day", "week", "month", "session", "project", "model", "member", "machine"]),
+              default="day", show_default=True, help="Group by calendar day, week (from Monday), month, session, "
+              "project or model; with --team also member or machine.")
+@click.option("--team", "team", is_flag=True, help="The whole team's usage, from the team's PostgreSQL.")
 @options.project_option
 @options.time_options(zone_option=True)
 @render.output_options
-def query_usage(by: str, since: str | None, until: str | None, tz: str, project: str | None,
+def query_usage(by: str, team: bool, since: str | None, until: str | None, tz: str, project: str | None,
                 fmt: str | None) -> None:
     """Tokens and cost of every API response, counted once.
 
@@ -344,7 +348,15 @@ def query_usage(by: str, since: str | None, until: str | None, tz: str, project:
       csm query usage --since 7d --by model
       csm query usage --since 12h -p myrepo
       csm query usage --by session --since 2026-02-01 --until 2026-02-14 --json
+      csm query usage --team --by member --since 30d
     """
+    if team:
+        from csm.client import team as team_mod
+
+        return team_mod.usage(by, since, until, tz, project, fmt)
+    if by in ("member", "machine"):
+        raise click.BadParameter(f"--by {by} needs --team (your own archive is one member's, one machine's)",
+                                 param_hint="'--by'")
     req = protocol.UsageReport(by=by, since=since, until=until, tz=tz, project=project)
     reply = request(req, timeout_s=30.0)
     assert isinstance(reply, protocol.UsageRows)
@@ -386,6 +398,7 @@ def query_errors(max_rows: int, fmt: str | None) -> None:
 
 
 def main() -> None:
+    whole_writes()
     try:
         cli(standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -83,6 +83,14 @@ def _sent(msg: Message, sock: Path | None) -> Iterator[tuple[Any, Path]]:
         s.close(linger=0)
 
 
+def _ack(reply: Message) -> bytes | None:
+    """The ``Ack`` of a streamed piece (``Chunk``, ``Messages``), sent once its consumer has handled it:
+    csmd sends only a few pieces ahead of the last one acknowledged (see ``daemon/export.py``)."""
+    if isinstance(reply, (protocol.Chunk, protocol.Messages)):
+        return protocol.encode(protocol.Ack(seq=reply.seq))
+    return None
+
+
 def request(
     msg: Message,
     *,
@@ -92,7 +100,8 @@ def request(
 ) -> Message:
     """Send ``msg`` and return the final reply; ``timeout_s`` bounds each wait for a message.
 
-    Streamed replies before it (``Progress``, ``Chunk``) go to ``on_progress``, in order.
+    Streamed replies before it (``Progress``, ``Chunk``) go to ``on_progress``, in order; each
+    piece is acknowledged once it returns (``_ack``).
     """
     with _sent(msg, sock) as (s, path):
         while True:
@@ -104,6 +113,8 @@ def request(
             if not isinstance(reply, protocol.FINAL_REPLIES):
                 if on_progress is not None:
                     on_progress(reply)
+                if (ack := _ack(reply)) is not None:
+                    s.send(ack)
                 continue
             if isinstance(reply, Error):
                 raise from_code(reply.code)(reply.message)
@@ -128,6 +139,8 @@ def subscribe(msg: Message, *, timeout_s: float = 10.0, sock: Path | None = None
             if isinstance(reply, Watching):
                 wait_s = 3 * reply.heartbeat_s + 1
             yield reply
+            if (ack := _ack(reply)) is not None:
+                s.send(ack)
             if isinstance(reply, Ok):
                 return
 
@@ -183,6 +196,8 @@ async def _astream(msg: Message, timeout_s: float, sock: Path | None,
                 raise from_code(reply.code)(reply.message)
             wait_s = next_wait(reply) or wait_s
             yield reply
+            if (ack := _ack(reply)) is not None:
+                await s.send(ack)
             if isinstance(reply, protocol.FINAL_REPLIES):
                 return
     finally:

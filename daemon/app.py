@@ -22,7 +22,7 @@ from typing import Any, Literal, NamedTuple
 
 import msgspec
 
-from csm.daemon import browse, export, queries, reports, search, turns
+from csm.daemon import browse, export, heap, queries, reports, search, turns
 from csm.daemon.checkpoint import Checkpointer
 from csm.daemon.diagnose import diagnose
 from csm.daemon.health import Health
@@ -31,6 +31,7 @@ from csm.daemon.lock import InstanceLock
 from csm.daemon.notify import Notifier
 from csm.daemon.server import Replier, Reply, Server
 from csm.daemon.prices import PriceTable
+from csm.daemon.sinks import OnCommit
 from csm.daemon.store import Store, figures, open_reader, open_writer
 from csm.daemon.syncer import Syncer
 from csm.daemon.usage import UsageSink
@@ -41,6 +42,7 @@ from csm.shared import config as config_mod
 from csm.shared.config import Config, Resolved
 from csm.shared.errors import BadRequest, Busy, ConfigError, CsmError, DaemonError
 from csm.shared.protocol import (
+    Ack,
     ConfigReply,
     Error,
     Export,
@@ -58,6 +60,9 @@ from csm.shared.protocol import (
     Status,
     StatusReply,
     Sync,
+    TeamResync,
+    TeamStatus,
+    TeamStatusReply,
     UsageReport,
     Watch,
 )
@@ -92,7 +97,8 @@ class Daemon:
     def _run(self) -> int:
         store = Store(open_writer(self.db))
         own = paths.own_files(self.db)
-        self.ingestor = Ingestor(store, self.roots, self.config, exclude=own)
+        self.ingestor = Ingestor(store, self.roots, self.config, exclude=own,
+                                 heap_cap=heap.SqliteCap(store.conn, self.config.query_max_bytes))
         ing = self.ingestor
         self.prices = PriceTable.shipped()
         self.checkpointer = Checkpointer(self.db, store.conn)
@@ -113,7 +119,14 @@ class Daemon:
         self.server = Server(self.sock)
         self.server.bind()
         self.watchers = Watchers(self.server)
+        self.exports = export.Exports(self.server)
         ing.sinks.append(self.watchers)
+        self.mirror = None
+        if self.config.team is not None:  # imported only in team mode: csmd without it never loads psycopg
+            from csm.team.mirror import Mirror
+
+            self.mirror = Mirror(self.db, self.config.team)
+            ing.sinks.append(OnCommit("team mirror", self.mirror.committed))
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         signal.set_wakeup_fd(self.server.wake_w, warn_on_full_buffer=False)
@@ -123,6 +136,8 @@ class Daemon:
         self.health.start()
         self.watcher.start()
         self.syncer.start()  # its first job is the initial scan
+        if self.mirror is not None:
+            self.mirror.start()
         self.notifier.ready()
         try:
             self.server.serve(self.dispatch, self._tick)
@@ -131,6 +146,9 @@ class Daemon:
             self.notifier.stopping()
             self.syncer.stop()
             self.syncer.join()
+            if self.mirror is not None:
+                self.mirror.stop()
+                self.mirror.join(15)
             self.watcher.stop()
             self.health.stop()
             self.pool.shutdown(wait=True, cancel_futures=True)
@@ -147,6 +165,7 @@ class Daemon:
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.watchers.stop()
+        self.exports.stop()
         self.server.stop()
 
     def _tick(self) -> float | None:
@@ -183,7 +202,7 @@ class Daemon:
     def dispatch(self, request: Request, reply: Reply) -> None:
         """Answer ``request`` where its route says (``ROUTES``)."""
         route = ROUTES[type(request)]
-        if route.where == "pool":
+        if route.where in ("pool", "thread"):
             self._submit(route, request, reply)
             return
         result = route.run(self, request, reply, None)  # inline, or handing work to the ingest thread
@@ -207,6 +226,21 @@ class Daemon:
             return Ok(message=self.watcher.fault(request.action))
         except ValueError as e:
             return Error.of(BadRequest(str(e)))
+
+    def ack(self, request: Ack, reply: Reply, conn: None) -> None:
+        """A client printed or wrote what it was sent up to ``seq`` (an export, a watch)."""
+        assert isinstance(reply, Replier)
+        self.exports.ack(reply.envelope, request.seq)
+        self.watchers.ack(reply.envelope, request.seq)
+
+    def team_resync(self, request: TeamResync, reply: Reply, conn: None) -> Message:
+        if self.mirror is None:
+            return TeamStatusReply(configured=False)
+        self.mirror.resync()
+        return Ok(message="the whole history will be sent again")
+
+    def team_status(self, request: TeamStatus, reply: Reply, conn: sqlite3.Connection) -> Message:
+        return TeamStatusReply(configured=False) if self.mirror is None else self.mirror.status(conn)
 
     def reload_config(self) -> Message:
         """Apply a changed config file without a restart (the web settings page, ``csm config set``).
@@ -278,7 +312,7 @@ class Daemon:
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self.local, "conn", None)
         if conn is None:
-            conn = self.local.conn = queries.open_query_connection(self.db)
+            conn = self.local.conn = queries.open_query_connection(self.db, self.config.query_max_bytes)
         return conn
 
     def _own_connection(self) -> sqlite3.Connection:
@@ -291,12 +325,16 @@ class Daemon:
 
     def _submit(self, route: Route, request: Request, reply: Reply) -> None:
         """Queue a read-only request for the pool; a bounded queue, so a flood of slow queries gets
-        "busy" at once instead of hours of backlog and memory."""
+        "busy" at once instead of hours of backlog and memory. Work that waits for its client (an
+        export, ``where="thread"``) gets a thread (and connection) of its own instead of a pool thread."""
         if not self.query_slots.acquire(blocking=False):
             reply(Error.of(Busy(f"csmd is busy: {self.config.query_queue} queries are running or waiting; "
                                 "try again when they finish")))
             return
-        self.pool.submit(self._answer, route, request, reply)
+        if route.where == "thread":
+            threading.Thread(target=self._answer, args=(route, request, reply), name="csm-export", daemon=True).start()
+        else:
+            self.pool.submit(self._answer, route, request, reply)
 
     def _answer(self, route: Route, request: Request, reply: Reply) -> None:
         """Run a read-only request on this pool thread's connection, under its route's time limit, and
@@ -325,7 +363,7 @@ class Daemon:
         self.watchers.subscribe(reply.envelope, session, request.project)
 
 
-Where = Literal["inline", "ingest", "pool"]
+Where = Literal["inline", "ingest", "pool", "thread"]
 Limit = Callable[[Config], tuple[float, str]]
 """A time limit and the advice its error gives, from the settings."""
 
@@ -335,7 +373,9 @@ class Route(NamedTuple):
 
     ``inline``: on the socket's thread, answered at once (it must never wait on the database);
     ``ingest``: handed to the ingest thread, which answers when its work is done; ``pool``: a
-    read-only query on a pool thread's connection, ``users_sql`` the one with the authorizer.
+    read-only query on a pool thread's connection, ``users_sql`` the one with the authorizer;
+    ``thread``: read-only work that waits for its client (an export under flow control), on a thread
+    and connection of its own, so it never holds a pool thread.
     ``limit``: stops the request's statements past it; None for streams, which end with their client.
     """
 
@@ -371,5 +411,8 @@ ROUTES: dict[type[Request], Route] = {
     Search: Route("pool", lambda d, req, reply, conn: search.search(conn, req), _report),
     ListErrors: Route("pool", lambda d, req, reply, conn: queries.list_errors(conn, req.max_rows), _report),
     Watch: Route("pool", Daemon._watch, _report),
-    Export: Route("pool", lambda d, req, reply, conn: export.run(conn, req, reply)),
+    Export: Route("thread", lambda d, req, reply, conn: d.exports.run(conn, req, reply)),
+    Ack: Route("inline", Daemon.ack),
+    TeamStatus: Route("pool", Daemon.team_status, _report),
+    TeamResync: Route("inline", Daemon.team_resync),
 }

@@ -36,7 +36,8 @@ class EventRow(NamedTuple):
     parent_uuid: str | None
     type: str | None
     timestamp: str | None
-    raw: str
+    raw: str | bytes
+    """The line as text, or, for a line over the batch size, its UTF-8 bytes (``text``)."""
 
 
 class BadLineRow(NamedTuple):
@@ -160,6 +161,14 @@ def _why(e: UnicodeDecodeError | BadLine | reader.LineTooLong) -> str:
     return str(e)
 
 
+def text(line: bytes, long: int) -> str | bytes:
+    """The line as ``raw`` is bound, checked as UTF-8: its str, or for a line over ``long`` bytes the
+    bytes themselves (``Store.insert_events`` stores them unchanged as TEXT): the str of a long
+    line would be one more copy of it (two to four for text beyond Latin-1, and its UTF-8 form)."""
+    decoded = line.decode("utf-8")
+    return line if len(line) > long else decoded
+
+
 def _after_nuls(line: bytes) -> tuple[int, bytes, str, LineView] | None:
     """The record after a run of NUL bytes, if one is there: (NULs cut, record, its text, view).
 
@@ -177,13 +186,15 @@ def _after_nuls(line: bytes) -> tuple[int, bytes, str, LineView] | None:
 
 
 def collect(
-    f: FileRow, start: int, lines: list[bytes], *, next_id: int, max_line: int, reattach: Reread | None = None,
+    f: FileRow, start: int, lines: list[bytes], *, next_id: int, max_line: int, long_line: int,
+    reattach: Reread | None = None,
     want_prompt: bool = False, too_long: tuple[int, bytes] | None = None, unterminated: bool = False,
     failed: str | None = None,
 ) -> Batch:
     """The batch of ``lines`` (complete lines without their newline, the first at ``start``).
 
-    ``next_id``: the id of the first new row. ``want_prompt``: the session has no first prompt yet.
+    ``next_id``: the id of the first new row. ``long_line``: a longer line is stored as its bytes
+    (``text``). ``want_prompt``: the session has no first prompt yet.
     ``too_long``: after the lines comes one over ``max_line_bytes``, (its length, its first bytes): a
     bad line the checkpoint moves past too. ``unterminated``: the last line is the file's final line,
     without a newline. ``failed``: the lines are stored with nothing derived, for that reason (their
@@ -202,7 +213,7 @@ def collect(
         pos += len(line) + 1
         try:
             reader.check_length(len(line), max_line)  # the same rule when the whole line happened to fit in the read
-            raw = line.decode("utf-8")
+            raw = text(line, long_line)
             v = parse(line)
         except reader.LineTooLong as e:
             _bad_line(f, offset, len(line), line, _why(e), b, reattach)

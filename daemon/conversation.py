@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
 
-from csm.daemon.content import Block, decode_any, strings
+from csm.daemon.content import Block, decode_any, image, result_images, strings
 from csm.daemon.parse import BadLine, LineView, is_synthetic, parse
 from csm.shared.protocol import Entry
 
@@ -82,8 +81,15 @@ class Builder:
         self.entries.append(e)
         return e
 
+    def add_raw(self, raw: str | bytes) -> None:
+        """A stored line: decoded here, as the ingest thread decodes a new one (a bad line is left out)."""
+        try:
+            self.add(parse(raw.encode() if isinstance(raw, str) else raw))
+        except BadLine:
+            pass
+
     def add(self, line: LineView) -> None:
-        """One line's view, as the ingest thread decoded it (``build`` decodes stored lines)."""
+        """One line's view, as the ingest thread decoded it (``csm watch``) or ``add_raw`` did."""
         ts = line.timestamp
         if line.type == "summary" and line.summary:
             self._entry("summary", ts, text=line.summary)
@@ -98,18 +104,21 @@ class Builder:
 
     def _user(self, line: LineView, ts: str | None) -> None:
         texts = []
+        images = []
         for b in line.blocks:
             if b.type == "text" and b.text:
                 texts.append(b.text)
             elif b.type == "tool_result":
                 self._result(b, line, ts)
+            elif b.type == "image" and self.full and (picture := image(b)):
+                images.append(picture)
         text = "\n".join(texts).strip()
-        if not text:
+        if not text and not images:
             return
         if line.is_compact_summary:
             self._entry("summary", ts, text=text)
         else:
-            self._entry("user", ts, text=_user_text(text))
+            self._entry("user", ts, text=_user_text(text), images=images)
 
     def _result(self, b: Block, line: LineView, ts: str | None) -> None:
         index, call = self._calls.get(b.tool_use_id or "", (-1, None))
@@ -117,10 +126,12 @@ class Builder:
             e = self._entry("tool_result", ts, is_error=bool(b.is_error))
             if self.full:
                 e.output = b.output
+                e.images = result_images(b)
             return
         call.is_error = bool(b.is_error)
         if self.full:
             call.output = b.output
+            call.images = result_images(b)
         agent = _agent_id(line)
         if agent:
             self.spawned.append((index, agent))
@@ -133,11 +144,12 @@ class Builder:
         for b in line.blocks:
             if b.type == "text" and b.text and b.text.strip():
                 if head is None:
-                    head = self._entry("assistant", ts, text=b.text.strip(), model=model)
-                    if msg.id:
-                        self._assistant[msg.id] = head
-                else:
-                    head.text = f"{head.text}\n\n{b.text.strip()}" if head.text else b.text.strip()
+                    head = self._head(msg.id, ts, model, bool(line.is_api_error_message))
+                head.text = f"{head.text}\n\n{b.text.strip()}" if head.text else b.text.strip()
+            elif b.type == "thinking" and self.full and b.thinking and b.thinking.strip():
+                if head is None:
+                    head = self._head(msg.id, ts, model, False)
+                head.thinking = f"{head.thinking}\n\n{b.thinking.strip()}" if head.thinking else b.thinking.strip()
             elif b.type == "tool_use":
                 name = b.name or "?"
                 value = b.value
@@ -148,13 +160,9 @@ class Builder:
                     self._calls[b.id] = (len(self.entries) - 1, e)
 
 
-def build(lines: Iterable[str | bytes], full: bool, depth: int = 0, session_id: str | None = None,
-          project: str | None = None) -> Builder:
-    """The conversation of stored lines (a line that is not a JSON object is left out)."""
-    b = Builder(full, depth, session_id, project)
-    for raw in lines:
-        try:
-            b.add(parse(raw.encode() if isinstance(raw, str) else raw))
-        except BadLine:
-            continue
-    return b
+    def _head(self, message_id: str | None, ts: str | None, model: str | None, api_error: bool) -> Entry:
+        """A response's one ``assistant`` entry: its text and thinking, from however many lines."""
+        head = self._entry("assistant", ts, model=model, is_error=api_error)
+        if message_id:
+            self._assistant[message_id] = head
+        return head

@@ -19,11 +19,12 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from pathlib import Path
 
 import msgspec
 
-from csm.daemon import reader
+from csm.daemon import heap, reader
 from csm.daemon.batch import ERROR_HEAD, Batch, BadLineRow, LineError, Reread, collect, error_text
 from csm.daemon.identity import OPEN_FLAGS, Checkpoints, adopt
 from csm.daemon.parse import BadLine, parse
@@ -56,8 +57,10 @@ def _database_trouble(e: Exception) -> bool:
 class Ingestor:
     """Owns the writer connection; every method runs on the ingest thread."""
 
-    def __init__(self, store: Store, roots: list[Path], config: Config, exclude: Iterable[Path] = ()) -> None:
+    def __init__(self, store: Store, roots: list[Path], config: Config, exclude: Iterable[Path] = (),
+                 heap_cap: heap.SqliteCap | None = None) -> None:
         self.store = store
+        self.heap_cap = heap_cap
         self.tree = Tree(roots, exclude)
         self.config = config
         self.checkpoints = Checkpoints(store, self.tree)
@@ -212,21 +215,21 @@ class Ingestor:
             self._commit(f, fd, st, f.offset + 1, [], None, totals)
         while True:
             try:
-                data = reader.read_complete(fd, f.offset, self.config.batch_bytes, self.config.max_line_bytes)
+                lines = reader.read_lines(fd, f.offset, self.config.batch_bytes, self.config.max_line_bytes)
             except reader.LineTooLong as e:
                 head = os.pread(fd, ERROR_HEAD, f.offset)
                 self._commit(f, fd, st, f.offset, [], reattach, totals, too_long=(e.length, head))
                 changed = True
                 continue
-            if not data:
+            if not lines:
                 break
             changed = True
-            lines = data.split(b"\n")
-            lines.pop()  # what follows the last newline: nothing
             start = f.offset
-            for i in range(0, len(lines), self.config.batch_lines):
-                chunk = lines[i : i + self.config.batch_lines]
-                start = self._commit(f, fd, st, start, chunk, reattach, totals)
+            long = len(lines[0]) if len(lines[0]) > self.config.batch_bytes else 0  # a long line comes alone
+            with self.heap_cap.room_for(long) if long and self.heap_cap else nullcontext():
+                for i in range(0, len(lines), self.config.batch_lines):
+                    chunk = lines[i : i + self.config.batch_lines]
+                    start = self._commit(f, fd, st, start, chunk, reattach, totals)
             if self.stopping.is_set():
                 return changed
         if f.offset < st.st_size and self.final_due.pop(f.file_id, None) == (st.st_size, st.st_mtime_ns):
@@ -328,6 +331,7 @@ class Ingestor:
         (``failed`` says why, in ``line_errors``): one line never holds up the others.
         """
         b = collect(f, start, lines, next_id=self.next_event_id, max_line=self.config.max_line_bytes,
+                    long_line=self.config.batch_bytes,
                     reattach=reattach, want_prompt=f.file_id not in self.have_prompt, too_long=too_long,
                     unterminated=unterminated, failed=failed)
         # The new checkpoint is built aside and adopted only once it is committed, so a

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import click
 
+from csm.daemon import heap
 from csm.shared import __version__, paths
 from csm.shared import config as config_mod
 from csm.shared.errors import CsmError
+from csm.shared.streams import whole_writes
 
 
 class JournalFormatter(logging.Formatter):
@@ -87,6 +89,8 @@ def cli(roots: tuple[Path, ...], db: Path | None, config_file: Path | None, log_
 
 
 def main() -> None:
+    whole_writes()
+    heap.configure()
     try:
         cli(standalone_mode=True)
     except CsmError as e:

@@ -379,16 +379,35 @@ SELECT s.session_id, s.project, s.parent_session_id, s.is_subagent, s.cwd,
 FROM session_stats s JOIN sync_metadata m ON m.file_id = s.file_id;
 """
 
+M006_TEAM_MIRROR = """
+-- Team mode (csm.team.mirror): how far the mirror into the team's PostgreSQL has got. position is
+-- the events.id up to which PostgreSQL has committed every shared row; it moves only after that
+-- commit, so a crash in between re-sends a batch, which the upserts there absorb. archive is this
+-- database's own random id: a rebuilt archive's file and event ids never overwrite the old ones there.
+-- The mirror's own connection writes this row, and nothing else.
+CREATE TABLE team_mirror (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    archive TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    synced_at TEXT
+);
+INSERT INTO team_mirror VALUES (1, lower(hex(randomblob(16))), 0, NULL);
+-- The mirror reads the usage rows of a range of lines.
+CREATE INDEX usage_entries_event ON usage_entries(event_id);
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("initial", M001_INITIAL),
     ("usage", M002_USAGE),
     ("search", M003_SEARCH),
     ("line_errors", M004_LINE_ERRORS),
     ("session_identity", M005_SESSION_IDENTITY),
+    ("team_mirror", M006_TEAM_MIRROR),
 ]
 """(name, SQL) of migration 1, 2, …: its number is its place in the list."""
 
 EARLIER_NAMES = {
     "m001_initial": 1, "m003_usage": 2, "m004_search": 3, "m005_line_errors": 4, "m006_session_identity": 5,
+    "m007_team_mirror": 6,
 }
 """The names earlier csm versions recorded in ``_csm_migrations``, and the number each one is now."""

@@ -99,6 +99,7 @@ class LineView(msgspec.Struct, rename="camel", gc=False):
     is_sidechain: bool | None = None
     is_meta: bool | None = None
     is_compact_summary: bool | None = None
+    is_api_error_message: bool | None = None
     subtype: str | None = None
     request_id: str | None = None
     message: MessageView | None = None
@@ -281,6 +282,7 @@ def _view(obj: Any) -> LineView:
     side = obj.get("isSidechain")
     meta = obj.get("isMeta")
     compact = obj.get("isCompactSummary")
+    api_error = obj.get("isApiErrorMessage")
     result = obj.get("toolUseResult")
     return LineView(
         type=_str(obj, "type"),
@@ -292,6 +294,7 @@ def _view(obj: Any) -> LineView:
         is_sidechain=side if isinstance(side, bool) else None,
         is_meta=meta if isinstance(meta, bool) else None,
         is_compact_summary=compact if isinstance(compact, bool) else None,
+        is_api_error_message=api_error if isinstance(api_error, bool) else None,
         subtype=_str(obj, "subtype"),
         request_id=_str(obj, "requestId"),
         message=view,

@@ -3,8 +3,11 @@
 Three locks on the door: the connection is opened ``mode=ro`` with ``query_only``;
 an authorizer denies writes, ATTACH, state-changing pragmas and extension loading;
 and a progress handler stops a query that runs past its time limit. A row cap
-bounds the reply. Queries run on their own threads and connections, so a slow one
-delays neither ingestion nor ``csm status``.
+bounds the reply, and SQLite's length limit every value a query makes on the way
+(``randomblob(900000000)``, ``printf('%.*c', …)``, a ``replace`` or ``group_concat`` that
+grows): one no reply could carry is refused before it is allocated (many at once meet
+SQLite's heap cap, ``heap.cap_sqlite``). Queries run on their own threads and connections,
+so a slow one delays neither ingestion nor ``csm status``.
 """
 
 from __future__ import annotations
@@ -51,9 +54,11 @@ def _authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None,
     return sqlite3.SQLITE_DENY
 
 
-def open_query_connection(db: Path) -> sqlite3.Connection:
+def open_query_connection(db: Path, max_bytes: int) -> sqlite3.Connection:
+    """``max_bytes``: the reply's limit (``query_max_bytes``), also the largest value a query may make."""
     conn = open_reader(db)
     conn.set_authorizer(_authorizer)
+    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_bytes)
     return conn
 
 
@@ -113,10 +118,17 @@ def run_sql(conn: sqlite3.Connection, sql: str, params: list[Any], max_rows: int
                     break
                 rows.append(list(row))
         cur.close()  # an unfinished statement would hold its read snapshot and starve WAL checkpoints
+    except MemoryError:  # SQLite's heap cap (heap.cap_sqlite), or Python's own
+        raise QueryError("query stopped: it needs more memory than csmd allows; select fewer or smaller "
+                         "values at once") from None
     except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError) as e:
         text = str(e)
         if text == "interrupted":
             raise  # the time limit's (``time_limit``)
+        if text == "string or blob too big":
+            raise QueryError(
+                f"query stopped: it makes a value over {max_bytes} bytes, more than a reply may hold "
+                "(query_max_bytes in csmd's config); a transcript's lines: 'csm export --raw'") from None
         if "not authorized" in text or "authorization denied" in text or "readonly" in text or "read-only" in text:
             raise QueryError("csm query sql is read-only: only SELECT (and read-only PRAGMAs) are allowed") from None
         raise QueryError(f"SQL error: {text}") from None

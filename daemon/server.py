@@ -104,7 +104,11 @@ class Server:
 
     def post(self, envelope: Envelope, msg: Message) -> None:
         """Send a reply from any thread."""
-        self.outbox.put((envelope, protocol.encode(msg)))
+        self.post_encoded(envelope, protocol.encode(msg))
+
+    def post_encoded(self, envelope: Envelope, data: bytes) -> None:
+        """Send an already encoded reply from any thread (a caller that needs its size)."""
+        self.outbox.put((envelope, data))
         self.wake()
 
     def replier(self, envelope: Envelope) -> Replier:

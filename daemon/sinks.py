@@ -50,3 +50,14 @@ class Sink:
 
     def idle(self, store: Store, stop: Callable[[], bool]) -> None:
         pass
+
+
+class OnCommit(Sink):
+    """A sink that only wakes something after each commit (the team mirror's thread)."""
+
+    def __init__(self, name: str, wake: Callable[[], None]) -> None:
+        self.name = name
+        self.wake = wake
+
+    def committed(self, f: FileRow, batch: Batch) -> None:
+        self.wake()

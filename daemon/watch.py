@@ -3,10 +3,11 @@
 The ingest thread calls ``committed`` after each batch (``Watchers`` is a sink), with the views it
 decoded the batch's lines into; matching subscribers get one
 ``Messages`` reply each through the server's thread-safe ``post``, which only queues, so
-ingestion never waits for a client. The socket does the rest: a subscriber that reads too
-slowly fills its pipe (the ROUTER's send high-water mark) and further messages to it are
-dropped and counted (reported in the next ``Heartbeat``); one that went away makes the
-send fail with EHOSTUNREACH (ROUTER_MANDATORY) and is forgotten. Heartbeats every
+ingestion never waits for a client. Each subscriber acknowledges every ``Messages`` it has
+printed (``Ack``); one that reads too slowly (or is stopped) gets nothing more once
+``BUDGET_BYTES`` of messages wait for it, and what it misses is counted (reported in the next
+``Heartbeat``), so a stopped ``csm watch`` pins at most that much of csmd's memory. One that
+went away makes the send fail with EHOSTUNREACH (ROUTER_MANDATORY) and is forgotten. Heartbeats every
 ``HEARTBEAT_S`` let a client notice a dead daemon, and the daemon a dead client.
 """
 
@@ -16,6 +17,7 @@ import errno
 import logging
 import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 from csm.daemon import projects
@@ -24,7 +26,7 @@ from csm.daemon.conversation import Builder, one_line
 from csm.daemon.server import Envelope, Server
 from csm.daemon.sinks import Sink
 from csm.daemon.store import FileRow
-from csm.shared.protocol import Heartbeat, Messages, Ok, Watching
+from csm.shared.protocol import Heartbeat, Messages, Ok, Watching, encode
 
 if TYPE_CHECKING:
     from csm.daemon.batch import Batch
@@ -33,6 +35,8 @@ log = logging.getLogger("csm.watch")
 
 HEARTBEAT_S = 2.0
 TEXT_MAX = 2000
+BUDGET_BYTES = 4 << 20
+"""Encoded messages sent to one subscriber and not yet acknowledged, past which more are dropped."""
 _CONVERSATION = frozenset({"user", "assistant", "summary", "system"})
 
 
@@ -42,6 +46,26 @@ class Subscriber:
         self.session = session
         self.project = project
         self.missed = 0
+        self.seq = 0
+        self.unacked: deque[tuple[int, int]] = deque()
+        """(seq, size) of the messages sent and not yet acknowledged, oldest first."""
+        self.unacked_bytes = 0
+
+    def admit(self, size: int) -> int | None:
+        """The seq for one more message of ``size`` bytes, or None (counted as missed) over the budget.
+        A subscriber with nothing in flight always gets the next one, however large."""
+        if self.unacked and self.unacked_bytes + size > BUDGET_BYTES:
+            self.missed += 1
+            return None
+        seq = self.seq
+        self.seq += 1
+        self.unacked.append((seq, size))
+        self.unacked_bytes += size
+        return seq
+
+    def ack(self, seq: int) -> None:
+        while self.unacked and self.unacked[0][0] <= seq:
+            self.unacked_bytes -= self.unacked.popleft()[1]
 
     def wants(self, f: FileRow) -> bool:
         s = self.session
@@ -80,12 +104,19 @@ class Watchers(Sink):
             else:
                 sub.missed += 1
 
+    def ack(self, envelope: Envelope, seq: int) -> None:
+        """A subscriber printed the ``Messages`` numbered ``seq`` (main thread)."""
+        with self.lock:
+            sub = self.subs.get(envelope[0])
+            if sub is not None:
+                sub.ack(seq)
+
     def committed(self, f: FileRow, batch: Batch) -> None:
         """After each commit (ingest thread): push the batch's messages to whoever wants them."""
         if not self.subs or not batch.rows:
             return
         with self.lock:
-            targets = [s.envelope for s in self.subs.values() if s.wants(f)]
+            targets = [s for s in self.subs.values() if s.wants(f)]
         if not targets:
             return
         b = Builder(full=False, session_id=f.session_key, project=f.project)
@@ -101,8 +132,13 @@ class Watchers(Sink):
             if len(e.text) > TEXT_MAX:
                 e.text = one_line(e.text, TEXT_MAX)
         msg = Messages(entries=b.entries)
-        for envelope in targets:
-            self.server.post(envelope, msg)
+        size = len(encode(msg))
+        for sub in targets:
+            with self.lock:
+                seq = sub.admit(size)
+            if seq is not None:
+                msg.seq = seq
+                self.server.post_encoded(sub.envelope, encode(msg))
 
     def tick(self) -> float | None:
         """Heartbeats (main thread, after every wake-up); returns the seconds until the next one."""

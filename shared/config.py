@@ -13,10 +13,13 @@ the same file the same way.
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
+import socket
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Annotated, Any, Literal, get_args, get_type_hints
 
 import msgspec
@@ -26,6 +29,40 @@ from csm.shared.errors import ConfigError
 from csm.shared.protocol import Setting
 
 LogLevel = Literal["debug", "info", "warning", "error"]
+Share = Literal["usage", "sessions", "transcripts"]
+
+
+class Team(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[team]``: what csmd mirrors into the team's PostgreSQL, and as whom (issue 16, README "Team").
+
+    The password is never here: libpq finds it in its own password file (``~/.pgpass``,
+    ``PGPASSFILE``) or service file (``~/.pg_service.conf``), which are the user's alone,
+    so config.toml can be shown and shared without leaking it.
+    """
+
+    dsn: str = ""
+    """A libpq connection string or URL (``postgresql://alice@db.example/csm``), without a password."""
+    service: str = ""
+    """A libpq service name (``~/.pg_service.conf``), instead of or besides ``dsn``."""
+    share: Share = "usage"
+    """usage (responses, tokens, cost), sessions (adds titles, projects, times, models), transcripts (adds the lines)."""
+    include: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    """Projects shared: glob patterns on the project folder name, ignoring case."""
+    exclude: list[str] = []
+    """Projects never shared, whatever ``include`` says."""
+    member: str = ""
+    """Who the rows belong to; empty means the login name."""
+    machine: str = ""
+    """Which machine they come from; empty means the host name."""
+    batch_rows: Annotated[int, msgspec.Meta(ge=1)] = 2000
+    """Local rows (events) per PostgreSQL transaction."""
+
+    def conninfo(self) -> str:
+        """The libpq conninfo: the DSN, with the service added when both are given."""
+        parts = [self.dsn] if self.dsn else []
+        if self.service:
+            parts.append(f"service={self.service}")
+        return " ".join(parts)
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -66,6 +103,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     search_defer_tools_bytes: Annotated[int, msgspec.Meta(ge=0)] = 16 * 1024 * 1024
     """A rescan with at least this many bytes to read (an initial sync) indexes tool input and output for
     search just after it rather than line by line: the tool text is most of the bytes."""
+    web_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8765
+    """The TCP port ``csm serve`` listens on without ``--port`` (on 127.0.0.1): a stable address for its login
+    service (``csm service install --web``); read by ``csm serve`` when it starts."""
+    team: Team | None = None
+    """``[team]``: mirror into the team's PostgreSQL; absent means no team mode."""
 
 
 KEYS: tuple[str, ...] = Config.__struct_fields__
@@ -115,10 +157,14 @@ def _read(path: Path) -> tuple[Config, dict[str, int], bool]:
         key = re.split(r"[.\[`]", at.lstrip("."), maxsplit=1)[0] if at else ""
         if not key:
             raise ConfigError(f"{path}: {message}") from None
-        choices = get_args(get_type_hints(Config).get(key))
+        name, hint = key, get_type_hints(Config).get(key)
+        sub = re.match(r"\.?team\.(\w+)", at)  # a key of the [team] table: name it, and its choices
+        if sub:
+            name, hint = f"team.{sub.group(1)}", get_type_hints(Team).get(sub.group(1))
+        choices = get_args(hint)
         if message.startswith("Invalid enum value") and choices:
             message += f" (one of: {', '.join(choices)})"
-        raise ConfigError(f"{_where(path, lines, key)}: bad value for '{key}': {message}") from None
+        raise ConfigError(f"{_where(path, lines, key)}: bad value for '{name}': {message}") from None
 
 
 def resolve(config_file: Path | None = None, overrides: dict[str, tuple[Any, str]] | None = None) -> Resolved:
@@ -150,9 +196,32 @@ def resolve(config_file: Path | None = None, overrides: dict[str, tuple[Any, str
         roots.value = [str(_absolute(r, base if roots.source == "file" else None)) for r in roots.value]
     db = sources["db"]
     db.value = str(_absolute(db.value, base if db.source == "file" else None) if db.value else paths.db_path())
+    team = sources["team"]
+    if team.value is not None:
+        given_team = team.value if isinstance(team.value, Team) else msgspec.convert(team.value, Team)
+        team.value = msgspec.to_builtins(_team(given_team, team.where or str(file)))
     final = msgspec.convert({k: s.value for k, s in sources.items()}, Config)
     return Resolved(config=final, file=str(file), file_exists=exists,
                     file_source="command line" if from_flag else "default", sources=sources)
+
+
+def _team(team: Team, where: str) -> Team:
+    """``[team]`` checked (a connection, no password) and its names filled in (login, host name)."""
+    if not team.dsn and not team.service:
+        raise ConfigError(f"{where}: [team] needs 'dsn' (a libpq URL or conninfo) or 'service' (a pg_service.conf name)")
+    if _has_password(team.dsn):
+        raise ConfigError(f"{where}: [team] dsn holds a password: put it in libpq's password file (~/.pgpass, "
+                          "mode 0600) or service file instead, so config.toml never carries it")
+    return msgspec.structs.replace(team, member=team.member or getpass.getuser(),
+                                   machine=team.machine or socket.gethostname())
+
+
+def _has_password(dsn: str) -> bool:
+    """A password in a URL's user part (``user:pw@``) or a ``password=`` keyword."""
+    if "://" in dsn:
+        netloc = urlsplit(dsn).netloc
+        return ":" in netloc.rpartition("@")[0] or "password=" in urlsplit(dsn).query
+    return re.search(r"(^|\s)password\s*=", dsn) is not None
 
 
 def _absolute(p: str | Path, base: Path | None) -> Path:
@@ -236,6 +305,8 @@ def write(file: Path, changes: dict[str, Any]) -> Resolved:
     for key in changes:
         if key not in KEYS:
             raise ConfigError(f"unknown setting '{key}' (known settings: {', '.join(KEYS)})")
+        if key == "team":
+            raise ConfigError("[team] is a table: edit it in the config file (README, \"Team\")")
     file = file.expanduser().absolute()
     try:
         text = file.read_text(encoding="utf-8")
@@ -245,8 +316,9 @@ def write(file: Path, changes: dict[str, Any]) -> Resolved:
     for key, value in changes.items():
         new = f"{key} = {_toml(value)}"
         at = _key_lines("\n".join(lines)).get(key)
-        if at is None:
-            lines.append(new)
+        if at is None:  # a new top-level key goes before the first table ([team]), or it would land inside it
+            first_table = next((i for i, ln in enumerate(lines) if _TABLE.match(ln)), len(lines))
+            lines.insert(first_table, new)
             continue
         end = at
         while end < len(lines):  # a value may span lines (an array): up to the first end that parses

@@ -43,6 +43,12 @@ class DaemonNotRunning(CsmError):
     exit_code = 3
 
 
+class ServeNotRunning(CsmError):
+    """No ``csm serve`` is running for ``csm serve --url`` to name."""
+
+    exit_code = 3
+
+
 class DaemonError(CsmError):
     """csmd answered with an error; this class itself stands for a failure inside csmd (a bug)."""
 
@@ -101,6 +107,12 @@ def from_code(code: str) -> type[CsmError]:
     return DaemonError
 
 
+class Conflict(CsmError):
+    """A file csm would write is already there with other contents: csm never overwrites it."""
+
+    exit_code = 73  # EX_CANTCREAT
+
+
 class AlreadyRunning(CsmError):
     """Another csmd holds the lock."""
 
@@ -139,5 +151,12 @@ class ServiceError(CsmError):
 
 class ServiceManagerMissing(ServiceError):
     """No service manager is reachable from here (a container, a session without a user manager)."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+class TeamUnavailable(CsmError):
+    """The team's PostgreSQL cannot be reached or refused what was asked (team mode off, no driver,
+    no connection, no permission): the message says which."""
 
     exit_code = 69  # EX_UNAVAILABLE

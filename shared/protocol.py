@@ -11,7 +11,8 @@ retyped, unknown fields are ignored, so an older CLI can talk to a newer daemon.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
 import msgspec
 
@@ -89,10 +90,18 @@ class Sessions(Message, kw_only=True):
 
 
 class Show(Message, kw_only=True):
-    """One session's conversation; ``session`` may be a unique prefix of its id."""
+    """One session's conversation; ``session`` may be a unique prefix of its id.
+
+    ``limit`` entries from ``offset`` (all by default), so a page of a long session does not carry
+    the rest over the socket; with ``at`` (an entry's timestamp) and a ``limit``, the page of
+    ``limit`` entries that holds that entry, whatever ``offset`` says; an ``offset`` past the end
+    with a ``limit`` gives the last page."""
 
     session: str
     full: bool = False
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    at: str | None = None
 
 
 class Search(Message, kw_only=True):
@@ -123,10 +132,30 @@ class ListErrors(Message, kw_only=True):
 
 class Export(Message, kw_only=True):
     """A session's or a file's lines. ``target``: an absolute file path, a session id, or a unique
-    prefix of one. Replies with ``Chunk`` messages, then ``ExportDone``."""
+    prefix of one. Replies with an ``ExportFile`` and its ``Chunk`` messages for each file, then
+    ``ExportDone``."""
 
     target: str
     format: str = "jsonl"
+    subagents: bool = False
+    """Also the files of the session's subagents, each after the session's own (``csm restore``)."""
+
+
+class Ack(Message, kw_only=True):
+    """Sent by a client streaming an ``Export`` or a ``Watch`` on the same socket: it has written out
+    the ``Chunk`` or ``Messages`` numbered ``seq``. csmd sends only a few pieces ahead of the last
+    one acknowledged, so a client that stops reading (Ctrl-Z) cannot make it queue the whole stream.
+    No reply."""
+
+    seq: int
+
+
+class TeamStatus(Message, kw_only=True):
+    """How the mirror into the team's PostgreSQL is doing (``csm team status``)."""
+
+
+class TeamResync(Message, kw_only=True):
+    """Send the whole history to the team's PostgreSQL again, with what is shared now (``csm team resync``)."""
 
 
 class ReloadConfig(Message, kw_only=True):
@@ -136,7 +165,7 @@ class ReloadConfig(Message, kw_only=True):
 
 Request = (
     Status | Sync | Query | UsageReport | GetConfig | Fault | Sessions | Show | Search | Watch | ListErrors | Export
-    | ReloadConfig
+    | Ack | TeamStatus | TeamResync | ReloadConfig
 )
 
 
@@ -251,12 +280,33 @@ class UsageRows(Message, kw_only=True):
     tz: str = "UTC"
 
 
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+"""The image types csm passes on: pictures every browser shows, not SVG (which can hold script)."""
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+class Image(msgspec.Struct, kw_only=True):
+    """An image a transcript holds (a pasted screenshot, a tool's output), base64 as Claude Code wrote it."""
+
+    media_type: str
+    data: str
+
+    def data_url(self) -> str:
+        """The picture as a ``data:`` URL (the web page's CSP allows ``img-src data:``; an exported file needs
+        nothing beside it), or "" unless it is base64 of one of ``IMAGE_TYPES``."""
+        if self.media_type not in IMAGE_TYPES or not _BASE64.fullmatch(self.data):
+            return ""
+        return f"data:{self.media_type};base64,{self.data}"
+
+
 class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One item of a conversation, as ``show``, ``export`` and ``watch`` print it.
 
     ``kind``: user, assistant, tool (a call, with its result attached), tool_result (a result
     whose call is not in the file), summary, compact (a compaction boundary) or subagent (the
     header of a nested subagent session, whose entries follow one ``depth`` deeper).
+    ``thinking`` and ``images`` (like ``input`` and ``output``) come only with ``Show.full``;
+    ``is_error`` marks a failed tool call and an API error Claude Code wrote as an answer.
     """
 
     kind: str
@@ -271,6 +321,8 @@ class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
     session_id: str | None = None
     project: str | None = None
     depth: int = 0
+    thinking: str | None = None
+    images: list[Image] = []
 
 
 class SessionInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -287,8 +339,17 @@ class SessionInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class Transcript(Message, kw_only=True):
+    """``entries`` are the conversation's from ``offset`` on (``Show.limit`` of them at most), of ``total``;
+    ``hit`` is the index (in the whole conversation) of the entry ``Show.at`` named, if any. A page
+    that did not need the rest of the session is ``complete=False``: ``total`` then counts only the
+    entries read, and more follow."""
+
     session: SessionInfo
     entries: list[Entry]
+    offset: int = 0
+    total: int = 0
+    hit: int | None = None
+    complete: bool = True
 
 
 class Watching(Message, kw_only=True):
@@ -300,6 +361,8 @@ class Watching(Message, kw_only=True):
 
 class Messages(Message, kw_only=True):
     entries: list[Entry]
+    seq: int = 0
+    """Numbers the ``Messages`` of one subscription, for the client's ``Ack``."""
 
 
 class Heartbeat(Message, kw_only=True):
@@ -314,6 +377,13 @@ class Chunk(Message, kw_only=True):
     data: bytes
 
 
+class ExportFile(Message, kw_only=True):
+    """The ``Chunk``s that follow, up to the next ``ExportFile``, are this file's bytes (a chunk never
+    holds two files). ``path``: where the file is, or was last seen."""
+
+    path: str
+
+
 class ExportDone(Message, kw_only=True):
     """The end of an export: what was sent, for the client to check it got all of it."""
 
@@ -323,12 +393,34 @@ class ExportDone(Message, kw_only=True):
     chunks: int
 
 
+class TeamStatusReply(Message, kw_only=True):
+    """The mirror's state. ``position``: the last local line (``events.id``) whose shared rows PostgreSQL has
+    committed; ``head``: the newest line; ``behind_s``: the age of the oldest line not mirrored yet."""
+
+    configured: bool
+    member: str = ""
+    machine: str = ""
+    share: str = ""
+    target: str = ""
+    """The connection (libpq conninfo or service; never a password: config.toml cannot hold one)."""
+    archive: str = ""
+    connected: bool = False
+    position: int = 0
+    head: int = 0
+    behind_rows: int = 0
+    behind_s: float | None = None
+    last_error: str | None = None
+    last_sent_at: str | None = None
+    rows_sent: int = 0
+
+
 Reply = (
     Error | Ok | StatusReply | Progress | SyncReply | Rows | UsageRows | ConfigReply | Transcript | Watching | Messages
-    | Heartbeat | Chunk | ExportDone
+    | Heartbeat | Chunk | ExportFile | ExportDone | TeamStatusReply
 )
 
-FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows, ConfigReply, Transcript, ExportDone)
+FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows, ConfigReply, Transcript, ExportDone,
+                 TeamStatusReply)
 """Every other reply is streamed (``Progress``, ``Chunk``, …): more follow until a final one."""
 
 _encoder = msgspec.msgpack.Encoder()

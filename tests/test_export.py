@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +103,39 @@ class TestExportCommand:
         sync_now()
         assert export("aaaa1111-big") == expected
         assert export(str(big)) == expected
+
+
+def test_raw_export_to_a_pipe_survives_stop_and_continue(csmd: Csmd, projects: Path) -> None:
+    """Ctrl-Z / fg while ``csm export --raw`` is blocked on a full pipe, with unbuffered stdout.
+
+    A stop signal makes a blocked pipe ``write`` return short; a write that is not repeated
+    drops the rest of the chunk and splices two lines, with exit status 0. Whatever happens,
+    the output is the file byte for byte, or the exit status says it is not.
+    """
+    f = projects / "p" / "stopme.jsonl"
+    f.parent.mkdir()
+    f.write_bytes(b"".join(json.dumps({"type": "user", "sessionId": "stopme", "n": i, "pad": "p" * 3000}).encode()
+                           + b"\n" for i in range(4000)))  # ~12 MB: a dozen 1 MB chunks
+    csmd.start()
+    client = subprocess.Popen([sys.executable, "-m", "csm.client", "export", "--raw", "stopme"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    got = bytearray()
+
+    def read_slowly() -> None:
+        assert client.stdout is not None
+        while piece := client.stdout.read1(8192):  # small reads: the client's 1 MB writes block often
+            got.extend(piece)
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    stops = 0
+    while client.poll() is None:  # the stimulus: stop and continue the client as fast as a user could not
+        client.send_signal(signal.SIGSTOP)
+        time.sleep(0.001)
+        client.send_signal(signal.SIGCONT)
+        stops += 1
+        time.sleep(0.003)
+    reader.join(30)
+    assert stops > 10, "the client was stopped while it wrote"
+    assert client.returncode == 0, client.stderr.read() if client.stderr else ""
+    assert bytes(got) == f.read_bytes()

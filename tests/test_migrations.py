@@ -16,8 +16,8 @@ from csm.shared.errors import DatabaseError
 EARLIER = {number: name for name, number in EARLIER_NAMES.items()}
 
 # What earlier csm versions left: the migrations each had applied, in the order it applied them. The
-# fourth is a database of a csm built while migrations 4 and 5 landed (5 came first).
-STATES = [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3, 4, 5]]
+# fifth is a database of a csm built while migrations 4 and 5 landed (5 came first).
+STATES = [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6]]
 
 
 def schema(db: Path) -> list[tuple[str, str, str]]:

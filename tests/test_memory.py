@@ -1,0 +1,161 @@
+"""csmd's memory stays bounded whatever a client or a line asks of it (issue 10, items 9-11).
+
+Each test reads the real csmd's ``VmRSS``/``VmHWM`` from ``/proc/<pid>/status`` and asserts a
+bound with a wide margin over what it measures (a fresh csmd is 30-40 MB); the bounds are about
+memory, not time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from csmtest import Csmd, run_csm, scalar, sync_now, wait_for
+
+
+def vm(pid: int, key: str) -> float:
+    """``VmRSS`` or ``VmHWM`` of ``pid`` in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {key} for {pid}")
+
+
+def pid(d: Csmd) -> int:
+    assert d.proc is not None
+    return d.proc.pid
+
+
+def user(session: str, text: str, i: int) -> bytes:
+    return json.dumps({"type": "user", "sessionId": session, "uuid": f"u{i}", "timestamp": "2026-11-01T10:00:00Z",
+                       "message": {"role": "user", "content": text}}).encode() + b"\n"
+
+
+def client(*args: str, **kw: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "csm.client", *args], env=dict(os.environ), **kw)  # type: ignore
+
+
+def watch_rss_while(d: Csmd, seconds: float) -> float:
+    """csmd's largest RSS over ``seconds`` (the time a stopped client gives it to pile up data)."""
+    peak = 0.0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        peak = max(peak, vm(pid(d), "VmRSS"))
+        time.sleep(0.05)
+    return peak
+
+
+def test_a_stopped_export_client_pins_a_few_chunks_then_gets_every_byte(csmd: Csmd, projects: Path,
+                                                                         tmp_path: Path) -> None:
+    f = projects / "p" / "huge.jsonl"
+    f.parent.mkdir()
+    line = user("huge", "y" * 20_000, 0)
+    with open(f, "wb") as out:
+        for _ in range(6_000):  # 120 MB: a client that reads nothing must not make csmd hold it
+            out.write(line)
+    csmd.start()
+    sync_now()
+    assert scalar("SELECT count(*) FROM events") == 6_000
+    out = tmp_path / "export.jsonl"
+    with open(out, "wb") as sink:
+        c = client("export", "--raw", "huge", stdout=sink, stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: out.stat().st_size > 0, 20, "the first chunk")
+            c.send_signal(signal.SIGSTOP)
+            stopped = watch_rss_while(csmd, 3.0)
+        finally:
+            c.send_signal(signal.SIGCONT)
+        assert c.wait(120) == 0, c.stderr.read() if c.stderr else ""
+    assert stopped < 100, f"csmd reached {stopped:.0f} MB while the export client was stopped"
+    assert out.read_bytes() == f.read_bytes()
+
+
+def test_a_vanished_export_client_ends_its_export(csmd: Csmd, projects: Path) -> None:
+    f = projects / "p" / "gone.jsonl"
+    f.parent.mkdir()
+    f.write_bytes(user("gone", "g" * 20_000, 0) * 1_000)  # 20 MB: many more chunks than csmd sends ahead
+    csmd.start()
+    sync_now()
+    c = client("export", "--raw", "gone", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert c.stdout is not None
+    c.stdout.read(1)
+    c.kill()
+    c.wait(10)
+    wait_for(lambda: "export of gone: the client went away" in csmd.log(), 15, "the export to notice")
+
+
+def test_a_stopped_watch_client_costs_a_bounded_budget(csmd: Csmd, projects: Path) -> None:
+    f = projects / "p" / "w.jsonl"
+    f.parent.mkdir()
+    f.write_bytes(user("w", "first", 0))
+    csmd.start()
+    w = client("watch", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert w.stderr is not None
+    try:
+        assert b"watching" in w.stderr.readline()
+        w.send_signal(signal.SIGSTOP)
+        text = "z" * 1_900
+        n = 1
+        with open(f, "ab") as out:
+            for _ in range(15):  # 60 MB in batches the watch hook sees one by one
+                out.write(b"".join(user("w", text, n + i) for i in range(2_000)))
+                out.flush()
+                n += 2_000
+                wait_for(lambda: scalar("SELECT count(*) FROM events") == n, 30, "the batch to be stored")
+        rss = vm(pid(csmd), "VmRSS")
+    finally:
+        w.send_signal(signal.SIGCONT)
+        w.kill()
+        w.wait(10)
+    assert rss < 75, f"csmd holds {rss:.0f} MB for a stopped watch client"
+
+
+def test_a_long_line_is_stored_and_its_memory_given_back(csmd: Csmd, projects: Path) -> None:
+    """A 24 MB prompt (real lines reach 10 MB): stored whole, csmd's peak a bounded multiple of
+    the line, and its size back under 50 MB once the line is in."""
+    f = projects / "p" / "long.jsonl"
+    f.parent.mkdir()
+    f.write_bytes(user("long", "first", 0))
+    csmd.start()
+    base = vm(pid(csmd), "VmRSS")
+    words = "lorem ipsum dolor sit amet, " * ((24 << 20) // 28)
+    line = user("long", words, 1)
+    with open(f, "ab") as out:
+        out.write(line)
+    wait_for(lambda: scalar("SELECT count(*) FROM events") == 2, 60, "the long line")
+    assert scalar("SELECT length(raw) FROM events WHERE uuid = 'u1'") == len(line) - 1
+    wait_for(lambda: vm(pid(csmd), "VmRSS") < 50, 10, "csmd back under 50 MB")
+    peak = vm(pid(csmd), "VmHWM") - base
+    assert peak < 6 * len(line) / 2**20, f"{peak:.0f} MB over the baseline for a {len(line) >> 20} MB line"
+
+
+BIG_VALUES = [
+    ("SELECT length(randomblob(900000000))", "makes a value over"),
+    ("SELECT zeroblob(900000000)", "makes a value over"),
+    ("SELECT length(printf('%.*c', 900000000, 'x'))", None),  # SQLite gives NULL past the length limit
+    ("SELECT length(replace(hex(zeroblob(1000000)), '0', hex(zeroblob(500))))", "query stopped"),
+    ("WITH RECURSIVE r(i, s) AS (SELECT 0, 'x' UNION ALL SELECT i + 1, s || s FROM r WHERE i < 40) "
+     "SELECT max(length(s)) FROM r", "query stopped"),
+    ("SELECT " + ", ".join(["randomblob(60000000)"] * 8), "needs more memory than csmd allows"),
+    ("SELECT " + " || ".join(["randomblob(20000000)"] * 8), "query stopped"),
+]
+
+
+def test_a_query_cannot_make_csmd_allocate_what_no_reply_could_carry(csmd: Csmd) -> None:
+    """``SELECT randomblob(900000000)`` took csmd from 39 MB to 1.78 GB; every way SQL has of
+    building big values, one at a time or many at once, now stops with a clear error."""
+    csmd.start()
+    for query, error in BIG_VALUES:
+        r = run_csm("query", "sql", query)
+        if error is None:
+            assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        else:
+            assert r.returncode == 4 and error in r.stderr and r.stderr.count("\n") == 1, (query, r.stderr)
+    assert vm(pid(csmd), "VmHWM") < 200, "SQLite's heap is capped near query_max_bytes (64 MB) + 32 MB"
+    after = run_csm("query", "sql", "SELECT length(randomblob(1000000)) AS n", "--json")
+    assert json.loads(after.stdout) == [{"n": 1000000}], "csmd answers normally after"
