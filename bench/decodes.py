@@ -45,6 +45,9 @@ class _Server:
     def post(self, envelope: Any, msg: Any) -> None:
         self.posted += 1
 
+    def post_encoded(self, envelope: Any, data: bytes) -> None:
+        self.posted += 1
+
 
 def run(root: Path, watch: bool) -> tuple[int, int, float]:
     with tempfile.TemporaryDirectory() as t:

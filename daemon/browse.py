@@ -152,10 +152,10 @@ def session_info(conn: sqlite3.Connection, file_id: int) -> SessionInfo:
         (file_id,)).fetchone()
     if r is None:
         raise NotFound("the session left the archive")
-    resume = r[7] if r[7] else r[0]
-    return SessionInfo(session_id=r[0], project=r[1], title=r[2], cwd=r[3], started=r[4], last_activity=r[5],
-                       messages=r[6], parent_session_id=r[7], file_present=bool(r[8]),
-                       resume=f"claude --resume {resume}")
+    session_id, project, title, cwd, started, last_activity, messages, parent, present = r
+    return SessionInfo(session_id=session_id, project=project, title=title, cwd=cwd, started=started,
+                       last_activity=last_activity, messages=messages, parent_session_id=parent,
+                       file_present=bool(present), resume=f"claude --resume {parent or session_id}")
 
 
 def _lines(conn: sqlite3.Connection, file_id: int) -> Iterator[str]:

@@ -64,18 +64,17 @@ class FileRow(msgspec.Struct, kw_only=True):
     gone_at: str | None = None
 
 
-_FILE_COLUMNS = (
-    "file_id, file_path, root, project, session_key, parent_session, dev, inode, size, mtime_ns, "
-    "last_position, generation, head_len, head_hash, tail_hash, gone_at"
-)
+_FILE_FIELDS = {  # FileRow field: its sync_metadata column
+    "file_id": "file_id", "path": "file_path", "root": "root", "project": "project", "session_key": "session_key",
+    "parent_session": "parent_session", "dev": "dev", "inode": "inode", "size": "size", "mtime_ns": "mtime_ns",
+    "offset": "last_position", "generation": "generation", "head_len": "head_len", "head_hash": "head_hash",
+    "tail_hash": "tail_hash", "gone_at": "gone_at",
+}
+_FILE_COLUMNS = ", ".join(_FILE_FIELDS.values())
 
 
 def _file_row(r: Sequence[Any]) -> FileRow:
-    return FileRow(
-        file_id=r[0], path=r[1], root=r[2], project=r[3], session_key=r[4], parent_session=r[5],
-        dev=r[6], inode=r[7], size=r[8], mtime_ns=r[9], offset=r[10], generation=r[11],
-        head_len=r[12], head_hash=r[13], tail_hash=r[14], gone_at=r[15],
-    )
+    return FileRow(**dict(zip(_FILE_FIELDS, r)))
 
 
 def _private_files(db: Path) -> None:

@@ -111,6 +111,10 @@ def page(site: Site, browser: Browser) -> Iterator[Page]:
     ctx.close()
 
 
+def jline(**obj: Any) -> str:
+    return record(obj, newline=True).decode()
+
+
 def user(session: str, n: int, text: str) -> str:
     return record(prompt(f"u-{session}-{n}", session, f"2026-03-01T10:00:{n:02d}.000Z", text,
                          cwd="/home/me/it's here"), newline=True).decode()
