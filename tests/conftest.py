@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from csmtest import Csmd
+from csmtest import Csmd, isolated_env
 
 
 def pytest_report_header() -> str:
@@ -20,22 +19,12 @@ def pytest_report_header() -> str:
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point every path csm computes into ``tmp_path``; nothing reaches the real home."""
-    home = tmp_path / "home"
-    home.mkdir()
-    # The runtime dir must be short: unix socket paths are limited to ~104 bytes.
-    run = Path(tempfile.mkdtemp(prefix="csm-", dir="/tmp"))
-    run.chmod(0o700)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
-    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "claude"))
+    env = isolated_env(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    monkeypatch.setenv("CSM_RAISE_ERRORS", "")
     yield tmp_path
-    shutil.rmtree(run, ignore_errors=True)
+    shutil.rmtree(env["XDG_RUNTIME_DIR"], ignore_errors=True)
 
 
 @pytest.fixture

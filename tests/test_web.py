@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from lines import prompt, record, response
 from csmtest import REAL, Csmd, run_csm, wait_for
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -111,19 +112,18 @@ def page(site: Site, browser: Browser) -> Iterator[Page]:
 
 
 def jline(**obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":")) + "\n"
+    return record(obj, newline=True).decode()
 
 
 def user(session: str, n: int, text: str) -> str:
-    return jline(type="user", uuid=f"u-{session}-{n}", sessionId=session, timestamp=f"2026-03-01T10:00:{n:02d}.000Z",
-                 cwd="/home/me/it's here", message={"role": "user", "content": text})
+    return record(prompt(f"u-{session}-{n}", session, f"2026-03-01T10:00:{n:02d}.000Z", text,
+                         cwd="/home/me/it's here"), newline=True).decode()
 
 
 def assistant(session: str, n: int, text: str) -> str:
-    return jline(type="assistant", uuid=f"a-{session}-{n}", sessionId=session,
-                 timestamp=f"2026-03-01T10:00:{n:02d}.000Z", requestId=f"r-{session}-{n}",
-                 message={"id": f"m-{session}-{n}", "role": "assistant", "model": "claude-test-1",
-                          "content": [{"type": "text", "text": text}]})
+    return record(response(f"a-{session}-{n}", session, f"2026-03-01T10:00:{n:02d}.000Z",
+                           {"id": f"m-{session}-{n}", "model": "claude-test-1", "content": [{"type": "text", "text": text}]},
+                           f"r-{session}-{n}"), newline=True).decode()
 
 
 def png(width: int, height: int) -> str:

@@ -222,11 +222,11 @@ class Web:
                 await arequest(protocol.Export(target=sid, format="jsonl"), timeout_s=30.0, on_progress=chunk)
                 body, media = b"".join(chunks), "application/jsonl"
             else:
-                from csm.client import transcript
+                from csm.client import layouts
 
                 t = await arequest(protocol.Show(session=sid, full=True), timeout_s=60.0)
                 assert isinstance(t, protocol.Transcript)
-                text = transcript.markdown(t) if fmt == "md" else conversation.page(t.session, t.entries)
+                text = layouts.markdown(t) if fmt == "md" else conversation.page(t.session, t.entries)
                 body, media = text.encode(), "text/markdown" if fmt == "md" else "text/html"
         except NotFound as e:
             return Response(str(e), status_code=404)
