@@ -185,6 +185,10 @@ def test_sessions_list_filters_by_project_and_title_words_in_the_url(site: Site,
     expect(rows).to_have_count(len(want))
     assert set(rows.locator(".project").all_inner_texts()) == {"spotter"}
     expect(page.locator("nav.scope")).to_have_count(0)  # no [team]: no Mine | Team switch
+    page.goto(site.base + "/sessions?scope=team")  # a bookmark from a team member's page: one line, why
+    expect(page.locator(".team-down")).to_contain_text("team mode is off")
+    expect(page.locator("nav.scope")).to_have_count(0)
+    page.goto(site.base + "/sessions?project=SPOTTER")
     page.fill('input[name="title"]', "PHX server")
     page.click(".filters button")
     expect(page).to_have_url(re.compile(r"title=PHX\+server"))
