@@ -6,10 +6,15 @@ import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from csmtest import Csmd, isolated_env
+from pgcluster import Cluster
+
+if TYPE_CHECKING:
+    from teamtest import Member
 
 
 def pytest_report_header() -> str:
@@ -48,3 +53,44 @@ def csmd(tmp_path: Path, projects: Path) -> Iterator[Csmd]:
     if d.alive:
         code = d.stop()
         assert code == 0, f"csmd exited {code} on SIGTERM:\n{d.log()}"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster for the module (team mode's tests)."""
+    c = Cluster()
+    c.start()
+    try:
+        yield c
+    finally:
+        c.destroy()
+
+
+@pytest.fixture
+def teamdb(cluster: Cluster) -> str:
+    from teamtest import new_teamdb
+
+    return new_teamdb(cluster)
+
+
+@pytest.fixture
+def members() -> Iterator[list[Member]]:
+    """The team members a test starts; each stopped (and checked) at the end."""
+    made: list[Member] = []
+    yield made
+    for m in made:
+        m.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium, driven by Playwright, for the module's pages."""
+    from webtest import ARGS, CHROMIUM
+
+    playwright_sync = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
