@@ -393,6 +393,19 @@ INSERT INTO team_mirror VALUES (1, lower(hex(randomblob(16))), 0, NULL);
 CREATE INDEX usage_entries_event ON usage_entries(event_id);
 """
 
+M008_SEARCH_FOR_DATASETTE = """
+-- datasette finds a table's full-text index by content="<table>" (double quotes or brackets)
+-- in the index's definition; m004 wrote content='message_text', which it does not recognise.
+-- search_text indexes message_text (external content), so it is rebuilt from it: nothing is
+-- lost. search_tools is contentless (content=''): nothing could rebuild it, and it has no
+-- table of its own to search in datasette, so it stays as it is.
+DROP TABLE search_text;
+CREATE VIRTUAL TABLE search_text USING fts5(
+    text, content="message_text", content_rowid="event_id", tokenize='porter unicode61 remove_diacritics 2'
+);
+INSERT INTO search_text(search_text) VALUES ('rebuild');
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
     ("m003_usage", M003_USAGE),
@@ -400,4 +413,5 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("m005_line_errors", M005_LINE_ERRORS),
     ("m006_session_identity", M006_SESSION_IDENTITY),
     ("m007_team_mirror", M007_TEAM_MIRROR),
+    ("m008_search_for_datasette", M008_SEARCH_FOR_DATASETTE),
 ]
