@@ -45,6 +45,8 @@ CATCH_UP_BYTES = 8 << 20
 """Line bytes read for one transaction of deferred indexing (``bounded``). Lines are read one at a time,
 so what is held is their tool text (≤ this). Smaller costs CPU: FTS5 pays per transaction (tool text of
 the 200 MB corpus: 13.5 s CPU at 8 MB or unbounded, 17.6 s at 4 MB, 40-46 s at 1 MB)."""
+CATCH_UP_TEXT = 2 << 20
+"""Tool text held for one transaction of the catch-up: what it keeps until the commit."""
 MARK_START, MARK_END = "\u00ab", "\u00bb"  # « », made bold on a terminal by the CLI
 SNIPPET_TOKENS = 16
 CANDIDATES = 1000
@@ -157,7 +159,10 @@ class SearchIndex:
                 "SELECT p.event_id, e.raw FROM search_tools_pending p JOIN events e ON e.id = p.event_id "
                 "ORDER BY p.event_id DESC LIMIT ?", (BACKFILL_BATCH,))
             batch: list[tuple[int]] = []
+            held = 0
             for event_id, raw in bounded(rows):
+                if held >= CATCH_UP_TEXT:
+                    break
                 batch.append((event_id,))
                 try:
                     text = extract(parse(raw.encode()))[2]
@@ -168,6 +173,7 @@ class SearchIndex:
                     continue
                 if text and text.strip():
                     self.tools.append((event_id, text))
+                    held += len(text)
             if not batch:
                 break
             try:
