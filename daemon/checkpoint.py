@@ -7,7 +7,7 @@ time of the initial sync (4.1 s with them, 1.7 s without; the CPU time is the sa
 
 Here the writer's automatic checkpoint is switched off and this thread does the work on a
 connection of its own: after every ``EVERY_BYTES`` of committed lines the ingest thread
-pokes it (``committed``, an ``Ingestor.on_commit`` hook) and it runs a PASSIVE checkpoint,
+pokes it (``committed``: it is an ingest sink) and it runs a PASSIVE checkpoint,
 which never blocks the writer or readers. sqlite3 releases the GIL while it copies and
 syncs, so the checkpoint overlaps with parsing on the second core.
 
@@ -26,9 +26,13 @@ import logging
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from csm.daemon.sinks import Sink
 from csm.daemon.store import FileRow
+
+if TYPE_CHECKING:
+    from csm.daemon.batch import Batch
 
 log = logging.getLogger("csm.checkpoint")
 
@@ -40,9 +44,13 @@ RESTART_BYTES = 64 << 20
 """WAL size above which the WAL is rewound (the same as ``journal_size_limit``)."""
 
 
-class Checkpointer(threading.Thread):
+class Checkpointer(Sink):
+    """The sink that pokes, and the thread that checkpoints."""
+
+    name = "checkpoint"
+
     def __init__(self, db: Path, writer: sqlite3.Connection) -> None:
-        super().__init__(name="csm-checkpoint", daemon=True)
+        self.thread = threading.Thread(target=self.run, name="csm-checkpoint", daemon=True)
         self.conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
         # Short: a pending RESTART blocks new write transactions while it waits for old readers
         # (a long ``csm query sql``), so it gives up quickly and is simply tried again later.
@@ -56,11 +64,11 @@ class Checkpointer(threading.Thread):
 
     def start(self) -> None:
         self.writer.execute("PRAGMA wal_autocheckpoint = 0")
-        super().start()
+        self.thread.start()
 
-    def committed(self, f: FileRow, rows: list[tuple[Any, ...]]) -> None:
+    def committed(self, f: FileRow, batch: Batch) -> None:
         """On the ingest thread after each commit: count the bytes, poke when enough."""
-        self.pending += sum(len(r[-1]) for r in rows)
+        self.pending += sum(len(r.raw) for r in batch.rows)
         if self.pending >= EVERY_BYTES:
             self.pending = 0
             self.due.set()
@@ -86,8 +94,8 @@ class Checkpointer(threading.Thread):
         """Stop the thread and close its connection (before the writer's, so the WAL can go)."""
         self.stopping = True
         self.due.set()
-        if self.is_alive():
-            self.join()
+        if self.thread.is_alive():
+            self.thread.join()
         self.conn.close()
         try:
             self.writer.execute("PRAGMA wal_autocheckpoint = 1000")

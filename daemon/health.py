@@ -81,15 +81,20 @@ class Health(threading.Thread):
         return None
 
     def problem(self) -> str | None:
-        """What is wrong with the database now (None: nothing known), logged when it first shows."""
-        problem = self.moved() or self.damage
+        """What is wrong with the database now (None: nothing known), logged when it first shows.
+
+        Damage is one problem however its wording changes from check to check (an open that fails,
+        then a list of bad pages): status shows the latest wording, the log says it once."""
+        moved = self.moved()
+        problem = moved or self.damage
+        kind = moved or ("damage" if self.damage else None)
         with self.lock:
-            if problem != self.reported:
+            if kind != self.reported:
                 if problem:
                     log.error("database: %s", problem)
                 else:
                     log.info("database: the earlier problem is gone")
-                self.reported = problem
+                self.reported = kind
         return problem
 
     def check(self) -> None:

@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +22,20 @@ from typing import Any, TypeVar
 from csm.shared.errors import DaemonNotRunning
 
 T = TypeVar("T")
+
+
+def isolated_env(base: Path) -> dict[str, str]:
+    """The variables that point every path csm computes into ``base`` (tests, bench and soak alike):
+    HOME, the XDG folders, Claude's config folder, and a runtime folder of its own under /tmp, short
+    because unix socket paths are limited to ~104 bytes (remove it when done)."""
+    (base / "home").mkdir(parents=True, exist_ok=True)
+    run = Path(tempfile.mkdtemp(prefix="csm-", dir="/tmp"))
+    run.chmod(0o700)
+    return {
+        "HOME": str(base / "home"), "XDG_DATA_HOME": str(base / "data"), "XDG_CONFIG_HOME": str(base / "config"),
+        "XDG_STATE_HOME": str(base / "state"), "XDG_CACHE_HOME": str(base / "cache"), "XDG_RUNTIME_DIR": str(run),
+        "CLAUDE_CONFIG_DIR": str(base / "claude"), "CSM_RAISE_ERRORS": "",
+    }
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = FIXTURES / "real"
 SHARED_REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
