@@ -10,6 +10,7 @@ hour reads that slot's own responses, so ``--since 12h`` is exact too.
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import sqlite3
 from typing import Any
@@ -61,12 +62,14 @@ def _where(conds: list[str]) -> str:
     return (" WHERE " + " AND ".join(conds)) if conds else ""
 
 
-def _source(req: UsageReport) -> tuple[str, list[Any]]:
-    """The quarter-hour sums in the request's bounds and project, as a subquery and its parameters.
+def _source(req: UsageReport) -> tuple[str, list[str], list[Any]]:
+    """The quarter-hour sums in the request's bounds and project: a table or subquery, the conditions
+    on it, and their parameters.
 
     Slots wholly inside ``[since, until)`` come from ``usage_slots``; a slot a bound cuts is
     summed from its own responses in the bounds (found through the sessions the slot lists,
-    which ``usage_entries`` indexes), so the figures are exact for any instant.
+    which ``usage_entries`` indexes), so the figures are exact for any instant. Without a cut the
+    table is read directly: through a subquery SQLite grouped the slots twice as slowly.
     """
     slots: list[str] = []
     slot_params: list[Any] = []
@@ -93,13 +96,13 @@ def _source(req: UsageReport) -> tuple[str, list[Any]]:
         for conds, params in ((slots, slot_params), (entries, entry_params)):
             conds.append(projects.sql("project"))
             params.append(req.project)
-    sql = f"SELECT {_COLUMNS} FROM usage_slots{_where(slots)}"
     if not cut:
-        return f"({sql})", slot_params
+        return "usage_slots", slots, slot_params
+    sql = f"SELECT {_COLUMNS} FROM usage_slots{_where(slots)}"
     marks = ", ".join("?" * len(cut))
     entries += [f"session_id IN (SELECT session_id FROM usage_slots WHERE slot IN ({marks}))",
                 f"ts / {SLOT_MS} IN ({marks})"]
-    return f"({sql} UNION ALL SELECT {_ENTRY} FROM usage_entries{_where(entries)})", [
+    return f"({sql} UNION ALL SELECT {_ENTRY} FROM usage_entries{_where(entries)})", [], [
         *slot_params, *entry_params, *cut, *cut]
 
 
@@ -113,16 +116,18 @@ def _add(acc: dict[Any, list[Any]], key: Any, vals: tuple[Any, ...]) -> None:
 
 
 def _by_day(conn: sqlite3.Connection, source: str, params: list[Any], tz: ZoneInfo) -> dict[Any, list[Any]]:
+    """Each local day's sums: SQLite sums each quarter hour of ``source`` (what ``FROM`` reads, with
+    its ``WHERE``); a day's slots are found by bisecting at the next midnight and summed column by
+    column (``zip``, ``sum``), so Python works per day, not per slot (1 GB, in-process: 17.2 -> 13.5 ms)."""
+    rows = conn.execute(f"SELECT slot, {_SUMS} FROM {source} GROUP BY slot ORDER BY slot", params).fetchall()
+    slots = [r[0] for r in rows]
     acc: dict[Any, list[Any]] = {}
-    boundary = float("-inf")
-    day = None
-    for slot, *vals in conn.execute(f"SELECT slot, {_SUMS} FROM {source} GROUP BY slot ORDER BY slot",
-                                    params):
-        t = slot * SLOT_S
-        if t >= boundary:
-            day = datetime.datetime.fromtimestamp(t, tz).date()
-            boundary = _midnight(day + datetime.timedelta(days=1), tz)
-        _add(acc, day, tuple(vals))
+    i = 0
+    while i < len(rows):
+        day = datetime.datetime.fromtimestamp(slots[i] * SLOT_S, tz).date()
+        end = bisect.bisect_left(slots, -(-_midnight(day + datetime.timedelta(days=1), tz) // SLOT_S), i)
+        acc[day] = [sum(column) for column in zip(*rows[i:end])][1:]
+        i = end
     return acc
 
 
@@ -137,7 +142,8 @@ def usage(conn: sqlite3.Connection, req: UsageReport, prices_updated: str) -> Us
     if req.by not in GROUPS:
         raise QueryError(f"cannot group usage by '{req.by}': use one of {', '.join(GROUPS)}")
     tz = zone(req.tz)
-    source, params = _source(req)
+    table, conds, params = _source(req)
+    source = table + _where(conds)
     rows: list[list[Any]]
     if req.by in TIME_GROUPS:
         days = _by_day(conn, source, params, tz)
@@ -167,5 +173,5 @@ def usage(conn: sqlite3.Connection, req: UsageReport, prices_updated: str) -> Us
     unpriced: list[str] = []
     if any(r[-1] for r in rows):
         unpriced = sorted(m or NO_MODEL for (m,) in conn.execute(
-            f"SELECT DISTINCT model FROM {source} WHERE unpriced_tokens > 0", params))
+            f"SELECT DISTINCT model FROM {table}{_where([*conds, 'unpriced_tokens > 0'])}", params))
     return UsageRows(columns=columns, rows=rows, unpriced_models=unpriced, prices_updated=prices_updated, tz=req.tz)

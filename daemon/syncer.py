@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from csm.daemon import heap
 from csm.daemon.diagnose import diagnose
 from csm.daemon.ingest import Ingestor
 from csm.daemon.rescan import Totals
@@ -238,6 +239,7 @@ class Syncer(threading.Thread):
         self.last_sync_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         seconds = time.monotonic() - started
         if totals.files_changed:
+            heap.release(self.ingestor.store.conn)  # a large rescan's buffers go back; cheap for a small one
             log.info("rescan: %d files, %d changed, %d lines, %d bad lines in %.2f s", totals.files_scanned,
                      totals.files_changed, totals.lines, totals.errors, seconds)
         for reply in waiters:

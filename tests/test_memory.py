@@ -159,3 +159,37 @@ def test_a_query_cannot_make_csmd_allocate_what_no_reply_could_carry(csmd: Csmd)
     assert vm(pid(csmd), "VmHWM") < 200, "SQLite's heap is capped near query_max_bytes (64 MB) + 32 MB"
     after = run_csm("query", "sql", "SELECT length(randomblob(1000000)) AS n", "--json")
     assert json.loads(after.stdout) == [{"n": 1000000}], "csmd answers normally after"
+
+
+def tool_result(session: str, i: int, output: str) -> bytes:
+    """A tool result as Claude Code writes it: a short block in the message, the whole output in
+    ``toolUseResult`` (stored with the line, not indexed), so the line is large and its tool text small."""
+    return json.dumps({"type": "user", "sessionId": session, "uuid": f"r{i}", "timestamp": "2026-11-01T10:00:00Z",
+                       "message": {"role": "user", "content": [
+                           {"type": "tool_result", "tool_use_id": f"t{i}", "content": f"listing {i} done"}]},
+                       "toolUseResult": {"stdout": output, "stderr": ""}}).encode() + b"\n"
+
+
+def test_deferred_tool_text_is_indexed_in_bounded_batches_and_the_heap_given_back(
+        csmd: Csmd, projects: Path, tmp_path: Path, db: Path) -> None:
+    """The tool-text catch-up after a large backlog reads its lines a bounded amount at a time.
+
+    1,200 lines of 48 KB (58 MB) wait for it, fewer than one batch of lines: read in one go they
+    were all in csmd's heap at once (peak over 100 MB); bounded by bytes, csmd stays near its size
+    through the sync and the catch-up, and is back under 50 MB once it is done."""
+    cfg = tmp_path / "config" / "csm" / "config.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text("search_defer_tools_bytes = 0\n")  # every backlog defers its tool text
+    output = " ".join(f"file{j}.py" for j in range(5_000))[:48_000]
+    for k in range(4):
+        f = projects / "p" / f"big{k}.jsonl"
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(b"".join(tool_result(f"big{k}", k * 300 + i, output) for i in range(300)))
+    csmd.start()
+    wait_for(lambda: scalar("SELECT count(*) FROM events") == 1_200, 60, "the rows")
+    wait_for(lambda: scalar("SELECT count(*) FROM search_tools_pending") == 0, 120, "the tool-text catch-up")
+    wait_for(lambda: "indexed the tool text of 1200 lines" in csmd.log(), 30, "the catch-up's end")
+    hits = run_csm("query", "search", "listing 1199", "--include-tools", "--json")
+    assert hits.returncode == 0 and json.loads(hits.stdout), hits.stderr
+    assert vm(pid(csmd), "VmHWM") < 75, "the catch-up held its lines all at once"
+    assert vm(pid(csmd), "VmRSS") < 50, "the catch-up's heap was not given back"
