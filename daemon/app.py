@@ -20,7 +20,7 @@ from pathlib import Path
 
 import msgspec
 
-from csm.daemon import browse, export, heap, queries, reports, search, turns
+from csm.daemon import browse, export, heap, queries, reports, search, space, turns
 from csm.daemon.checkpoint import Checkpointer
 from csm.daemon.diagnose import diagnose
 from csm.daemon.health import Health
@@ -116,6 +116,8 @@ class Daemon:
         self.syncer.before_rescan.append(lambda: self.search_index.backfill(store, ing.stopping))
         self.syncer.after_work.append(
             lambda: self.search_index.catch_up(store, lambda: ing.stopping.is_set() or self.syncer.busy()))
+        self.syncer.after_work.append(lambda: space.give_back(
+            store, lambda: ing.stopping.is_set() or self.syncer.busy(), self.checkpointer.wrote))
         self.reader = open_reader(self.db)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query",
                                        initializer=turns.on_query_thread, initargs=(self.syncer.turns.give_way,))

@@ -83,8 +83,12 @@ class Checkpointer(threading.Thread):
         super().start()
 
     def committed(self, f: FileRow, rows: list[tuple[Any, ...]]) -> None:
-        """On the ingest thread after each commit: estimate the WAL's growth, poke when enough."""
-        self.pending += PAGES_PER_COMMIT + sum(len(r[-1]) for r in rows) // self.page_size
+        """On the ingest thread after each batch's commit: estimate the WAL's growth."""
+        self.wrote(PAGES_PER_COMMIT + sum(len(r[-1]) for r in rows) // self.page_size)
+
+    def wrote(self, pages: int) -> None:
+        """On the writer's thread after a commit of about ``pages`` pages: poke when enough, time the quiet."""
+        self.pending += pages
         self.commits += 1
         self.quiet_at = time.monotonic() + IDLE_S
         if self.pending >= EVERY_FRAMES:

@@ -393,6 +393,21 @@ INSERT INTO team_mirror VALUES (1, lower(hex(randomblob(16))), 0, NULL);
 CREATE INDEX usage_entries_event ON usage_entries(event_id);
 """
 
+M008_INCREMENTAL_VACUUM = """
+-- Free pages can be given back to the file system a few at a time (daemon/space.py), never by
+-- rewriting the whole file while csmd runs. An existing database takes the setting only by being
+-- rewritten once: VACUUM copies every page (through the WAL, with temporary files on disk, not in
+-- memory), about 1 s per 100-200 MB here; store.migrate says so in the log before it starts, and a new
+-- database is made incremental from its first page (so this is skipped for it). Not in a
+-- transaction: VACUUM cannot run in one; it is atomic itself, and a kill before the migration is
+-- recorded only means the next start finds the setting in place and records it.
+PRAGMA auto_vacuum = INCREMENTAL;
+VACUUM;
+"""
+
+OUTSIDE_TRANSACTION = frozenset({"m008_incremental_vacuum"})
+"""Migrations that rewrite the file (VACUUM) and so run outside the transaction that records them."""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
     ("m003_usage", M003_USAGE),
@@ -400,4 +415,5 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("m005_line_errors", M005_LINE_ERRORS),
     ("m006_session_identity", M006_SESSION_IDENTITY),
     ("m007_team_mirror", M007_TEAM_MIRROR),
+    ("m008_incremental_vacuum", M008_INCREMENTAL_VACUUM),
 ]

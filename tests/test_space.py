@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 from csmtest import Csmd, db_rows, scalar, wait_for
@@ -47,3 +48,64 @@ def test_many_tiny_commits_keep_the_wal_small(csmd: Csmd, projects: Path, db: Pa
             wait_for(lambda i=i: scalar("SELECT count(*) FROM events") == i + 1, 20, f"line {i}")
             biggest = max(biggest, _wal(db))
     assert biggest <= 16 << 20, f"the WAL grew to {biggest >> 20} MB during 300 tiny appends"
+
+
+def _as_older_csm_left_it(db: Path) -> None:
+    """Make the database what a csm before migration m008 wrote: no auto_vacuum, m008 not recorded."""
+    from csm.daemon.migrations import MIGRATIONS
+
+    number = [name for name, _ in MIGRATIONS].index("m008_incremental_vacuum")
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("PRAGMA auto_vacuum = NONE")
+        conn.execute("VACUUM")
+        conn.execute("DELETE FROM _csm_migrations WHERE name = 'm008_incremental_vacuum'")
+        conn.execute(f"PRAGMA user_version = {number}")
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    finally:
+        conn.close()
+
+
+def _free_pages(db: Path, mb: int) -> None:
+    """Leave ``mb`` MB of free pages in the file, as deleted rows do (a table filled, then dropped)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE junk (b BLOB)")
+        conn.executemany("INSERT INTO junk VALUES (randomblob(100000))", [()] * (mb * 10))
+        conn.execute("DROP TABLE junk")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def _pragma(db: Path, name: str) -> int:
+    return db_rows(db, f"PRAGMA {name}")[0][0]
+
+
+def test_free_pages_come_back_after_the_migration(csmd: Csmd, projects: Path, db: Path) -> None:
+    """An existing database is rewritten once (the log says so and how long), and from then on free pages are
+    returned to the file system while csmd idles: the file shrinks, the rows stay."""
+    f = projects / "p" / "s1.jsonl"
+    f.parent.mkdir()
+    f.write_bytes(b"".join(_line(i, 2000) for i in range(500)))
+    csmd.start()
+    wait_for(lambda: scalar("SELECT count(*) FROM events") == 500, 20, "the lines to be stored")
+    csmd.stop()
+    _as_older_csm_left_it(db)
+    _free_pages(db, 8)
+    assert _pragma(db, "freelist_count") * 16384 >= 7 << 20
+
+    csmd.start()
+    assert "migration m008_incremental_vacuum: rewriting database" in csmd.log()
+    assert _pragma(db, "auto_vacuum") == 2, "the database was converted to incremental vacuum"
+    assert db_rows(db, "SELECT name FROM _csm_migrations WHERE name = 'm008_incremental_vacuum'")
+    csmd.stop()
+
+    _free_pages(db, 8)  # now kept as free pages in the file, until csmd gives them back
+    before = db.stat().st_size
+    assert _pragma(db, "freelist_count") * 16384 >= 7 << 20
+    csmd.start()
+    wait_for(lambda: _pragma(db, "freelist_count") < 64, 20, "the free pages to be given back")
+    wait_for(lambda: db.stat().st_size <= before - (6 << 20), 20, "the file to shrink")
+    assert db_rows(db, "SELECT count(*) FROM events") == [(500,)]
+    assert db_rows(db, "PRAGMA integrity_check") == [("ok",)]
