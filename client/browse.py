@@ -62,7 +62,7 @@ def sessions(project: str | None, since: str | None, until: str | None, limit: i
     cols = ["session", "project", "title", "started", "last activity", "msgs", "tokens", "cost", "file"]
     rows = [[sid, proj, title, timespec.local(start), timespec.local(last), msgs, _tokens(tok), _cost(cost, tok),
              "" if present else "gone"]
-            for sid, proj, title, start, last, msgs, tok, cost, present in reply.rows]
+            for sid, proj, title, start, last, msgs, tok, cost, present, *_ in reply.rows]
     render.table(cols, rows)
 
 

@@ -1,7 +1,8 @@
 """``csm export``: one session written out for a person (markdown, html) or exactly as it was (jsonl).
 
-markdown reads well on GitHub; html is one self-contained page (inline CSS, no scripts,
-every transcript string escaped). Both include tool input and output. jsonl (``--raw``)
+markdown reads well on GitHub; html is the web Session page's rendering as one self-contained page
+(inline CSS, no scripts, images as data, every transcript string escaped). Both include thinking,
+tool input and output. jsonl (``--raw``)
 is the transcript's lines byte for byte, streamed in checked chunks: the archive outlives
 the transcripts (Claude Code deletes them after 30 days), so this is also how a deleted
 transcript is brought back.
@@ -106,6 +107,17 @@ class RedactedLines:
         self.tail.clear()
 
 
+def written(t: protocol.Transcript, fmt: str) -> str:
+    """The conversation as Markdown, or as the web Session page's HTML made one offline file."""
+    if fmt == "markdown":
+        from csm.client import transcript
+
+        return transcript.markdown(t)
+    from csm.web import conversation
+
+    return conversation.page(t.session, t.entries)
+
+
 @click.command("export")
 @click.argument("target")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "html", "jsonl"]), default="markdown",
@@ -146,14 +158,12 @@ def export(target: str, fmt: str, raw: bool, output: str | None, redact: bool) -
         if output and output != "-":
             click.echo(f"wrote {done.lines} lines ({done.bytes} bytes) to {output}", err=True)
     else:
-        from csm.client import transcript
-
         reply = request(protocol.Show(session=target_arg(target), full=True), timeout_s=60.0)
         assert isinstance(reply, protocol.Transcript)
         if redactor is not None:
             reply = redactor.struct(reply)
         with _opened(output) as out:
-            out.write((transcript.markdown(reply) if fmt == "markdown" else transcript.page(reply)).encode("utf-8"))
+            out.write(written(reply, fmt).encode("utf-8"))
         if output and output != "-":
             click.echo(f"wrote {output}", err=True)
     if redactor is not None:

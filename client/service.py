@@ -68,6 +68,8 @@ class ServiceStatus(msgspec.Struct, kw_only=True):
     running: bool | None
     state: str | None
     pid: int | None
+    web_file: str
+    web_installed: bool
     daemon: protocol.StatusReply | None
 
 
@@ -81,10 +83,10 @@ def _run(argv: list[str], capture: bool = True, timeout: float | None = None) ->
         raise ServiceError(f"'{shlex.join(argv)}' did not finish within {timeout:g} s") from None
 
 
-def _render(manager: str) -> str:
+def _render(manager: str, web: bool = False) -> str:
     from csm.client import units  # here, so that other commands do not pay for importlib.resources and plistlib
 
-    return units.render(manager)
+    return units.render(manager, web)
 
 
 def _one_line(text: str) -> str:
@@ -92,12 +94,16 @@ def _one_line(text: str) -> str:
 
 
 class Systemd:
+    """csmd's unit, or with ``web`` the one of ``csm serve``: the same steps for either."""
+
     name = "systemd"
     kind = "systemd user unit"
     manager = "systemd user manager"
 
-    def __init__(self) -> None:
-        self.path = paths.systemd_unit_path()
+    def __init__(self, web: bool = False) -> None:
+        self.web = web
+        self.unit = paths.SYSTEMD_WEB_UNIT if web else paths.SYSTEMD_UNIT
+        self.path = paths.systemd_unit_path(self.unit)
 
     @staticmethod
     def systemctl(*args: str) -> list[str]:
@@ -109,29 +115,29 @@ class Systemd:
         return None if r.returncode == 0 else f"systemctl --user: {_one_line(r.stderr)}"
 
     def render(self) -> str:
-        return _render(self.name)
+        return _render(self.name, self.web)
 
     def install_steps(self) -> list[Step]:
         # reset-failed: a unit that hit its start limit refuses even a manual start until then.
         # restart, not start: it also starts a stopped unit, and makes a second install take the new file.
         return [Write(self.path, self.render()), Run(self.systemctl("daemon-reload")),
-                Run(self.systemctl("enable", paths.SYSTEMD_UNIT)),
-                Run(self.systemctl("reset-failed", paths.SYSTEMD_UNIT), may_fail=True),
-                Run(self.systemctl("restart", paths.SYSTEMD_UNIT))]
+                Run(self.systemctl("enable", self.unit)),
+                Run(self.systemctl("reset-failed", self.unit), may_fail=True),
+                Run(self.systemctl("restart", self.unit))]
 
     def uninstall_steps(self, reachable: bool) -> list[Step]:
         # enable/disable only move symlinks, so disabling works without a reachable manager
         if not reachable:
-            return [Run(self.systemctl("disable", paths.SYSTEMD_UNIT), may_fail=True), Remove(self.path)]
-        return [Run(self.systemctl("disable", "--now", paths.SYSTEMD_UNIT)), Remove(self.path),
+            return [Run(self.systemctl("disable", self.unit), may_fail=True), Remove(self.path)]
+        return [Run(self.systemctl("disable", "--now", self.unit)), Remove(self.path),
                 Run(self.systemctl("daemon-reload"))]
 
     def state(self, reachable: bool) -> State:
-        r = _run(self.systemctl("is-enabled", paths.SYSTEMD_UNIT), timeout=QUERY_TIMEOUT_S)
+        r = _run(self.systemctl("is-enabled", self.unit), timeout=QUERY_TIMEOUT_S)
         enabled = r.stdout.strip() == "enabled" if r.stdout.strip() else None
         if not reachable:
             return State(enabled, None, None, None)
-        r = _run(self.systemctl("show", paths.SYSTEMD_UNIT, "--property=ActiveState,SubState,MainPID"),
+        r = _run(self.systemctl("show", self.unit, "--property=ActiveState,SubState,MainPID"),
                  timeout=QUERY_TIMEOUT_S)
         props = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
         active = props.get("ActiveState")
@@ -140,7 +146,7 @@ class Systemd:
         return State(enabled, active == "active" if active else None, detail, pid)
 
     def logs_command(self, lines: int, follow: bool) -> list[str]:
-        return ["journalctl", "--user", "-u", paths.SYSTEMD_UNIT, "-n", str(lines), *(["-f"] if follow else [])]
+        return ["journalctl", "--user", "-u", self.unit, "-n", str(lines), *(["-f"] if follow else [])]
 
 
 class Launchd:
@@ -148,18 +154,20 @@ class Launchd:
     kind = "launchd agent"
     manager = "launchd GUI session"
 
-    def __init__(self) -> None:
-        self.path = paths.launchd_plist_path()
-        self.log = paths.launchd_log_path()
+    def __init__(self, web: bool = False) -> None:
+        self.web = web
+        label = paths.LAUNCHD_WEB_LABEL if web else paths.LAUNCHD_LABEL
+        self.path = paths.launchd_plist_path(label)
+        self.log = paths.launchd_log_path("serve" if web else "csmd")
         self.domain = f"gui/{os.getuid()}"
-        self.target = f"{self.domain}/{paths.LAUNCHD_LABEL}"
+        self.target = f"{self.domain}/{label}"
 
     def problem(self) -> str | None:
         r = _run(["launchctl", "print", self.domain], timeout=QUERY_TIMEOUT_S)
         return None if r.returncode == 0 else f"launchctl print {self.domain}: {_one_line(r.stderr)}"
 
     def render(self) -> str:
-        return _render(self.name)
+        return _render(self.name, self.web)
 
     def install_steps(self) -> list[Step]:
         # bootout first: a loaded job keeps its old definition until it is booted out
@@ -190,8 +198,8 @@ class Launchd:
 Manager = Systemd | Launchd
 
 
-def manager_for(name: str) -> Manager:
-    return Systemd() if name == "systemd" else Launchd()
+def manager_for(name: str, web: bool = False) -> Manager:
+    return Systemd(web) if name == "systemd" else Launchd(web)
 
 
 def this_os_manager() -> str:
@@ -278,21 +286,25 @@ def service() -> None:
 
 @service.command("install")
 @click.option("--dry-run", is_flag=True, help="Print the file it would write and the commands it would run.")
-def service_install(dry_run: bool) -> None:
+@click.option("--web", is_flag=True, help="Also run 'csm serve' at login, on the web_port setting (8765).")
+def service_install(dry_run: bool, web: bool) -> None:
     """Install csmd as a login service and start it (again, if it runs).
 
     Linux: ~/.config/systemd/user/csm.service, enabled and started with systemctl --user.
     macOS: ~/Library/LaunchAgents/dev.csm.csmd.plist, loaded with launchctl bootstrap.
-    Installing again rewrites the file and restarts csmd.
+    Installing again rewrites the file and restarts csmd. With --web, 'csm serve' gets a
+    service of its own beside it (csm-web.service, dev.csm.serve.plist): the page is then at
+    http://127.0.0.1:PORT/ after every login, and 'csm serve --url --open' opens it with its token.
 
     \b
     Examples:
       csm service install --dry-run
-      csm service install
+      csm service install --web
     """
     m = manager_for(this_os_manager())
     problem = m.problem()
-    steps = m.install_steps()
+    page = manager_for(m.name, web=True)
+    steps = m.install_steps() + (page.install_steps() if web else [])
     outside = _outside_pid(m, problem is None)
     if dry_run:
         if problem:
@@ -309,6 +321,8 @@ def service_install(dry_run: bool) -> None:
                            f"the archive; stop it ('kill {outside}') and install again")
     _apply(steps)
     click.echo(f"installed the {m.kind} {m.path}; csmd runs now and at every login ('csm service status')")
+    if web:
+        click.echo(f"installed the {page.kind} {page.path}; 'csm serve --url --open' opens the page")
 
 
 @service.command("uninstall")
@@ -321,16 +335,17 @@ def service_uninstall(dry_run: bool) -> None:
       csm service uninstall
     """
     m = manager_for(this_os_manager())
-    if not m.path.exists():
+    installed = [u for u in (manager_for(m.name, web=True), m) if u.path.exists()]  # the page first: it needs csmd
+    if not installed:
         click.echo(f"not installed (no {m.path})")
         return
     problem = m.problem()
-    steps = m.uninstall_steps(reachable=problem is None)
+    steps = [step for u in installed for step in u.uninstall_steps(reachable=problem is None)]
     if dry_run:
         _show(steps)
         return
     _apply(steps)
-    click.echo(f"uninstalled: removed {m.path}; the archive is kept")
+    click.echo(f"uninstalled: removed {', '.join(str(u.path) for u in installed)}; the archive is kept")
     if problem:
         click.echo(f"csm: note: nothing was stopped: no {m.manager} reachable here ({problem})",
                    err=True)
@@ -350,8 +365,10 @@ def service_status(fmt: str | None) -> None:
     installed = m.path.exists()
     st = m.state(problem is None) if installed else State(False, False if problem is None else None, None, None)
     daemon = _daemon()
+    page = manager_for(m.name, web=True)
     s = ServiceStatus(manager=m.name, file=str(m.path), installed=installed, manager_problem=problem,
-                      enabled=st.enabled, running=st.running, state=st.detail, pid=st.pid, daemon=daemon)
+                      enabled=st.enabled, running=st.running, state=st.detail, pid=st.pid, web_file=str(page.path),
+                      web_installed=page.path.exists(), daemon=daemon)
     if fmt is not None:
         render.emit_record(render.plain(s), fmt)
         return
@@ -372,6 +389,8 @@ def service_status(fmt: str | None) -> None:
         outside = " (outside the service)" if s.pid is not None and daemon.pid != s.pid else ""
         rows.append(("csmd", f"{daemon.version}, pid {daemon.pid}{outside}, {daemon.state}, "
                              f"{daemon.files} files, {daemon.events} lines"))
+    rows.append(("web", f"{page.kind} {page.path} ('csm serve --url' prints the page)" if s.web_installed
+                 else "not installed ('csm service install --web')"))
     for k, v in rows:
         click.echo(f"{k:<10} {v}")
 
@@ -398,7 +417,8 @@ def service_logs(lines: int, follow: bool) -> None:
 @service.command("print")
 @click.option("--systemd", "manager", flag_value="systemd", help="The systemd user unit.")
 @click.option("--launchd", "manager", flag_value="launchd", help="The launchd agent plist.")
-def service_print(manager: str | None) -> None:
+@click.option("--web", is_flag=True, help="The one of 'csm serve' (install --web) instead of csmd's.")
+def service_print(manager: str | None, web: bool) -> None:
     """Print the unit or plist that install would write (default: this OS's manager).
 
     For review, and for packagers: it is rendered for the csm running it.
@@ -407,5 +427,6 @@ def service_print(manager: str | None) -> None:
     Examples:
       csm service print
       csm service print --launchd > dev.csm.csmd.plist
+      csm service print --web
     """
-    click.echo(_render(manager or this_os_manager()), nl=False)
+    click.echo(_render(manager or this_os_manager(), web), nl=False)

@@ -1,13 +1,12 @@
-"""A conversation (``protocol.Transcript``) as terminal text, GitHub Markdown or one HTML page.
+"""A conversation (``protocol.Transcript``) as terminal text or GitHub Markdown (HTML: ``csm.web.conversation``).
 
 The daemon decides what the conversation is (merged responses, tool calls with their
 results, nested subagents); this module only lays it out. Everything from a transcript is
-data: Markdown code is fenced longer than any backtick run inside it, and HTML is escaped.
+data: Markdown code is fenced longer than any backtick run inside it.
 """
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Iterable
 
@@ -134,8 +133,10 @@ def _md_entry(e: Entry) -> str:
     if e.kind in ("user", "assistant", "summary"):
         label = {"user": "User", "assistant": "Assistant", "summary": "Summary"}[e.kind]
         model = f" · {_code(e.model)}" if e.model else ""
+        err = " · **error**" if e.is_error else ""
         body = e.text if e.kind == "assistant" else _fence(e.text) if "\n" in e.text.strip() else _md_inline(e.text)
-        return f"#### {label} · {when}{model}\n\n{body}"
+        thinking = f"<details><summary>thinking</summary>\n\n{e.thinking}\n\n</details>\n\n" if e.thinking else ""
+        return f"#### {label} · {when}{model}{err}\n\n{thinking}{body}{_md_images(e)}".rstrip()
     if e.kind == "tool":
         err = " **(error)**" if e.is_error else ""
         line = f"- **{_md_inline(e.tool or '')}** {_code(e.detail) if e.detail else ''}{err}".rstrip()
@@ -144,7 +145,7 @@ def _md_entry(e: Entry) -> str:
             if body:
                 parts += ["", f"  <details><summary>{title}</summary>", "", _indent_md(_fence(body, lang)), "",
                           "  </details>"]
-        return "\n".join(parts)
+        return "\n".join(parts) + _indent_md(_md_images(e))
     if e.kind == "subagent":
         return f"### Subagent {_code(e.session_id or '')}" + (f": {_md_inline(e.text)}" if e.text else "")
     if e.kind == "compact":
@@ -153,74 +154,10 @@ def _md_entry(e: Entry) -> str:
                                                                    if e.output else "")
 
 
+def _md_images(e: Entry) -> str:
+    """The entry's images embedded as ``data:`` URLs: the file needs nothing beside it."""
+    return "".join(f"\n\n![image {n}]({url})" for n, url in enumerate(filter(None, (i.data_url() for i in e.images)), 1))
+
+
 def _indent_md(s: str) -> str:
     return "\n".join("  " + line if line else "" for line in s.splitlines())
-
-
-# --- HTML -------------------------------------------------------------------------------
-
-_CSS = """
-body{font:15px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;
-color:#1f2328;background:#fff}
-h1{font-size:1.4rem}table.meta td{padding:.1rem .8rem .1rem 0;vertical-align:top}
-code,pre{font:13px/1.45 ui-monospace,SFMono-Regular,Menlo,monospace}
-pre{background:#f6f8fa;padding:.6rem;overflow-x:auto;white-space:pre-wrap;word-break:break-word;margin:.3rem 0}
-.e{margin:.8rem 0}.who{font-weight:600}.ts{color:#59636e;font-size:.85em;margin-left:.5rem}
-.text{white-space:pre-wrap;word-break:break-word}.user .who{color:#1a7f37}.assistant .who{color:#9a6700}
-.summary .who{color:#8250df}.tool{margin:.2rem 0;color:#0550ae}.tool.err{color:#cf222e}
-.sub{border-left:3px solid #d0d7de;padding-left:1rem;margin-left:.5rem}.sub>h3{font-size:1rem;margin:.6rem 0}
-.compact{color:#59636e;text-align:center;border-top:1px dashed #d0d7de;margin:1.2rem 0}
-@media (prefers-color-scheme:dark){body{background:#0d1117;color:#e6edf3}pre{background:#161b22}
-.ts,.compact{color:#9198a1}.tool{color:#79c0ff}}
-"""
-
-
-def _h(s: str | None) -> str:
-    return html.escape(s or "", quote=True)
-
-
-def page(t: Transcript) -> str:
-    s = t.session
-    meta = [("Session", s.session_id), ("Project", s.project + (f" ({s.cwd})" if s.cwd else "")),
-            ("Time", f"{local(s.started)} → {local(s.last_activity)}"), ("Messages", str(s.messages)),
-            ("Resume", s.resume or "")]
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           '<meta name="viewport" content="width=device-width, initial-scale=1">',
-           f"<title>{_h(s.title or s.session_id)}</title><style>{_CSS}</style></head><body>",
-           f"<h1>{_h(s.title or s.session_id)}</h1>", '<table class="meta">']
-    out += [f"<tr><td>{k}</td><td><code>{_h(v)}</code></td></tr>" for k, v in meta]
-    out.append("</table>")
-    if not s.file_present:
-        out.append("<p><em>The source transcript was deleted; this is csm's archived copy.</em></p>")
-    depth = 0
-    for e in t.entries:
-        target = e.depth + (1 if e.kind == "subagent" else 0)
-        while depth > e.depth:
-            out.append("</section>")
-            depth -= 1
-        if e.kind == "subagent":
-            out.append(f'<section class="sub"><h3>Subagent <code>{_h(e.session_id)}</code> {_h(e.text)}</h3>')
-            depth = target
-            continue
-        out.append(_html_entry(e))
-    out += ["</section>"] * depth
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
-
-
-def _html_entry(e: Entry) -> str:
-    ts = f'<span class="ts">{_h(local(e.timestamp, seconds=True))}</span>'
-    if e.kind == "tool":
-        summary = f'{_h(e.tool)} <code>{_h(e.detail)}</code>{" (error)" if e.is_error else ""}'
-        cls = "tool err" if e.is_error else "tool"
-        if not (e.input or e.output):
-            return f'<div class="{cls}">→ {summary}</div>'
-        body = "".join(f"<pre>{_h(x)}</pre>" for x in (e.input, e.output) if x)
-        return f'<details class="{cls}"><summary>→ {summary}</summary>{body}</details>'
-    if e.kind == "compact":
-        return f'<div class="compact">conversation compacted {ts}</div>'
-    if e.kind == "tool_result":
-        return f'<details class="tool"><summary>tool result</summary><pre>{_h(e.output)}</pre></details>'
-    model = f' <span class="ts">{_h(e.model)}</span>' if e.model else ""
-    return (f'<div class="e {e.kind}"><div><span class="who">{e.kind.capitalize()}</span>{ts}{model}</div>'
-            f'<div class="text">{_h(e.text)}</div></div>')

@@ -48,29 +48,35 @@ def _systemd_word(word: str) -> str:
     return '"' + word.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
 
 
-def render_systemd(command: list[str], env: Mapping[str, str]) -> str:
-    """The user unit: ``Type=notify``, restart on failure, low priority (see the template)."""
+def render_systemd(command: list[str], env: Mapping[str, str], unit: str = paths.SYSTEMD_UNIT) -> str:
+    """A user unit (csmd's: ``Type=notify``, restart on failure, low priority; see the templates)."""
     # systemd expands $VARIABLES in the arguments but not in the program path
     exec_start = " ".join([_systemd_word(command[0]), *(_systemd_word(w).replace("$", "$$") for w in command[1:])])
     environment = "\n".join(f"Environment={_systemd_word(f'{k}={v}')}" for k, v in sorted(env.items()))
-    template = _template("csm.systemd", paths.SYSTEMD_UNIT)
+    template = _template("csm.systemd", unit)
     if not environment:
         template = template.replace("${environment}\n", "")
     return string.Template(template).substitute(exec_start=exec_start, environment=environment)
 
 
-def render_launchd(command: list[str], env: Mapping[str, str], log: Path) -> str:
-    """The agent plist: the template's keys, with the command, environment and log paths filled in."""
-    plist = plistlib.loads(_template("csm.launchd", f"{paths.LAUNCHD_LABEL}.plist").encode())
+def render_launchd(command: list[str], env: Mapping[str, str], log: Path, label: str = paths.LAUNCHD_LABEL) -> str:
+    """An agent plist: the template's keys, with the command, environment and log paths filled in."""
+    plist = plistlib.loads(_template("csm.launchd", f"{label}.plist").encode())
     plist["ProgramArguments"] = list(command)
     plist["EnvironmentVariables"] = dict(sorted(env.items()))
     plist["StandardOutPath"] = plist["StandardErrorPath"] = str(log)
     return plistlib.dumps(plist, sort_keys=False).decode()
 
 
-def render(manager: str) -> str:
-    """The file ``csm service install`` would write for ``manager``, from this environment."""
+def render(manager: str, web: bool = False) -> str:
+    """The file ``csm service install`` would write for ``manager``, from this environment: csmd's,
+    or with ``web`` the one of ``csm serve`` (``--web``)."""
     env = service_environment(manager)
+    if web:
+        command = [*paths.csm_command(), "serve"]
+        if manager == "systemd":
+            return render_systemd(command, env, paths.SYSTEMD_WEB_UNIT)
+        return render_launchd(command, env, paths.launchd_log_path("serve"), paths.LAUNCHD_WEB_LABEL)
     if manager == "systemd":
         return render_systemd(paths.csmd_command(), env)
     return render_launchd(paths.csmd_command(), env, paths.launchd_log_path())

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from csm.daemon import projects, turns
 from csm.daemon.queries import progress
-from csm.daemon.transcript import build
+from csm.daemon.transcript import Builder
 from csm.shared.errors import NotFound, QueryError
 from csm.shared.protocol import Entry, Rows, SessionInfo, Sessions, Show, Transcript
 
@@ -46,10 +46,15 @@ _USAGE_SCOPE = ("FROM usage u WHERE u.session_id IN (SELECT s.session_id UNION A
 _TOKENS = ("(SELECT sum(u.input_tokens + u.output_tokens + u.cache_creation_tokens + u.cache_read_tokens) "
            f"{_USAGE_SCOPE})")
 _COST = f"(SELECT CASE WHEN count(*) = count(u.cost_usd) THEN sum(u.cost_usd) END {_USAGE_SCOPE})"
+# The models that answered (Claude Code's own "<synthetic>" placeholder left out), by name.
+_MODELS = (f"(SELECT group_concat(m, ', ') FROM (SELECT DISTINCT u.model AS m {_USAGE_SCOPE} "
+           "AND u.model NOT LIKE '<%' ORDER BY u.model))")
+_SUBAGENTS = ("(SELECT count(*) FROM session_stats c WHERE c.parent_session_id = s.session_id "
+              "AND c.project = s.project)")
 
 
 SESSION_COLUMNS = ["session_id", "project", "title", "started", "last_activity", "messages", "tokens", "cost_usd",
-                   "file_present"]
+                   "file_present", "models", "subagents"]
 
 
 def sessions(conn: sqlite3.Connection, req: Sessions) -> Rows:
@@ -70,7 +75,7 @@ def sessions(conn: sqlite3.Connection, req: Sessions) -> Rows:
         where.append("instr(lower(s.title), ?) > 0")
         params.append(word.lower())
     sql = (f"SELECT s.session_id, s.project, s.title, s.started, s.last_activity, s.messages, {_TOKENS}, {_COST}, "
-           f"s.file_present FROM sessions s WHERE {' AND '.join(where)} ORDER BY s.last_activity DESC LIMIT ? OFFSET ?")
+           f"s.file_present, {_MODELS}, {_SUBAGENTS} FROM sessions s WHERE {' AND '.join(where)} ORDER BY s.last_activity DESC LIMIT ? OFFSET ?")
     with time_limit(conn):
         rows = conn.execute(sql, [*params, req.limit, req.offset]).fetchall()
     return Rows(columns=SESSION_COLUMNS, rows=[list(r) for r in rows])
@@ -182,23 +187,42 @@ Children = dict[str, tuple[int, str | None]]
 """A session's subagents: session id -> (file id, title)."""
 
 
+SLACK_LINES = 100
+"""Lines read past a page's last entry when the rest of a session is not needed: enough for the
+results of the page's tool calls (written just after them) to reach their calls."""
+
+
 def _entries(conn: sqlite3.Connection, file_id: int, full: bool, depth: int, children: Children,
-             seen: set[str]) -> list[Entry]:
-    """A session's entries, each subagent it spawned nested right after the call that spawned it."""
-    b = build(_lines(conn, file_id), full, depth)
+             seen: set[str], enough: int | None = None) -> tuple[list[Entry], bool]:
+    """A session's entries, each subagent it spawned nested right after the call that spawned it; and
+    whether they are all of them. With ``enough``, reading stops ``SLACK_LINES`` after that many
+    entries: a session's first pages cost what they show, not what the session holds."""
+    b = Builder(full, depth)
+    complete, slack = True, SLACK_LINES
+    for raw in _lines(conn, file_id):
+        b.add(raw)
+        if enough is not None and len(b.entries) >= enough:
+            slack -= 1
+            if slack < 0:
+                complete = False
+                break
     out = list(b.entries)
     for index, agent in sorted(b.spawned, reverse=True):
         key = f"agent-{agent}"
         if key in children and key not in seen:
             seen.add(key)
             child, title = children[key]
-            nested = _entries(conn, child, full, depth + 1, children, seen)
+            nested, whole = _entries(conn, child, full, depth + 1, children, seen, enough)
+            complete = complete and whole  # a cut subagent already holds more than the page needs
             out[index + 1 : index + 1] = [Entry(kind="subagent", session_id=key, text=title or "",
                                                 depth=depth), *nested]
-    return out
+    return out, complete
 
 
 def show(conn: sqlite3.Connection, req: Show) -> Transcript:
+    """The conversation, or one page of it. A page with no ``at`` is built only as far as it reaches
+    (``complete`` false when the session goes on), so a long session's first screen comes fast."""
+    enough = req.offset + req.limit if req.limit is not None and req.at is None else None
     with time_limit(conn):
         p = place(conn, resolve(conn, req.session))
         info = session_info(conn, p.file_id)
@@ -206,9 +230,23 @@ def show(conn: sqlite3.Connection, req: Show) -> Transcript:
             "SELECT c.session_id, c.file_id, COALESCE(c.custom_title, c.ai_title, c.summary, c.first_prompt) "
             f"{_CHILDREN} ORDER BY c.first_ts", (p.session_id, p.project, p.root))}
         seen: set[str] = set()
-        entries = _entries(conn, p.file_id, req.full, 0, children, seen)
+        entries, complete = _entries(conn, p.file_id, req.full, 0, children, seen, enough)
         for key, (child, title) in children.items():  # subagents no call in the parent names
-            if key not in seen:
+            if key not in seen and complete:
                 entries.append(Entry(kind="subagent", session_id=key, text=title or "", depth=0))
-                entries += _entries(conn, child, req.full, 1, children, seen | {key})
-    return Transcript(session=info, entries=entries)
+                entries += _entries(conn, child, req.full, 1, children, seen | {key})[0]
+    offset = req.offset
+    at = _hit(entries, req.at) if req.at else None
+    if req.limit is not None and at is not None:
+        offset = at - at % req.limit
+    elif req.limit is not None and entries and offset >= len(entries):  # past the end: the last page
+        offset = (len(entries) - 1) - (len(entries) - 1) % req.limit
+    end = len(entries) if req.limit is None else offset + req.limit
+    return Transcript(session=info, entries=entries[offset:end], offset=offset, total=len(entries), hit=at,
+                      complete=complete)
+
+
+def _hit(entries: list[Entry], at: str) -> int | None:
+    """The entry a search hit at time ``at`` opens: a prompt or answer of that time, else any entry of it."""
+    found = next((i for i, e in enumerate(entries) if e.timestamp == at and e.kind in ("user", "assistant")), None)
+    return found if found is not None else next((i for i, e in enumerate(entries) if e.timestamp == at), None)

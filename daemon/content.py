@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from csm.shared.protocol import IMAGE_TYPES, Image
+
 
 class Block(msgspec.Struct):
     type: str = ""
@@ -24,6 +26,7 @@ class Block(msgspec.Struct):
     tool_use_id: str | None = None
     content: msgspec.Raw = msgspec.Raw()
     is_error: bool | None = None
+    source: msgspec.Raw = msgspec.Raw()
 
 
 _content = msgspec.json.Decoder(str | list[Block])
@@ -78,6 +81,27 @@ def result_text(block: Block) -> str:
         parts = [b.get("text") for b in value if isinstance(b, dict) and b.get("type") == "text"]
         return "\n".join(p for p in parts if isinstance(p, str))
     return ""
+
+
+def image(block: Block | dict[str, Any]) -> Image | None:
+    """An ``image`` block's picture, when it is base64 data of a type every browser shows safely
+    (not SVG, which may hold script); else None."""
+    source = decode_any(block.source) if isinstance(block, Block) else block.get("source")
+    if not isinstance(source, dict) or source.get("type") != "base64":
+        return None
+    kind, data = source.get("media_type"), source.get("data")
+    if kind not in IMAGE_TYPES or not isinstance(data, str) or not data:
+        return None
+    return Image(media_type=kind, data=data)
+
+
+def result_images(block: Block) -> list[Image]:
+    """The images of a ``tool_result`` (a screenshot a tool returned)."""
+    value = decode_any(block.content)
+    if not isinstance(value, list):
+        return []
+    found = (image(b) for b in value if isinstance(b, dict) and b.get("type") == "image")
+    return [i for i in found if i is not None]
 
 
 def strings(value: Any, out: list[str]) -> list[str]:

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
 
 import msgspec
 
-from csm.daemon.content import Block, blocks, decode_any, result_text, strings
+from csm.daemon.content import Block, blocks, decode_any, image, result_images, result_text, strings
 from csm.daemon.parse import BadLine, readable
 from csm.shared.protocol import Entry
 
@@ -41,6 +40,7 @@ class _Line(msgspec.Struct, rename="camel"):
     timestamp: str | None = None
     is_meta: bool | None = None
     is_compact_summary: bool | None = None
+    is_api_error_message: bool | None = None
     subtype: str | None = None
     summary: str | None = None
     message: _Message | None = None
@@ -134,18 +134,21 @@ class Builder:
 
     def _user(self, line: _Line, ts: str | None) -> None:
         texts = []
+        images = []
         for b in blocks(line.message.content if line.message else None):
             if b.type == "text" and b.text:
                 texts.append(b.text)
             elif b.type == "tool_result":
                 self._result(b, line, ts)
+            elif b.type == "image" and self.full and (picture := image(b)):
+                images.append(picture)
         text = "\n".join(texts).strip()
-        if not text:
+        if not text and not images:
             return
         if line.is_compact_summary:
             self._entry("summary", ts, text=text)
         else:
-            self._entry("user", ts, text=_user_text(text))
+            self._entry("user", ts, text=_user_text(text), images=images)
 
     def _result(self, b: Block, line: _Line, ts: str | None) -> None:
         index, call = self._calls.get(b.tool_use_id or "", (-1, None))
@@ -153,10 +156,12 @@ class Builder:
             e = self._entry("tool_result", ts, is_error=bool(b.is_error))
             if self.full:
                 e.output = result_text(b)
+                e.images = result_images(b)
             return
         call.is_error = bool(b.is_error)
         if self.full:
             call.output = result_text(b)
+            call.images = result_images(b)
         agent = _agent_id(line)
         if agent:
             self.spawned.append((index, agent))
@@ -169,11 +174,12 @@ class Builder:
         for b in blocks(msg.content):
             if b.type == "text" and b.text and b.text.strip():
                 if head is None:
-                    head = self._entry("assistant", ts, text=b.text.strip(), model=model)
-                    if msg.id:
-                        self._assistant[msg.id] = head
-                else:
-                    head.text = f"{head.text}\n\n{b.text.strip()}" if head.text else b.text.strip()
+                    head = self._head(msg.id, ts, model, bool(line.is_api_error_message))
+                head.text = f"{head.text}\n\n{b.text.strip()}" if head.text else b.text.strip()
+            elif b.type == "thinking" and self.full and b.thinking and b.thinking.strip():
+                if head is None:
+                    head = self._head(msg.id, ts, model, False)
+                head.thinking = f"{head.thinking}\n\n{b.thinking.strip()}" if head.thinking else b.thinking.strip()
             elif b.type == "tool_use":
                 name = b.name or "?"
                 value = decode_any(b.input)
@@ -184,9 +190,9 @@ class Builder:
                     self._calls[b.id] = (len(self.entries) - 1, e)
 
 
-def build(lines: Iterable[str | bytes], full: bool, depth: int = 0, session_id: str | None = None,
-          project: str | None = None) -> Builder:
-    b = Builder(full, depth, session_id, project)
-    for raw in lines:
-        b.add(raw)
-    return b
+    def _head(self, message_id: str | None, ts: str | None, model: str | None, api_error: bool) -> Entry:
+        """A response's one ``assistant`` entry: its text and thinking, from however many lines."""
+        head = self._entry("assistant", ts, model=model, is_error=api_error)
+        if message_id:
+            self._assistant[message_id] = head
+        return head

@@ -37,6 +37,12 @@ class DaemonNotRunning(CsmError):
     exit_code = 3
 
 
+class ServeNotRunning(CsmError):
+    """No ``csm serve`` is running for ``csm serve --url`` to name."""
+
+    exit_code = 3
+
+
 class DaemonError(CsmError):
     """csmd answered with an error."""
 

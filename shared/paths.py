@@ -24,6 +24,10 @@ SOCKET_NAME = "csmd.sock"
 MAX_IPC_PATH = 103
 SYSTEMD_UNIT = "csm.service"
 LAUNCHD_LABEL = "dev.csm.csmd"
+# ``csm serve`` as a login service of its own (``csm service install --web``).
+SYSTEMD_WEB_UNIT = "csm-web.service"
+LAUNCHD_WEB_LABEL = "dev.csm.serve"
+SERVE_URL_NAME = "serve.url"
 # The variables that move csm's paths (see the module docstring), HOME aside.
 PATH_VARIABLES = ("CLAUDE_CONFIG_DIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR")
 
@@ -121,6 +125,12 @@ def claude_roots() -> list[Path]:
     return existing or defaults[:1]
 
 
+def serve_url_path() -> Path:
+    """Where a running ``csm serve`` keeps its URL (with this run's token, so 0600, in the private
+    runtime folder): how ``csm serve --url`` reaches the page a login service started."""
+    return runtime_dir() / SERVE_URL_NAME
+
+
 def csmd_command() -> list[str]:
     """How a service manager starts the csmd of the Python environment this csm runs in.
 
@@ -129,24 +139,33 @@ def csmd_command() -> list[str]:
     location is what makes it that venv. Without a ``csmd`` script (running from a
     source tree), the module is the entry point.
     """
+    return _script("csmd", "csm.daemon")
+
+
+def csm_command() -> list[str]:
+    """How a service manager starts this csm (``csm serve``), found as ``csmd_command`` finds csmd."""
+    return _script("csm", "csm.client")
+
+
+def _script(name: str, module: str) -> list[str]:
     python = Path(sys.executable).absolute()
-    script = python.parent / "csmd"
+    script = python.parent / name
     if os.access(script, os.X_OK):
         return [str(script)]
-    return [str(python), "-m", "csm.daemon"]
+    return [str(python), "-m", module]
 
 
-def systemd_unit_path() -> Path:
+def systemd_unit_path(unit: str = SYSTEMD_UNIT) -> Path:
     """Where systemd's user manager looks for a user's own units."""
     base = os.environ.get("XDG_CONFIG_HOME", "")
     config = Path(base) if os.path.isabs(base) else Path.home() / ".config"  # systemd ignores a relative one
-    return config / "systemd" / "user" / SYSTEMD_UNIT
+    return config / "systemd" / "user" / unit
 
 
-def launchd_plist_path() -> Path:
-    return Path.home() / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
+def launchd_plist_path(label: str = LAUNCHD_LABEL) -> Path:
+    return Path.home() / "Library" / "LaunchAgents" / f"{label}.plist"
 
 
-def launchd_log_path() -> Path:
-    """launchd captures csmd's stderr here (systemd sends it to the journal)."""
-    return Path.home() / "Library" / "Logs" / APP / "csmd.log"
+def launchd_log_path(program: str = "csmd") -> Path:
+    """launchd captures a service's stderr here (systemd sends it to the journal)."""
+    return Path.home() / "Library" / "Logs" / APP / f"{program}.log"

@@ -11,7 +11,8 @@ retyped, unknown fields are ignored, so an older CLI can talk to a newer daemon.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
 import msgspec
 
@@ -87,10 +88,18 @@ class Sessions(Message, kw_only=True):
 
 
 class Show(Message, kw_only=True):
-    """One session's conversation; ``session`` may be a unique prefix of its id."""
+    """One session's conversation; ``session`` may be a unique prefix of its id.
+
+    ``limit`` entries from ``offset`` (all by default), so a page of a long session does not carry
+    the rest over the socket; with ``at`` (an entry's timestamp) and a ``limit``, the page of
+    ``limit`` entries that holds that entry, whatever ``offset`` says; an ``offset`` past the end
+    with a ``limit`` gives the last page."""
 
     session: str
     full: bool = False
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    at: str | None = None
 
 
 class Search(Message, kw_only=True):
@@ -263,12 +272,33 @@ class UsageRows(Message, kw_only=True):
     tz: str = "UTC"
 
 
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+"""The image types csm passes on: pictures every browser shows, not SVG (which can hold script)."""
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+class Image(msgspec.Struct, kw_only=True):
+    """An image a transcript holds (a pasted screenshot, a tool's output), base64 as Claude Code wrote it."""
+
+    media_type: str
+    data: str
+
+    def data_url(self) -> str:
+        """The picture as a ``data:`` URL (the web page's CSP allows ``img-src data:``; an exported file needs
+        nothing beside it), or "" unless it is base64 of one of ``IMAGE_TYPES``."""
+        if self.media_type not in IMAGE_TYPES or not _BASE64.fullmatch(self.data):
+            return ""
+        return f"data:{self.media_type};base64,{self.data}"
+
+
 class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One item of a conversation, as ``show``, ``export`` and ``watch`` print it.
 
     ``kind``: user, assistant, tool (a call, with its result attached), tool_result (a result
     whose call is not in the file), summary, compact (a compaction boundary) or subagent (the
     header of a nested subagent session, whose entries follow one ``depth`` deeper).
+    ``thinking`` and ``images`` (like ``input`` and ``output``) come only with ``Show.full``;
+    ``is_error`` marks a failed tool call and an API error Claude Code wrote as an answer.
     """
 
     kind: str
@@ -283,6 +313,8 @@ class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
     session_id: str | None = None
     project: str | None = None
     depth: int = 0
+    thinking: str | None = None
+    images: list[Image] = []
 
 
 class SessionInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -299,8 +331,17 @@ class SessionInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class Transcript(Message, kw_only=True):
+    """``entries`` are the conversation's from ``offset`` on (``Show.limit`` of them at most), of ``total``;
+    ``hit`` is the index (in the whole conversation) of the entry ``Show.at`` named, if any. A page
+    that did not need the rest of the session is ``complete=False``: ``total`` then counts only the
+    entries read, and more follow."""
+
     session: SessionInfo
     entries: list[Entry]
+    offset: int = 0
+    total: int = 0
+    hit: int | None = None
+    complete: bool = True
 
 
 class Watching(Message, kw_only=True):

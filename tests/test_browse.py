@@ -68,7 +68,7 @@ def fail(*args: str) -> subprocess.CompletedProcess[str]:
 def test_sessions_lists_by_last_activity_with_filters(real: Path, db: Path) -> None:
     rows = csm_json("query", "sessions")
     assert list(rows[0]) == ["session_id", "project", "title", "started", "last_activity", "messages", "tokens",
-                             "cost_usd", "file_present"]
+                             "cost_usd", "file_present", "models", "subagents"]
     last = [r["last_activity"] for r in rows if r["last_activity"]]
     assert last == sorted(last, reverse=True) and rows[0]["session_id"] == "03eb5929-52b3-4b13-ada3-b93ae35806b8"
     ids = {r["session_id"] for r in rows}
@@ -147,6 +147,44 @@ def test_show_prefix_merging_nesting_and_full(real: Path) -> None:
     assert "agent-a2271d1" in r.stderr and "agent-acompact-f46190" in r.stderr and "agent-afc096d" in r.stderr
     r = fail("query", "show", "zzz")
     assert r.returncode == 5 and "no session matches 'zzz'" in r.stderr
+
+
+def test_show_sends_a_page_read_only_as_far_as_it_reaches_and_equal_to_the_whole(csmd: Csmd, projects: Path) -> None:
+    """``Show(offset, limit)``: the same entries as the whole conversation's slice (calls with their results),
+    the first pages read without the rest (``complete`` false); ``at`` opens the page holding the hit."""
+    from csm.client.transport import request
+    from csm.shared import protocol
+
+    lines = b""
+    for n in range(150):
+        ts = f"2026-11-02T10:{n // 60:02d}:{n % 60:02d}.000Z"
+        lines += (user(f"u{n}", "paged", ts, f"prompt {n}")
+                  + assistant(f"a{n}", "paged", ts, f"m{n}", {"type": "tool_use", "id": f"t{n}", "name": "Bash",
+                                                             "input": {"command": f"echo {n}"}})
+                  + user(f"r{n}", "paged", ts, [{"type": "tool_result", "tool_use_id": f"t{n}", "content": f"{n}"}])
+                  + assistant(f"b{n}", "paged", ts, f"n{n}", {"type": "text", "text": f"answer {n}"}))
+    append(projects / "p" / "paged.jsonl", lines)
+    csmd.start()
+    assert run_csm("sync", "--now").returncode == 0
+
+    def show(**kw: Any) -> protocol.Transcript:
+        t = request(protocol.Show(session="paged", full=True, **kw), timeout_s=30)
+        assert isinstance(t, protocol.Transcript)
+        return t
+
+    whole = show()
+    assert (whole.total, whole.complete, len(whole.entries)) == (450, True, 450)
+    for offset, limit, complete in ((0, 10, False), (0, 200, False), (30, 40, False), (200, 200, True),
+                                    (400, 200, True), (449, 1, True)):
+        t = show(offset=offset, limit=limit)
+        assert t.entries == whole.entries[offset:offset + limit], (offset, limit)
+        assert (t.offset, t.complete) == (offset, complete), (offset, limit)
+    tail = show(offset=10, limit=10).entries[-1]
+    assert (tail.tool, tail.output) == ("Bash", "6"), "the page's last call has its result"
+    last = show(offset=9000, limit=200)
+    assert (last.offset, last.entries) == (400, whole.entries[400:])
+    hit = show(offset=0, limit=100, at="2026-11-02T10:02:00.000Z")
+    assert (hit.hit, hit.offset, hit.entries[hit.hit - hit.offset].text) == (360, 300, "prompt 120")
 
 
 def test_split_response_merged_in_file_order_and_messages_view(csmd: Csmd, projects: Path) -> None:
@@ -257,9 +295,9 @@ def test_export_markdown_and_html(csmd: Csmd, projects: Path, tmp_path: Path) ->
     r = run_csm("export", "x1", "--format", "html", "-o", str(out))
     assert r.returncode == 0, r.stderr
     page = out.read_text()
-    assert page.startswith("<!DOCTYPE html>") and "<style>" in page and "<script" not in page
-    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; ```fence```" in page
-    assert "<summary>→ Bash <code>cat a.md</code></summary>" in page and "x = 1" in page
+    assert page.startswith("<!doctype html>") and "<style>" in page and "<script" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; <code>fence</code> in text" in page, "Markdown, HTML off"
+    assert '<b>Bash</b> <span class="detail">cat a.md</span>' in page and "x = 1" in page
 
     md = run_csm("export", "x1", "--format", "markdown").stdout
     assert md.startswith("# x1\n")
@@ -270,7 +308,7 @@ def test_export_markdown_and_html(csmd: Csmd, projects: Path, tmp_path: Path) ->
     nested = run_csm("export", "29cc", "--format", "markdown").stdout
     assert "### Subagent `agent-a2271d1`" in nested and "> #### Assistant · 2026-01-23 17:34:49" in nested
     page = run_csm("export", "29cc", "--format", "html").stdout
-    assert page.count("<section") == page.count("</section>") == 1
+    assert page.count('class="entry subagent') == 1 and 'class="entry user depth-1' in page
     r = fail("export", "nope")
     assert r.returncode == 5
 
@@ -336,6 +374,7 @@ def test_watch_streams_new_messages_and_stops_cleanly(csmd: Csmd, projects: Path
     wait_for(lambda: w.out, what="a JSON line")
     assert json.loads(w.out[0]) == {"kind": "user", "timestamp": "2026-11-01T10:00:09.000Z", "text": "as json",
                                     "model": None, "tool": None, "detail": None, "input": None, "output": None,
-                                    "is_error": False, "session_id": "w1", "project": "p", "depth": 0}
+                                    "is_error": False, "session_id": "w1", "project": "p", "depth": 0,
+                                    "thinking": None, "images": []}
     csmd.kill()
     assert w.proc.wait(15) == 3 and "stopped answering" in "".join(w.err)

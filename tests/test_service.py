@@ -16,7 +16,7 @@ import pytest
 
 from csm.client import service, units
 from csm.shared import paths
-from csmtest import Csmd, run_csm
+from csmtest import Csmd, run_csm, wait_for
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 SYSTEMCTL = shutil.which("systemctl")
@@ -208,3 +208,87 @@ class TestCommandsHere:
         if shutil.which("journalctl"):
             r = run_csm("service", "logs", "-n", "5")
             assert r.returncode == 0 and "Traceback" not in r.stderr
+
+
+CSM = str(Path(sys.executable).parent / "csm")
+
+
+class TestWeb:
+    """``--web``: csm serve as a login service of its own, and how its user gets the page's URL."""
+
+    def test_the_page_unit_verifies_and_runs_csm_serve_after_csmd(self, tmp_path: Path) -> None:
+        r = run_csm("service", "print", "--systemd", "--web")
+        assert r.returncode == 0, r.stderr
+        unit = tmp_path / "csm-web.service"
+        unit.write_text(r.stdout)
+        v = verify(unit)
+        assert v.returncode == 0 and v.stdout == "" and v.stderr == "", v.stderr
+        lines = unit_lines(r.stdout)
+        for directive in (f"ExecStart={CSM} serve", "After=csm.service", "Restart=on-failure",
+                          "WantedBy=default.target", f"Environment=XDG_CONFIG_HOME={tmp_path / 'config'}"):
+            assert directive in lines, directive
+        assert not any(ln.startswith(("Type=notify", "WatchdogSec")) for ln in lines), "serve sends no sd_notify"
+
+    def test_the_page_agent_plist(self, tmp_path: Path) -> None:
+        plist = plistlib.loads(run_csm("service", "print", "--launchd", "--web").stdout.encode())
+        log = str(tmp_path / "home" / "Library" / "Logs" / "csm" / "serve.log")
+        assert plist["Label"] == paths.LAUNCHD_WEB_LABEL and plist["ProgramArguments"] == [CSM, "serve"]
+        assert plist["StandardOutPath"] == plist["StandardErrorPath"] == log
+        assert plist["EnvironmentVariables"]["XDG_RUNTIME_DIR"] == os.environ["XDG_RUNTIME_DIR"]
+        assert plist["RunAtLoad"] is True and plist["KeepAlive"] == {"SuccessfulExit": False}
+        m = service.Launchd(web=True)
+        agent = tmp_path / "home" / "Library" / "LaunchAgents" / f"{paths.LAUNCHD_WEB_LABEL}.plist"
+        assert m.install_steps()[1] == service.Write(agent, units.render("launchd", web=True))
+
+    def test_install_web_dry_run_adds_the_page_unit_and_uninstall_removes_both(self, tmp_path: Path) -> None:
+        plain = run_csm("service", "install", "--dry-run").stdout
+        r = run_csm("service", "install", "--web", "--dry-run")
+        assert r.returncode == 0, r.stderr
+        web_unit = tmp_path / "config" / "systemd" / "user" / "csm-web.service"
+        printed = run_csm("service", "print", "--web").stdout
+        assert r.stdout == plain + (f"would write {web_unit}:\n{printed}\n"
+                                    "would run: systemctl --user daemon-reload\n"
+                                    "would run: systemctl --user enable csm-web.service\n"
+                                    "would run: systemctl --user reset-failed csm-web.service  (a failure is ignored)\n"
+                                    "would run: systemctl --user restart csm-web.service\n")
+        assert not web_unit.exists()
+        for m in (service.Systemd(), service.Systemd(web=True)):
+            service._apply(m.install_steps()[:1])
+        assert "web        systemd user unit" in run_csm("service", "status").stdout
+        u = run_csm("service", "uninstall", "--dry-run").stdout
+        assert f"would remove {web_unit}\n" in u and f"would remove {web_unit.with_name('csm.service')}\n" in u
+        assert u.index("csm-web.service") < u.index("disable csm.service"), "the page goes first"
+
+    def test_serve_listens_on_the_web_port_setting_and_url_prints_its_address(self, tmp_path: Path) -> None:
+        import socket
+
+        with socket.socket() as s:  # a port free now, as the setting
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        assert run_csm("config", "set", "web_port", str(port)).returncode == 0
+        gone = run_csm("serve", "--url")
+        assert gone.returncode == 3 and gone.stdout == "" and gone.stderr.count("\n") == 1, gone.stderr
+        assert "csm serve is not running" in gone.stderr and "csm service install --web" in gone.stderr
+        out = tmp_path / "serve.out"
+        with open(out, "wb") as f:
+            proc = subprocess.Popen([sys.executable, "-m", "csm.client", "serve"], stdout=f, stderr=subprocess.STDOUT)
+        try:
+            file = paths.serve_url_path()
+            url = wait_for(lambda: file.exists() and file.read_text().strip(), 20, "the URL file")
+            assert url.startswith(f"http://127.0.0.1:{port}/?token=") and url in out.read_text()
+            assert stat.S_IMODE(file.stat().st_mode) == 0o600
+            r = run_csm("serve", "--url")
+            assert r.returncode == 0 and r.stdout == url + "\n", r.stderr
+            import http.client
+
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.request("GET", url.split(str(port), 1)[1])
+            assert c.getresponse().status == 303  # the token is this run's: it becomes the cookie
+            twice = run_csm("serve")
+            assert twice.returncode == 1 and "is csm serve running already? 'csm serve --url' says" in twice.stderr
+            assert file.read_text().strip() == url, "a server that could not start leaves the address alone"
+        finally:
+            proc.terminate()
+            assert proc.wait(15) == 0
+        assert not file.exists(), "a stopped server leaves no address behind"
+        assert "Traceback" not in out.read_text()

@@ -126,6 +126,35 @@ def assistant(session: str, n: int, text: str) -> str:
                           "content": [{"type": "text", "text": text}]})
 
 
+def png(width: int, height: int) -> str:
+    """A real PNG (grey pixels), base64, as Claude Code stores a pasted screenshot."""
+    import base64
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
+    raw = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return base64.b64encode(raw).decode()
+
+
+def image_session(session: str) -> str:
+    """A pasted picture with its prompt; a tool whose result is a screenshot; an SVG (never passed on)."""
+    picture = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png(3, 2)}}
+    svg = {"type": "image", "source": {"type": "base64", "media_type": "image/svg+xml", "data": "PHN2Zy8+"}}
+    return (jline(type="user", uuid=f"u-{session}", sessionId=session, timestamp="2026-03-01T10:00:01.000Z",
+                  message={"role": "user", "content": [picture, svg, {"type": "text", "text": "what is this?"}]})
+            + jline(type="assistant", uuid=f"a-{session}", sessionId=session, timestamp="2026-03-01T10:00:02.000Z",
+                    message={"id": f"m-{session}", "role": "assistant", "model": "claude-test-1", "content": [
+                        {"type": "tool_use", "id": f"t-{session}", "name": "Screenshot", "input": {}}]})
+            + jline(type="user", uuid=f"r-{session}", sessionId=session, timestamp="2026-03-01T10:00:03.000Z",
+                    message={"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"t-{session}",
+                                                          "content": [picture]}]}))
+
+
 def write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
@@ -195,6 +224,17 @@ def test_sessions_list_filters_by_project_and_title_words_in_the_url(site: Site,
     expect(page.locator(".error")).to_contain_text("since:")
 
 
+def test_sessions_list_shows_models_subagents_tokens_and_cost(site: Site, page: Page) -> None:
+    page.goto(site.base + "/sessions?project=claude_p")
+    row = page.locator(f'#sessions tr[data-session="{SUB_PARENT}"]')
+    expect(row.locator(".models")).to_have_text("claude-haiku-4-5-20251001, claude-opus-4-5-20251101")
+    expect(row.locator(".subagents")).to_have_text("1")
+    want = next(r for r in json.loads(site.csm("query", "sessions", "--json").stdout) if r["session_id"] == SUB_PARENT)
+    assert want["tokens"] > 0 and want["subagents"] == 1
+    expect(row.locator("td.num").nth(1)).to_have_text(f"{want['tokens']:,}")
+    expect(row.locator("td.num").nth(2)).to_have_text(re.compile(r"^\$\d+\.\d\d\*?$"))
+
+
 def test_a_search_hit_opens_the_session_at_the_hit(site: Site, page: Page) -> None:
     page.goto(site.base + "/search?q=phx")
     hit = page.locator(".hits li a").first
@@ -223,6 +263,71 @@ def test_a_session_page_renders_markdown_tools_and_the_resume_command(site: Site
     assert r.status == 200 and r.body() == (site.projects / "spotter" / "short.jsonl").read_bytes()
 
 
+SUB_PARENT = "29ccd257-68b1-427f-ae5f-6524b7cb6f20"  # a real transcript: a Task call that ran a subagent
+
+
+def test_a_session_page_shows_thinking_collapsed_images_errors_and_subagents_under_their_call(
+        site: Site, page: Page) -> None:
+    page.goto(site.base + "/session/short")
+    thinking = page.locator(".entry.assistant details.thinking")
+    expect(thinking).to_have_count(1)
+    body = thinking.locator(".text")
+    expect(body).not_to_be_visible()  # collapsed
+    thinking.locator("summary").click()
+    expect(body).to_contain_text("The user is having trouble starting their Phoenix server")
+    failed = page.locator(".entry.tool.failed")
+    expect(failed.first.locator("summary")).to_contain_text("Bash")
+    expect(failed.first.locator(".badge.err")).to_have_text("error")
+
+    write(site.projects / "spotter" / "pictures.jsonl", image_session("pictures"))
+    synced(site)
+    page.goto(site.base + "/session/pictures")
+    pasted = page.locator('.entry.user .images img[src^="data:image/png;base64,"]')
+    expect(pasted).to_have_count(1)
+    assert page.evaluate("(i) => i.decode().then(() => i.naturalWidth)", pasted.element_handle()) == 3, \
+        "the picture decoded: the CSP lets data: images load"
+    expect(page.locator('.entry.tool .images img[src^="data:image/png;base64,"]')).to_have_count(1)
+    expect(page.locator("img:not([src^='data:'])")).to_have_count(0)  # the SVG is not passed on
+
+    write(site.projects / "spotter" / "overloaded.jsonl", user("overloaded", 1, "hello?") + jline(
+        type="assistant", uuid="a-overloaded", sessionId="overloaded", timestamp="2026-03-01T10:00:02.000Z",
+        isApiErrorMessage=True, message={"id": "m-ov", "role": "assistant", "model": "<synthetic>",
+                                         "content": [{"type": "text", "text": "API Error: 529 Overloaded"}]}))
+    synced(site)
+    page.goto(site.base + "/session/overloaded")
+    expect(page.locator(".entry.assistant.failed .badge.err")).to_have_text("error")
+
+    page.goto(site.base + f"/session/{SUB_PARENT}")
+    task = page.locator(".entry.tool", has=page.locator("summary b", has_text="Task")).first
+    sub = task.locator("xpath=following-sibling::article[1]")
+    expect(sub).to_have_class(re.compile(r"\bsubagent\b"))
+    expect(sub).to_contain_text("agent-a2271d1")
+    expect(sub.locator("xpath=following-sibling::article[1]")).to_have_class(re.compile(r"\bdepth-1\b"))
+
+
+def test_a_long_session_comes_a_page_at_a_time_and_a_hit_opens_its_page(site: Site, page: Page) -> None:
+    lines = "".join(jline(type="user", uuid=f"u-long-{n}", sessionId="long", message={"role": "user",
+                          "content": f"prompt number {n}"}, timestamp=f"2026-03-02T{n // 3600:02d}:{n // 60 % 60:02d}:"
+                          f"{n % 60:02d}.000Z") for n in range(450))
+    write(site.projects / "spotter" / "long.jsonl", lines)
+    synced(site)
+    page.goto(site.base + "/session/long")
+    entries = page.locator("#entries .entry")
+    expect(entries).to_have_count(200)
+    expect(page.locator(".pager span")).to_have_text("entries 1–200, more follow")  # csmd read no further
+    page.click('.pager a[rel="next"]')
+    expect(entries.first).to_have_attribute("id", "m-200")
+    expect(page.locator(".pager span")).to_have_text("entries 201–400 of 450")
+    page.goto(site.base + "/session/long?page=99")  # past the end: the last page
+    expect(entries).to_have_count(50)
+    expect(entries.last).to_contain_text("prompt number 449")
+    page.goto(site.base + "/session/long?at=2026-03-02T00:05:10.000Z")  # entry 310, as a search hit links it
+    hit = page.locator(".entry.hit")
+    expect(hit).to_have_attribute("id", "m-310")
+    expect(hit).to_be_in_viewport()
+    expect(page.locator(".pager span")).to_have_text("entries 201–400 of 450")
+
+
 def test_a_line_appended_while_its_page_is_open_appears_without_a_reload(site: Site, page: Page) -> None:
     path = site.projects / "spotter" / "live.jsonl"
     write(path, user("live", 1, "first prompt of the live session"))
@@ -240,6 +345,135 @@ def test_a_line_appended_while_its_page_is_open_appears_without_a_reload(site: S
     expect(page.locator('tr[data-session="brand-new"]')).to_have_count(0)
     write(site.projects / "spotter" / "brand-new.jsonl", user("brand-new", 1, "a session started just now"))
     expect(page.locator('tr[data-session="brand-new"]')).to_contain_text("a session started just now")
+
+
+ENTRIES_HTML = """() => Array.from(document.querySelectorAll('#entries > article')).map((a) => {
+  const x = a.cloneNode(true);
+  x.classList.remove('new', 'selected');
+  x.querySelectorAll('details[open]').forEach((d) => d.removeAttribute('open'));
+  return x.outerHTML;
+})"""
+
+
+def tool_call(session: str, n: int, command: str) -> str:
+    return jline(type="assistant", uuid=f"t-{session}-{n}", sessionId=session,
+                 timestamp=f"2026-03-01T10:00:{n:02d}.000Z", requestId=f"r-{session}-{n}",
+                 message={"id": f"m-{session}-{n}", "role": "assistant", "model": "claude-test-1", "content": [
+                     {"type": "tool_use", "id": f"call-{session}-{n}", "name": "Bash", "input": {"command": command}}]})
+
+
+def tool_result(session: str, n: int, call: int, output: str) -> str:
+    return jline(type="user", uuid=f"r-{session}-{n}", sessionId=session, timestamp=f"2026-03-01T10:00:{n:02d}.000Z",
+                 message={"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"call-{session}-{call}",
+                                                       "content": output}]})
+
+
+def test_live_lines_carry_full_detail_and_look_as_after_a_reload(site: Site, page: Page) -> None:
+    """csmd's watch stream carries no tool input or output and cuts text at 2,000 characters; the page
+    shows what a reload shows: the whole answer, the call's input, its result attached to it."""
+    path = site.projects / "spotter" / "detail.jsonl"
+    write(path, user("detail", 1, "start"))
+    synced(site)
+    page.goto(site.base + "/session/detail")
+    page.evaluate("window.notReloaded = true")
+    long = " ".join(f"w{i}" for i in range(1500)) + " THE END"  # > 2,000 characters
+    write(path, assistant("detail", 2, long) + tool_call("detail", 3, "ls -la /the/folder"))
+    answer = page.locator("#entries .entry.assistant .text")
+    expect(answer).to_contain_text("w1499 THE END")
+    call = page.locator("#entries .entry.tool")
+    expect(call.locator("pre").first).to_have_text(re.compile(r'"command": "ls -la /the/folder"'))
+    write(path, tool_result("detail", 4, 3, "total 0, the folder's listing"))
+    expect(call.locator("pre").nth(1)).to_have_text("total 0, the folder's listing")
+    expect(page.locator("#entries .entry.tool_result")).to_have_count(0)  # attached to its call, as on a reload
+    live = page.evaluate(ENTRIES_HTML)
+    assert page.evaluate("window.notReloaded") is True
+    page.reload()
+    expect(call.locator("pre").nth(1)).to_have_text("total 0, the folder's listing")
+    assert page.evaluate(ENTRIES_HTML) == live
+
+
+def test_follow_keeps_the_newest_entry_in_view(site: Site, page: Page) -> None:
+    path = site.projects / "spotter" / "follow.jsonl"
+    write(path, "".join(user("follow", n, f"message {n}\n\n" + "a long line of words " * 40) for n in range(1, 31)))
+    synced(site)
+    page.goto(site.base + "/session/follow")
+    expect(page.locator("#entries .entry")).to_have_count(30)
+    write(path, user("follow", 31, "the first newest, not followed"))
+    newest = page.locator("#entries .entry").last
+    expect(newest).to_contain_text("the first newest, not followed")
+    expect(newest).not_to_be_in_viewport()
+    assert page.evaluate("window.scrollY") == 0, "without follow the reader's place is kept"
+    page.check("#follow")
+    write(path, user("follow", 32, "the second newest, followed"))
+    expect(newest).to_contain_text("the second newest, followed")
+    expect(newest).to_be_in_viewport()
+
+
+def exported_session(session: str) -> str:
+    """Prompt with a picture; an answer with thinking, Markdown and a code block; a failing tool call."""
+    answer = "The **fix**:\n\n```python\ndef double(x):\n    return x * 2\n```\n\nThen run `make`."
+    return (image_session(session)
+            + jline(type="assistant", uuid=f"th-{session}", sessionId=session, timestamp="2026-03-01T10:00:04.000Z",
+                    message={"id": f"m2-{session}", "role": "assistant", "model": "claude-test-1", "content": [
+                        {"type": "thinking", "thinking": "Let me think about *doubling*.", "signature": "x"}]})
+            + jline(type="assistant", uuid=f"tx-{session}", sessionId=session, timestamp="2026-03-01T10:00:04.000Z",
+                    message={"id": f"m2-{session}", "role": "assistant", "model": "claude-test-1", "content": [
+                        {"type": "text", "text": answer}]})
+            + tool_call(session, 5, "make test")
+            + jline(type="user", uuid=f"e-{session}", sessionId=session, timestamp="2026-03-01T10:00:06.000Z",
+                    message={"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"call-{session}-5",
+                                                          "content": "make: *** no rule", "is_error": True}]}))
+
+
+def test_the_html_export_is_the_session_page_offline_in_one_file(site: Site, browser: Browser) -> None:
+    write(site.projects / "spotter" / "exported.jsonl", exported_session("exported"))
+    synced(site)
+    out = site.tmp / "exported.html"
+    r = site.csm("export", "exported", "--format", "html", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    ctx = browser.new_context(offline=True)
+    ctx.set_default_timeout(TIMEOUT_MS)
+    p = ctx.new_page()
+    asked: list[str] = []
+    p.on("request", lambda req: asked.append(req.url))
+    p.goto(out.as_uri())
+    answer = p.locator(".entry.assistant .text").last
+    expect(answer.locator("strong")).to_have_text("fix")  # Markdown rendered
+    expect(answer.locator("pre code")).to_have_text("def double(x):\n    return x * 2\n")
+    thinking = p.locator(".entry.assistant details.thinking")
+    expect(thinking.locator(".text")).not_to_be_visible()
+    thinking.locator("summary").click()
+    expect(thinking.locator(".text em")).to_have_text("doubling")
+    pasted = p.locator(".entry.user .images img")
+    assert p.evaluate("(i) => i.decode().then(() => i.naturalWidth)", pasted.element_handle()) == 3
+    failed = p.locator(".entry.tool.failed")
+    expect(failed.locator("pre").first).not_to_be_visible()
+    failed.locator("summary").click()
+    expect(failed.locator("pre").first).to_contain_text('"command": "make test"')
+    expect(failed.locator("pre.err")).to_have_text("make: *** no rule")
+    assert p.evaluate("getComputedStyle(document.body).margin") == "0px", "the stylesheet is inline"
+    nested = site.tmp / "nested.html"
+    assert site.csm("export", SUB_PARENT[:8], "--format", "html", "-o", str(nested)).returncode == 0
+    p.goto(nested.as_uri())
+    task = p.locator(".entry.tool", has=p.locator("summary b", has_text="Task")).first
+    sub = task.locator("xpath=following-sibling::article[1]")
+    expect(sub).to_have_class(re.compile(r"\bsubagent\b"))
+    expect(sub.locator("xpath=following-sibling::article[1]")).to_have_class(re.compile(r"\bdepth-1\b"))
+    assert all(u.startswith(("file:", "data:")) for u in asked), asked
+    assert p.locator("script, link").count() == 0
+    ctx.close()
+
+
+def test_the_markdown_export_keeps_code_blocks_thinking_and_images(site: Site) -> None:
+    write(site.projects / "spotter" / "exported-md.jsonl", exported_session("exported-md"))
+    synced(site)
+    r = site.csm("export", "exported-md", "--format", "markdown")
+    assert r.returncode == 0, r.stderr
+    md = r.stdout
+    assert "```python\ndef double(x):\n    return x * 2\n```" in md
+    assert "<details><summary>thinking</summary>\n\nLet me think about *doubling*.\n\n</details>" in md
+    assert "![image 1](data:image/png;base64," in md
+    assert "**Bash** `make test` **(error)**" in md and "make: *** no rule" in md
 
 
 def test_a_message_holding_script_is_shown_as_text_never_run(site: Site, page: Page) -> None:
@@ -300,11 +534,11 @@ def test_a_stream_reconnecting_with_last_event_id_gets_what_it_missed_or_is_told
     assert next(first)[1] == "csmd"
     write(path, user("replayed", 2, "missed by a page that was away"))
     got = next(e for e in first if e[1] == "entry")
-    assert got[0] is not None and "missed by a page that was away" in got[2]["html"]
+    assert got[0] is not None and "missed by a page that was away" in got[2]["text"]
     first.close()
     again = events(site, last_id=got[0] - 1)
     replayed = next(again)
-    assert replayed[:2] == got[:2] and replayed[2]["html"] == got[2]["html"]
+    assert replayed[:2] == got[:2] and replayed[2]["text"] == got[2]["text"]
     again.close()
     lost = events(site, last_id=got[0] + 10**6)  # an id this server never gave (it restarted): reload
     assert next(lost)[1] == "dropped"

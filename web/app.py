@@ -17,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,7 +28,7 @@ from csm.client.render import plain
 from csm.client.transport import START_HINT, arequest
 from csm.shared import protocol, timespec
 from csm.shared.errors import ConfigError, CsmError, DaemonNotRunning, NotFound, QueryError
-from csm.web import views
+from csm.web import conversation, views
 from csm.web.guard import Guard
 from csm.web.live import Hub
 
@@ -45,15 +44,10 @@ class Web:
 
     def __init__(self, token: str) -> None:
         self.token = token
-        root = resources.files("csm.web")
-        self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(root / "templates")), autoescape=True,
-                                      trim_blocks=True, lstrip_blocks=True)
-        self.env.filters.update(markdown=views.markdown, snippet=views.snippet, number=views.number, usd=views.usd,
-                                when=views.when)
-        self.env.globals["with_page"] = views.with_page
-        self.hub = Hub(self.render_entry)
+        self.env = conversation.environment()
+        self.hub = Hub()
         self.sync_task: asyncio.Task[protocol.Message] | None = None
-        self.static = str(root / "static")
+        self.static = str(resources.files("csm.web") / "static")
 
     # --- plumbing ------------------------------------------------------------------
 
@@ -61,9 +55,6 @@ class Web:
         ctx.setdefault("sessions_live", "")
         html = self.env.get_template(name).render(request=request, token=self.token, nav=name.split(".")[0], **ctx)
         return HTMLResponse(html, status_code=status)
-
-    def render_entry(self, e: protocol.Entry) -> str:
-        return self.env.get_template("entry.html").module.entry(e, -1, False)  # type: ignore[attr-defined]
 
     def down(self, request: Request, e: CsmError) -> HTMLResponse:
         return self.page(request, "down.html", 503, error=str(e), start="csmd", service="csm service install")
@@ -187,9 +178,15 @@ class Web:
         return "/" + sid if sid.endswith(".jsonl") and not sid.startswith("/") else sid
 
     async def session(self, request: Request) -> Response:
+        """A page of ``ENTRIES_PAGE`` entries (the one a search hit is on, with ``at``); csmd sends only those.
+        ``fragment=1``: the entries alone, which the live page fetches to show new lines as a reload would."""
         sid = self.target(request)
+        q = request.query_params
+        n = self.page_number(request)
+        at = q.get("at") if "page" not in q else None
         try:
-            t = await arequest(protocol.Show(session=sid, full=True), timeout_s=60.0)
+            t = await arequest(protocol.Show(session=sid, full=True, offset=n * ENTRIES_PAGE, limit=ENTRIES_PAGE,
+                                             at=at), timeout_s=60.0)
         except NotFound as e:
             return self.page(request, "error.html", 404, error=str(e))
         except QueryError as e:  # an ambiguous id: each place it is in gets a link of its own
@@ -198,25 +195,14 @@ class Web:
         except CsmError as e:
             return self.down(request, e)
         assert isinstance(t, protocol.Transcript)
-        entries = t.entries
-        at = request.query_params.get("at")
-        hit = next((i for i, e in enumerate(entries) if at and e.timestamp == at and e.kind in ("user", "assistant")),
-                   None) if at else None
-        if hit is None and at:
-            hit = next((i for i, e in enumerate(entries) if e.timestamp == at), None)
-        pages = max(1, -(-len(entries) // ENTRIES_PAGE))
-        if hit is not None and "page" not in request.query_params:
-            n = hit // ENTRIES_PAGE
-        elif "page" in request.query_params:
-            n = min(self.page_number(request), pages - 1)
-        else:
-            n = 0
-        lo = n * ENTRIES_PAGE
-        shown = list(enumerate(entries[lo: lo + ENTRIES_PAGE], lo))
-        ids = sorted({t.session.session_id, *(e.session_id for e in entries if e.session_id)})
+        n = t.offset // ENTRIES_PAGE
+        pages = max(1, -(-t.total // ENTRIES_PAGE)) if t.complete else n + 2
+        shown = list(enumerate(t.entries, t.offset))
+        ids = sorted({t.session.session_id, *(e.session_id for e in t.entries if e.session_id)})
         info = t.session
-        return self.page(request, "session.html", info=info, entries=shown, hit=hit, n=n, pages=pages,
-                         total=len(entries), last_page=n == pages - 1, live="session", sessions_live=",".join(ids),
+        name = "session_entries.html" if q.get("fragment") else "session.html"
+        return self.page(request, name, info=info, entries=shown, hit=t.hit, n=n, pages=pages, total=t.total,
+                         size=ENTRIES_PAGE, last_page=n == pages - 1, complete=t.complete, live="session", sessions_live=",".join(ids),
                          resume=views.resume_command(info.cwd, info.resume), target=sid.lstrip("/"))
 
     async def export(self, request: Request) -> Response:
@@ -240,7 +226,7 @@ class Web:
 
                 t = await arequest(protocol.Show(session=sid, full=True), timeout_s=60.0)
                 assert isinstance(t, protocol.Transcript)
-                text = transcript.markdown(t) if fmt == "md" else transcript.page(t)
+                text = transcript.markdown(t) if fmt == "md" else conversation.page(t.session, t.entries)
                 body, media = text.encode(), "text/markdown" if fmt == "md" else "text/html"
         except NotFound as e:
             return Response(str(e), status_code=404)

@@ -1,6 +1,9 @@
 """Live updates: one watch subscription to csmd, fanned out to each page's event stream (SSE).
 
 The hub holds a single ``Watch`` of every session, so ten open tabs cost csmd one subscriber.
+An ``entry`` event says that a session has a new entry (its kind, time and text as csmd's stream
+carries them: no tool input or output, text cut); a Session page then fetches its page of entries
+again, rendered as a reload renders them, so a live line looks like a reloaded one.
 Each event gets the next number; the last ``KEEP`` are kept so a page that reconnects with
 ``Last-Event-ID`` gets what it missed. A page whose queue overflows, or that asks for events
 older than those kept, or whose updates csmd itself dropped (``Heartbeat.missed``), gets a
@@ -19,7 +22,7 @@ from typing import Any
 
 from csm.client.transport import asubscribe
 from csm.shared.errors import CsmError
-from csm.shared.protocol import Entry, Heartbeat, Messages, Watch, Watching
+from csm.shared.protocol import Heartbeat, Messages, Watch, Watching
 
 log = logging.getLogger("csm.web")
 
@@ -48,8 +51,7 @@ class Client:
 
 
 class Hub:
-    def __init__(self, render_entry: Callable[[Entry], str]) -> None:
-        self.render_entry = render_entry
+    def __init__(self) -> None:
         self.seq = 0
         self.recent: deque[tuple[Event, str | None]] = deque(maxlen=KEEP)
         self.clients: set[Client] = set()
@@ -83,9 +85,9 @@ class Hub:
                     if isinstance(reply, Watching):
                         self._set_up(True)
                     elif isinstance(reply, Messages):
-                        for e in reply.entries:
-                            self.publish("entry", {"session": e.session_id, "project": e.project,
-                                                   "html": self.render_entry(e)}, e.session_id)
+                        for e in reply.entries:  # a signal: pages fetch what they show in full
+                            self.publish("entry", {"session": e.session_id, "project": e.project, "kind": e.kind,
+                                                   "timestamp": e.timestamp, "text": e.text}, e.session_id)
                     elif isinstance(reply, Heartbeat) and reply.missed:
                         self.publish("dropped", {"missed": reply.missed})
             except CsmError as e:

@@ -2,7 +2,9 @@
 
 Everything here returns ``Markup`` built from escaped text: transcript text is shown, never run.
 Markdown goes through markdown-it-py with raw HTML off (``<script>`` in a message is text) and its
-default link check (no ``javascript:`` links); the CSP keeps remote images from loading.
+default link check (no ``javascript:`` links); Markdown images stay text, so neither the page (whose
+CSP would block them) nor an exported file fetches anything. A transcript's own images are shown
+from their data (``Image.data_url``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 from markdown_it import MarkdownIt
 from markupsafe import Markup, escape
 
-_md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
+
+_md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table").disable("image")
 
 
 def markdown(text: str | None) -> Markup:

@@ -154,16 +154,66 @@
     showBacklog(s.backlog);
   });
   source.addEventListener("progress", function (ev) { showBacklog(JSON.parse(ev.data)); });
-  source.addEventListener("entry", function (ev) {
-    const e = JSON.parse(ev.data);
+  // A session page shows new lines as a reload would (csmd's watch stream is only the signal): it fetches
+  // its own page of entries again and puts in what changed or is new, keeping what the reader opened.
+  const MARKS = ["new", "selected", "hit"];  // what the page, not the server, put on an entry
+  function sameEntry(a, b) {
+    const x = a.cloneNode(true);
+    x.classList.remove.apply(x.classList, MARKS);
+    x.querySelectorAll("details[open]").forEach(function (d) { d.removeAttribute("open"); });
+    return x.isEqualNode(b);
+  }
+  function freshen(list, html) {
+    const box = document.createElement("template");
+    box.innerHTML = html.trim();
+    const fresh = box.content.querySelector("#entries");
+    if (!fresh) return;
+    const open = new Set();
+    list.querySelectorAll("details[open]").forEach(function (d) {
+      const at = d.closest(".entry");
+      if (at && at.id) open.add(at.id + ":" + Array.from(at.querySelectorAll("details")).indexOf(d));
+    });
+    let added = null;
+    Array.from(fresh.children).forEach(function (el) {
+      const old = el.id ? document.getElementById(el.id) : null;
+      localTimes(el);
+      el.classList.remove.apply(el.classList, MARKS);
+      if (old && sameEntry(old, el)) return;
+      el.querySelectorAll("details").forEach(function (d, k) { if (open.has(el.id + ":" + k)) d.open = true; });
+      if (old) {
+        MARKS.forEach(function (m) { if (old.classList.contains(m)) el.classList.add(m); });
+        old.replaceWith(el);
+      }
+      else { el.classList.add("new"); list.appendChild(el); added = el; }
+    });
+    list.dataset.total = fresh.dataset.total;
+    if (fresh.dataset.lastPage !== "1") say("New messages: on the next page.", "info");
+    if (added && followBox && followBox.checked) added.scrollIntoView({block: "end"});
+  }
+  // One fetch at a time, and after one that took t ms a pause of 2t before the next: csmd builds the whole
+  // conversation for a page, so a long session being written costs it at most a third of a core.
+  const followBox = document.getElementById("follow");
+  let busy = false, again = false;
+  function refetch() {
+    const list = document.getElementById("entries");
+    if (busy) { again = true; return; }
+    busy = true;
+    const started = performance.now();
+    const q = new URLSearchParams({page: list.dataset.page, fragment: "1"});
+    fetch(location.pathname + "?" + q.toString()).then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) { if (html !== null) freshen(list, html); }, function () {})
+      .finally(function () {
+        setTimeout(function () {
+          busy = false;
+          if (again) { again = false; refetch(); }
+        }, 2 * (performance.now() - started));
+      });
+  }
+  source.addEventListener("entry", function () {
     if (page === "session") {
       const list = document.getElementById("entries");
       if (list.dataset.lastPage !== "1") { say("New messages: on the last page.", "info"); return; }
-      list.insertAdjacentHTML("beforeend", e.html);
-      const added = list.lastElementChild;
-      added.classList.add("new");
-      localTimes(added);
-      if (document.getElementById("follow").checked) added.scrollIntoView({block: "end"});
+      refetch();
     } else if (page === "sessions" && !refresh) {
       // The list's order and figures change: fetch the same view (every filter is in the URL) again.
       refresh = setTimeout(function () {
