@@ -4,7 +4,8 @@
 
 Copies the corpus into a temporary home, lets a real csmd sync it, and reports the database and
 WAL sizes right after the sync and once csmd has been idle (the WAL truncated, free pages given
-back), each divided by the transcripts' size.
+back), each divided by the transcripts' size; then times ``csm db backup`` of that database
+(``--backups`` runs, median) while csmd runs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, required=True, help="a folder of transcripts (the real fixtures)")
     ap.add_argument("--idle-s", type=float, default=30.0, help="how long to wait for the idle work at most")
+    ap.add_argument("--backups", type=int, default=3, help="csm db backup runs to take the median of")
     args = ap.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="csm-space-"))
     home = Home(base, "h")
@@ -53,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             while time.monotonic() < deadline and size(Path(f"{home.db}-wal")):
                 time.sleep(0.2)
             idle = sizes(home)
+            backup_s = []
+            for i in range(args.backups):
+                backup_s.append(csm(home, "db", "backup", str(base / f"backup-{i}.db"))[0])
         finally:
             assert d.proc is not None
             d.proc.terminate()
@@ -62,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             **{when: {**s, "ratio": round(s["bytes"] / transcripts, 2)} for when, s in
                (("after_sync", synced), ("idle", idle))},
         }
+        if backup_s:
+            out["backup_s_median"] = round(statistics.median(backup_s), 3)
+            out["backup_mb_per_s"] = round(idle["bytes"] / 2**20 / statistics.median(backup_s), 1)
         print(json.dumps(out, indent=2))
     finally:
         home.cleanup()
