@@ -397,7 +397,8 @@ M008_INCREMENTAL_VACUUM = """
 -- Free pages can be given back to the file system a few at a time (daemon/space.py), never by
 -- rewriting the whole file while csmd runs. An existing database takes the setting only by being
 -- rewritten once: VACUUM copies every page (through the WAL, with temporary files on disk, not in
--- memory), about 1 s per 100-200 MB here; store.migrate says so in the log before it starts, and a new
+-- memory), about 1 s per 100-200 MB here; store.migrate says so in the log before it starts (and gives
+-- systemd's start timeout that much more, so a large file is not killed mid-rewrite), and a new
 -- database is made incremental from its first page (so this is skipped for it). Not in a
 -- transaction: VACUUM cannot run in one; it is atomic itself, and a kill before the migration is
 -- recorded only means the next start finds the setting in place and records it.

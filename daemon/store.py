@@ -24,6 +24,7 @@ import msgspec
 from csm.daemon import heap
 from csm.daemon.migrations import MIGRATIONS, OUTSIDE_TRANSACTION
 from csm.daemon.diagnose import diagnose, unwritable
+from csm.daemon.notify import Notifier
 from csm.daemon.private import private_file
 from csm.shared import paths
 from csm.shared.errors import DatabaseError
@@ -133,6 +134,7 @@ def _rewrite(conn: sqlite3.Connection, db: Path, name: str, sql: str) -> None:
     log.warning("migration %s: rewriting database %s (%.0f MB) once so free space can be given back "
                 "while csmd runs; about %.0f s, needing up to %.0f MB free on its disk; csmd starts after it",
                 name, db, mb, mb / REWRITE_MB_PER_S, 2 * mb)
+    Notifier().starting_slowly(60 + 3 * mb / REWRITE_MB_PER_S, f"migration {name}: rewriting the database once")
     started = time.monotonic()
     conn.execute("PRAGMA temp_store = FILE")
     try:

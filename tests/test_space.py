@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -82,7 +82,7 @@ def _pragma(db: Path, name: str) -> int:
     return db_rows(db, f"PRAGMA {name}")[0][0]
 
 
-def test_free_pages_come_back_after_the_migration(csmd: Csmd, projects: Path, db: Path) -> None:
+def test_free_pages_come_back_after_the_migration(csmd: Csmd, projects: Path, db: Path, tmp_path: Path) -> None:
     """An existing database is rewritten once (the log says so and how long), and from then on free pages are
     returned to the file system while csmd idles: the file shrinks, the rows stay."""
     f = projects / "p" / "s1.jsonl"
@@ -95,8 +95,16 @@ def test_free_pages_come_back_after_the_migration(csmd: Csmd, projects: Path, db
     _free_pages(db, 8)
     assert _pragma(db, "freelist_count") * 16384 >= 7 << 20
 
-    csmd.start()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as supervisor:  # as systemd's NOTIFY_SOCKET
+        supervisor.bind(str(tmp_path / "notify"))
+        supervisor.settimeout(20)
+        csmd.env["NOTIFY_SOCKET"] = str(tmp_path / "notify")
+        csmd.start()
+        first = supervisor.recv(4096).decode()
+        del csmd.env["NOTIFY_SOCKET"]  # the next starts are not supervised
     assert "migration m008_incremental_vacuum: rewriting database" in csmd.log()
+    assert first.startswith("EXTEND_TIMEOUT_USEC="), "systemd's start timeout is extended before the rewrite"
+    assert int(first.split("\n")[0].split("=")[1]) >= 60_000_000
     assert _pragma(db, "auto_vacuum") == 2, "the database was converted to incremental vacuum"
     assert db_rows(db, "SELECT name FROM _csm_migrations WHERE name = 'm008_incremental_vacuum'")
     csmd.stop()
