@@ -22,6 +22,7 @@ import msgspec
 
 from csm.daemon import browse, export, heap, queries, reports, search, space, turns
 from csm.daemon.checkpoint import Checkpointer
+from csm.daemon.compress import Compressor
 from csm.daemon.diagnose import diagnose
 from csm.daemon.health import Health
 from csm.daemon.ingest import Ingestor
@@ -116,6 +117,8 @@ class Daemon:
         self.syncer.before_rescan.append(lambda: self.search_index.backfill(store, ing.stopping))
         self.syncer.after_work.append(
             lambda: self.search_index.catch_up(store, lambda: ing.stopping.is_set() or self.syncer.busy()))
+        compressor = Compressor(store, self.config.compress_after_days, ing.stopping)
+        self.syncer.after_work.append(lambda: compressor.run(lambda: ing.stopping.is_set() or self.syncer.busy()))
         self.syncer.after_work.append(lambda: space.give_back(
             store, lambda: ing.stopping.is_set() or self.syncer.busy(), self.checkpointer.wrote))
         self.reader = open_reader(self.db)

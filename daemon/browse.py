@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from csm.daemon import projects, turns
 from csm.daemon.queries import progress
+from csm.daemon.rawtext import RAW
 from csm.daemon.transcript import Builder
 from csm.shared.errors import NotFound, QueryError
 from csm.shared.protocol import Entry, Rows, SessionInfo, Sessions, Show, Transcript
@@ -179,7 +180,7 @@ def session_info(conn: sqlite3.Connection, file_id: int) -> SessionInfo:
 
 def _lines(conn: sqlite3.Connection, file_id: int) -> Iterator[str]:
     """The session's lines in the order csm stored them (file order; lines a rewrite removed stay)."""
-    for (raw,) in conn.execute("SELECT raw FROM events WHERE file_id = ? ORDER BY id", (file_id,)):
+    for (raw,) in conn.execute(f"SELECT {RAW} FROM events e WHERE e.file_id = ? ORDER BY e.id", (file_id,)):
         yield raw
 
 

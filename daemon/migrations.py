@@ -406,6 +406,29 @@ PRAGMA auto_vacuum = INCREMENTAL;
 VACUUM;
 """
 
+M009_COMPRESSED_LINES = """
+-- A quiet session's lines stored compressed (daemon/compress.py): raw is then '' and zraw holds the
+-- line compressed with zstd and the dictionary dict_id of raw_dictionaries. Dictionaries are never
+-- changed or deleted, so a row compressed with an old one stays readable after a new one is trained.
+ALTER TABLE events ADD COLUMN zraw BLOB;
+ALTER TABLE events ADD COLUMN dict_id INTEGER REFERENCES raw_dictionaries(id);
+CREATE TABLE raw_dictionaries (
+    id INTEGER PRIMARY KEY,
+    trained_at TEXT NOT NULL,
+    lines INTEGER NOT NULL, -- the archive's rows when it was trained: a new one is due when they have grown
+    dict BLOB NOT NULL
+);
+-- The public lines view shows zraw and dict_id too, so any SQLite tool still reads it (a compressed
+-- line's raw is '' there; README shows how to decompress it). csm's own connections see a temporary
+-- lines view of the same name and columns whose raw is the line's text, compressed or not
+-- (daemon/rawtext.py), so csm query sql reads every line as before.
+DROP VIEW lines;
+CREATE VIEW lines AS
+SELECT m.file_path, e.line_offset, e.uuid, e.parent_uuid, e.session_id, e.type, e.timestamp,
+       e.raw, e.generation, e.generation = m.generation AS current, e.zraw, e.dict_id
+FROM events e JOIN sync_metadata m ON m.file_id = e.file_id;
+"""
+
 OUTSIDE_TRANSACTION = frozenset({"m008_incremental_vacuum"})
 """Migrations that rewrite the file (VACUUM) and so run outside the transaction that records them."""
 
@@ -417,4 +440,5 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("m006_session_identity", M006_SESSION_IDENTITY),
     ("m007_team_mirror", M007_TEAM_MIRROR),
     ("m008_incremental_vacuum", M008_INCREMENTAL_VACUUM),
+    ("m009_compressed_lines", M009_COMPRESSED_LINES),
 ]

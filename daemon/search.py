@@ -31,6 +31,7 @@ from csm.daemon import projects
 from csm.daemon.browse import time_limit
 from csm.daemon.content import blocks, decode_any, result_text, strings
 from csm.daemon.parse import BadLine, LineView, parse
+from csm.daemon.rawtext import RAW
 from csm.daemon.store import FileRow, Store
 from csm.shared.errors import QueryError
 from csm.shared.protocol import Rows, Search
@@ -128,7 +129,7 @@ class SearchIndex:
         done = 0
         while not stop():
             batch = store.conn.execute(
-                "SELECT p.event_id, e.raw FROM search_tools_pending p JOIN events e ON e.id = p.event_id "
+                f"SELECT p.event_id, {RAW} FROM search_tools_pending p JOIN events e ON e.id = p.event_id "
                 "ORDER BY p.event_id DESC LIMIT ?", (BACKFILL_BATCH,)).fetchall()
             if not batch:
                 break
@@ -165,7 +166,7 @@ class SearchIndex:
             if not below:
                 break
             batch = store.conn.execute(
-                "SELECT e.id, e.raw, m.session_key FROM events e JOIN sync_metadata m ON m.file_id = e.file_id "
+                f"SELECT e.id, {RAW}, m.session_key FROM events e JOIN sync_metadata m ON m.file_id = e.file_id "
                 "WHERE e.id < ? ORDER BY e.id DESC LIMIT ?", (below, BACKFILL_BATCH)).fetchall()
             for event_id, raw, session_id in batch:
                 try:
@@ -271,7 +272,7 @@ def _tool_snippets(conn: sqlite3.Connection, rows: list[list[Any]], ids: list[in
     """Fill in each tool hit's snippet, from its tool text indexed in a scratch table."""
     if not rows:
         return
-    raws = dict(conn.execute(f"SELECT id, raw FROM events WHERE id IN ({','.join('?' * len(ids))})", ids))
+    raws = dict(conn.execute(f"SELECT e.id, {RAW} FROM events e WHERE e.id IN ({','.join('?' * len(ids))})", ids))
     scratch = _scratch_conn()
     scratch.execute("DELETE FROM search")
     docs = []

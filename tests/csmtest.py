@@ -139,9 +139,14 @@ class Csmd:
 
 
 def db_rows(db: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Read the database directly (read-only), for checks the CLI does not expose."""
+    """Read the database directly (read-only), for checks the CLI does not expose; ``lines.raw`` is each line's
+    text as csm reads it (a file older than ``compress_after_days`` may be stored compressed)."""
+    from csm.daemon import rawtext
+
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
+        if conn.execute("SELECT 1 FROM pragma_table_info('events') WHERE name = 'zraw'").fetchone():
+            rawtext.shadow_lines(rawtext.register(conn, db))
         return conn.execute(query, params).fetchall()
     finally:
         conn.close()
@@ -180,7 +185,9 @@ def all_raws(db: Path) -> dict[str, int]:
     """Every row ever stored, of every file and generation, as a multiset of raw lines."""
     from collections import Counter
 
-    return dict(Counter(r[0] for r in db_rows(db, "SELECT raw FROM events")))
+    from csm.daemon.rawtext import RAW
+
+    return dict(Counter(r[0] for r in db_rows(db, f"SELECT {RAW} FROM events e")))
 
 
 def refused_start(csmd: Csmd) -> tuple[int, str]:
