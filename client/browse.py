@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from csm.client import render
-from csm.client.options import project_option, time_options
+from csm.client.options import project_option, session_argument, time_options
 from csm.client.transport import request, subscribe
 from csm.shared import protocol, timespec
 
@@ -60,16 +60,18 @@ def sessions(project: str | None, since: str | None, until: str | None, limit: i
         render.emit_rows(reply.columns, reply.rows, fmt)
         return
     cols = ["session", "project", "title", "started", "last activity", "msgs", "tokens", "cost", "file"]
-    rows = [[sid, proj, title, timespec.local(start), timespec.local(last), msgs, _tokens(tok), _cost(cost, tok),
-             "" if present else "gone"]
+    rows = [[render.short_id(sid), proj, title, timespec.local(start), timespec.local(last), msgs, _tokens(tok),
+             _cost(cost, tok), "" if present else "gone"]
             for sid, proj, title, start, last, msgs, tok, cost, present, *_ in reply.rows]
-    render.table(cols, rows)
+    # The id, times and figures identify and describe a row: the title gives up room first, then
+    # the project (its end, the repository's name, kept); on a narrow terminal "started" goes.
+    render.table(cols, rows, right=(5, 6, 7), shrink=(2, 1), keep_end=(1,), drop=(3,))
 
 
 @click.command("show")
-@click.argument("session")
+@session_argument()
 @click.option("--full", is_flag=True, help="Include tool input and output.")
-@render.output_options
+@render.output_options(paged=True)
 def show(session: str, full: bool, fmt: str | None) -> None:
     """Show a session's conversation: prompts, answers, one line per tool call.
 
@@ -95,9 +97,9 @@ def show(session: str, full: bool, fmt: str | None) -> None:
     if fmt is not None:
         render.emit_rows(ENTRY_COLUMNS, [list(render.plain(e).values()) for e in reply.entries], fmt)
         return
-    color = sys.stdout.isatty()
-    for chunk in transcript.text(reply, color):
-        click.echo(chunk)
+    with render.paged():
+        for chunk in transcript.text(reply, render.color()):
+            click.echo(chunk)
 
 
 @click.command("search")
@@ -108,7 +110,7 @@ def show(session: str, full: bool, fmt: str | None) -> None:
 @click.option("--limit", "-n", type=click.IntRange(1, 1000), default=20, show_default=True, help="At most this many.")
 @click.option("--team", "team", is_flag=True, help="Search the team's shared transcripts (PostgreSQL full-text "
               "search: words, \"phrases\", OR, -word).")
-@render.output_options
+@render.output_options(paged=True)
 def search(text: str, project: str | None, since: str | None, until: str | None, include_tools: bool, limit: int,
            team: bool, fmt: str | None) -> None:
     """Search prompts, answers and summaries (SQLite FTS5), best match first.
@@ -133,23 +135,24 @@ def search(text: str, project: str | None, since: str | None, until: str | None,
     if fmt is not None:
         render.emit_rows(reply.columns, reply.rows, fmt)
         return
-    color = sys.stdout.isatty()
+    color = render.color()
     if not reply.rows:
         click.echo("no matches" + ("" if include_tools else " (--include-tools also searches tool input and output)"),
                    err=True)
         return
-    for sid, proj, ts, role, snippet, resume, cwd, score in reply.rows:
-        if color:
-            snippet = snippet.replace(MARKS[0], "\033[1;33m").replace(MARKS[1], "\033[0m")
-        head = f"{timespec.local(ts)}  {role:<9}  {sid}  {proj}"
-        click.echo(click.style(head, bold=True) if color else head)
-        click.echo("    " + " ".join((snippet or "").split()))
-        click.echo(f"    {resume}" + (f"   (in {cwd})" if cwd else ""))
-        click.echo()
+    with render.paged():
+        for sid, proj, ts, role, snippet, resume, cwd, score in reply.rows:
+            if color:
+                snippet = snippet.replace(MARKS[0], "\033[1;33m").replace(MARKS[1], "\033[0m")
+            head = f"{timespec.local(ts)}  {role:<9}  {sid}  {proj}"
+            click.echo(click.style(head, bold=True) if color else head)
+            click.echo("    " + " ".join((snippet or "").split()))
+            click.echo(f"    {resume}")
+            click.echo()
 
 
 @click.command("watch")
-@click.argument("session", required=False)
+@session_argument(required=False)
 @project_option
 @render.output_options
 def watch(session: str | None, project: str | None, fmt: str | None) -> None:
@@ -168,7 +171,7 @@ def watch(session: str | None, project: str | None, fmt: str | None) -> None:
     from csm.client import transcript
     from csm.client.export import target_arg
 
-    color = sys.stdout.isatty()
+    color = render.color()
     missed = 0
     if fmt == "csv":
         render.emit_rows(ENTRY_COLUMNS, [], fmt)

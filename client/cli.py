@@ -93,16 +93,36 @@ def _bar(b: protocol.Backlog, width: int = 30) -> str:
 
 
 @cli.command()
-@render.output_options
+@render.output_options(formats=("prometheus",))
 def status(fmt: str | None) -> None:
     """Show what csmd is doing and what the archive holds.
 
+    Also how long Claude Code keeps transcripts (cleanupPeriodDays), how many sessions only
+    the archive still holds, and whether Claude Code had deleted sessions before csm could
+    archive them. --format prometheus prints the figures for node_exporter's textfile
+    collector (csmd not running is csm_up 0, exit status 0).
+
     \b
-    Example:
+    Examples:
       csm status --json | jq .events
+      csm status --format prometheus > /var/lib/node_exporter/textfile/csm.prom.$$ && mv ...
     """
-    reply = request(protocol.Status(), timeout_s=5.0)
+    try:
+        reply = request(protocol.Status(), timeout_s=5.0)
+    except DaemonNotRunning as e:
+        if fmt != "prometheus":
+            raise
+        from csm.client import metrics
+
+        click.echo(f"csm: {e}", err=True)
+        click.echo(metrics.exposition(None), nl=False)
+        return
     assert isinstance(reply, protocol.StatusReply)
+    if fmt == "prometheus":
+        from csm.client import metrics
+
+        click.echo(metrics.exposition(reply), nl=False)
+        return
     if fmt is not None:
         render.emit_record(render.plain(reply), fmt)
         return
@@ -122,6 +142,7 @@ def status(fmt: str | None) -> None:
         *([("derived", f"{reply.line_errors} stored lines failed: usage, search text or figures "
                        "(csm query errors)")] if reply.line_errors else []),
         ("last sync", reply.last_sync_at or "never"),
+        ("retention", _retention_line(reply)),
     ]
     if reply.backlog is not None:
         rows.append(("backlog", _backlog_line(reply.backlog)))
@@ -129,8 +150,46 @@ def status(fmt: str | None) -> None:
         rows.append(("error", reply.last_error))
     if reply.db_problem:
         rows.append(("db problem", reply.db_problem))
+    lost = reply.lost_before_csm
+    if lost and lost.prompts and lost.first and lost.last:
+        rows.append(("lost", f"{lost.sessions} sessions ({lost.prompts} prompts typed {lost.first[:10]} to "
+                             f"{lost.last[:10]}) deleted by Claude Code before csm archived them"))
     for k, v in rows:
         click.echo(f"{k:<10} {v}")
+    if lost and lost.prompts and _first_time(f"lost {lost.first} {lost.last} {lost.sessions} {lost.prompts} {reply.db_path}"):
+        click.echo(f"csm: warning: Claude Code had deleted {lost.sessions} sessions before csm archived them "
+                   "(they are named in its history.jsonl, their transcripts are gone); csm keeps everything from "
+                   "now on. Raise cleanupPeriodDays in Claude Code's settings.json to keep transcripts longer.",
+                   err=True)
+
+
+def _first_time(warning: str) -> bool:
+    """Whether ``warning`` is new to this user: one is given once, then only its row stays."""
+    from csm.shared import paths
+
+    seen = paths.warnings_seen_path()
+    try:
+        known = seen.read_text().splitlines()
+    except OSError:
+        known = []
+    if warning in known:
+        return False
+    try:
+        seen.parent.mkdir(parents=True, exist_ok=True)
+        with open(seen, "a") as f:
+            f.write(warning + "\n")
+    except OSError:  # a read-only home: warn every time rather than never
+        pass
+    return True
+
+
+def _retention_line(r: protocol.StatusReply) -> str:
+    days = r.cleanup_period_days
+    where = "default" if r.cleanup_period_source == "default" else f"cleanupPeriodDays in {r.cleanup_period_source}"
+    what = ("Claude Code writes no transcripts" if days == 0
+            else f"Claude Code deletes transcripts idle {days} days")
+    n = r.sessions_gone
+    return f"{what} ({where}); {n} session{'' if n == 1 else 's'} kept only in the archive"
 
 
 @cli.command()
@@ -400,7 +459,7 @@ def query_errors(max_rows: int, fmt: str | None) -> None:
 def main() -> None:
     whole_writes()
     try:
-        cli(standalone_mode=False)
+        cli(prog_name="csm", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.Abort:

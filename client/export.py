@@ -20,6 +20,8 @@ from typing import BinaryIO, Protocol
 
 import click
 
+from csm.client import render
+from csm.client.options import session_argument
 from csm.client.redact import Redactor, summary
 from csm.client.transport import request
 from csm.shared import protocol
@@ -119,11 +121,12 @@ def written(t: protocol.Transcript, fmt: str) -> str:
 
 
 @click.command("export")
-@click.argument("target")
+@session_argument("target")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "html", "jsonl"]), default="markdown",
               show_default=True, help="markdown or html to read or share; jsonl: the lines exactly as written.")
 @click.option("--raw", is_flag=True, help="The same as --format jsonl.")
 @click.option("-o", "--output", metavar="FILE", help="Write to FILE (replaced only once complete) instead of stdout.")
+@render.terminal_options(wide=False, colors=False, paged=True)
 @click.option("--redact", is_flag=True, help="Replace API keys, tokens, passwords, private keys and the home path "
               "(README lists the patterns); raw lines stay valid JSON.")
 def export(target: str, fmt: str, raw: bool, output: str | None, redact: bool) -> None:
@@ -148,7 +151,7 @@ def export(target: str, fmt: str, raw: bool, output: str | None, redact: bool) -
         raise click.BadParameter(f"folder {Path(output).parent} does not exist", param_hint="-o")
     redactor = Redactor() if redact else None
     if fmt == "jsonl":
-        with _opened(output) as out:
+        with render.paged(output in (None, "-")), _opened(output) as out:
             if redactor is None:
                 done = receive(target, fmt, out)
             else:
@@ -162,7 +165,7 @@ def export(target: str, fmt: str, raw: bool, output: str | None, redact: bool) -
         assert isinstance(reply, protocol.Transcript)
         if redactor is not None:
             reply = redactor.struct(reply)
-        with _opened(output) as out:
+        with render.paged(output in (None, "-")), _opened(output) as out:
             out.write(written(reply, fmt).encode("utf-8"))
         if output and output != "-":
             click.echo(f"wrote {output}", err=True)

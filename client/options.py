@@ -1,4 +1,5 @@
-"""The filter options browsing commands share, declared once: ``--project`` and ``--since``/``--until``.
+"""The filter options browsing commands share, declared once: ``--project``, ``--since``/``--until``
+and the SESSION argument; with the shell completion of session ids and project names.
 
 Every command that filters takes the same words with the same meaning (README, "Filters"). The
 times are read here, where the user's zone is known, and csmd gets UTC instants; csmd applies
@@ -22,9 +23,42 @@ F = TypeVar("F", bound=Callable[..., Any])
 WHEN = "today, yesterday, 7d, 2w, 12h, 30m, 2026-11-01, 2026-11-01T14:30[+05:45]"
 
 
+COMPLETION_TIMEOUT_S = 1.0
+COMPLETIONS = 200
+
+
+def _ask(sql: str, incomplete: str) -> list[str]:
+    """Completions from csmd; none, at once, when it is not running (a shell must never hang on Tab)."""
+    from csm.client.transport import request
+    from csm.shared.protocol import Query, Rows
+
+    try:
+        reply = request(Query(sql=sql, params=[incomplete], max_rows=COMPLETIONS), timeout_s=COMPLETION_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - any failure means no completions, never a traceback in the shell
+        return []
+    return [str(r[0]) for r in reply.rows] if isinstance(reply, Rows) else []
+
+
+def complete_session(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Session ids that start with what was typed, most recent first (``agent-`` ids for subagents)."""
+    return _ask("SELECT session_id FROM sessions WHERE substr(session_id, 1, length(?1)) = ?1 "
+                "GROUP BY session_id ORDER BY max(last_activity) DESC", incomplete)
+
+
+def complete_project(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Project folder names that contain what was typed, ignoring case (the --project rule), most recent first."""
+    return _ask("SELECT project FROM projects WHERE instr(lower(project), lower(?1)) > 0 "
+                "ORDER BY last_activity DESC", incomplete)
+
+
 def project_option(fn: F) -> F:
-    return click.option("--project", "-p", metavar="P",
+    return click.option("--project", "-p", metavar="P", shell_complete=complete_project,
                         help="Only projects whose folder name contains P, ignoring case (e.g. 'myrepo').")(fn)
+
+
+def session_argument(name: str = "session", required: bool = True) -> Callable[[F], F]:
+    """A session id, unique prefix or transcript path, completed from csmd's sessions."""
+    return click.argument(name, required=required, shell_complete=complete_session)
 
 
 def _read(value: str, flag: str, zone: tzinfo | None, end: bool = False) -> datetime:

@@ -27,6 +27,7 @@ from typing import BinaryIO
 import click
 
 from csm.client.export import receive
+from csm.client.options import session_argument
 from csm.client.render import emit_rows, output_options
 from csm.shared.errors import Conflict, PathError
 
@@ -156,7 +157,7 @@ class Restore:
 
 
 @click.command("restore")
-@click.argument("session")
+@session_argument()
 @click.option("--to", "to", metavar="DIR", type=click.Path(file_okay=False, path_type=Path),
               help="Write into DIR instead of where Claude Code had the files (a copy: under a watched "
                    "folder csmd archives it as another file).")

@@ -30,6 +30,7 @@ from csm.daemon.lock import InstanceLock
 from csm.daemon.notify import Notifier
 from csm.daemon.server import Replier, Reply, Server
 from csm.daemon.prices import PriceTable
+from csm.daemon.retention import Retention
 from csm.daemon.store import Store, figures, open_reader, open_writer
 from csm.daemon.syncer import Syncer
 from csm.daemon.usage import UsageSink
@@ -117,6 +118,8 @@ class Daemon:
         self.syncer.before_rescan.append(lambda: self.search_index.backfill(store, ing.stopping))
         self.syncer.after_work.append(
             lambda: self.search_index.catch_up(store, lambda: ing.stopping.is_set() or self.syncer.busy()))
+        self.retention = Retention(self.roots)
+        self.syncer.after_work.append(lambda: self.retention.check(store.conn, rescanned=self.syncer.scans > 0))
         compressor = Compressor(store, self.config.compress_after_days, ing.stopping)
         self.syncer.after_work.append(lambda: compressor.run(lambda: ing.stopping.is_set() or self.syncer.busy()))
         self.syncer.after_work.append(lambda: space.give_back(
@@ -295,6 +298,7 @@ class Daemon:
         except sqlite3.Error as e:  # the file deleted or damaged under csmd: the last figures, and why
             f = self.figures
             db_problem = db_problem or f"cannot read {self.db}: {e}"
+        days, days_from = self.retention.period()
         state = self.syncer.state
         if state == "idle":
             state = "watching" if self.watcher.mode == "watching" else "polling"
@@ -319,6 +323,9 @@ class Daemon:
             last_error=self.syncer.last_error or self._stuck(),
             db_problem=db_problem,
             db_checked_at=self.health.checked_at,
+            cleanup_period_days=days,
+            cleanup_period_source=days_from,
+            lost_before_csm=self.retention.lost,
         )
 
     def _stuck(self) -> str | None:

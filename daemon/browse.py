@@ -15,6 +15,7 @@ from csm.daemon import projects, turns
 from csm.daemon.queries import progress
 from csm.daemon.rawtext import RAW
 from csm.daemon.transcript import Builder
+from csm.shared import resume
 from csm.shared.errors import NotFound, QueryError
 from csm.shared.protocol import Entry, Rows, SessionInfo, Sessions, Show, Transcript
 
@@ -55,7 +56,7 @@ _SUBAGENTS = ("(SELECT count(*) FROM session_stats c WHERE c.parent_session_id =
 
 
 SESSION_COLUMNS = ["session_id", "project", "title", "started", "last_activity", "messages", "tokens", "cost_usd",
-                   "file_present", "models", "subagents"]
+                   "file_present", "models", "subagents", "cwd", "resume"]
 
 
 def sessions(conn: sqlite3.Connection, req: Sessions) -> Rows:
@@ -76,10 +77,11 @@ def sessions(conn: sqlite3.Connection, req: Sessions) -> Rows:
         where.append("instr(lower(s.title), ?) > 0")
         params.append(word.lower())
     sql = (f"SELECT s.session_id, s.project, s.title, s.started, s.last_activity, s.messages, {_TOKENS}, {_COST}, "
-           f"s.file_present, {_MODELS}, {_SUBAGENTS} FROM sessions s WHERE {' AND '.join(where)} ORDER BY s.last_activity DESC LIMIT ? OFFSET ?")
+           f"s.file_present, {_MODELS}, {_SUBAGENTS}, s.cwd, COALESCE(s.parent_session_id, s.session_id) "
+           f"FROM sessions s WHERE {' AND '.join(where)} ORDER BY s.last_activity DESC LIMIT ? OFFSET ?")
     with time_limit(conn):
         rows = conn.execute(sql, [*params, req.limit, req.offset]).fetchall()
-    return Rows(columns=SESSION_COLUMNS, rows=[list(r) for r in rows])
+    return Rows(columns=SESSION_COLUMNS, rows=[[*r[:-1], resume.command(r[-1], r[-2])] for r in rows])
 
 
 def _one(what: str, rows: list[tuple[int, str]]) -> int:
@@ -172,10 +174,9 @@ def session_info(conn: sqlite3.Connection, file_id: int) -> SessionInfo:
         (file_id,)).fetchone()
     if r is None:
         raise NotFound("the session left the archive")
-    resume = r[7] if r[7] else r[0]
     return SessionInfo(session_id=r[0], project=r[1], title=r[2], cwd=r[3], started=r[4], last_activity=r[5],
                        messages=r[6], parent_session_id=r[7], file_present=bool(r[8]),
-                       resume=f"claude --resume {resume}")
+                       resume=resume.command(r[7] or r[0], r[3]))
 
 
 def _lines(conn: sqlite3.Connection, file_id: int) -> Iterator[str]:

@@ -393,7 +393,20 @@ INSERT INTO team_mirror VALUES (1, lower(hex(randomblob(16))), 0, NULL);
 CREATE INDEX usage_entries_event ON usage_entries(event_id);
 """
 
-M008_INCREMENTAL_VACUUM = """
+M008_SEARCH_FOR_DATASETTE = """
+-- datasette finds a table's full-text index by content="<table>" (double quotes or brackets)
+-- in the index's definition; m004 wrote content='message_text', which it does not recognise.
+-- search_text indexes message_text (external content), so it is rebuilt from it: nothing is
+-- lost. search_tools is contentless (content=''): nothing could rebuild it, and it has no
+-- table of its own to search in datasette, so it stays as it is.
+DROP TABLE search_text;
+CREATE VIRTUAL TABLE search_text USING fts5(
+    text, content="message_text", content_rowid="event_id", tokenize='porter unicode61 remove_diacritics 2'
+);
+INSERT INTO search_text(search_text) VALUES ('rebuild');
+"""
+
+M009_INCREMENTAL_VACUUM = """
 -- Free pages can be given back to the file system a few at a time (daemon/space.py), never by
 -- rewriting the whole file while csmd runs. An existing database takes the setting only by being
 -- rewritten once: VACUUM copies every page (through the WAL, with temporary files on disk, not in
@@ -406,7 +419,7 @@ PRAGMA auto_vacuum = INCREMENTAL;
 VACUUM;
 """
 
-M009_COMPRESSED_LINES = """
+M010_COMPRESSED_LINES = """
 -- A quiet session's lines stored compressed (daemon/compress.py): raw is then '' and zraw holds the
 -- line compressed with zstd and the dictionary dict_id of raw_dictionaries. Dictionaries are never
 -- changed or deleted, so a row compressed with an old one stays readable after a new one is trained.
@@ -429,7 +442,7 @@ SELECT m.file_path, e.line_offset, e.uuid, e.parent_uuid, e.session_id, e.type, 
 FROM events e JOIN sync_metadata m ON m.file_id = e.file_id;
 """
 
-OUTSIDE_TRANSACTION = frozenset({"m008_incremental_vacuum"})
+OUTSIDE_TRANSACTION = frozenset({"m009_incremental_vacuum"})
 """Migrations that rewrite the file (VACUUM) and so run outside the transaction that records them."""
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -439,6 +452,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("m005_line_errors", M005_LINE_ERRORS),
     ("m006_session_identity", M006_SESSION_IDENTITY),
     ("m007_team_mirror", M007_TEAM_MIRROR),
-    ("m008_incremental_vacuum", M008_INCREMENTAL_VACUUM),
-    ("m009_compressed_lines", M009_COMPRESSED_LINES),
+    ("m008_search_for_datasette", M008_SEARCH_FOR_DATASETTE),
+    ("m009_incremental_vacuum", M009_INCREMENTAL_VACUUM),
+    ("m010_compressed_lines", M010_COMPRESSED_LINES),
 ]

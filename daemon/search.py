@@ -33,6 +33,7 @@ from csm.daemon.content import blocks, decode_any, result_text, strings
 from csm.daemon.parse import BadLine, LineView, parse
 from csm.daemon.rawtext import RAW
 from csm.daemon.store import FileRow, Store
+from csm.shared import resume
 from csm.shared.errors import QueryError
 from csm.shared.protocol import Rows, Search
 
@@ -247,11 +248,13 @@ def _rows(conn: sqlite3.Connection, table: str, req: Search, best: list[tuple[in
         role, snippet = "'tool'", "''"  # contentless: the snippet is made by _tool_snippets
     # One statement per hit: FTS5 seeks straight to a rowid given with '=', not with IN.
     sql = (f"SELECT m.session_key, m.project, e.timestamp, {role}, {snippet}, "
-           "'claude --resume ' || COALESCE(m.parent_session, m.session_key), "
+           "COALESCE(m.parent_session, m.session_key), "
            "(SELECT cwd FROM session_stats st WHERE st.file_id = m.file_id) "
            f"FROM {table} s {_JOIN} WHERE {table} MATCH ? AND s.rowid = ?")
     found = {i: conn.execute(sql, (req.text, i)).fetchone() for i, _ in best}
     rows = [[*found[i], score] for i, score in best if found[i]]
+    for r in rows:  # the resume line, from the session to resume and its cwd
+        r[5] = resume.command(r[5], r[6])
     if table == "search_tools":
         _tool_snippets(conn, rows, [i for i, _ in best if found[i]], req.text)
     return rows

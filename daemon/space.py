@@ -3,7 +3,7 @@
 Why: the database file never shrinks by itself: pages freed by deleted rows (the search index's
 deferred tool text, the usage sink's replaced copies, compressed lines) stay in the file as a free
 list. With ``auto_vacuum = INCREMENTAL`` (a new database from its first page; an existing one
-rewritten once by migration m008) SQLite can move pages from the end of the file into those holes
+rewritten once by migration m009) SQLite can move pages from the end of the file into those holes
 and cut the end off, ``STEP_PAGES`` at a time. Each step is its own short write transaction on the
 writer's connection, run as the ingest thread's idle work (``Syncer.after_work``), and the loop
 stops as soon as a hint waits, so a fresh line waits at most one step (a few ms). The file itself

@@ -27,6 +27,8 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+DISTRIBUTION = "claude-code-session-manager"
+"""The name on the package index: "csm" there is an unrelated project; the commands stay csm and csmd."""
 TEMPLATES = ["systemd/csm.service", "launchd/dev.csm.csmd.plist"]
 
 
@@ -49,6 +51,9 @@ def build(dist: Path) -> tuple[Path, Path]:
     t = time.monotonic()
     run([sys.executable, "-m", "build", "--outdir", str(dist), str(REPO)])
     (wheel,), (sdist,) = dist.glob("*.whl"), dist.glob("*.tar.gz")
+    stem = DISTRIBUTION.replace("-", "_")
+    if not (wheel.name.startswith(f"{stem}-") and sdist.name.startswith(f"{stem}-")):
+        raise Failed(f"the distributions are not named {DISTRIBUTION}: {wheel.name}, {sdist.name}")
     in_wheel = set(zipfile.ZipFile(wheel).namelist())
     missing = [t for t in TEMPLATES if f"csm/{t}" not in in_wheel]
     with tarfile.open(sdist) as tar:
@@ -66,7 +71,12 @@ def install(wheel: Path, venv: Path) -> Path:
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
          "--find-links", str(wheel.parent), str(wheel)])
-    step(f"installed the wheel into a fresh venv {venv}", t)
+    name = run([str(venv / "bin" / "python"), "-c", "import importlib.metadata as m; "
+                f"d = m.distribution('{DISTRIBUTION}'); print(d.metadata['Name'], *sorted(e.name for e in d.entry_points))"
+                ]).stdout.split()
+    if name != [DISTRIBUTION, "csm", "csmd"]:
+        raise Failed(f"the installed distribution is {name}, not {DISTRIBUTION} with the commands csm and csmd")
+    step(f"installed the wheel ({DISTRIBUTION}: commands csm, csmd) into a fresh venv {venv}", t)
     return venv / "bin"
 
 
@@ -105,6 +115,13 @@ def flow(bin_: Path, out: Path, env: dict[str, str]) -> None:
         if [r["uuid"] for r in rows] != ["u0", "u1", "u2"]:
             raise Failed(f"csm query sql returned {rows}")
         step("csm sync --now and csm query sql see the transcript's 3 lines", t)
+        figures = csm("status", "--format", "prometheus")
+        completion = run([str(bin_ / "csm")], env={**env, "_CSM_COMPLETE": "bash_source"}).stdout
+        ids = run([str(bin_ / "csm")], env={**env, "_CSM_COMPLETE": "bash_complete", "COMP_WORDS": "csm query show s",
+                                            "COMP_CWORD": "3"}).stdout.split()
+        if "\ncsm_up 1\n" not in figures or "complete -o nosort -F" not in completion or ids != ["plain,s1"]:
+            raise Failed(f"status for Prometheus or shell completion failed:\n{figures}\n{completion}\n{ids}")
+        step("csm status --format prometheus, and bash completion of session ids from csmd", t)
         unit = csm("service", "install", "--dry-run")
         if f"\nExecStart={bin_ / 'csmd'}\n" not in unit:
             raise Failed(f"the unit does not start the venv's csmd:\n{unit}")

@@ -72,6 +72,11 @@ def config_path() -> Path:
     return Path(platformdirs.user_config_dir(APP, appauthor=False)) / "config.toml"
 
 
+def warnings_seen_path() -> Path:
+    """The warnings ``csm status`` gave once already (one a line), so it does not repeat them."""
+    return Path(platformdirs.user_state_dir(APP, appauthor=False)) / "warnings-seen"
+
+
 def runtime_dir() -> Path:
     """The private folder that holds the control socket.
 
@@ -123,6 +128,16 @@ def claude_roots() -> list[Path]:
     defaults = [home / ".claude" / "projects", home / ".config" / "claude" / "projects"]
     existing = [p for p in defaults if p.is_dir()]
     return existing or defaults[:1]
+
+
+def claude_config_dirs(roots: list[Path]) -> list[Path]:
+    """The Claude config dirs behind transcript roots (a ``projects/`` root's parent): where Claude Code
+    keeps ``settings.json`` and ``history.jsonl``. A root not named ``projects`` has none csm knows."""
+    dirs: list[Path] = []
+    for root in roots:
+        if root.name == "projects" and root.parent not in dirs:
+            dirs.append(root.parent)
+    return dirs
 
 
 def serve_url_path() -> Path:

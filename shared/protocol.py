@@ -195,6 +195,16 @@ class Backlog(msgspec.Struct, kw_only=True, omit_defaults=True):
     eta_s: float | None = None
 
 
+class LostBefore(msgspec.Struct, kw_only=True):
+    """Prompts in Claude Code's history.jsonl whose transcripts were deleted before csm archived them."""
+
+    sessions: int
+    """Sessions named (by ``sessionId``) that the archive never held."""
+    prompts: int
+    first: str | None = None
+    last: str | None = None
+
+
 class StatusReply(Message, kw_only=True):
     version: str
     protocol: int = PROTOCOL
@@ -220,6 +230,12 @@ class StatusReply(Message, kw_only=True):
     """Damage ``quick_check`` found, or the database or its WAL deleted or replaced while csmd has it open."""
     db_checked_at: str | None = None
     """When ``quick_check`` last finished (None until the first, which starts with csmd)."""
+    cleanup_period_days: int = 30
+    """Claude Code's ``cleanupPeriodDays``: transcripts idle this long are deleted (sessions_gone: kept only here)."""
+    cleanup_period_source: str = "default"
+    """The settings.json that sets it, or "default"."""
+    lost_before_csm: LostBefore | None = None
+    """Found once, after csmd's first rescan (daemon/retention.py); None until then, 0 prompts when nothing was lost."""
 
 
 class Progress(Message, kw_only=True):

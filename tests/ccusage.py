@@ -24,6 +24,7 @@ SETS: dict[str, tuple[Path, tuple[str, ...]]] = {
     "real": (FIXTURES / "real", ("handmade", "SOURCES.md")),
     "usage": (GOLDEN / "projects", ()),
     "handmade": (FIXTURES / "real", tuple(p.name for p in (FIXTURES / "real").iterdir() if p.name != "handmade")),
+    "third-party": (GOLDEN / "third-party", ()),
 }
 
 

@@ -68,7 +68,7 @@ def fail(*args: str) -> subprocess.CompletedProcess[str]:
 def test_sessions_lists_by_last_activity_with_filters(real: Path, db: Path) -> None:
     rows = csm_json("query", "sessions")
     assert list(rows[0]) == ["session_id", "project", "title", "started", "last_activity", "messages", "tokens",
-                             "cost_usd", "file_present", "models", "subagents"]
+                             "cost_usd", "file_present", "models", "subagents", "cwd", "resume"]
     last = [r["last_activity"] for r in rows if r["last_activity"]]
     assert last == sorted(last, reverse=True) and rows[0]["session_id"] == "03eb5929-52b3-4b13-ada3-b93ae35806b8"
     ids = {r["session_id"] for r in rows}
@@ -111,7 +111,7 @@ def test_sessions_lists_by_last_activity_with_filters(real: Path, db: Path) -> N
 def test_show_prefix_merging_nesting_and_full(real: Path) -> None:
     t = csm_json("query", "show", "29cc")
     assert t["session"]["session_id"] == SUB_PARENT
-    assert t["session"]["resume"] == f"claude --resume {SUB_PARENT}"
+    assert t["session"]["resume"] == f"cd '{t['session']['cwd']}' && claude --resume {SUB_PARENT}"
     kinds = [(e["kind"], e.get("depth", 0)) for e in t["entries"]]
     task = next(i for i, e in enumerate(t["entries"]) if e.get("tool") == "Task")
     assert kinds[task + 1] == ("subagent", 0) and t["entries"][task + 1]["session_id"] == "agent-a2271d1"
@@ -137,7 +137,7 @@ def test_show_prefix_merging_nesting_and_full(real: Path) -> None:
     assert full[2]["output"].startswith("The user doesn't want to proceed with this tool use.")
 
     text = run_csm("query", "show", "short").stdout
-    assert "21:12:01  → Bash mix phx.server 2>&1 | head -80 (error)" in text and "resume   claude --resume short" in text
+    assert "21:12:01  → Bash mix phx.server 2>&1 | head -80 (error)" in text and "resume   cd '/home/marco/projects/spotter' && claude --resume short" in text
     nested_text = run_csm("query", "show", SUB_PARENT).stdout
     assert "┌ subagent agent-a2271d1" in nested_text and "│ 17:34:49  assistant · claude-haiku-4-5-20251001" in nested_text
     assert "a2271d1" in run_csm("query", "show", "a2271d1").stdout.splitlines()[0], "agent- may be left out"
@@ -217,10 +217,11 @@ def test_search_ranks_highlights_and_filters(real: Path) -> None:
     hits = csm_json("query", "search", "phoenix")
     assert hits[0]["session_id"] == "tool_heavy" and hits[0]["role"] == "user"
     assert hits[0]["snippet"] == "start «phoenix» in background"
-    assert hits[0]["resume"] == "claude --resume tool_heavy" and hits[0]["cwd"] == "/home/marco/projects/spotter"
+    assert hits[0]["resume"] == "cd '/home/marco/projects/spotter' && claude --resume tool_heavy"
+    assert hits[0]["cwd"] == "/home/marco/projects/spotter"
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     sub = next(h for h in hits if h["session_id"] == "agent-afc096d")
-    assert sub["resume"] == "claude --resume 6c2214d7-b87e-4432-8e41-22ba294ea584", "a subagent resumes its parent"
+    assert sub["resume"].endswith(" && claude --resume 6c2214d7-b87e-4432-8e41-22ba294ea584"), "a subagent resumes its parent"
 
     # Tool output is searched only when asked.
     assert csm_json("query", "search", "elixirforum") == []
@@ -237,7 +238,7 @@ def test_search_ranks_highlights_and_filters(real: Path) -> None:
     human = run_csm("query", "search", "phoenix", "-n", "1").stdout.splitlines()
     assert human[0].split() == ["2026-02-10", "22:57", "user", "tool_heavy", "spotter"]
     assert human[1].strip() == "start «phoenix» in background"
-    assert human[2].strip() == "claude --resume tool_heavy   (in /home/marco/projects/spotter)"
+    assert human[2].strip() == "cd '/home/marco/projects/spotter' && claude --resume tool_heavy"
 
     r = fail("query", "search", '"unbalanced')
     assert r.returncode == 4 and r.stderr.startswith("csm: search syntax error in") and "quote" in r.stderr

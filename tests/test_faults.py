@@ -65,12 +65,13 @@ def fill(folder: Path) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 1.5 MB filesystem (tmpfs) for the database; needs root."""
+    """A real 2 MB filesystem (tmpfs) for the database; needs root. A new archive of a few lines takes
+    about 1.5 MB there (its WAL, checkpointed only past 4 MB), so 2 MB leaves room to start."""
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a small tmpfs")
     mnt = tmp_path / "small"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k,mode=0700", "tmpfs", str(mnt)],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2048k,mode=0700", "tmpfs", str(mnt)],
                        capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")

@@ -18,5 +18,7 @@ def test_wheel_in_a_fresh_venv_runs_the_whole_flow(tmp_path: Path) -> None:
                        timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     steps = [ln for ln in r.stdout.splitlines() if ln.startswith("ok  ")]
-    assert len(steps) == 5, r.stdout
+    assert len(steps) == 6, r.stdout
     assert "systemd/csm.service" in steps[0] and str(tmp_path / "out" / "venv" / "bin" / "csmd") in steps[2]
+    assert "claude_code_session_manager-" in steps[0], "the distribution's own name: 'csm' on PyPI is another project"
+    assert "claude-code-session-manager: commands csm, csmd" in steps[1]

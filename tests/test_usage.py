@@ -243,12 +243,48 @@ class TestMatchesCcusage:
         csmd.start()
         assert_matches(report("--tz", "UTC"), ccusage.golden(name))
 
+    def test_streamed_lines_without_request_id_count_once_where_ccusage_counts_each(
+            self, csmd: Csmd, tmp_path: Path) -> None:
+        """A deliberate difference (README, "Against ccusage"): third-party backends write responses without
+        ``requestId`` whose streamed lines carry the usage so far. ccusage keys a response by message.id
+        and requestId, so without one it counts every line; csm counts the response once, at its final usage."""
+        config = ccusage.layout("third-party", tmp_path / "fixture")
+        lines = [json.loads(x) for f in (config / "projects").rglob("*.jsonl") for x in f.read_text().splitlines()]
+        answers = [x for x in lines if x["type"] == "assistant"]
+        assert any("requestId" not in x for x in answers) and any("requestId" in x for x in answers)
+
+        def tokens(u: dict[str, int]) -> tuple[int, int, int, int]:
+            return (u["input_tokens"], u["output_tokens"], u["cache_creation_input_tokens"],
+                    u["cache_read_input_tokens"])
+
+        def total(rows: list[tuple[int, int, int, int]]) -> tuple[int, ...]:
+            return tuple(sum(col) for col in zip(*rows))
+
+        every_line = [tokens(x["message"]["usage"]) for x in answers if "requestId" not in x]
+        keyed = {(x["message"]["id"], x["requestId"]): tokens(x["message"]["usage"]) for x in answers if "requestId" in x}
+        final: dict[str, tuple[int, int, int, int]] = {}
+        for x in answers:  # each response's largest (last) usage
+            final[x["message"]["id"]] = max(final.get(x["message"]["id"], (0, 0, 0, 0)), tokens(x["message"]["usage"]),
+                                            key=sum)
+        d = ccusage.golden("third-party")["daily"]
+        assert len(d) == 1
+        theirs = (d[0]["inputTokens"], d[0]["outputTokens"], d[0]["cacheCreationTokens"], d[0]["cacheReadTokens"])
+        assert theirs == total(every_line + list(keyed.values())), "ccusage counts each line of a keyless response"
+
+        csmd.args = ["--root", str(config / "projects")]
+        csmd.start()
+        (ours,) = report("--tz", "UTC")
+        assert ours["responses"] == len(final) == 3
+        assert (ours["input_tokens"], ours["output_tokens"], ours["cache_creation_tokens"],
+                ours["cache_read_tokens"]) == total(list(final.values())) == (36, 510, 300, 12000)
+        assert theirs[1] - ours["output_tokens"] == 47, "the partial lines' output (2 + 40 + 5) counted again"
+
     def test_live_ccusage_agrees_with_the_golden_files(self) -> None:
         binary = ccusage.find()
         if not binary:
             pytest.skip("ccusage not installed: set CSM_CCUSAGE to its path (npm install ccusage@20.0.24) "
                         "to cross-check the golden files live")
-        for name in ("real", "usage", "handmade"):
+        for name in ("real", "usage", "handmade", "third-party"):
             live = ccusage.run(binary, name)
             assert live["daily"] == ccusage.golden(name)["daily"], f"ccusage's answer for '{name}' changed"
 

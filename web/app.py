@@ -203,7 +203,7 @@ class Web:
         name = "session_entries.html" if q.get("fragment") else "session.html"
         return self.page(request, name, info=info, entries=shown, hit=t.hit, n=n, pages=pages, total=t.total,
                          size=ENTRIES_PAGE, last_page=n == pages - 1, complete=t.complete, live="session", sessions_live=",".join(ids),
-                         resume=views.resume_command(info.cwd, info.resume), target=sid.lstrip("/"))
+                         resume=info.resume or "", target=sid.lstrip("/"))
 
     async def export(self, request: Request) -> Response:
         sid, fmt = self.target(request), request.path_params["fmt"]

@@ -40,5 +40,5 @@ def _css() -> str:
 def page(info: SessionInfo, entries: Sequence[Entry]) -> str:
     """The conversation as one HTML file that opens offline: the Session page's entries, its stylesheet inline."""
     html = environment().get_template("export.html").render(
-        info=info, entries=entries, css=Markup(_css()), resume=views.resume_command(info.cwd, info.resume))
+        info=info, entries=entries, css=Markup(_css()), resume=info.resume or "")
     return html

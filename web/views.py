@@ -46,14 +46,6 @@ def when(ts: str | None) -> Markup:
     return Markup(f'<time datetime="{escape(ts)}">{escape(shown)} UTC</time>')
 
 
-def resume_command(cwd: str | None, resume: str | None) -> str:
-    """``cd '<cwd>' && claude --resume <id>``, the folder quoted for a POSIX shell."""
-    cmd = resume or ""
-    if not cwd:
-        return cmd
-    return "cd '" + cwd.replace("'", "'\\''") + "' && " + cmd
-
-
 def with_page(query: Any, page: int) -> str:
     """The page's query string (every filter) with another page number, for the pager's links."""
     from urllib.parse import urlencode
