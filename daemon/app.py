@@ -121,7 +121,8 @@ class Daemon:
         self.retention = Retention(self.roots)
         self.syncer.after_work.append(lambda: self.retention.check(store.conn, rescanned=self.syncer.scans > 0))
         compressor = Compressor(store, self.config.compress_after_days, ing.stopping)
-        self.syncer.after_work.append(lambda: compressor.run(lambda: ing.stopping.is_set() or self.syncer.busy()))
+        self.syncer.after_work.append(lambda: compressor.run(
+            lambda: ing.stopping.is_set() or self.syncer.busy(), self.checkpointer.wrote))
         self.syncer.after_work.append(lambda: space.give_back(
             store, lambda: ing.stopping.is_set() or self.syncer.busy(), self.checkpointer.wrote))
         self.reader = open_reader(self.db)

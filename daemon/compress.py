@@ -27,7 +27,7 @@ from collections.abc import Callable
 import zstandard
 
 from csm.daemon.rawtext import RAW
-from csm.daemon.store import Store, now_iso
+from csm.daemon.store import PAGE_SIZE, Store, now_iso
 
 log = logging.getLogger("csm.compress")
 
@@ -46,6 +46,8 @@ MIN_SAMPLES = 100
 RETRAIN_FACTOR = 4
 """A new dictionary is trained once the archive holds this many times the lines the last one saw."""
 LEVEL = 3
+PAGES_PER_BATCH = 16
+"""Pages a batch rewrites besides its lines' own (b-tree interior pages, the free list)."""
 
 class Compressor:
     """Compress the rows of quiet files, as the ingest thread's idle work."""
@@ -66,8 +68,10 @@ class Compressor:
         self.dict_id, self.trained_on = dict_id, lines
         self.compressor = zstandard.ZstdCompressor(level=LEVEL, dict_data=zstandard.ZstdCompressionDict(data))
 
-    def run(self, busy: Callable[[], bool]) -> int:
-        """Compress quiet files' plain rows until none is left or ``busy()``; the rows compressed."""
+    def run(self, busy: Callable[[], bool], wrote: Callable[[int], None]) -> int:
+        """Compress quiet files' plain rows until none is left or ``busy()``; the rows compressed. Each batch's
+        pages are counted to the checkpoint thread (``wrote``), so it checkpoints and, once idle, empties the
+        WAL that compression filled."""
         done = 0
         quiet_before = time.time_ns() - int(self.after_days * 86400e9)
         files = [r[0] for r in self.store.conn.execute(
@@ -83,6 +87,7 @@ class Compressor:
                 with self.store.transaction() as conn:
                     conn.executemany("UPDATE events SET raw = '', zraw = ?, dict_id = ? WHERE id = ? AND zraw IS NULL",
                                      [(self.compressor.compress(raw), self.dict_id, i) for i, raw in rows])
+                wrote(PAGES_PER_BATCH + sum(len(raw) for _, raw in rows) // PAGE_SIZE)
                 done += len(rows)
             if busy():
                 break

@@ -155,3 +155,16 @@ def test_a_rewritten_compressed_file_reattaches_its_rows(tmp_path: Path, project
         assert run_csm("export", "--raw", str(f)).stdout.encode() == f.read_bytes()
     finally:
         assert d.stop() == 0
+
+
+def test_the_wal_compression_filled_is_emptied_once_idle(tmp_path: Path, projects: Path, db: Path) -> None:
+    f = projects / "p" / "s-live.jsonl"
+    f.parent.mkdir()
+    f.write_bytes(b"".join(_line(i) for i in range(5000)))
+    d = Csmd(tmp_path, ["--config", str(_config(tmp_path, 0))]).start()
+    try:
+        wait_for(lambda: _all_compressed(db), 30, "the lines to be compressed")
+        wal = Path(f"{db}-wal")
+        wait_for(lambda: not wal.exists() or wal.stat().st_size == 0, 15, "the WAL to be emptied after compression")
+    finally:
+        assert d.stop() == 0
