@@ -76,7 +76,7 @@ def ingest(root: Path) -> None:
         line = f"search {mode:8}: {totals.lines} lines in {seconds:.1f} s ({cpu:.1f} s CPU)"
         if mode == "deferred":
             t, cpu = time.perf_counter(), time.process_time()
-            index.catch_up(store, lambda: False)
+            index.idle(store, lambda: False)
             line += f", then tool text in {time.perf_counter() - t:.1f} s ({time.process_time() - cpu:.1f} s CPU)"
         store.close()
         size = sum(f.stat().st_size for f in tmp.iterdir())

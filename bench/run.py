@@ -21,8 +21,9 @@ Phases (``--only`` picks some):
 - ``rescan``: a second csmd on 10,000 small files; once they are in, ``csm sync --now`` on
   unchanged files (the daemon's own timing and the CLI's wall time).
 
-Isolation is the tests': HOME, XDG_* and CLAUDE_CONFIG_DIR point into a temp folder, and the
-socket into a short one under /tmp, so the real home is never touched.
+Isolation and the csmd launcher are the tests' (``tests/csmtest.py``): HOME, XDG_* and
+CLAUDE_CONFIG_DIR point into a temp folder, and the socket into a short one under /tmp, so the real
+home is never touched.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import csmtest  # noqa: E402
 from corpus import LineMaker, Session, write_corpus  # noqa: E402
+from csmtest import isolated_env  # noqa: E402
 
 TARGETS = {
     "sync_wall_s": ("<=", 1.0, "100 MB"),
@@ -65,22 +69,14 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class Home:
-    """A private HOME/XDG/Claude config tree, as the tests' ``isolated`` fixture makes."""
+    """A private HOME/XDG/Claude config tree: the tests' isolated environment (``csmtest.isolated_env``)."""
 
     def __init__(self, base: Path, name: str) -> None:
         self.dir = base / name
         self.projects = self.dir / "claude" / "projects"
         self.projects.mkdir(parents=True)
-        self.run = Path(tempfile.mkdtemp(prefix="csmb-", dir="/tmp"))
-        self.run.chmod(0o700)
-        self.env = dict(os.environ)
-        self.env.pop("NOTIFY_SOCKET", None)
-        (self.dir / "home").mkdir()
-        self.env.update(
-            HOME=str(self.dir / "home"), XDG_DATA_HOME=str(self.dir / "data"), XDG_CONFIG_HOME=str(self.dir / "config"),
-            XDG_STATE_HOME=str(self.dir / "state"), XDG_CACHE_HOME=str(self.dir / "cache"),
-            XDG_RUNTIME_DIR=str(self.run), CLAUDE_CONFIG_DIR=str(self.dir / "claude"),
-        )
+        self.env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"} | isolated_env(self.dir)
+        self.run = Path(self.env["XDG_RUNTIME_DIR"])
         self.db = self.dir / "data" / "csm" / "csm.db"
 
     def fresh_data(self) -> None:
@@ -90,18 +86,17 @@ class Home:
         shutil.rmtree(self.run, ignore_errors=True)
 
 
-class Csmd:
+class Csmd(csmtest.Csmd):
+    """The tests' csmd launcher, started without waiting (the bench times the start), and measured."""
+
     def __init__(self, home: Home) -> None:
+        super().__init__(home.dir, env=home.env)
         self.home = home
-        self.log = home.dir / "csmd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
 
-    def start(self) -> Csmd:
-        with open(self.log, "ab") as log:
-            self.started = time.perf_counter()
-            self.proc = subprocess.Popen([sys.executable, "-m", "csm.daemon"], stdout=log, stderr=log,
-                                         env=self.home.env)
+    def start(self, wait: bool = False, extra: list[str] | None = None) -> Csmd:
+        self.started = time.perf_counter()
+        super().start(wait, extra)
         return self
 
     @property
@@ -112,8 +107,7 @@ class Csmd:
     def check(self) -> None:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise SystemExit(f"csmd exited with {self.proc.returncode}; log: {self.log}\n"
-                             + self.log.read_text(errors="replace")[-3000:])
+            raise SystemExit(f"csmd exited with {self.proc.returncode}; log: {self.log_path}\n" + self.log()[-3000:])
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -136,15 +130,13 @@ class Csmd:
                 pass  # a thread that ended meanwhile
         return total
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        try:
+            return super().stop(sig, timeout)
+        except subprocess.TimeoutExpired:
+            return super().stop(signal.SIGKILL, timeout)
 
 
 class Watch:

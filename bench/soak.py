@@ -37,6 +37,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from csmtest import Csmd, isolated_env  # noqa: E402
+
 TARGET_P99_MS = 250.0
 TARGET_RSS_MB = 80.0
 
@@ -197,38 +200,37 @@ class Soak:
         self.clients = clients
         self.think_s = think_s
         self.work = Path(tempfile.mkdtemp(prefix="csm-soak-"))
-        self.run_dir = Path(tempfile.mkdtemp(prefix="csm-", dir="/tmp"))  # short: unix socket paths are limited
-        self.run_dir.chmod(0o700)
-        self.env = dict(os.environ, HOME=str(self.work / "home"), XDG_DATA_HOME=str(self.work / "data"),
-                        XDG_CONFIG_HOME=str(self.work / "config"), XDG_STATE_HOME=str(self.work / "state"),
-                        XDG_RUNTIME_DIR=str(self.run_dir), CLAUDE_CONFIG_DIR=str(self.work / "claude"))
+        self.env = dict(os.environ) | isolated_env(self.work)  # the tests' isolation
+        self.run_dir = Path(self.env["XDG_RUNTIME_DIR"])
         self.projects = self.work / "claude" / "projects"
         self.db = self.work / "data" / "csm" / "csm.db"
         self.written_at: dict[str, float] = {}
         self.seen_at: dict[str, float] = {}
         self.writing = threading.Event()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.csmd = Csmd(self.work, env=self.env)  # the tests' launcher; readiness is asked in this env below
 
     # --- csmd -----------------------------------------------------------------------
 
     def start(self) -> None:
         self.projects.mkdir(parents=True)
-        log = open(self.work / "csmd.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "csm.daemon"], env=self.env, stdout=log, stderr=log)
+        self.csmd.start(wait=False)
         deadline = time.monotonic() + 30
         while True:
             r = subprocess.run([sys.executable, "-m", "csm.client", "status", "--json"], env=self.env,
                                capture_output=True, text=True)
             if r.returncode == 0 and json.loads(r.stdout).get("last_sync_at"):
                 return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"csmd did not start:\n{(self.work / 'csmd.log').read_text()}")
+            if not self.csmd.alive or time.monotonic() > deadline:
+                raise SystemExit(f"csmd did not start:\n{self.csmd.log()}")
             time.sleep(0.1)
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.csmd.proc
+
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
+        if self.csmd.alive:
+            self.csmd.stop(timeout=30)
         shutil.rmtree(self.work, ignore_errors=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 

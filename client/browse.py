@@ -85,7 +85,7 @@ def show(session: str, full: bool, fmt: str | None) -> None:
       csm query show 29ccd257
       csm query show 29ccd257 --full | less
     """
-    from csm.client import transcript
+    from csm.client import layouts
 
     from csm.client.export import target_arg
 
@@ -98,7 +98,7 @@ def show(session: str, full: bool, fmt: str | None) -> None:
         render.emit_rows(ENTRY_COLUMNS, [list(render.plain(e).values()) for e in reply.entries], fmt)
         return
     with render.paged():
-        for chunk in transcript.text(reply, render.color()):
+        for chunk in layouts.text(reply, render.color()):
             click.echo(chunk)
 
 
@@ -168,7 +168,7 @@ def watch(session: str | None, project: str | None, fmt: str | None) -> None:
       csm watch 29ccd257
       csm watch -p myrepo --jsonl | jq -r .text
     """
-    from csm.client import transcript
+    from csm.client import layouts
     from csm.client.export import target_arg
 
     color = render.color()
@@ -182,7 +182,7 @@ def watch(session: str | None, project: str | None, fmt: str | None) -> None:
             elif isinstance(msg, protocol.Messages):
                 if fmt is None:
                     for e in msg.entries:
-                        click.echo(transcript.entry_text(e, color, show_session=True))
+                        click.echo(layouts.entry_text(e, color, show_session=True))
                 else:
                     render.emit_rows(ENTRY_COLUMNS, [list(render.plain(e).values()) for e in msg.entries],
                                      "jsonl" if fmt == "json" else fmt, header=False)

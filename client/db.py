@@ -14,7 +14,7 @@ import click
 
 from csm.client import render
 from csm.shared import config as config_mod
-from csm.shared import paths, protocol
+from csm.shared import protocol
 from csm.shared.errors import Conflict, DaemonNotRunning, DatabaseError, PathError
 
 

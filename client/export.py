@@ -24,7 +24,7 @@ from csm.client import render
 from csm.client.options import session_argument
 from csm.client.redact import Redactor, summary
 from csm.client.transport import request
-from csm.shared import protocol
+from csm.shared import paths, protocol
 from csm.shared.errors import DaemonError
 
 
@@ -50,7 +50,7 @@ def target_arg(target: str) -> str:
     """A path (an existing file, or a name ending in .jsonl: it may be deleted) is sent absolute;
     anything else is a session id or the start of one."""
     path = Path(target).expanduser()
-    if target.endswith(".jsonl") or path.is_file():
+    if paths.is_transcript_name(target) or path.is_file():
         return str(path.absolute())
     return target
 
@@ -112,9 +112,9 @@ class RedactedLines:
 def written(t: protocol.Transcript, fmt: str) -> str:
     """The conversation as Markdown, or as the web Session page's HTML made one offline file."""
     if fmt == "markdown":
-        from csm.client import transcript
+        from csm.client import layouts
 
-        return transcript.markdown(t)
+        return layouts.markdown(t)
     from csm.web import conversation
 
     return conversation.page(t.session, t.entries)

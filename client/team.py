@@ -28,12 +28,17 @@ def configured() -> Team | None:
     try:
         reply = request(protocol.GetConfig(), timeout_s=5.0)
         assert isinstance(reply, protocol.ConfigReply)
-        value = reply.settings["team"].value if "team" in reply.settings else None
-        return None if value is None else msgspec.convert(value, Team)
+        return of(reply)
     except DaemonNotRunning:
         from csm.shared.config import resolve
 
         return resolve().config.team
+
+
+def of(reply: protocol.ConfigReply) -> Team | None:
+    """The ``[team]`` settings in a config reply (csmd's, or one the web app built from the file)."""
+    value = reply.settings["team"].value if "team" in reply.settings else None
+    return None if value is None else msgspec.convert(value, Team)
 
 
 @contextmanager

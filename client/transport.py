@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from csm.shared import paths, protocol
-from csm.shared.errors import ConfigError, CsmError, DaemonError, DaemonNotRunning, NotFound, QueryError, Unavailable
-from csm.shared.protocol import Error, Message, Ok, Progress, Watching
+from csm.shared.errors import DaemonNotRunning, from_code
+from csm.shared.protocol import Error, Message, Ok, Watching
 
 START_HINT = "start it with 'csmd' (or 'csm service install' to run it at login)"
-ERRORS: dict[str, type[CsmError]] = {"query": QueryError, "not_found": NotFound, "unavailable": Unavailable,
-                                   "config": ConfigError}
 
 
 def _unreachable(sock: Path, e: OSError) -> DaemonNotRunning:
@@ -119,7 +117,7 @@ def request(
                     s.send(ack)
                 continue
             if isinstance(reply, Error):
-                raise ERRORS.get(reply.code, DaemonError)(reply.message)
+                raise from_code(reply.code)(reply.message)
             return reply
 
 
@@ -137,7 +135,7 @@ def subscribe(msg: Message, *, timeout_s: float = 10.0, sock: Path | None = None
                                        "check 'csm status'")
             reply = protocol.decode_reply(s.recv())
             if isinstance(reply, Error):
-                raise ERRORS.get(reply.code, DaemonError)(reply.message)
+                raise from_code(reply.code)(reply.message)
             if isinstance(reply, Watching):
                 wait_s = 3 * reply.heartbeat_s + 1
             yield reply
@@ -195,7 +193,7 @@ async def _astream(msg: Message, timeout_s: float, sock: Path | None,
                                        "check 'csm service logs' or restart csmd")
             reply = protocol.decode_reply(await s.recv())
             if isinstance(reply, Error):
-                raise ERRORS.get(reply.code, DaemonError)(reply.message)
+                raise from_code(reply.code)(reply.message)
             wait_s = next_wait(reply) or wait_s
             yield reply
             if (ack := _ack(reply)) is not None:

@@ -16,7 +16,9 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
@@ -31,6 +33,7 @@ from csm.daemon.notify import Notifier
 from csm.daemon.server import Replier, Reply, Server
 from csm.daemon.prices import PriceTable
 from csm.daemon.retention import Retention
+from csm.daemon.sinks import OnCommit
 from csm.daemon.store import Store, figures, open_reader, open_writer
 from csm.daemon.syncer import Syncer
 from csm.daemon.usage import UsageSink
@@ -38,8 +41,8 @@ from csm.daemon.watch import Watchers
 from csm.daemon.watcher import Watcher
 from csm.shared import __version__, paths
 from csm.shared import config as config_mod
-from csm.shared.config import Resolved
-from csm.shared.errors import ConfigError, NotFound, QueryError
+from csm.shared.config import Config, Resolved
+from csm.shared.errors import BadRequest, Busy, ConfigError, CsmError, DaemonError
 from csm.shared.protocol import (
     Ack,
     ConfigReply,
@@ -98,33 +101,22 @@ class Daemon:
         own = paths.own_files(self.db)
         self.ingestor = Ingestor(store, self.roots, self.config, exclude=own,
                                  heap_cap=heap.SqliteCap(store.conn, self.config.query_max_bytes))
+        ing = self.ingestor
         self.prices = PriceTable.shipped()
-        usage = UsageSink(self.prices)
-        usage.prepare(store)
-        self.ingestor.sinks.append(usage)
         self.checkpointer = Checkpointer(self.db, store.conn)
-        self.ingestor.on_commit.append(self.checkpointer.committed)
+        self.search_index = search.SearchIndex(defer_tools=self._large_backlog, stopping=ing.stopping)
+        ing.sinks += [UsageSink(self.prices), self.search_index, self.checkpointer]
         self.syncer = Syncer(self.ingestor, self.config.rescan_interval_s, db=self.db)
         self.health = Health(self.db, self.config.check_interval_s)
         self.syncer.before_rescan.append(self.health.problem)
-        self.watcher = Watcher(self.roots, self.syncer, enabled=self.config.watch,
-                               poll_interval_s=self.config.poll_interval_s, own=own)
+        self.watcher = Watcher(ing.tree, self.syncer, enabled=self.config.watch,
+                               poll_interval_s=self.config.poll_interval_s)
         self.syncer.before_rescan.append(self.watcher.check)
         self.syncer.after_new_dirs.append(self.watcher.verify)
         threading.excepthook = self._thread_died
-        ing = self.ingestor
-        self.search_index = search.SearchIndex(defer_tools=self._large_backlog)
-        ing.sinks.append(self.search_index)
-        self.syncer.before_rescan.append(lambda: self.search_index.backfill(store, ing.stopping))
-        self.syncer.after_work.append(
-            lambda: self.search_index.catch_up(store, lambda: ing.stopping.is_set() or self.syncer.busy()))
-        self.retention = Retention(self.roots)
-        self.syncer.after_work.append(lambda: self.retention.check(store.conn, rescanned=self.syncer.scans > 0))
-        compressor = Compressor(store, self.config.compress_after_days, ing.stopping)
-        self.syncer.after_work.append(lambda: compressor.run(
-            lambda: ing.stopping.is_set() or self.syncer.busy(), self.checkpointer.wrote))
-        self.syncer.after_work.append(lambda: space.give_back(
-            store, lambda: ing.stopping.is_set() or self.syncer.busy(), self.checkpointer.wrote))
+        self.retention = Retention(self.roots, rescanned=lambda: self.syncer.scans > 0)
+        compressor = Compressor(store, self.config.compress_after_days, self.checkpointer.wrote)
+        ing.sinks += [self.retention, compressor, space.Space(self.checkpointer.wrote)]
         self.reader = open_reader(self.db)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query",
                                        initializer=turns.on_query_thread, initargs=(self.syncer.turns.give_way,))
@@ -133,13 +125,13 @@ class Daemon:
         self.server.bind()
         self.watchers = Watchers(self.server)
         self.exports = export.Exports(self.server)
-        self.ingestor.on_commit.append(self.watchers.on_commit)
+        ing.sinks.append(self.watchers)
         self.mirror = None
         if self.config.team is not None:  # imported only in team mode: csmd without it never loads psycopg
             from csm.team.mirror import Mirror
 
             self.mirror = Mirror(self.db, self.config.team)
-            self.ingestor.on_commit.append(self.mirror.committed)
+            ing.sinks.append(OnCommit("team mirror", self.mirror.committed))
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         signal.set_wakeup_fd(self.server.wake_w, warn_on_full_buffer=False)
@@ -213,58 +205,47 @@ class Daemon:
     # --- requests ------------------------------------------------------------------
 
     def dispatch(self, request: Request, reply: Reply) -> None:
-        match request:
-            case Status():
-                reply(self.status())
-            case Sync(wait=True):
-                self.syncer.request_sync(reply)
-            case Sync():
-                self.syncer.request_sync(lambda msg: None)
-                reply(Ok(message="sync requested"))
-            case Query(sql=sql, params=params, max_rows=max_rows):
-                cfg = self.config
-                self._submit(reply, lambda conn: queries.run_sql(
-                    conn, sql, params, min(max_rows, cfg.query_max_rows), cfg.query_time_limit_s, cfg.query_max_bytes))
-            case UsageReport():
-                self._submit(reply, lambda conn: reports.usage(conn, request, self.prices.updated), own=True)
-            case GetConfig():
-                s = self.settings
-                reply(ConfigReply(pid=os.getpid(), config_file=s.file, config_file_exists=s.file_exists,
-                                  config_file_source=s.file_source, settings=s.sources))
-            case Fault():
-                if os.environ.get("CSM_TEST_HOOKS") != "1":
-                    reply(Error(code="bad_request", message="faults are for tests: start csmd with CSM_TEST_HOOKS=1"))
-                    return
-                try:
-                    reply(Ok(message=self.watcher.fault(request.action)))
-                except ValueError as e:
-                    reply(Error(code="bad_request", message=str(e)))
-            case Sessions():
-                self._submit(reply, lambda conn: browse.sessions(conn, request), own=True)
-            case Show():
-                self._submit(reply, lambda conn: browse.show(conn, request), own=True)
-            case Search():
-                self._submit(reply, lambda conn: search.search(conn, request), own=True)
-            case Watch():
-                self._submit(reply, lambda conn: self._watch(conn, request, reply), own=True)
-            case ListErrors(max_rows=max_rows):
-                self._submit(reply, lambda conn: queries.list_errors(conn, max_rows), own=True)
-            case Export():
-                assert isinstance(reply, Replier)
-                self._submit(reply, lambda conn: self.exports.run(conn, request, reply), own=True, alone=True)
-            case Ack(seq=seq):
-                assert isinstance(reply, Replier)
-                self.exports.ack(reply.envelope, seq)
-                self.watchers.ack(reply.envelope, seq)
-            case ReloadConfig():
-                reply(self.reload_config())
-            case TeamStatus() | TeamResync() if self.mirror is None:
-                reply(TeamStatusReply(configured=False))
-            case TeamStatus():
-                self._submit(reply, self.mirror.status, own=True)
-            case TeamResync():
-                self.mirror.resync()
-                reply(Ok(message="the whole history will be sent again"))
+        """Answer ``request`` where its route says (``ROUTES``)."""
+        route = ROUTES[type(request)]
+        if route.where in ("pool", "thread"):
+            self._submit(route, request, reply)
+            return
+        result = route.run(self, request, reply, None)  # inline, or handing work to the ingest thread
+        if result is not None:
+            reply(result)
+
+    def sync(self, request: Sync, reply: Reply, conn: None) -> Message | None:
+        """Hand a sync to the ingest thread: it answers when done (``wait``), or at once that it will."""
+        self.syncer.request_sync(reply if request.wait else lambda msg: None)
+        return None if request.wait else Ok(message="sync requested")
+
+    def config_reply(self, request: GetConfig, reply: Reply, conn: None) -> ConfigReply:
+        s = self.settings
+        return ConfigReply(pid=os.getpid(), config_file=s.file, config_file_exists=s.file_exists,
+                           config_file_source=s.file_source, settings=s.sources)
+
+    def fault(self, request: Fault, reply: Reply, conn: None) -> Message:
+        if os.environ.get("CSM_TEST_HOOKS") != "1":
+            return Error.of(BadRequest("faults are for tests: start csmd with CSM_TEST_HOOKS=1"))
+        try:
+            return Ok(message=self.watcher.fault(request.action))
+        except ValueError as e:
+            return Error.of(BadRequest(str(e)))
+
+    def ack(self, request: Ack, reply: Reply, conn: None) -> None:
+        """A client printed or wrote what it was sent up to ``seq`` (an export, a watch)."""
+        assert isinstance(reply, Replier)
+        self.exports.ack(reply.envelope, request.seq)
+        self.watchers.ack(reply.envelope, request.seq)
+
+    def team_resync(self, request: TeamResync, reply: Reply, conn: None) -> Message:
+        if self.mirror is None:
+            return TeamStatusReply(configured=False)
+        self.mirror.resync()
+        return Ok(message="the whole history will be sent again")
+
+    def team_status(self, request: TeamStatus, reply: Reply, conn: sqlite3.Connection) -> Message:
+        return TeamStatusReply(configured=False) if self.mirror is None else self.mirror.status(conn)
 
     def reload_config(self) -> Message:
         """Apply a changed config file without a restart (the web settings page, ``csm config set``).
@@ -275,7 +256,7 @@ class Daemon:
         try:
             new = config_mod.reload(self.settings)
         except ConfigError as e:
-            return Error(code="config", message=str(e))
+            return Error.of(e)
         old, cfg = self.config, new.config
         changed = [k for k in config_mod.KEYS if getattr(old, k) != getattr(cfg, k)]
         self.settings, self.config = new, msgspec.structs.replace(old, **{k: getattr(cfg, k) for k in config_mod.LIVE})
@@ -351,42 +332,96 @@ class Daemon:
             conn = self.local.own = open_reader(self.db)
         return conn
 
-    def _submit(self, reply: Reply, work: Callable[[sqlite3.Connection], Message | None], own: bool = False,
-                alone: bool = False) -> None:
-        """Queue read-only ``work`` for the pool; a bounded queue, so a flood of slow queries gets
-        "busy" at once instead of hours of backlog and memory. ``alone``: work that waits for its
-        client (an export) gets a thread (and connection) of its own instead of a pool thread."""
+    def _submit(self, route: Route, request: Request, reply: Reply) -> None:
+        """Queue a read-only request for the pool; a bounded queue, so a flood of slow queries gets
+        "busy" at once instead of hours of backlog and memory. Work that waits for its client (an
+        export, ``where="thread"``) gets a thread (and connection) of its own instead of a pool thread."""
         if not self.query_slots.acquire(blocking=False):
-            reply(Error(code="busy", message=f"csmd is busy: {self.config.query_queue} queries are "
-                                             "running or waiting; try again when they finish"))
+            reply(Error.of(Busy(f"csmd is busy: {self.config.query_queue} queries are running or waiting; "
+                                "try again when they finish")))
             return
-        if alone:
-            threading.Thread(target=self._answer, args=(reply, work, own), name="csm-export", daemon=True).start()
+        if route.where == "thread":
+            threading.Thread(target=self._answer, args=(route, request, reply), name="csm-export", daemon=True).start()
         else:
-            self.pool.submit(self._answer, reply, work, own)
+            self.pool.submit(self._answer, route, request, reply)
 
-    def _answer(self, reply: Reply, work: Callable[[sqlite3.Connection], Message | None], own: bool = False) -> None:
-        """Run a read-only ``work`` on this pool thread's connection and reply with its result (if any).
-
-        ``own``: csm's own SQL, on a connection without the authorizer (see ``_own_connection``).
-        """
+    def _answer(self, route: Route, request: Request, reply: Reply) -> None:
+        """Run a read-only request on this pool thread's connection, under its route's time limit, and
+        reply with its result (if any). A user's SQL gets the connection with the authorizer
+        (``_connection``); csm's own, one without it (``_own_connection``)."""
         try:
             turns.give_way()  # a query does not start while fresh lines wait for their turn
-            result = work(self._own_connection() if own else self._connection())
+            conn = self._connection() if route.users_sql else self._own_connection()
+            limit = route.limit(self.config) if route.limit else None
+            with queries.time_limit(conn, *limit) if limit else nullcontext():
+                result = route.run(self, request, reply, conn)
             if result is not None:
                 reply(result)
-        except NotFound as e:
-            reply(Error(code="not_found", message=str(e)))
-        except QueryError as e:
-            reply(Error(code="query", message=str(e)))
+        except CsmError as e:
+            reply(Error.of(e))
         except Exception as e:
             log.exception("query failed")
-            reply(Error(code="internal", message=f"{type(e).__name__}: {e}"))
+            reply(Error.of(DaemonError(f"{type(e).__name__}: {e}")))
         finally:
             self.query_slots.release()
 
-    def _watch(self, conn: sqlite3.Connection, request: Watch, reply: Reply) -> None:
+    def _watch(self, request: Watch, reply: Reply, conn: sqlite3.Connection) -> None:
         """Subscribe this client (a session prefix is resolved once, here)."""
         assert isinstance(reply, Replier)
         session = browse.place(conn, browse.resolve(conn, request.session)) if request.session else None
-        self.watchers.add(reply.envelope, session, request.project)
+        self.watchers.subscribe(reply.envelope, session, request.project)
+
+
+Where = Literal["inline", "ingest", "pool", "thread"]
+Limit = Callable[[Config], tuple[float, str]]
+"""A time limit and the advice its error gives, from the settings."""
+
+
+class Route(NamedTuple):
+    """Where a request runs and under which time limit.
+
+    ``inline``: on the socket's thread, answered at once (it must never wait on the database);
+    ``ingest``: handed to the ingest thread, which answers when its work is done; ``pool``: a
+    read-only query on a pool thread's connection, ``users_sql`` the one with the authorizer;
+    ``thread``: read-only work that waits for its client (an export under flow control), on a thread
+    and connection of its own, so it never holds a pool thread.
+    ``limit``: stops the request's statements past it; None for streams, which end with their client.
+    """
+
+    where: Where
+    run: Callable[[Daemon, Any, Reply, Any], Message | None]
+    limit: Limit | None = None
+    users_sql: bool = False
+
+
+REPORT_LIMIT_S = 10.0
+
+
+def _report(config: Config) -> tuple[float, str]:
+    return REPORT_LIMIT_S, "ask for less"
+
+
+def _users_sql(config: Config) -> tuple[float, str]:
+    return config.query_time_limit_s, "query_time_limit_s in csmd's config"
+
+
+ROUTES: dict[type[Request], Route] = {
+    Status: Route("inline", lambda d, req, reply, conn: d.status()),
+    GetConfig: Route("inline", Daemon.config_reply),
+    Fault: Route("inline", Daemon.fault),
+    ReloadConfig: Route("inline", lambda d, req, reply, conn: d.reload_config()),
+    Sync: Route("ingest", Daemon.sync),
+    Query: Route("pool", lambda d, req, reply, conn: queries.run_sql(
+        conn, req.sql, req.params, min(req.max_rows, d.config.query_max_rows), d.config.query_max_bytes),
+        _users_sql, users_sql=True),
+    UsageReport: Route("pool", lambda d, req, reply, conn: reports.usage(conn, req, d.prices.updated), _report),
+    Sessions: Route("pool", lambda d, req, reply, conn: browse.sessions(conn, req), _report),
+    Show: Route("pool", lambda d, req, reply, conn: browse.show(conn, req), _report),
+    Search: Route("pool", lambda d, req, reply, conn: search.search(conn, req), _report),
+    ListErrors: Route("pool", lambda d, req, reply, conn: queries.list_errors(conn, req.max_rows), _report),
+    Watch: Route("pool", Daemon._watch, _report),
+    Export: Route("thread", lambda d, req, reply, conn: d.exports.run(conn, req, reply)),
+    Ack: Route("inline", Daemon.ack),
+    TeamStatus: Route("pool", Daemon.team_status, _report),
+    TeamResync: Route("inline", Daemon.team_resync),
+}

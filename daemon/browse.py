@@ -1,42 +1,24 @@
 """Reports for browsing the archive: the sessions list and one session's conversation.
 
-These run on the query pool's read-only connections, each statement under a time limit.
+These run on the query pool's read-only connections, under the time limit ``app.ROUTES`` gives them.
 Tokens and cost come from the public ``usage`` view (the usage sink keeps it).
 """
 
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from csm.daemon import projects, turns
-from csm.daemon.queries import progress
+from csm.daemon import projects
+from csm.daemon.conversation import Builder
 from csm.daemon.rawtext import RAW
-from csm.daemon.transcript import Builder
+from csm.daemon.tree import AGENT_PREFIX
 from csm.shared import resume
 from csm.shared.errors import NotFound, QueryError
 from csm.shared.protocol import Entry, Rows, SessionInfo, Sessions, Show, Transcript
 
-TIME_LIMIT_S = 10.0
 CANDIDATES_SHOWN = 10
-
-
-class time_limit:
-    """Stop a statement that runs past ``seconds`` (SQLite reports it as 'interrupted')."""
-
-    def __init__(self, conn: sqlite3.Connection, seconds: float = TIME_LIMIT_S) -> None:
-        self.conn = conn
-        self.deadline = time.monotonic() + seconds
-
-    def __enter__(self) -> None:
-        self.conn.set_progress_handler(progress(self.deadline), turns.STEPS)
-
-    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: object) -> None:
-        self.conn.set_progress_handler(None, 0)
-        if isinstance(e, sqlite3.OperationalError) and str(e) == "interrupted":
-            raise QueryError(f"stopped after the {TIME_LIMIT_S:g} s time limit; ask for less") from None
 
 
 # A session's tokens and cost from the public ``usage`` view (indexed by session), its
@@ -79,8 +61,7 @@ def sessions(conn: sqlite3.Connection, req: Sessions) -> Rows:
     sql = (f"SELECT s.session_id, s.project, s.title, s.started, s.last_activity, s.messages, {_TOKENS}, {_COST}, "
            f"s.file_present, {_MODELS}, {_SUBAGENTS}, s.cwd, COALESCE(s.parent_session_id, s.session_id) "
            f"FROM sessions s WHERE {' AND '.join(where)} ORDER BY s.last_activity DESC LIMIT ? OFFSET ?")
-    with time_limit(conn):
-        rows = conn.execute(sql, [*params, req.limit, req.offset]).fetchall()
+    rows = conn.execute(sql, [*params, req.limit, req.offset]).fetchall()
     return Rows(columns=SESSION_COLUMNS, rows=[[*r[:-1], resume.command(r[-1], r[-2])] for r in rows])
 
 
@@ -118,7 +99,7 @@ def resolve(conn: sqlite3.Connection, target: str) -> int:
         if row is None:
             raise NotFound(f"no session in the archive is the transcript {target}")
         return row[0]
-    for p in (target, f"agent-{target}"):
+    for p in (target, AGENT_PREFIX + target):
         if places := _in_places(conn, p):
             return _one(repr(target), places)
         found = [r[0] for r in conn.execute(
@@ -174,9 +155,10 @@ def session_info(conn: sqlite3.Connection, file_id: int) -> SessionInfo:
         (file_id,)).fetchone()
     if r is None:
         raise NotFound("the session left the archive")
-    return SessionInfo(session_id=r[0], project=r[1], title=r[2], cwd=r[3], started=r[4], last_activity=r[5],
-                       messages=r[6], parent_session_id=r[7], file_present=bool(r[8]),
-                       resume=resume.command(r[7] or r[0], r[3]))
+    session_id, project, title, cwd, started, last_activity, messages, parent, present = r
+    return SessionInfo(session_id=session_id, project=project, title=title, cwd=cwd, started=started,
+                       last_activity=last_activity, messages=messages, parent_session_id=parent,
+                       file_present=bool(present), resume=resume.command(parent or session_id, cwd))
 
 
 def _lines(conn: sqlite3.Connection, file_id: int) -> Iterator[str]:
@@ -202,7 +184,7 @@ def _entries(conn: sqlite3.Connection, file_id: int, full: bool, depth: int, chi
     b = Builder(full, depth)
     complete, slack = True, SLACK_LINES
     for raw in _lines(conn, file_id):
-        b.add(raw)
+        b.add_raw(raw)
         if enough is not None and len(b.entries) >= enough:
             slack -= 1
             if slack < 0:
@@ -210,7 +192,7 @@ def _entries(conn: sqlite3.Connection, file_id: int, full: bool, depth: int, chi
                 break
     out = list(b.entries)
     for index, agent in sorted(b.spawned, reverse=True):
-        key = f"agent-{agent}"
+        key = AGENT_PREFIX + agent
         if key in children and key not in seen:
             seen.add(key)
             child, title = children[key]
@@ -225,18 +207,17 @@ def show(conn: sqlite3.Connection, req: Show) -> Transcript:
     """The conversation, or one page of it. A page with no ``at`` is built only as far as it reaches
     (``complete`` false when the session goes on), so a long session's first screen comes fast."""
     enough = req.offset + req.limit if req.limit is not None and req.at is None else None
-    with time_limit(conn):
-        p = place(conn, resolve(conn, req.session))
-        info = session_info(conn, p.file_id)
-        children: Children = {r[0]: (r[1], r[2]) for r in conn.execute(
-            "SELECT c.session_id, c.file_id, COALESCE(c.custom_title, c.ai_title, c.summary, c.first_prompt) "
-            f"{_CHILDREN} ORDER BY c.first_ts", (p.session_id, p.project, p.root))}
-        seen: set[str] = set()
-        entries, complete = _entries(conn, p.file_id, req.full, 0, children, seen, enough)
-        for key, (child, title) in children.items():  # subagents no call in the parent names
-            if key not in seen and complete:
-                entries.append(Entry(kind="subagent", session_id=key, text=title or "", depth=0))
-                entries += _entries(conn, child, req.full, 1, children, seen | {key})[0]
+    p = place(conn, resolve(conn, req.session))
+    info = session_info(conn, p.file_id)
+    children: Children = {r[0]: (r[1], r[2]) for r in conn.execute(
+        "SELECT c.session_id, c.file_id, COALESCE(c.custom_title, c.ai_title, c.summary, c.first_prompt) "
+        f"{_CHILDREN} ORDER BY c.first_ts", (p.session_id, p.project, p.root))}
+    seen: set[str] = set()
+    entries, complete = _entries(conn, p.file_id, req.full, 0, children, seen, enough)
+    for key, (child, title) in children.items():  # subagents no call in the parent names
+        if key not in seen and complete:
+            entries.append(Entry(kind="subagent", session_id=key, text=title or "", depth=0))
+            entries += _entries(conn, child, req.full, 1, children, seen | {key})[0]
     offset = req.offset
     at = _hit(entries, req.at) if req.at else None
     if req.limit is not None and at is not None:

@@ -7,7 +7,7 @@ time of the initial sync (4.1 s with them, 1.7 s without; the CPU time is the sa
 
 Here the writer's automatic checkpoint is switched off and this thread does the work on a
 connection of its own: after about ``EVERY_FRAMES`` pages written to the WAL the ingest
-thread pokes it (``committed``, an ``Ingestor.on_commit`` hook) and it runs a PASSIVE
+thread pokes it (``committed``: it is an ingest sink) and it runs a PASSIVE
 checkpoint, which never blocks the writer or readers. sqlite3 releases the GIL while it
 copies and syncs, so the checkpoint overlaps with parsing on the second core. The WAL's
 growth is estimated per commit (``PAGES_PER_COMMIT`` plus the lines' own pages), not from
@@ -37,9 +37,13 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from csm.daemon.sinks import Sink
 from csm.daemon.store import FileRow
+
+if TYPE_CHECKING:
+    from csm.daemon.batch import Batch
 
 log = logging.getLogger("csm.checkpoint")
 
@@ -55,9 +59,13 @@ RESTART_BYTES = 16 << 20
 """WAL size above which the WAL is rewound even while the writer is busy (a backlog)."""
 
 
-class Checkpointer(threading.Thread):
+class Checkpointer(Sink):
+    """The sink that pokes, and the thread that checkpoints."""
+
+    name = "checkpoint"
+
     def __init__(self, db: Path, writer: sqlite3.Connection) -> None:
-        super().__init__(name="csm-checkpoint", daemon=True)
+        self.thread = threading.Thread(target=self.run, name="csm-checkpoint", daemon=True)
         self.conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
         # Short: a pending RESTART blocks new write transactions while it waits for old readers
         # (a long ``csm query sql``), so it gives up quickly and is simply tried again later.
@@ -80,11 +88,11 @@ class Checkpointer(threading.Thread):
 
     def start(self) -> None:
         self.writer.execute("PRAGMA wal_autocheckpoint = 0")
-        super().start()
+        self.thread.start()
 
-    def committed(self, f: FileRow, rows: list[tuple[Any, ...]]) -> None:
+    def committed(self, f: FileRow, batch: Batch) -> None:
         """On the ingest thread after each batch's commit: estimate the WAL's growth."""
-        self.wrote(PAGES_PER_COMMIT + sum(len(r[-1]) for r in rows) // self.page_size)
+        self.wrote(PAGES_PER_COMMIT + sum(len(r.raw) for r in batch.rows) // self.page_size)
 
     def wrote(self, pages: int) -> None:
         """On the writer's thread after a commit of about ``pages`` pages: poke when enough, time the quiet."""
@@ -137,8 +145,8 @@ class Checkpointer(threading.Thread):
         """Stop the thread and close its connection (before the writer's, so the WAL can go)."""
         self.stopping = True
         self.due.set()
-        if self.is_alive():
-            self.join()
+        if self.thread.is_alive():
+            self.thread.join()
         self.conn.close()
         try:
             self.writer.execute("PRAGMA wal_autocheckpoint = 1000")

@@ -10,7 +10,7 @@ with an old one stay readable when a newer one is trained (``RETRAIN_FACTOR``).
 
 Reading is ``daemon/rawtext.py``'s: every reader takes a row's text through ``rawtext.RAW``.
 
-Writing: ``Compressor.run`` is idle work on the ingest thread (``Syncer.after_work``): bounded
+Writing: ``Compressor`` is an ingest sink whose ``idle`` step does it between the ingest thread's jobs: bounded
 transactions of ``BATCH_ROWS`` rows, stopping as soon as a hint waits; a row is rewritten in place
 (same id, offset and generation), so appends, re-reads and every derived table are untouched, and a
 kill leaves each row either plain or compressed, never both or neither.
@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 
 import zstandard
 
 from csm.daemon.rawtext import RAW
+from csm.daemon.sinks import Sink
 from csm.daemon.store import PAGE_SIZE, Store, now_iso
 
 log = logging.getLogger("csm.compress")
@@ -49,13 +49,18 @@ LEVEL = 3
 PAGES_PER_BATCH = 16
 """Pages a batch rewrites besides its lines' own (b-tree interior pages, the free list)."""
 
-class Compressor:
-    """Compress the rows of quiet files, as the ingest thread's idle work."""
 
-    def __init__(self, store: Store, after_days: float, stopping: threading.Event) -> None:
+class Compressor(Sink):
+    """Compress the rows of quiet files, as the ingest thread's idle work. Each batch's pages are
+    counted to the checkpoint thread (``wrote``), so it checkpoints and, once idle, empties the WAL
+    that compression filled."""
+
+    name = "compress"
+
+    def __init__(self, store: Store, after_days: float, wrote: Callable[[int], None]) -> None:
         self.store = store
         self.after_days = after_days
-        self.stopping = stopping
+        self.wrote = wrote
         self.dict_id: int | None = None
         self.compressor = zstandard.ZstdCompressor(level=LEVEL)
         self.trained_on = 0
@@ -68,10 +73,11 @@ class Compressor:
         self.dict_id, self.trained_on = dict_id, lines
         self.compressor = zstandard.ZstdCompressor(level=LEVEL, dict_data=zstandard.ZstdCompressionDict(data))
 
-    def run(self, busy: Callable[[], bool], wrote: Callable[[int], None]) -> int:
-        """Compress quiet files' plain rows until none is left or ``busy()``; the rows compressed. Each batch's
-        pages are counted to the checkpoint thread (``wrote``), so it checkpoints and, once idle, empties the
-        WAL that compression filled."""
+    def idle(self, store: Store, stop: Callable[[], bool]) -> None:
+        self.run(stop)
+
+    def run(self, busy: Callable[[], bool]) -> int:
+        """Compress quiet files' plain rows until none is left or ``busy()``; the rows compressed."""
         done = 0
         quiet_before = time.time_ns() - int(self.after_days * 86400e9)
         files = [r[0] for r in self.store.conn.execute(
@@ -87,7 +93,7 @@ class Compressor:
                 with self.store.transaction() as conn:
                     conn.executemany("UPDATE events SET raw = '', zraw = ?, dict_id = ? WHERE id = ? AND zraw IS NULL",
                                      [(self.compressor.compress(raw), self.dict_id, i) for i, raw in rows])
-                wrote(PAGES_PER_BATCH + sum(len(raw) for _, raw in rows) // PAGE_SIZE)
+                self.wrote(PAGES_PER_BATCH + sum(len(raw) for _, raw in rows) // PAGE_SIZE)
                 done += len(rows)
             if busy():
                 break

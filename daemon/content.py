@@ -15,8 +15,19 @@ import msgspec
 
 from csm.shared.protocol import IMAGE_TYPES, Image
 
+CACHE = "csm cache: "
+"""Starts the JSON name of a field that holds what was decoded on first use. Such a field is a cache,
+not data: Claude Code never writes the key, and a line that did would only change what csm derives
+from that line itself, which the line's own content decides anyway. (A field, not a
+``__dict__``: ``dict=True`` makes every view a GC-tracked object, and the collector's extra passes
+cost more than the decode they save.)"""
 
-class Block(msgspec.Struct):
+
+class Block(msgspec.Struct, gc=False):
+    """One content block. Its tool input and output are decoded on first use and kept (``value``,
+    ``output``), so the search sink and ``csm watch`` reading the same block decode them once.
+    Untracked by the garbage collector (``gc=False``): a block refers to no object that refers back."""
+
     type: str = ""
     text: str | None = None
     thinking: str | None = None
@@ -27,6 +38,22 @@ class Block(msgspec.Struct):
     content: msgspec.Raw = msgspec.Raw()
     is_error: bool | None = None
     source: msgspec.Raw = msgspec.Raw()
+    value_cache: Any = msgspec.field(default=msgspec.UNSET, name=CACHE + "value")
+    output_cache: str | None = msgspec.field(default=None, name=CACHE + "output")
+
+    @property
+    def value(self) -> Any:
+        """A ``tool_use``'s input, decoded."""
+        if self.value_cache is msgspec.UNSET:
+            self.value_cache = decode_any(self.input)
+        return self.value_cache
+
+    @property
+    def output(self) -> str:
+        """A ``tool_result``'s output as text; images and other media are left out."""
+        if self.output_cache is None:
+            self.output_cache = result_text(self)
+        return self.output_cache
 
 
 _content = msgspec.json.Decoder(str | list[Block])

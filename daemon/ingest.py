@@ -1,24 +1,12 @@
-"""The ingest thread: decides what changed in a file and moves rows and checkpoint together.
+"""The ingest thread's work on one file: read what changed, and store rows and checkpoint together.
 
-Watcher events and rescans are only hints ("look at this path"); the truth is always
-re-derived here from the file and its checkpoint row. For each visit:
-
-1. appended   -> read from the committed offset to the last ``\\n``;
-2. partial    -> bytes after the last ``\\n`` are never consumed;
-3. truncated  -> size below the offset, size shrank, or the bytes before the offset
-                 changed: read again from 0 as a new generation;
-4. replaced   -> same path, new inode or new head: read again from 0 as a new generation;
-5. renamed    -> a path holding the (dev, inode, head) of a checkpoint, live or gone, whose own
-                 path no longer holds it: the checkpoint follows the file, whatever happened in
-                 between (chains of renames, swaps), and nothing is read twice;
-6. deleted    -> rows stay; the checkpoint is marked gone with the time;
-7. inode reuse never inherits an offset: a claimed checkpoint is then checked like any other
-   (size, head, the tail before its offset), so different bytes are read again from 0,
-   re-attaching only lines that are really the same.
-
-A re-read (3, 4) re-attaches each unchanged line to its existing row instead of
-inserting it again, so it adds nothing twice and loses nothing: lines that vanished
-from the file keep their rows under the old generation.
+A visit asks ``identity`` which checkpoint the file continues (and whether it must be read again),
+reads the complete lines after the checkpoint (``reader``), makes each batch of them with
+``batch.collect`` (the one decode of each line), lets the sinks derive their data from the views,
+and writes the batch with its checkpoint in one transaction (``Store.write_batch``). A re-read (a
+truncated or replaced file) re-attaches each unchanged line to its existing row instead of inserting
+it again, so it adds nothing twice and loses nothing: lines that vanished from the file keep their
+rows under the old generation.
 """
 
 from __future__ import annotations
@@ -32,161 +20,22 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 import msgspec
 
 from csm.daemon import heap, reader
-from csm.daemon.parse import BadLine, LineView, parse, prompt_text
-from csm.daemon.store import FileRow, Store, now_iso
+from csm.daemon.batch import ERROR_HEAD, Batch, BadLineRow, LineError, Reread, collect, error_text
+from csm.daemon.identity import OPEN_FLAGS, Checkpoints, adopt
+from csm.daemon.parse import BadLine, parse
+from csm.daemon.rescan import Rescan, Totals
+from csm.daemon.sinks import Sink
+from csm.daemon.store import FileRow, Store, iso_mtime
+from csm.daemon.tree import Tree
 from csm.shared.config import Config
 from csm.shared.protocol import Backlog
 
 log = logging.getLogger("csm.ingest")
-
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
-MESSAGE_TYPES = frozenset({"user", "assistant"})
-ERROR_HEAD = 200
-
-
-def _holds(f: FileRow) -> bool:
-    """Whether ``f``'s path still holds the inode its checkpoint was made on."""
-    try:
-        st = os.stat(f.path, follow_symlinks=False)
-    except OSError:
-        return False
-    return (st.st_dev, st.st_ino) == (f.dev, f.inode)
-
-
-def _iso_mtime(mtime_ns: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime_ns / 1e9))
-
-
-def describe_path(root: Path, path: Path) -> tuple[str, str, str | None]:
-    """(project, session key, parent session) from where a file sits under its root.
-
-    ``<project>/<session>.jsonl`` is a main session. ``<project>/<session>/subagents/
-    agent-<id>.jsonl`` (at any depth below the session folder) is a subagent whose
-    parent is the folder's session. The project is the folder name, an opaque key:
-    Claude Code's encoding of the cwd into it cannot be reversed.
-    """
-    rel = path.relative_to(root).parts
-    project = rel[0] if len(rel) > 1 else ""
-    stem = path.stem
-    if len(rel) <= 2:
-        return project, stem, None
-    parent = rel[1]
-    key = stem if stem.startswith("agent-") else f"{parent}/{'/'.join(rel[2:])[:-len('.jsonl')]}"
-    return project, key, parent
-
-
-@dataclass
-class SessionAgg:
-    """One batch's contribution to one session's figures."""
-
-    project: str
-    parent: str | None
-    is_subagent: bool
-    cwd: str | None = None
-    first_ts: str | None = None
-    last_ts: str | None = None
-    lines: int = 0
-    messages: int = 0
-    custom_title: str | None = None
-    ai_title: str | None = None
-    summary: str | None = None
-    first_prompt: str | None = None
-    models: set[str] = field(default_factory=set)
-
-    def add(self, v: LineView, counted: bool) -> None:
-        ts = v.timestamp
-        if ts:
-            if self.first_ts is None or ts < self.first_ts:
-                self.first_ts = ts
-            if self.last_ts is None or ts > self.last_ts:
-                self.last_ts = ts
-        if v.cwd:
-            self.cwd = v.cwd
-        if counted:
-            self.lines += 1
-            if v.type in MESSAGE_TYPES and not v.is_meta:
-                self.messages += 1
-        if v.custom_title:
-            self.custom_title = v.custom_title
-        if v.ai_title:
-            self.ai_title = v.ai_title
-        if v.summary and v.type == "summary":
-            self.summary = v.summary
-        if v.type == "assistant" and v.message is not None and v.message.model:
-            if not v.message.model.startswith("<"):
-                self.models.add(v.message.model)
-
-
-def _why(e: UnicodeDecodeError | BadLine) -> str:
-    if isinstance(e, UnicodeDecodeError):
-        return f"invalid UTF-8: {e.reason} at byte {e.start}"
-    return str(e)
-
-
-def _after_nuls(line: bytes) -> tuple[int, bytes, str, LineView] | None:
-    """The record after a run of NUL bytes, if one is there: (NULs cut, record, its text, view).
-
-    A crash on ext4 can leave the unflushed end of a file as NUL bytes, and Claude Code's next
-    append then lands on the same line after them; the record is intact and is kept.
-    """
-    cut = line.rfind(b"\0") + 1
-    if not cut or cut == len(line):
-        return None
-    rest = line[cut:]
-    try:
-        return cut, rest, rest.decode("utf-8"), parse(rest)
-    except (UnicodeDecodeError, BadLine):
-        return None
-
-
-def _text(line: bytes, long: int) -> str | bytes:
-    """The line as ``raw`` is bound, checked as UTF-8: its str, or for a line over ``long`` bytes the
-    bytes themselves (``Store.insert_events`` stores them unchanged as TEXT): the str of a long
-    line would be one more copy of it (two to four for text beyond Latin-1, and its UTF-8 form)."""
-    text = line.decode("utf-8")
-    return line if len(line) > long else text
-
-
-@dataclass
-class Reread:
-    """An earlier generation's rows and bad lines, by content, for a re-read to find again."""
-
-    rows: dict[bytes, list[int]]
-    errors: dict[tuple[int, bytes], list[int]]
-
-
-@dataclass
-class Batch:
-    """What one transaction stores: new rows, re-attached rows, bad lines, session figures, line errors."""
-
-    end: int
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-    moves: list[tuple[int, int, int]] = field(default_factory=list)
-    errors: list[tuple[Any, ...]] = field(default_factory=list)
-    error_moves: list[tuple[int, int, int]] = field(default_factory=list)
-    line_errors: list[tuple[int, str, str]] = field(default_factory=list)
-    sessions: dict[str, SessionAgg] = field(default_factory=dict)
-    agg: SessionAgg | None = None
-    taken: list[tuple[dict[Any, list[int]], Any, int]] = field(default_factory=list)
-    """Rows and bad lines taken from a re-read's pool, given back if the transaction fails."""
-
-    def give_back(self) -> None:
-        for pool, key, row_id in reversed(self.taken):
-            pool.setdefault(key, []).append(row_id)
-        self.taken.clear()
-
-
-def _error_text(e: Exception) -> str:
-    """A derived-data failure as recorded: a sink's own error (``UsageError``) says it all; a bug names its type."""
-    return str(e) if isinstance(e, ValueError) and str(e) else f"{type(e).__name__}: {e}"
-
 
 _TROUBLE = frozenset({
     sqlite3.SQLITE_PERM, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_READONLY,
@@ -205,47 +54,6 @@ def _database_trouble(e: Exception) -> bool:
     return isinstance(e, sqlite3.OperationalError) or type(e) is sqlite3.DatabaseError
 
 
-@dataclass
-class Totals:
-    """What one sync or visit did, for ``csm sync`` and the log."""
-
-    files_scanned: int = 0
-    files_changed: int = 0
-    lines: int = 0
-    errors: int = 0
-
-    def __iadd__(self, other: Totals) -> Totals:
-        self.files_scanned += other.files_scanned
-        self.files_changed += other.files_changed
-        self.lines += other.lines
-        self.errors += other.errors
-        return self
-
-
-CommitHook = Callable[[FileRow, list[tuple[Any, ...]]], None]
-"""Called after each commit with the file and its new ``events`` rows (id first)."""
-
-
-class Sink(Protocol):
-    """Derived data (indexes, usage, …) the writer keeps current in the same transaction as the rows.
-
-    A batch's life: ``add`` for each newly inserted line, then ``write`` inside the batch's
-    transaction, then ``clear``, always, whether the transaction committed, rolled back or never
-    began, so nothing a sink holds outlives its batch. ``add`` takes the whole line or raises
-    having taken none of it: the line is then stored without this sink's data and the error is
-    recorded against it as ``name`` (``line_errors``). Re-attached lines (a re-read of an
-    unchanged line) are not added again.
-    """
-
-    name: str
-
-    def add(self, event_id: int, f: FileRow, view: LineView, line: bytes) -> None: ...
-
-    def write(self, store: Store) -> None: ...
-
-    def clear(self) -> None: ...
-
-
 class Ingestor:
     """Owns the writer connection; every method runs on the ingest thread."""
 
@@ -253,26 +61,16 @@ class Ingestor:
                  heap_cap: heap.SqliteCap | None = None) -> None:
         self.store = store
         self.heap_cap = heap_cap
-        self.roots = roots
+        self.tree = Tree(roots, exclude)
         self.config = config
-        self.exclude = {str(p) for p in exclude}
-        self.by_id: dict[int, FileRow] = {f.file_id: f for f in store.files()}
-        self.files: dict[str, FileRow] = {f.path: f for f in self.by_id.values() if not f.gone_at}
-        """Live checkpoints by path; a gone one keeps the path its file was last seen at, which another
-        file may hold by now, so gone ones are found by file id, inode or path in the database."""
-        self.next_id = store.next_file_id()
-        self.have_prompt: set[int] = {
-            r[0] for r in store.conn.execute("SELECT file_id FROM session_stats WHERE first_prompt IS NOT NULL")
-        }
+        self.checkpoints = Checkpoints(store, self.tree)
+        self.have_prompt: set[int] = store.files_with_prompt()
         self.unreadable: set[int] = store.unreadable_files()
         self.events = store.count_events()
         self.next_event_id = store.max_event_id() + 1
-        self.backlog: Backlog | None = None
-        self.progress: Callable[[], None] | None = None
-        self.started = 0.0
-        self.file_end = 0
-        self.on_commit: list[CommitHook] = []
-        self.sinks: list[Sink] = []
+        self.rescans = Rescan(self)
+        self.sinks: list[Sink] = [self.rescans]
+        self.prepared = False
         self.stopping = threading.Event()
         self.stuck: dict[str, str] = {}
         """Files whose last visit failed with an unexpected error (a bug), for ``csm status``."""
@@ -284,160 +82,40 @@ class Ingestor:
         self.final_due: dict[int, tuple[int, int]] = {}
         """The file ``final_lines`` is visiting, and the (size, mtime) its final line may be stored at."""
 
-    # --- scanning ------------------------------------------------------------------
+    @property
+    def backlog(self) -> Backlog | None:
+        """The rescan's backlog while one runs (``csm status``, the search sink's deferral)."""
+        return self.rescans.backlog
 
-    def root_of(self, path: Path) -> Path | None:
-        for root in self.roots:
-            if path.is_relative_to(root):
-                return root
-        return None
+    def prepare(self) -> None:
+        """Each sink's ``prepare``, once, before the first rescan (see ``Sink``)."""
+        if not self.prepared:
+            for sink in self.sinks:
+                sink.prepare(self.store)
+            self.prepared = True
 
-    def discover(self, top: Path) -> Iterable[tuple[str, os.stat_result]]:
-        """Every regular ``*.jsonl`` under ``top``; symlinks are never followed."""
-        stack = [str(top)]
-        while stack:
-            d = stack.pop()
-            try:
-                it = os.scandir(d)
-            except OSError:
-                continue
-            with it:
-                for entry in it:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
-                        elif entry.name.endswith(".jsonl") and entry.is_file(follow_symlinks=False):
-                            if entry.path not in self.exclude:
-                                yield entry.path, entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
+    def idle(self, stop: Callable[[], bool]) -> None:
+        """Each sink's ``idle`` work, after a round of hints and rescans, until ``stop``."""
+        for sink in self.sinks:
+            if stop():
+                return
+            sink.idle(self.store, stop)
 
     def rescan(self, progress: Callable[[], None] | None = None, top: Path | None = None) -> Totals:
-        """Compare every file under the roots (or ``top``) with its checkpoint and catch up.
-
-        Unchanged files (same inode, size and mtime) cost one ``stat``; the rest are
-        visited. Files whose checkpoints lie under a scanned root but that no longer
-        exist are marked gone — never those of other roots; a full rescan also marks gone
-        the files of a root deleted whole or no longer configured. ``self.backlog`` shows the
-        work while it lasts: growing totals while files are listed, then files and bytes
-        done, moved by every committed batch (``_batch_done``), so one huge file shows too.
-        """
-        totals = Totals()
-        tops = [top] if top else [r for r in self.roots if r.is_dir()]
-        seen: set[str] = set()
-        todo: list[tuple[str, int]] = []
-        strangers: list[tuple[str, os.stat_result]] = []
-        """Paths whose file is not their checkpoint's: maybe another checkpoint's, moved here."""
-        b = self.backlog = Backlog(counting=True)
-        self.progress = progress
-        for t in tops:
-            for path, st in self.discover(t):
-                seen.add(path)
-                totals.files_scanned += 1
-                f = self.files.get(path)
-                if (
-                    f is None or f.inode != st.st_ino or f.dev != st.st_dev
-                    or f.size != st.st_size or f.mtime_ns != st.st_mtime_ns
-                ):
-                    size = max(0, st.st_size - (f.offset if f else 0))
-                    if f is None or (f.dev, f.inode) != (st.st_dev, st.st_ino):
-                        strangers.append((path, st))
-                    todo.append((path, size))
-                    b.files_total += 1
-                    b.bytes_total += size
-                    if progress and b.files_total % 256 == 0:
-                        progress()
-        # Every moved file claims its checkpoint before any path is read: whatever the order of the
-        # visits, a file renamed, swapped or rotated while csmd was stopped is never taken for a new
-        # file or for the replacement of the file now at its old path.
-        for path, st in strangers:
-            if not self.stopping.is_set() and self.store.with_inode(st.st_dev, st.st_ino):
-                self._claim_at(path)
-        try:
-            b.counting = False
-            self.started = time.monotonic()
-            for path, size in todo:
-                if self.stopping.is_set():
-                    break
-                self.file_end = b.bytes_done + size
-                visited = self.visit(path)
-                visited.files_scanned = 0  # counted above
-                totals += visited
-                b.files_done += 1
-                b.bytes_done = self.file_end
-                self._tick()
-        finally:
-            self.backlog = self.progress = None
-        # Files not seen are gone when they no longer exist — under a root deleted whole too — and, after
-        # a full rescan, when no configured root holds them any more: csm no longer follows those.
-        prefixes = [str(t) + os.sep for t in (self.roots if top is None else tops)]
-        for path, f in list(self.files.items()):
-            if f.gone_at or path in seen:
-                continue
-            if not any(path.startswith(p) for p in prefixes):
-                if top is None:
-                    self.mark_gone(f, "not under a configured root")
-            elif not os.path.lexists(path):
-                self.mark_gone(f)
-        return totals
-
-    # --- one file ------------------------------------------------------------------
-
-    def mark_gone(self, f: FileRow, why: str = "source file gone") -> None:
-        when = now_iso()
-        with self.store.transaction():
-            self.store.mark_gone(f.file_id, when)
-        f.gone_at = when  # only once committed, so a failed write is retried
-        if self.files.get(f.path) is f:
-            del self.files[f.path]
-        log.info("%s, rows kept: %s", why, f.path)
+        return self.rescans.run(progress, top)
 
     def moved(self, src: str, dest: str) -> Totals:
         """A rename seen by the watcher. The destination is visited like any path (its identity finds
         the checkpoint, even if ``src`` was itself the end of an earlier rename); a move out of sight
         (``x.jsonl.bak``) takes the checkpoint along, so the file is the same one when it comes back."""
-        f = self.files.get(src)
-        if f is not None and not dest.endswith(".jsonl") and dest not in self.files:
-            try:
-                st = os.stat(dest, follow_symlinks=False)
-            except OSError:
-                st = None
-            if st is not None and (st.st_dev, st.st_ino) == (f.dev, f.inode):
-                self._rename(f, dest)
-        totals = self.visit(dest) if dest.endswith(".jsonl") else Totals()
-        g = self.files.get(src)
+        ids = self.checkpoints
+        if not self.tree.is_transcript(dest):
+            ids.moved_out_of_sight(src, dest)
+        totals = self.visit(dest) if self.tree.is_transcript(dest) else Totals()
+        g = ids.live.get(src)
         if g is not None and not os.path.lexists(src):
-            self.mark_gone(g)
+            ids.mark_gone(g)
         return totals
-
-    def _rename(self, f: FileRow, dest: str, displaced: FileRow | None = None) -> None:
-        """``f``'s file is now at ``dest``: move the checkpoint (live again if it was gone) and its session.
-        ``displaced``, the live checkpoint of ``dest`` whose file is not there any more, is marked gone
-        in the same transaction (its file may turn up elsewhere and claim it back)."""
-        root = self.root_of(Path(dest))
-        if root is None:
-            return
-        g = msgspec.structs.replace(f, path=dest, root=str(root), gone_at=None)
-        if dest.endswith(".jsonl"):  # a move to x.jsonl.bak keeps its session until it comes back
-            g.project, g.session_key, parent = describe_path(root, Path(dest))
-            g.parent_session = parent or f.parent_session
-        when = now_iso()
-        with self.store.transaction():
-            if displaced is not None:
-                self.store.mark_gone(displaced.file_id, when)
-            self.store.save_file(g, _iso_mtime(g.mtime_ns))
-            if (g.session_key, g.project) != (f.session_key, f.project):
-                self.store.move_session(g.file_id, (f.session_key, f.project), (g.session_key, g.project))
-        if displaced is not None:
-            displaced.gone_at = when
-            log.info("%s holds another file now; its checkpoint is gone, rows kept", dest)
-        if self.files.get(f.path) is f:
-            del self.files[f.path]
-        if f.path != dest:
-            log.info("renamed: %s -> %s (offset %d kept)", f.path, dest, f.offset)
-        for name in FileRow.__struct_fields__:
-            setattr(f, name, getattr(g, name))
-        self.files[dest] = f
 
     def visit(self, path: str) -> Totals:
         """Bring one path's rows and checkpoint up to date with the file.
@@ -459,14 +137,14 @@ class Ingestor:
 
     def _visit(self, path: str) -> Totals:
         totals = Totals(files_scanned=1)
-        if path in self.exclude or not self._storable(path):
+        if path in self.tree.exclude or not self._storable(path):
             return totals
         try:
-            fd = os.open(path, _OPEN_FLAGS)
+            fd = os.open(path, OPEN_FLAGS)
         except FileNotFoundError:
-            f = self.files.get(path)
+            f = self.checkpoints.live.get(path)
             if f is not None and not f.gone_at:
-                self.mark_gone(f)
+                self.checkpoints.mark_gone(f)
             return totals
         except OSError as e:
             totals.errors += int(self._unreadable(path, e))
@@ -475,7 +153,7 @@ class Ingestor:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 return totals
-            f = self._identify(path, fd, st)
+            f = self.checkpoints.identify(path, fd, st)
             if f is None:
                 return totals
             if f.file_id in self.unreadable:
@@ -505,10 +183,10 @@ class Ingestor:
         Returns whether this is news."""
         if e.errno in (errno.ELOOP, errno.ENXIO):  # a symlink (not followed) or a socket/FIFO
             return False
-        root = self.root_of(Path(path))
+        root = self.tree.root_of(Path(path))
         if root is None:
             return False
-        f = self.files.get(path)
+        f = self.checkpoints.live.get(path)
         if f is not None and f.file_id in self.unreadable:
             return False
         if f is None:
@@ -516,96 +194,16 @@ class Ingestor:
                 st = os.stat(path, follow_symlinks=False)
             except OSError:
                 return False
-            f = self._new_row(path, root, st)
+            f = self.checkpoints.new(path, root, st)
             with self.store.transaction():
-                self.store.save_file(f, _iso_mtime(st.st_mtime_ns))
-            self.files[path] = f
+                self.store.save_file(f, iso_mtime(st.st_mtime_ns))
+            self.checkpoints.live[path] = f
         with self.store.transaction():
-            self.store.insert_errors([(f.file_id, path, f.generation, -1, 0, f"cannot read file: {e.strerror}", b"")])
+            self.store.insert_errors([BadLineRow(f.file_id, path, f.generation, -1, 0, f"cannot read file: {e.strerror}",
+                                                 b"")])
         self.unreadable.add(f.file_id)
         log.warning("cannot read %s: %s", path, e.strerror)
         return True
-
-    def _new_row(self, path: str, root: Path, st: os.stat_result) -> FileRow:
-        project, key, parent = describe_path(root, Path(path))
-        f = FileRow(
-            file_id=self.next_id, path=path, root=str(root), project=project, session_key=key,
-            parent_session=parent, dev=st.st_dev, inode=st.st_ino, size=0, mtime_ns=-1, offset=0,
-        )  # mtime -1: never saved yet, so the first visit always writes the checkpoint
-        self.next_id += 1
-        self.by_id[f.file_id] = f
-        return f
-
-    def _identify(self, path: str, fd: int, st: os.stat_result) -> FileRow | None:
-        """The checkpoint this file continues, reset to offset 0 when it must be read again."""
-        f = self.files.get(path)
-        if f is None or (f.dev, f.inode) != (st.st_dev, st.st_ino):
-            f = self._claim(path, fd, st, f) or f
-        if f is None:
-            root = self.root_of(Path(path))
-            if root is None:
-                return None
-            gone = self.store.gone_at_path(path)
-            if gone is None:
-                f = self._new_row(path, root, st)
-                self.files[path] = f
-                return f
-            f = self.by_id[gone]  # a file at a gone checkpoint's path, not its own file: read again below
-            self._rename(f, path)
-            log.info("%s: reappeared", path)
-        why = None
-        if (f.dev, f.inode) != (st.st_dev, st.st_ino):
-            why = "replaced (new inode)"
-        elif st.st_size < f.offset or st.st_size < f.size:
-            why = f"truncated ({f.size} -> {st.st_size} bytes)"
-        elif not reader.head_matches(fd, f.head_len, f.head_hash):
-            why = "replaced (new head)"
-        elif f.offset and reader.tail(fd, f.offset) != f.tail_hash:
-            why = "rewritten before the checkpoint"
-        elif reader.after_unterminated(fd, f.offset) not in (None, b"", b"\n"):
-            why = "its final line, stored without a newline, went on"
-        if why:
-            log.info("%s: %s; reading it again from the start", path, why)
-            f.generation += 1
-            f.offset = 0
-            f.size, f.mtime_ns = 0, -1
-            f.dev, f.inode = st.st_dev, st.st_ino
-            f.head_len, f.head_hash, f.tail_hash = 0, None, None
-        return f
-
-    def _claim_at(self, path: str) -> None:
-        """Let the file at ``path`` claim its checkpoint if it is another path's (see ``_claim``)."""
-        try:
-            fd = os.open(path, _OPEN_FLAGS)
-        except OSError:
-            return
-        try:
-            st = os.fstat(fd)
-            f = self.files.get(path)
-            if stat.S_ISREG(st.st_mode) and (f is None or (f.dev, f.inode) != (st.st_dev, st.st_ino)):
-                self._claim(path, fd, st, f)
-        finally:
-            os.close(fd)
-
-    def _claim(self, path: str, fd: int, st: os.stat_result, here: FileRow | None) -> FileRow | None:
-        """The checkpoint, live or gone, whose file ``path`` now holds, moved to ``path``; ``here`` (the
-        checkpoint of ``path``, on another inode) is displaced.
-
-        Its file: the same (dev, inode) and the same first bytes (head hash), and its own path no longer
-        holds that inode (else this is a hard link: two files). Nothing else about the past matters, so
-        chains of renames faster than csmd, swaps and rotations all end with each checkpoint on its file.
-        A gone checkpoint qualifies too: it was marked gone because its path was empty when csmd looked.
-        Inode reuse is safe: the claimed checkpoint is then checked like any other, and bytes before its
-        offset that differ (the tail hash) make it read again from 0, re-attaching only identical lines.
-        """
-        for file_id in self.store.with_inode(st.st_dev, st.st_ino):
-            f = self.by_id.get(file_id)
-            if f is None or f is here or not f.head_len or (f.path != path and _holds(f)):
-                continue
-            if reader.head_matches(fd, f.head_len, f.head_hash):
-                self._rename(f, path, displaced=here)
-                return f
-        return None
 
     def _catch_up(self, f: FileRow, fd: int, st: os.stat_result, totals: Totals) -> bool:
         """Read and commit every complete line after the checkpoint, batch by batch."""
@@ -619,7 +217,8 @@ class Ingestor:
             try:
                 lines = reader.read_lines(fd, f.offset, self.config.batch_bytes, self.config.max_line_bytes)
             except reader.LineTooLong as e:
-                self._commit(f, fd, st, f.offset, [], reattach, totals, too_long=e.length)
+                head = os.pread(fd, ERROR_HEAD, f.offset)
+                self._commit(f, fd, st, f.offset, [], reattach, totals, too_long=(e.length, head))
                 changed = True
                 continue
             if not lines:
@@ -643,7 +242,9 @@ class Ingestor:
     def _final_line(self, f: FileRow, fd: int, st: os.stat_result, reattach: Reread | None, totals: Totals) -> bool:
         """Store the bytes after the last newline as the file's final line, if they are a complete JSON object."""
         length = st.st_size - f.offset
-        if length > self.config.max_line_bytes:
+        try:
+            reader.check_length(length, self.config.max_line_bytes)
+        except reader.LineTooLong:
             return False
         line = os.pread(fd, length, f.offset)
         if len(line) != length or b"\n" in line:
@@ -669,7 +270,7 @@ class Ingestor:
         totals = Totals()
         now = time.monotonic()
         waiting: dict[int, tuple[tuple[int, int], float | None]] = {}
-        for f in list(self.files.values()):
+        for f in list(self.checkpoints.live.values()):
             if f.gone_at or f.offset >= f.size:
                 continue
             try:
@@ -711,7 +312,7 @@ class Ingestor:
 
     def _commit(
         self, f: FileRow, fd: int, st: os.stat_result, start: int, lines: list[bytes],
-        reattach: Reread | None, totals: Totals, seen: int | None = None, too_long: int = 0,
+        reattach: Reread | None, totals: Totals, seen: int | None = None, too_long: tuple[int, bytes] | None = None,
         unterminated: bool = False, failed: str | None = None,
     ) -> int:
         """Store ``lines`` (which begin at ``start``) and move the checkpoint past them, atomically.
@@ -720,11 +321,8 @@ class Ingestor:
         once a visit read to the end of the file (a partial last line included). It must never be
         the whole file's size while complete lines remain unread: a rescan takes a file whose size
         and mtime match its checkpoint for done, so a visit cut short (SIGTERM, SIGKILL, an error)
-        would leave the rest unread until the file changed again.
-
-        ``too_long``: after them comes a line of that many bytes, over ``max_line_bytes``: it is
-        recorded as a bad line (its head only) and the checkpoint moves past it too.
-        ``unterminated``: the last line is the file's final line, without a newline.
+        would leave the rest unread until the file changed again. (``too_long``, ``unterminated``,
+        ``failed``: see ``batch.collect``.)
 
         The rows, what the sinks derived from them and the checkpoint commit together or not at
         all, and the sinks are cleared either way. When the transaction fails for a reason other
@@ -732,15 +330,19 @@ class Ingestor:
         halves, down to the one line that fails alone, which is then stored with nothing derived
         (``failed`` says why, in ``line_errors``): one line never holds up the others.
         """
-        b = self._collect(f, fd, start, lines, reattach, too_long, unterminated, failed)
+        b = collect(f, start, lines, next_id=self.next_event_id, max_line=self.config.max_line_bytes,
+                    long_line=self.config.batch_bytes,
+                    reattach=reattach, want_prompt=f.file_id not in self.have_prompt, too_long=too_long,
+                    unterminated=unterminated, failed=failed)
         # The new checkpoint is built aside and adopted only once it is committed, so a
         # failed transaction (disk full, locked) leaves memory and database agreeing.
         g = msgspec.structs.replace(f, offset=b.end, size=b.end if seen is None else seen, mtime_ns=st.st_mtime_ns,
-                                    tail_hash=reader.tail(fd, b.end))
+                                    tail_hash=reader.tail(fd, b.end), parent_session=b.parent_session)
         if g.head_len < reader.HEAD_LEN:
             g.head_len, g.head_hash = reader.head(fd, g.size)
         try:
-            self._write(f, g, st, b)
+            self._derive(f, b)
+            self.store.write_batch(b, g, iso_mtime(st.st_mtime_ns), self.sinks)
         except Exception as e:
             b.give_back()
             if _database_trouble(e) or failed is not None:
@@ -756,168 +358,36 @@ class Ingestor:
         finally:
             self._clear_sinks()
         self.next_event_id += len(b.rows)
-        for name in FileRow.__struct_fields__:
-            setattr(f, name, getattr(g, name))
+        adopt(f, g)
         if b.agg is not None and b.agg.first_prompt:
             self.have_prompt.add(f.file_id)
         self.events += len(b.rows)
         totals.lines += len(b.rows)
         totals.errors += len(b.errors)
-        for hook in self.on_commit:
+        for sink in self.sinks:
             try:
-                hook(f, b.rows)
+                sink.committed(f, b)
             except Exception:  # after the commit: a hook (csm watch) can fail only itself
-                log.exception("a commit hook failed on a batch of %s", f.path)
-        if self.backlog is not None:
-            self._batch_done(b.end - start)
+                log.exception("the %s sink failed after a commit of %s", sink.name, f.path)
         return b.end
 
     def _clear_sinks(self) -> None:
         for sink in self.sinks:
             sink.clear()
 
-    def _collect(
-        self, f: FileRow, fd: int, start: int, lines: list[bytes], reattach: Reread | None, too_long: int,
-        unterminated: bool, failed: str | None,
-    ) -> Batch:
-        """A batch's rows, bad lines and session figures, and the sinks' data (in the sinks).
-
-        Whatever fails while deriving one line's data (its view, its session figures and title, a
-        sink) is that line's error: the line is still a row, and the other lines go on.
-        """
-        b = Batch(end=start)
-        gen = f.generation
-        fallback_session = f.parent_session or f.session_key
-        is_sub = f.parent_session is not None or f.session_key.startswith("agent-")
-        next_id = self.next_event_id
-        derive = failed is None
-        max_line = self.config.max_line_bytes
-        pos = start
-        for line in lines:
-            offset = pos
-            pos += len(line) + 1
-            if len(line) > max_line:  # the same rule when the whole line happened to fit in the read
-                self._bad_line(f, offset, len(line), line, self._too_long(len(line)), b, reattach)
-                continue
-            try:
-                raw = _text(line, self.config.batch_bytes)
-                v = parse(line)
-            except (UnicodeDecodeError, BadLine) as e:
-                salvaged = _after_nuls(line)
-                if salvaged is None:
-                    self._bad_line(f, offset, len(line), line, _why(e), b, reattach)
-                    continue
-                cut, rest, raw, v = salvaged
-                self._bad_line(f, offset, cut, line[:cut], f"{line[:cut].count(0)} NUL bytes before a record (the "
-                               f"record after them is kept at offset {offset + cut})", b, reattach)
-                line = rest
-                offset += cut
-            except Exception as e:  # a bug reading a line that is UTF-8: kept, with nothing derived from it
-                log.exception("%s: cannot read the line at offset %d", f.path, offset)
-                v, derive_line, view_error = LineView(), False, e
-            else:
-                derive_line, view_error = derive, None
-            if f.parent_session is None and f.session_key.startswith("agent-") and v.session_id:
-                f.parent_session = v.session_id  # a flat (Claude Code <= 2.0) subagent file
-            if b.agg is None:
-                b.agg = b.sessions[f.session_key] = SessionAgg(f.project, f.parent_session, is_sub)
-            digest = reader.digest(line) if reattach else b""
-            old = reattach.rows.get(digest) if reattach else None
-            if old:
-                b.moves.append((gen, offset, old.pop()))
-                b.taken.append((reattach.rows, digest, b.moves[-1][2]))
-                if derive_line:
-                    b.agg.add(v, counted=False)
-                continue
-            b.rows.append((next_id, f.file_id, gen, offset, v.session_id or fallback_session, v.uuid, v.parent_uuid,
-                           v.type, v.timestamp, raw))
-            if view_error is not None:
-                b.line_errors.append((next_id, "view", _error_text(view_error)))
-            elif not derive_line:
-                b.line_errors.append((next_id, "all", f"its batch failed alone: {failed}"))
-            else:
-                self._derive(next_id, f, v, line, b)
-            next_id += 1
-        if too_long:
-            self._bad_line(f, pos, too_long, os.pread(fd, ERROR_HEAD, pos), self._too_long(too_long), b, reattach)
-            pos += too_long + 1
-        b.end = pos - 1 if unterminated else pos
-        return b
-
-    def _derive(self, event_id: int, f: FileRow, v: LineView, line: bytes, b: Batch) -> None:
-        """One new line's session figures, title and sinks' data; a failure is the line's error, not the batch's.
+    def _derive(self, f: FileRow, b: Batch) -> None:
+        """Each sink's data from each new line's view; a failure is the line's error, not the batch's.
 
         A sink's ``add`` takes the whole line or raises having taken none of it (see ``Sink``)."""
-        for sink in self.sinks:
-            try:
-                sink.add(event_id, f, v, line)
-            except Exception as e:
-                b.line_errors.append((event_id, sink.name, _error_text(e)))
-                if not isinstance(e, ValueError):  # a sink's own refusal is expected; anything else is a bug
-                    log.warning("%s: the %s of line %d failed: %s: %s", f.path, sink.name, event_id, type(e).__name__, e)
-        agg = b.agg
-        assert agg is not None
-        try:
-            agg.add(v, counted=True)
-            if agg.first_prompt is None and f.file_id not in self.have_prompt:
-                agg.first_prompt = prompt_text(v)
-        except Exception as e:
-            b.line_errors.append((event_id, "sessions", _error_text(e)))
-
-    def _too_long(self, length: int) -> str:
-        return f"line of {length} bytes is over the {self.config.max_line_bytes}-byte limit (max_line_bytes); not stored"
-
-    def _bad_line(
-        self, f: FileRow, offset: int, length: int, head: bytes, why: str, b: Batch, reattach: Reread | None,
-    ) -> None:
-        """Record a line that cannot be stored; a re-read finds it again instead of counting it twice."""
-        head = head[:ERROR_HEAD]
-        old = reattach.errors.get((length, head)) if reattach else None
-        if old:
-            b.error_moves.append((f.generation, offset, old.pop()))
-            b.taken.append((reattach.errors, (length, head), b.error_moves[-1][2]))  # type: ignore[union-attr]
-            return
-        b.errors.append((f.file_id, f.path, f.generation, offset, length, why, head))
-
-    def _batch_done(self, nbytes: int) -> None:
-        """Move the backlog by one committed batch, within the current file's share of the total."""
-        b = self.backlog
-        if b is not None and not b.counting:
-            b.bytes_done = min(b.bytes_done + nbytes, self.file_end)
-            self._tick()
-
-    def _tick(self) -> None:
-        b = self.backlog
-        if b is None:
-            return
-        elapsed = time.monotonic() - self.started
-        b.rate_bps = b.bytes_done / elapsed if elapsed > 0 else 0.0
-        b.eta_s = (b.bytes_total - b.bytes_done) / b.rate_bps if b.rate_bps else None
-        if self.progress:
-            self.progress()
-
-    def _write(self, f: FileRow, g: FileRow, st: os.stat_result, b: Batch) -> None:
-        """One transaction: the rows, what derives from them, and the checkpoint past them."""
-        with self.store.transaction():
-            if b.rows:
-                self.store.insert_events(b.rows)
-            if b.moves:
-                self.store.reattach(b.moves)
-            if b.errors:
-                self.store.insert_errors(b.errors)
-            if b.error_moves:
-                self.store.reattach_errors(b.error_moves)
-            if b.agg is not None:
-                if b.agg.parent is None:
-                    b.agg.parent = f.parent_session
-                self.store.upsert_sessions([
-                    (f.file_id, key, a.project, a.parent, int(a.is_subagent), a.cwd, a.first_ts, a.last_ts, a.lines, a.messages,
-                     a.custom_title, a.ai_title, a.summary, a.first_prompt)
-                    for key, a in b.sessions.items()
-                ])
-                self.store.add_models([(f.file_id, m) for a in b.sessions.values() for m in a.models])
-            for sink in self.sinks:
-                sink.write(self.store)
-            if b.line_errors:
-                self.store.insert_line_errors(b.line_errors)
-            self.store.save_file(g, _iso_mtime(st.st_mtime_ns))
+        sinks = [s for s in self.sinks if type(s).add is not Sink.add]
+        for row, view in zip(b.rows, b.views):
+            if view is None:
+                continue  # stored with nothing derived (its view failed, or its batch did alone)
+            for sink in sinks:
+                try:
+                    sink.add(row, f, view)
+                except Exception as e:
+                    b.line_errors.append(LineError(row.id, sink.name, error_text(e)))
+                    if not isinstance(e, ValueError):  # a sink's own refusal is expected; anything else is a bug
+                        log.warning("%s: the %s of line %d failed: %s: %s", f.path, sink.name, row.id,
+                                    type(e).__name__, e)

@@ -1,9 +1,12 @@
 """The database schema, as numbered migrations.
 
-Append only: a migration that has shipped is never edited; a change is a new one.
-Each runs in one transaction together with the row that records it, so a crash
-mid-migration leaves the database at the previous version. ``PRAGMA user_version``
-mirrors the count so a database written by a newer csm is recognised and refused.
+Append only: a migration that has shipped is never edited; a change is a new one, numbered
+next. The schema version is recorded once, in ``PRAGMA user_version``: the number of the last
+migration applied, set in the migration's own transaction, so a crash mid-migration leaves the
+database at the previous version, and a database written by a newer csm is recognised and
+refused. (Databases made before csm 0.1's numbering recorded the names of the migrations they
+had in a table ``_csm_migrations``; ``store.migrate`` reads those names once, through
+``EARLIER_NAMES``, and drops the table.)
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ SELECT project, count(*) AS sessions, sum(lines) AS lines, sum(messages) AS mess
 FROM sessions s GROUP BY project;
 """
 
-M003_USAGE = """
+M002_USAGE = """
 -- One row per counted API response (see README "Token accounting"). key is message.id and
 -- requestId (message.id alone without a requestId; the line's own event id without a
 -- message.id). Of the copies of one response (streamed lines, resumed sessions, subagent
@@ -207,7 +210,7 @@ SELECT session_id, project, sum(responses) AS responses, sum(input_tokens) AS in
 FROM usage_slots GROUP BY session_id, project;
 """
 
-M004_SEARCH = """
+M003_SEARCH = """
 -- The prose of each user, assistant and summary line (prompts, answers, summaries; no tool
 -- input or output, no thinking), written by the search sink in the batch's transaction.
 -- It feeds the public messages view and the snippets of search_text.
@@ -265,7 +268,7 @@ WHERE h.role IN ('user', 'assistant')
       WHERE q.session_id = h.session_id AND q.message_id = h.message_id AND q.event_id < h.event_id));
 """
 
-M005_LINE_ERRORS = """
+M004_LINE_ERRORS = """
 -- Stored lines whose derived data failed: the line is a row of events like any other, but
 -- one part of what csm derives from it (its usage, its search text, its session figures) could
 -- not be made, say a token count SQLite cannot sum. One row per line and part; csm query errors
@@ -279,7 +282,7 @@ CREATE TABLE line_errors (
 ) WITHOUT ROWID;
 """
 
-M006_SESSION_IDENTITY = """
+M005_SESSION_IDENTITY = """
 -- A checkpoint is a file, found by its identity (dev, inode, head) wherever it moves. Its path is
 -- unique only among live checkpoints: a gone checkpoint keeps the path its file was last seen at,
 -- even once another file lives there (a file renamed over it, two files swapped). file_id becomes
@@ -376,7 +379,7 @@ SELECT s.session_id, s.project, s.parent_session_id, s.is_subagent, s.cwd,
 FROM session_stats s JOIN sync_metadata m ON m.file_id = s.file_id;
 """
 
-M007_TEAM_MIRROR = """
+M006_TEAM_MIRROR = """
 -- Team mode (csm.team.mirror): how far the mirror into the team's PostgreSQL has got. position is
 -- the events.id up to which PostgreSQL has committed every shared row; it moves only after that
 -- commit, so a crash in between re-sends a batch, which the upserts there absorb. archive is this
@@ -393,9 +396,9 @@ INSERT INTO team_mirror VALUES (1, lower(hex(randomblob(16))), 0, NULL);
 CREATE INDEX usage_entries_event ON usage_entries(event_id);
 """
 
-M008_SEARCH_FOR_DATASETTE = """
+M007_SEARCH_FOR_DATASETTE = """
 -- datasette finds a table's full-text index by content="<table>" (double quotes or brackets)
--- in the index's definition; m004 wrote content='message_text', which it does not recognise.
+-- in the index's definition; migration 3 wrote content='message_text', which it does not recognise.
 -- search_text indexes message_text (external content), so it is rebuilt from it: nothing is
 -- lost. search_tools is contentless (content=''): nothing could rebuild it, and it has no
 -- table of its own to search in datasette, so it stays as it is.
@@ -406,7 +409,7 @@ CREATE VIRTUAL TABLE search_text USING fts5(
 INSERT INTO search_text(search_text) VALUES ('rebuild');
 """
 
-M009_INCREMENTAL_VACUUM = """
+M008_INCREMENTAL_VACUUM = """
 -- Free pages can be given back to the file system a few at a time (daemon/space.py), never by
 -- rewriting the whole file while csmd runs. An existing database takes the setting only by being
 -- rewritten once: VACUUM copies every page (through the WAL, with temporary files on disk, not in
@@ -419,7 +422,7 @@ PRAGMA auto_vacuum = INCREMENTAL;
 VACUUM;
 """
 
-M010_COMPRESSED_LINES = """
+M009_COMPRESSED_LINES = """
 -- A quiet session's lines stored compressed (daemon/compress.py): raw is then '' and zraw holds the
 -- line compressed with zstd and the dictionary dict_id of raw_dictionaries. Dictionaries are never
 -- changed or deleted, so a row compressed with an old one stays readable after a new one is trained.
@@ -442,17 +445,24 @@ SELECT m.file_path, e.line_offset, e.uuid, e.parent_uuid, e.session_id, e.type, 
 FROM events e JOIN sync_metadata m ON m.file_id = e.file_id;
 """
 
-OUTSIDE_TRANSACTION = frozenset({"m009_incremental_vacuum"})
+OUTSIDE_TRANSACTION = frozenset({"incremental_vacuum"})
 """Migrations that rewrite the file (VACUUM) and so run outside the transaction that records them."""
 
 MIGRATIONS: list[tuple[str, str]] = [
-    ("m001_initial", M001_INITIAL),
-    ("m003_usage", M003_USAGE),
-    ("m004_search", M004_SEARCH),
-    ("m005_line_errors", M005_LINE_ERRORS),
-    ("m006_session_identity", M006_SESSION_IDENTITY),
-    ("m007_team_mirror", M007_TEAM_MIRROR),
-    ("m008_search_for_datasette", M008_SEARCH_FOR_DATASETTE),
-    ("m009_incremental_vacuum", M009_INCREMENTAL_VACUUM),
-    ("m010_compressed_lines", M010_COMPRESSED_LINES),
+    ("initial", M001_INITIAL),
+    ("usage", M002_USAGE),
+    ("search", M003_SEARCH),
+    ("line_errors", M004_LINE_ERRORS),
+    ("session_identity", M005_SESSION_IDENTITY),
+    ("team_mirror", M006_TEAM_MIRROR),
+    ("search_for_datasette", M007_SEARCH_FOR_DATASETTE),
+    ("incremental_vacuum", M008_INCREMENTAL_VACUUM),
+    ("compressed_lines", M009_COMPRESSED_LINES),
 ]
+"""(name, SQL) of migration 1, 2, …: its number is its place in the list."""
+
+EARLIER_NAMES = {
+    "m001_initial": 1, "m003_usage": 2, "m004_search": 3, "m005_line_errors": 4, "m006_session_identity": 5,
+    "m007_team_mirror": 6, "m008_search_for_datasette": 7,
+}
+"""The names earlier csm versions recorded in ``_csm_migrations``, and the number each one is now."""

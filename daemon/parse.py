@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from csm.daemon.content import blocks
+from csm.daemon.content import CACHE, Block, blocks
 
 
 class BadLine(Exception):
@@ -70,24 +70,6 @@ class ProgressData(msgspec.Struct):
     message: msgspec.Raw = None  # type: ignore[assignment]
 
 
-class LineView(msgspec.Struct, rename="camel"):
-    type: str | None = None
-    uuid: str | None = None
-    parent_uuid: str | None = None
-    session_id: str | None = None
-    timestamp: str | None = None
-    cwd: str | None = None
-    is_sidechain: bool | None = None
-    is_meta: bool | None = None
-    request_id: str | None = None
-    message: MessageView | None = None
-    summary: str | None = None
-    ai_title: str | None = None
-    custom_title: str | None = None
-    data: ProgressData | None = None
-    """``progress`` lines' payload: only whether it embeds a message (see ``embedded_message``)."""
-
-
 class EmbeddedMessage(msgspec.Struct, rename="camel"):
     """A message a ``progress`` line carries in ``data.message`` (a subagent's, in ``agent_progress``)."""
 
@@ -98,22 +80,68 @@ class EmbeddedMessage(msgspec.Struct, rename="camel"):
     message: MessageView | None = None
 
 
+class LineView(msgspec.Struct, rename="camel", gc=False):
+    """One line as every reader of it sees it: the ingest thread decodes each line once, into this, and the
+    session figures, the title, the usage and search sinks and ``csm watch`` all read the same view.
+
+    The indexed fields are decoded with the line; the larger parts (``message.content``, a progress
+    line's embedded message, ``toolUseResult``) stay ``msgspec.Raw`` until a reader asks, and are then
+    decoded once for all of them (``blocks``, ``embedded``, kept in the view's cache fields: see
+    ``content.CACHE``). Untracked by the garbage collector: a view refers to nothing that refers back.
+    """
+
+    type: str | None = None
+    uuid: str | None = None
+    parent_uuid: str | None = None
+    session_id: str | None = None
+    timestamp: str | None = None
+    cwd: str | None = None
+    is_sidechain: bool | None = None
+    is_meta: bool | None = None
+    is_compact_summary: bool | None = None
+    is_api_error_message: bool | None = None
+    subtype: str | None = None
+    request_id: str | None = None
+    message: MessageView | None = None
+    summary: str | None = None
+    ai_title: str | None = None
+    custom_title: str | None = None
+    data: ProgressData | None = None
+    """``progress`` lines' payload: only whether it embeds a message (see ``embedded``)."""
+    tool_use_result: msgspec.Raw = msgspec.Raw()
+    blocks_cache: list[Block] | None = msgspec.field(default=None, name=CACHE + "blocks")
+    embedded_cache: EmbeddedMessage | None | msgspec.UnsetType = msgspec.field(default=msgspec.UNSET,
+                                                                              name=CACHE + "embedded")
+
+    @property
+    def blocks(self) -> list[Block]:
+        """``message.content`` as blocks, decoded on first use (tool input and output stay Raw)."""
+        if self.blocks_cache is None:
+            self.blocks_cache = blocks(self.message.content) if self.message is not None else []
+        return self.blocks_cache
+
+    @property
+    def embedded(self) -> EmbeddedMessage | None:
+        """The API response a ``progress`` line embeds in ``data.message``, if it has one with usage."""
+        if self.embedded_cache is msgspec.UNSET:
+            self.embedded_cache = self._embedded()
+        return self.embedded_cache
+
+    def _embedded(self) -> EmbeddedMessage | None:
+        if self.data is None or self.data.message is None or self.type != "progress":
+            return None
+        try:
+            msg = _embedded_decoder.decode(self.data.message)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return None  # a message of another shape (a string, say) carries no usage
+        if msg.message is None or msg.message.usage is None:
+            return None
+        return msg
+
+
 _decoder = msgspec.json.Decoder(LineView)
 _any_decoder = msgspec.json.Decoder()
 _embedded_decoder = msgspec.json.Decoder(EmbeddedMessage)
-
-
-def embedded_message(view: LineView) -> EmbeddedMessage | None:
-    """The API response a ``progress`` line embeds in ``data.message``, if it has one with usage."""
-    if view.data is None or view.data.message is None or view.type != "progress":
-        return None
-    try:
-        msg = _embedded_decoder.decode(view.data.message)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None  # a message of another shape (a string, say) carries no usage
-    if msg.message is None or msg.message.usage is None:
-        return None
-    return msg
 
 
 def parse(line: bytes) -> LineView:
@@ -144,13 +172,6 @@ surrogate (group 1), or any other escape."""
 
 def _without_lone_surrogates(line: bytes) -> bytes:
     return _ESCAPE.sub(lambda m: rb"\ufffd" if m.group(1) else m.group(0), line)
-
-
-def readable(line: bytes) -> bytes:
-    """A copy of a JSON line that any msgspec decoder reads as JSON reads it (lone surrogates as
-    U+FFFD, nesting cut at ``SHALLOW_DEPTH``), for readers of stored lines that decode their own
-    Structs; raises ``BadLine``."""
-    return _without_lone_surrogates(shallow(line))
 
 
 SHALLOW_DEPTH = 100
@@ -260,6 +281,9 @@ def _view(obj: Any) -> LineView:
             view.content = msgspec.Raw(msgspec.json.encode(msg["content"]))
     side = obj.get("isSidechain")
     meta = obj.get("isMeta")
+    compact = obj.get("isCompactSummary")
+    api_error = obj.get("isApiErrorMessage")
+    result = obj.get("toolUseResult")
     return LineView(
         type=_str(obj, "type"),
         uuid=_str(obj, "uuid"),
@@ -269,12 +293,16 @@ def _view(obj: Any) -> LineView:
         cwd=_str(obj, "cwd"),
         is_sidechain=side if isinstance(side, bool) else None,
         is_meta=meta if isinstance(meta, bool) else None,
+        is_compact_summary=compact if isinstance(compact, bool) else None,
+        is_api_error_message=api_error if isinstance(api_error, bool) else None,
+        subtype=_str(obj, "subtype"),
         request_id=_str(obj, "requestId"),
         message=view,
         summary=_str(obj, "summary"),
         ai_title=_str(obj, "aiTitle"),
         custom_title=_str(obj, "customTitle"),
         data=_progress_data(obj.get("data")),
+        tool_use_result=msgspec.Raw(msgspec.json.encode(result)) if "toolUseResult" in obj else msgspec.Raw(),
     )
 
 
@@ -285,11 +313,17 @@ def _progress_data(data: Any) -> ProgressData | None:
     return ProgressData(message=msgspec.Raw(msgspec.json.encode(msg)) if msg is not None else None)
 
 
+def is_synthetic(model: str | None) -> bool:
+    """Whether a model name is one Claude Code makes up for its own messages (``<synthetic>``), not an
+    API model: such a response is not priced, and a session is not said to have used it. No model is too."""
+    return not model or model.startswith("<")
+
+
 def prompt_text(view: LineView) -> str | None:
     """The text a user typed, for a session title; None for tool results and meta lines."""
     if view.type != "user" or view.is_meta or view.message is None or not view.message.content:
         return None
-    text = " ".join(" ".join(b.text for b in blocks(view.message.content) if b.type == "text" and b.text).split())
+    text = " ".join(" ".join(b.text for b in view.blocks if b.type == "text" and b.text).split())
     # Slash commands and hook output arrive as user lines wrapped in XML-ish tags; Claude Code
     # itself writes "[Request interrupted by user…]" as a user line.
     if not text or text.startswith(("<", "[Request interrupted")):

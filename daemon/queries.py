@@ -73,16 +73,32 @@ def progress(deadline: float) -> Callable[[], int]:
     return step
 
 
+class time_limit:
+    """Stop what runs on ``conn`` past ``seconds`` (SQLite reports it as 'interrupted'), taking turns with
+    live appends meanwhile: the one time limit of every request that reads (``app.ROUTES`` says which)."""
+
+    def __init__(self, conn: sqlite3.Connection, seconds: float, advice: str) -> None:
+        self.conn = conn
+        self.seconds = seconds
+        self.advice = advice
+
+    def __enter__(self) -> None:
+        self.conn.set_progress_handler(progress(time.monotonic() + self.seconds), turns.STEPS)
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: object) -> None:
+        self.conn.set_progress_handler(None, 0)
+        if isinstance(e, sqlite3.OperationalError) and str(e) == "interrupted":
+            raise QueryError(f"stopped after the {self.seconds:g} s time limit; {self.advice}") from None
+
+
 def _size(row: tuple[Any, ...]) -> int:
     return sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
 
 
-def run_sql(conn: sqlite3.Connection, sql: str, params: list[Any], max_rows: int, time_limit_s: float,
-            max_bytes: int) -> Rows:
+def run_sql(conn: sqlite3.Connection, sql: str, params: list[Any], max_rows: int, max_bytes: int) -> Rows:
     """Run one statement. The reply stops at ``max_rows`` rows or about ``max_bytes`` of values,
     whichever comes first, and says which (``limit``); the rest is never read."""
     max_rows = max(0, max_rows)
-    conn.set_progress_handler(progress(time.monotonic() + time_limit_s), turns.STEPS)
     rows: list[list[Any]] = []
     limit = ""
     try:
@@ -109,9 +125,7 @@ def run_sql(conn: sqlite3.Connection, sql: str, params: list[Any], max_rows: int
     except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError) as e:
         text = str(e)
         if text == "interrupted":
-            raise QueryError(
-                f"query stopped after the {time_limit_s:g} s time limit (query_time_limit_s in csmd's config)"
-            ) from None
+            raise  # the time limit's (``time_limit``)
         if text == "string or blob too big":
             raise QueryError(
                 f"query stopped: it makes a value over {max_bytes} bytes, more than a reply may hold "
@@ -119,8 +133,6 @@ def run_sql(conn: sqlite3.Connection, sql: str, params: list[Any], max_rows: int
         if "not authorized" in text or "authorization denied" in text or "readonly" in text or "read-only" in text:
             raise QueryError("csm query sql is read-only: only SELECT (and read-only PRAGMAs) are allowed") from None
         raise QueryError(f"SQL error: {text}") from None
-    finally:
-        conn.set_progress_handler(None, 0)
     return Rows(columns=columns, rows=rows, truncated=bool(limit), limit=limit)
 
 

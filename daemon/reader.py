@@ -53,11 +53,18 @@ def after_unterminated(fd: int, offset: int) -> bytes | None:
 
 
 class LineTooLong(Exception):
-    """The complete line at the offset is longer than the limit: ``length`` bytes, without its newline."""
+    """A complete line longer than the limit (``max_line_bytes``): ``length`` bytes, without its newline.
+    ``str`` says so, as a bad line records it."""
 
-    def __init__(self, length: int) -> None:
-        super().__init__(length)
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(f"line of {length} bytes is over the {limit}-byte limit (max_line_bytes); not stored")
         self.length = length
+
+
+def check_length(length: int, limit: int) -> None:
+    """The one rule for a line too long to store, wherever its length is known: ``LineTooLong``."""
+    if length > limit:
+        raise LineTooLong(length, limit)
 
 
 def read_lines(fd: int, offset: int, want: int, max_line: int) -> list[bytes]:
@@ -81,8 +88,7 @@ def read_lines(fd: int, offset: int, want: int, max_line: int) -> list[bytes]:
     length = _line_end(fd, offset + len(data), offset)
     if length is None:
         return []
-    if length > max_line:
-        raise LineTooLong(length)
+    check_length(length, max_line)
     del data
     line = os.pread(fd, length, offset)
     if len(line) != length or os.pread(fd, 1, offset + length) != b"\n":

@@ -16,7 +16,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from csm.daemon import projects
-from csm.daemon.browse import time_limit
 from csm.shared import timespec
 from csm.shared.errors import QueryError
 from csm.shared.protocol import UsageReport, UsageRows
@@ -135,12 +134,6 @@ def _row(key: list[Any], vals: list[Any]) -> list[Any]:
 
 
 def usage(conn: sqlite3.Connection, req: UsageReport, prices_updated: str) -> UsageRows:
-    """Under the same time limit as every report (and taking turns with live appends, as they do)."""
-    with time_limit(conn):
-        return _usage(conn, req, prices_updated)
-
-
-def _usage(conn: sqlite3.Connection, req: UsageReport, prices_updated: str) -> UsageRows:
     if req.by not in GROUPS:
         raise QueryError(f"cannot group usage by '{req.by}': use one of {', '.join(GROUPS)}")
     tz = zone(req.tz)

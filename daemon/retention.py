@@ -18,10 +18,16 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from csm.daemon.sinks import Sink
 from csm.shared.protocol import LostBefore
+
+if TYPE_CHECKING:
+    from csm.daemon.store import Store
 
 log = logging.getLogger("csm.daemon")
 
@@ -100,12 +106,16 @@ def lost_before(conn: sqlite3.Connection, config_dirs: list[Path], period_days: 
     return LostBefore(sessions=len(sessions), prompts=prompts, first=_iso(first), last=_iso(last))
 
 
-class Retention:
-    """The setting, read when asked (it may change), and the loss, found once after csmd's first rescan."""
+class Retention(Sink):
+    """The setting, read when asked (it may change), and the loss, found once after csmd's first rescan
+    (an idle step of the ingest thread: ``rescanned`` says whether a rescan has archived every file)."""
 
-    def __init__(self, roots: list[Path]) -> None:
+    name = "retention"
+
+    def __init__(self, roots: list[Path], rescanned: Callable[[], bool] = lambda: True) -> None:
         from csm.shared.paths import claude_config_dirs
 
+        self.rescanned = rescanned
         self.dirs = claude_config_dirs(roots)
         self.lost: LostBefore | None = None
         self.checked = False
@@ -113,6 +123,9 @@ class Retention:
 
     def period(self) -> tuple[int, str]:
         return cleanup_period(self.dirs)
+
+    def idle(self, store: Store, stop: Callable[[], bool]) -> None:
+        self.check(store.conn, rescanned=self.rescanned())
 
     def check(self, conn: sqlite3.Connection, rescanned: bool) -> None:
         """On the ingest thread, after work; once, and only after the first rescan has archived every file.

@@ -1,6 +1,6 @@
 """Full-text search: the index the writer keeps current, and the query that reads it.
 
-Two FTS5 tables (migration m004_search), both keyed by ``events.id``:
+Two FTS5 tables (migration 3, ``M003_SEARCH``), both keyed by ``events.id``:
 
 - ``search_text``: prompts, answers and summaries, the text a person remembers. It is an
   external-content table over ``message_text`` (which the public ``messages`` view reads
@@ -23,15 +23,16 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
 from csm.daemon import projects
-from csm.daemon.browse import time_limit
-from csm.daemon.content import blocks, decode_any, result_text, strings
+from csm.daemon.batch import EventRow
+from csm.daemon.content import strings
 from csm.daemon.parse import BadLine, LineView, parse
 from csm.daemon.rawtext import RAW
+from csm.daemon.sinks import Sink
 from csm.daemon.store import FileRow, Store
 from csm.shared import resume
 from csm.shared.errors import QueryError
@@ -59,7 +60,7 @@ def extract(v: LineView, tools: bool = True) -> tuple[str | None, str, str | Non
     prose: list[str] = []
     tool: list[str] = []
     skipped = False
-    for b in blocks(v.message.content):
+    for b in v.blocks:
         if b.type == "text" and b.text:
             prose.append(b.text)
         elif b.type not in ("tool_use", "tool_result"):
@@ -68,38 +69,52 @@ def extract(v: LineView, tools: bool = True) -> tuple[str | None, str, str | Non
             skipped = True
         elif b.type == "tool_use":
             tool.append(b.name or "")
-            strings(decode_any(b.input), tool)
+            strings(b.value, tool)
         else:
-            tool.append(result_text(b))
+            tool.append(b.output)
     text = None if skipped else "\n".join(tool)[:TOOL_TEXT_MAX]
     return v.type, "\n".join(prose), text
 
 
-class SearchIndex:
-    """The ``Sink`` that keeps ``message_text``, ``search_text`` and ``search_tools`` current.
+class Text(NamedTuple):
+    """A ``message_text`` row: one line's prose."""
 
-    ``defer_tools`` says whether to leave the tool text of new lines to ``catch_up`` (while
-    a large backlog is read): the prose is indexed with the lines either way.
+    event_id: int
+    session_id: str
+    timestamp: str | None
+    role: str
+    message_id: str | None
+    text: str
+
+
+class SearchIndex(Sink):
+    """The sink that keeps ``message_text``, ``search_text`` and ``search_tools`` current.
+
+    ``defer_tools`` says whether to leave the tool text of new lines to ``idle`` (while
+    a large backlog is read): the prose is indexed with the lines either way. ``prepare`` indexes
+    the lines stored before the index existed, until ``stopping``.
     """
 
     name = "search"
 
-    def __init__(self, defer_tools: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, defer_tools: Callable[[], bool] = lambda: False,
+                 stopping: threading.Event | None = None) -> None:
         self.defer_tools = defer_tools
-        self.texts: list[tuple[int, str, str | None, str, str | None, str]] = []
+        self.stopping = stopping or threading.Event()
+        self.texts: list[Text] = []
         self.tools: list[tuple[int, str]] = []
         self.pending: list[tuple[int]] = []
 
-    def add(self, event_id: int, f: FileRow, view: LineView, line: bytes) -> None:
-        self._collect(event_id, f.session_key, view, tools=not self.defer_tools())
+    def add(self, row: EventRow, f: FileRow, view: LineView) -> None:
+        self._collect(row.id, f.session_key, view, tools=not self.defer_tools())
 
     def _collect(self, event_id: int, session_id: str, view: LineView, tools: bool = True) -> None:
         role, prose, tool = extract(view, tools)
         if role is None:
             return
         if prose.strip():
-            self.texts.append((event_id, session_id, view.timestamp, role,
-                               view.message.id if view.message else None, prose))
+            self.texts.append(Text(event_id, session_id, view.timestamp, role,
+                                   view.message.id if view.message else None, prose))
         if tool is None:
             self.pending.append((event_id,))
         elif tool.strip():
@@ -110,7 +125,7 @@ class SearchIndex:
         if self.texts:
             conn.executemany("INSERT INTO message_text (event_id, session_id, timestamp, role, message_id, text) "
                              "VALUES (?,?,?,?,?,?)", self.texts)
-            conn.executemany("INSERT INTO search_text (rowid, text) VALUES (?,?)", [(r[0], r[5]) for r in self.texts])
+            conn.executemany("INSERT INTO search_text (rowid, text) VALUES (?,?)", [(t.event_id, t.text) for t in self.texts])
         if self.tools:
             conn.executemany("INSERT INTO search_tools (rowid, text) VALUES (?,?)", self.tools)
         if self.pending:
@@ -121,7 +136,7 @@ class SearchIndex:
         self.tools.clear()
         self.pending.clear()
 
-    def catch_up(self, store: Store, stop: Callable[[], bool]) -> None:
+    def idle(self, store: Store, stop: Callable[[], bool]) -> None:
         """Index the tool text left for later (newest first), a batch per transaction, until ``stop``.
 
         Runs on the ingest thread between jobs; it yields as soon as new work waits, and the
@@ -148,20 +163,20 @@ class SearchIndex:
                 with store.transaction():
                     self.write(store)
                     store.conn.executemany("DELETE FROM search_tools_pending WHERE event_id = ?",
-                                           [(r[0],) for r in batch])
+                                           [(event_id,) for event_id, _ in batch])
             finally:
                 self.clear()
             done += len(batch)
         if done:
             log.info("search index: indexed the tool text of %d lines", done)
 
-    def backfill(self, store: Store, stopping: threading.Event) -> None:
+    def prepare(self, store: Store) -> None:
         """Index the lines stored before the index existed (newest first), one transaction per batch.
 
-        It runs on the ingest thread before a rescan, so it stops with csmd and resumes on the next start.
+        It runs on the ingest thread before the first rescan, so it stops with csmd and resumes on the next start.
         """
         done = 0
-        while not stopping.is_set():
+        while not self.stopping.is_set():
             row = store.conn.execute("SELECT pending_below FROM search_backfill").fetchone()
             below = row[0] if row else 0
             if not below:
@@ -305,11 +320,6 @@ def search(conn: sqlite3.Connection, req: Search) -> Rows:
     """
     if not req.text.strip():
         raise QueryError("nothing to search for")
-    with time_limit(conn):
-        return _search(conn, req)
-
-
-def _search(conn: sqlite3.Connection, req: Search) -> Rows:
     try:
         found = {"search_text": _candidates(conn, "search_text", req)}
     except QueryError:

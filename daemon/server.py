@@ -28,6 +28,7 @@ import zmq
 
 from csm.daemon.private import private_dir
 from csm.shared import paths, protocol
+from csm.shared.errors import BadRequest, DaemonError, Forbidden
 from csm.shared.protocol import Error, Message
 
 log = logging.getLogger("csm.server")
@@ -150,21 +151,21 @@ class Server:
                     self.rejected.add(uid)
                     log.warning("refused a request from uid %d (%s): csmd serves only uid %d", uid,
                                 frames[-1].get("Peer-Address"), self.uid)
-                reply(Error(code="forbidden", message=f"this csmd serves only uid {self.uid}"))
+                reply(Error.of(Forbidden(f"this csmd serves only uid {self.uid}")))
                 continue
             if len(frames) != len(envelope) + 1:
-                reply(Error(code="bad_request", message="malformed request: expected exactly one frame"))
+                reply(Error.of(BadRequest("malformed request: expected exactly one frame")))
                 continue
             try:
                 request = protocol.decode_request(frames[-1].buffer)
             except Exception as e:  # DecodeError, ValidationError, UnicodeDecodeError (bad UTF-8 in a str)…
-                reply(Error(code="bad_request", message=f"malformed request: {e}"))
+                reply(Error.of(BadRequest(f"malformed request: {e}")))
                 continue
             try:
                 dispatch(request, reply)
             except Exception as e:  # a bug must not take the daemon down
                 log.exception("request %s failed", type(request).__name__)
-                reply(Error(code="internal", message=f"{type(e).__name__}: {e}"))
+                reply(Error.of(DaemonError(f"{type(e).__name__}: {e}")))
 
     def _flush(self) -> None:
         while True:

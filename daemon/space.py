@@ -3,9 +3,9 @@
 Why: the database file never shrinks by itself: pages freed by deleted rows (the search index's
 deferred tool text, the usage sink's replaced copies, compressed lines) stay in the file as a free
 list. With ``auto_vacuum = INCREMENTAL`` (a new database from its first page; an existing one
-rewritten once by migration m009) SQLite can move pages from the end of the file into those holes
+rewritten once by migration 8, ``incremental_vacuum``) SQLite can move pages from the end of the file into those holes
 and cut the end off, ``STEP_PAGES`` at a time. Each step is its own short write transaction on the
-writer's connection, run as the ingest thread's idle work (``Syncer.after_work``), and the loop
+writer's connection, run as the ingest thread's idle work (``Space``, an ingest sink), and the loop
 stops as soon as a hint waits, so a fresh line waits at most one step (a few ms). The file itself
 shrinks when the checkpoint thread copies the step into it, so each step is counted as WAL pages
 written (``wrote``): the idle TRUNCATE checkpoint then follows.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from csm.daemon.sinks import Sink
 from csm.daemon.store import Store
 
 STEP_PAGES = 64
@@ -39,3 +40,15 @@ def give_back(store: Store, busy: Callable[[], bool], wrote: Callable[[int], Non
         freed += free - left
         free = left
     return freed
+
+
+class Space(Sink):
+    """``give_back`` as the ingest thread's idle step, each step's pages counted to the checkpoint thread."""
+
+    name = "space"
+
+    def __init__(self, wrote: Callable[[int], None]) -> None:
+        self.wrote = wrote
+
+    def idle(self, store: Store, stop: Callable[[], bool]) -> None:
+        give_back(store, stop, self.wrote)

@@ -11,19 +11,18 @@ Readers use their own read-only connections (``open_reader``) and never block it
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from csm.daemon import heap, rawtext
 from csm.daemon.rawtext import RAW
-from csm.daemon.migrations import MIGRATIONS, OUTSIDE_TRANSACTION
+from csm.daemon.migrations import EARLIER_NAMES, MIGRATIONS, OUTSIDE_TRANSACTION
 from csm.daemon.diagnose import diagnose, unwritable
 from csm.daemon.notify import Notifier
 from csm.daemon.private import private_file
@@ -31,6 +30,10 @@ from csm.shared import paths
 from csm.shared.errors import DatabaseError
 
 log = logging.getLogger("csm.store")
+
+if TYPE_CHECKING:
+    from csm.daemon.batch import BadLineRow, Batch, EventRow, LineError, Move
+    from csm.daemon.sinks import Sink
 
 BUSY_TIMEOUT_MS = 5000
 PAGE_SIZE = 16384
@@ -41,6 +44,10 @@ burst's high-water mark is given back at the next reset, not kept for ever."""
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def iso_mtime(mtime_ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime_ns / 1e9))
 
 
 class FileRow(msgspec.Struct, kw_only=True):
@@ -64,18 +71,17 @@ class FileRow(msgspec.Struct, kw_only=True):
     gone_at: str | None = None
 
 
-_FILE_COLUMNS = (
-    "file_id, file_path, root, project, session_key, parent_session, dev, inode, size, mtime_ns, "
-    "last_position, generation, head_len, head_hash, tail_hash, gone_at"
-)
+_FILE_FIELDS = {  # FileRow field: its sync_metadata column
+    "file_id": "file_id", "path": "file_path", "root": "root", "project": "project", "session_key": "session_key",
+    "parent_session": "parent_session", "dev": "dev", "inode": "inode", "size": "size", "mtime_ns": "mtime_ns",
+    "offset": "last_position", "generation": "generation", "head_len": "head_len", "head_hash": "head_hash",
+    "tail_hash": "tail_hash", "gone_at": "gone_at",
+}
+_FILE_COLUMNS = ", ".join(_FILE_FIELDS.values())
 
 
 def _file_row(r: Sequence[Any]) -> FileRow:
-    return FileRow(
-        file_id=r[0], path=r[1], root=r[2], project=r[3], session_key=r[4], parent_session=r[5],
-        dev=r[6], inode=r[7], size=r[8], mtime_ns=r[9], offset=r[10], generation=r[11],
-        head_len=r[12], head_hash=r[13], tail_hash=r[14], gone_at=r[15],
-    )
+    return FileRow(**dict(zip(_FILE_FIELDS, r)))
 
 
 def _private_files(db: Path) -> None:
@@ -89,35 +95,55 @@ def _private_files(db: Path) -> None:
 
 
 def migrate(conn: sqlite3.Connection, db: Path) -> None:
+    """Apply the migrations after the database's schema version (``PRAGMA user_version``), each in the
+    transaction that records its number."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    conn.execute("CREATE TABLE IF NOT EXISTS _csm_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
-    applied = {r[0] for r in conn.execute("SELECT name FROM _csm_migrations")}
-    known = {name for name, _ in MIGRATIONS}
-    if applied - known or version > len(MIGRATIONS):
-        newer = sorted(applied - known) or [f"schema version {version}"]
-        raise DatabaseError(
-            f"database {db} was written by a newer csm ({', '.join(newer)}; this csm knows {len(MIGRATIONS)}): "
-            "upgrade csm; or move the file away and start csmd to rebuild it from the transcripts that still "
-            "exist (a rebuild cannot bring back the lines of transcripts Claude Code has deleted since)"
-        )
-    todo = [(number, name, sql) for number, (name, sql) in enumerate(MIGRATIONS, 1) if name not in applied]
-    for number, name, sql in todo:
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_csm_migrations'").fetchone():
+        version = _adopt_earlier(conn, db)
+    if version > len(MIGRATIONS):
+        raise _newer(db, f"schema version {version}")
+    for number in range(version + 1, len(MIGRATIONS) + 1):
+        name, sql = MIGRATIONS[number - 1]
         if name in OUTSIDE_TRANSACTION:
             _rewrite(conn, db, name, sql)
             sql = ""
-        try:
-            conn.executescript(
-                f"BEGIN IMMEDIATE;\n{sql}\n"
-                f"INSERT INTO _csm_migrations VALUES ('{name}', '{now_iso()}');\n"
-                f"PRAGMA user_version = {number};\nCOMMIT;"
-            )
-        except sqlite3.Error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        _apply(conn, f"{sql}\nPRAGMA user_version = {number};")
         # Each migration's pages (a VACUUM's: the whole file) go to the database at once, not kept in
         # the WAL beside it: the disk holds the schema once, and the first sync starts on an empty WAL.
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+
+
+def _adopt_earlier(conn: sqlite3.Connection, db: Path) -> int:
+    """A database of a csm that recorded migrations by name: its version from those names, once.
+
+    Such a database may miss a migration numbered below one it has (one made by a csm built while
+    the line-errors and session-identity migrations were landing: 1, 2, 3 and 5 but not 4); the
+    missing ones, which create what the later ones do not touch, are applied with the adoption."""
+    names = {r[0] for r in conn.execute("SELECT name FROM _csm_migrations")}
+    if unknown := sorted(names - EARLIER_NAMES.keys()):
+        raise _newer(db, ", ".join(unknown))
+    applied = {EARLIER_NAMES[n] for n in names}
+    version = max(applied, default=0)
+    missing = [MIGRATIONS[n - 1][1] for n in range(1, version + 1) if n not in applied]
+    _apply(conn, "\n".join([*missing, "DROP TABLE _csm_migrations;", f"PRAGMA user_version = {version};"]))
+    return version
+
+
+def _apply(conn: sqlite3.Connection, sql: str) -> None:
+    try:
+        conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\nCOMMIT;")
+    except sqlite3.Error:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _newer(db: Path, what: str) -> DatabaseError:
+    return DatabaseError(
+        f"database {db} was written by a newer csm ({what}; this csm knows {len(MIGRATIONS)} migrations): "
+        "upgrade csm; or move the file away and start csmd to rebuild it from the transcripts that still "
+        "exist (a rebuild cannot bring back the lines of transcripts Claude Code has deleted since)"
+    )
 
 
 REWRITE_MB_PER_S = 100
@@ -126,9 +152,9 @@ REWRITE_MB_PER_S = 100
 
 
 def _rewrite(conn: sqlite3.Connection, db: Path, name: str, sql: str) -> None:
-    """Run a migration that rewrites the whole file (``OUTSIDE_TRANSACTION``), saying first what it
-    does and how long it will take. Its temporary copy goes to disk (``temp_store = FILE``): in
-    memory it would cost the database's size in RAM."""
+    """Run a migration that rewrites the whole file (``OUTSIDE_TRANSACTION``), before the transaction that
+    records its number, saying first what it does and how long it will take. Its temporary copy goes to
+    disk (``temp_store = FILE``): in memory it would cost the database's size in RAM."""
     if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:  # new database, or done before a kill
         return
     mb = (db.stat().st_size if db.exists() else 0) / 2**20
@@ -260,10 +286,34 @@ class Store:
 
     # --- rows ----------------------------------------------------------------------
 
-    def insert_events(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """rows: (id, file_id, generation, line_offset, session_id, uuid, parent_uuid, type, timestamp, raw).
+    def write_batch(self, b: Batch, checkpoint: FileRow, mtime_iso: str, sinks: Iterable[Sink]) -> None:
+        """One transaction: a batch's rows, what derives from them (session figures, the sinks' data, line
+        errors) and the checkpoint past them."""
+        with self.transaction():
+            if b.rows:
+                self.insert_events(b.rows)
+            if b.moves:
+                self.reattach(b.moves)
+            if b.errors:
+                self.insert_errors(b.errors)
+            if b.error_moves:
+                self.reattach_errors(b.error_moves)
+            if (a := b.agg) is not None:
+                f = checkpoint
+                self.upsert_sessions([(
+                    f.file_id, f.session_key, a.project, a.parent or f.parent_session, int(a.is_subagent), a.cwd,
+                    a.first_ts, a.last_ts, a.lines, a.messages, a.custom_title, a.ai_title, a.summary,
+                    a.first_prompt,
+                )])
+                self.add_models([(f.file_id, m) for m in a.models])
+            for sink in sinks:
+                sink.write(self)
+            if b.line_errors:
+                self.insert_line_errors(b.line_errors)
+            self.save_file(checkpoint, mtime_iso)
 
-        Ids are assigned by the writer (``max_event_id`` + 1, …) so that derived tables filled in
+    def insert_events(self, rows: Iterable[EventRow]) -> None:
+        """Ids are assigned by the writer (``max_event_id`` + 1, …) so that derived tables filled in
         the same transaction (sinks) can point at a row before it is inserted.
 
         ``raw`` is the line's str, or for a long line its UTF-8 bytes (checked by the caller): the
@@ -273,7 +323,7 @@ class Store:
         self.conn.executemany(
             "INSERT INTO events (id, file_id, generation, line_offset, session_id, uuid, parent_uuid, type, "
             "timestamp, raw) VALUES (?,?,?,?,?,?,?,?,?,CAST(? AS TEXT))",
-            rows,
+            map(tuple, rows),  # exact tuples: sqlite3 binds a tuple subclass item by item, a third slower
         )
 
     def max_event_id(self) -> int:
@@ -285,8 +335,8 @@ class Store:
             f"SELECT e.id, {RAW} FROM events e WHERE e.file_id = ? AND e.generation < ?", (file_id, generation)
         )
 
-    def reattach(self, moves: Iterable[tuple[int, int, int]]) -> None:
-        """moves: (generation, line_offset, id) — an unchanged line found again at a new position."""
+    def reattach(self, moves: Iterable[Move]) -> None:
+        """An unchanged line found again at a new position."""
         self.conn.executemany("UPDATE events SET generation = ?, line_offset = ? WHERE id = ?", moves)
 
     def old_generation_errors(self, file_id: int, generation: int) -> Iterator[tuple[int, int, bytes]]:
@@ -296,19 +346,22 @@ class Store:
             (file_id, generation),
         )
 
-    def reattach_errors(self, moves: Iterable[tuple[int, int, int]]) -> None:
-        """moves: (generation, line_offset, id) — a bad line found again by a re-read."""
+    def reattach_errors(self, moves: Iterable[Move]) -> None:
+        """A bad line found again by a re-read."""
         self.conn.executemany("UPDATE sync_errors SET generation = ?, line_offset = ? WHERE id = ?", moves)
 
     def clear_unreadable(self, file_id: int) -> None:
         """The file can be read again: its 'cannot read' error is no longer true."""
         self.conn.execute("DELETE FROM sync_errors WHERE file_id = ? AND line_offset < 0", (file_id,))
 
+    def files_with_prompt(self) -> set[int]:
+        """Files whose session has its first prompt (its title of last resort) already."""
+        return {r[0] for r in self.conn.execute("SELECT file_id FROM session_stats WHERE first_prompt IS NOT NULL")}
+
     def unreadable_files(self) -> set[int]:
         return {r[0] for r in self.conn.execute("SELECT file_id FROM sync_errors WHERE line_offset < 0")}
 
-    def insert_errors(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """rows: (file_id, file_path, generation, line_offset, length, error, head)."""
+    def insert_errors(self, rows: Iterable[BadLineRow]) -> None:
         ts = now_iso()
         self.conn.executemany(
             "INSERT OR IGNORE INTO sync_errors (file_id, file_path, generation, line_offset, length, error, head, "
@@ -316,8 +369,7 @@ class Store:
             [(*r, ts) for r in rows],
         )
 
-    def insert_line_errors(self, rows: Iterable[tuple[int, str, str]]) -> None:
-        """rows: (event_id, part, error): a stored line whose derived ``part`` could not be made."""
+    def insert_line_errors(self, rows: Iterable[LineError]) -> None:
         ts = now_iso()
         self.conn.executemany("INSERT OR REPLACE INTO line_errors (event_id, part, error, seen_at) VALUES (?,?,?,?)",
                               [(*r, ts) for r in rows])

@@ -27,8 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from csm.daemon.diagnose import diagnose
-from csm.daemon.ingest import Ingestor, Totals
+from csm.daemon.ingest import Ingestor
+from csm.daemon.rescan import Totals
 from csm.daemon.turns import Turns
+from csm.shared.errors import DaemonError, Unavailable
 from csm.shared.protocol import Backlog, Error, Message, Progress, SyncReply
 
 log = logging.getLogger("csm.sync")
@@ -59,8 +61,6 @@ class Syncer(threading.Thread):
         self.last_sync_at: str | None = None
         self.last_error: str | None = None
         self.before_rescan: list[Callable[[], None]] = []
-        self.after_work: list[Callable[[], None]] = []
-        """Deferred work, run after each round of hints and rescans; it should stop when ``busy``."""
         self.after_new_dirs: list[Callable[[], None]] = []
         self.scans = 0
         self.turns = Turns()
@@ -150,9 +150,9 @@ class Syncer(threading.Thread):
                 else:
                     log.exception("%s", self.last_error)
                 # Whoever waits for a sync hears why now, not when its own deadline runs out.
-                failed = Error(code="unavailable" if isinstance(e, sqlite3.Error) else "internal",
-                               message=f"sync not finished: {what}; csmd keeps retrying by itself "
-                                       "('csm status' shows the error until it clears)")
+                failed = Error.of((Unavailable if isinstance(e, sqlite3.Error) else DaemonError)(
+                    f"sync not finished: {what}; csmd keeps retrying by itself ('csm status' shows the error "
+                    "until it clears)"))
                 for reply in waiters:
                     reply(failed)
                 with self.cond:
@@ -170,14 +170,6 @@ class Syncer(threading.Thread):
                             reply(failed)
                         self.waiters.clear()
                         self.cond.wait(left)
-                continue
-            except Exception as e:
-                log.exception("ingest failed; the next rescan retries")
-                self.last_error = f"internal error: {type(e).__name__}: {e}"
-                for reply in waiters:
-                    reply(Error(code="internal", message=self.last_error))
-                self.state = "idle"
-                last_rescan = time.monotonic()
                 continue
             finally:
                 self.serving = []
@@ -231,13 +223,13 @@ class Syncer(threading.Thread):
                 ing.visit(p)
         if rescan:
             self._rescan(waiters)
-        for job in self.after_work:
-            job()
+        ing.idle(lambda: ing.stopping.is_set() or self.busy())  # deferred work, until new work waits
         self.state = "idle"
 
     def _rescan(self, waiters: list[Reply]) -> None:
         for check in self.before_rescan:
             check()
+        self.ingestor.prepare()
         self.state = "initial sync" if self.scans == 0 else "scanning"
         started = time.monotonic()
         totals: Totals = self.ingestor.rescan(self._progress())

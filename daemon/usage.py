@@ -14,7 +14,7 @@ a subagent's responses are in its own file and embedded again in the parent's
 
 The totals do not depend on which file is read first (of equal copies, the one stored
 first keeps its session). ``usage_entries`` holds one row per key; the
-triggers of migration ``m003_usage`` keep ``usage_slots`` (quarter-hour sums) in step.
+triggers of migration 2 (``M002_USAGE``) keep ``usage_slots`` (quarter-hour sums) in step.
 
 A token count must be an integer from 0 to ``TOKENS_MAX``. JSON allows any integer, SQLite holds
 64 bits, and the sums (a row's total, a quarter hour's, a session's) must stay exact, not turn
@@ -27,8 +27,10 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from csm.daemon.parse import LineView, MessageView, embedded_message
+from csm.daemon.batch import EventRow
+from csm.daemon.parse import LineView, MessageView
 from csm.daemon.prices import PriceTable, Tokens
+from csm.daemon.sinks import Sink
 from csm.daemon.store import FileRow, Store
 
 _COLUMNS = (
@@ -90,8 +92,8 @@ def epoch_ms(timestamp: str | None) -> int | None:
     return int(t.timestamp() * 1000)
 
 
-class UsageSink:
-    """The ``Sink`` (see ``daemon/ingest.py``) that keeps ``usage_entries`` current."""
+class UsageSink(Sink):
+    """The sink that keeps ``usage_entries`` current."""
 
     name = "usage"
 
@@ -121,7 +123,7 @@ class UsageSink:
                 conn.execute(statement)
             conn.execute("INSERT OR REPLACE INTO usage_meta VALUES ('prices', ?)", (self.prices.fingerprint,))
 
-    def add(self, event_id: int, f: FileRow, view: LineView, line: bytes) -> None:
+    def add(self, row: EventRow, f: FileRow, view: LineView) -> None:
         """Keep the line's response if it is the best copy of its key seen in this batch.
 
         The hot path: what only the kept copies need (time, cost) waits for ``write``.
@@ -133,7 +135,7 @@ class UsageSink:
                 return
             request_id, sidechain, timestamp, embedded = view.request_id, view.is_sidechain, view.timestamp, 0
         elif kind == "progress":
-            e = embedded_message(view)
+            e = view.embedded
             if e is None:
                 return
             msg = e.message
@@ -145,12 +147,12 @@ class UsageSink:
         if msg.id:
             key = f"{msg.id} {request_id}" if request_id else msg.id
         else:
-            key = f"line {event_id}"
+            key = f"line {row.id}"
         cc = _count("cache_creation_input_tokens", u.cache_creation_input_tokens)
         split = u.cache_creation
         one_hour = _count("ephemeral_1h_input_tokens", split.ephemeral_1h_input_tokens) if split else 0
         row = [
-            key, msg.id, request_id, event_id, f.session_key, f.project, None, timestamp, msg.model,
+            key, msg.id, request_id, row.id, f.session_key, f.project, None, timestamp, msg.model,
             _count("input_tokens", u.input_tokens), _count("output_tokens", u.output_tokens), cc,
             max(cc - one_hour, 0) if split else None, one_hour if split else None,
             _count("cache_read_input_tokens", u.cache_read_input_tokens), u.speed, int(bool(sidechain)), embedded,

@@ -1,6 +1,7 @@
 """``csm watch``: new messages pushed to subscribers as the writer commits them.
 
-The ingest thread calls ``on_commit`` after each batch; matching subscribers get one
+The ingest thread calls ``committed`` after each batch (``Watchers`` is a sink), with the views it
+decoded the batch's lines into; matching subscribers get one
 ``Messages`` reply each through the server's thread-safe ``post``, which only queues, so
 ingestion never waits for a client. Each subscriber acknowledges every ``Messages`` it has
 printed (``Ack``); one that reads too slowly (or is stopped) gets nothing more once
@@ -17,14 +18,18 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING
 
 from csm.daemon import projects
 from csm.daemon.browse import Place
+from csm.daemon.conversation import Builder, one_line
 from csm.daemon.server import Envelope, Server
+from csm.daemon.sinks import Sink
 from csm.daemon.store import FileRow
-from csm.daemon.transcript import Builder, one_line
 from csm.shared.protocol import Heartbeat, Messages, Ok, Watching, encode
+
+if TYPE_CHECKING:
+    from csm.daemon.batch import Batch
 
 log = logging.getLogger("csm.watch")
 
@@ -70,7 +75,9 @@ class Subscriber:
         return self.project is None or projects.matches(self.project, f.project)
 
 
-class Watchers:
+class Watchers(Sink):
+    name = "watch"
+
     def __init__(self, server: Server, heartbeat_s: float = HEARTBEAT_S) -> None:
         self.server = server
         self.heartbeat_s = heartbeat_s
@@ -79,7 +86,7 @@ class Watchers:
         self.next_beat = 0.0
         server.dropped.append(self.dropped)
 
-    def add(self, envelope: Envelope, session: Place | None, project: str | None) -> None:
+    def subscribe(self, envelope: Envelope, session: Place | None, project: str | None) -> None:
         what = f"session {session.session_id}" if session else f"project *{project}*" if project else "all sessions"
         with self.lock:
             self.subs[envelope[0]] = Subscriber(envelope, session, project)
@@ -104,21 +111,21 @@ class Watchers:
             if sub is not None:
                 sub.ack(seq)
 
-    def on_commit(self, f: FileRow, rows: list[tuple[Any, ...]]) -> None:
+    def committed(self, f: FileRow, batch: Batch) -> None:
         """After each commit (ingest thread): push the batch's messages to whoever wants them."""
-        if not self.subs or not rows:
+        if not self.subs or not batch.rows:
             return
         with self.lock:
             targets = [s for s in self.subs.values() if s.wants(f)]
         if not targets:
             return
         b = Builder(full=False, session_id=f.session_key, project=f.project)
-        for r in rows:
-            if r[7] in _CONVERSATION:
+        for row, view in batch.new_lines():
+            if view.type in _CONVERSATION:
                 try:
-                    b.add(r[9])
+                    b.add(view)
                 except Exception:  # one line the builder cannot read is left out, not the batch
-                    log.exception("watch: cannot show line %d", r[0])
+                    log.exception("watch: cannot show line %d", row.id)
         if not b.entries:
             return
         for e in b.entries:

@@ -53,6 +53,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from csm.daemon.syncer import Syncer
+from csm.daemon.tree import Tree
 
 log = logging.getLogger("csm.watch")
 
@@ -83,9 +84,9 @@ class OverflowAlarm(logging.Handler):
 
 
 class Hints(FileSystemEventHandler):
-    def __init__(self, syncer: Syncer, own: set[str]) -> None:
+    def __init__(self, syncer: Syncer, tree: Tree) -> None:
         self.syncer = syncer
-        self.own = own
+        self.tree = tree
         self.poisoned = False
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -100,20 +101,19 @@ class Hints(FileSystemEventHandler):
                 self.syncer.hint_dir(src)
         elif event.event_type == "moved":
             self.syncer.hint_move(src, os.fsdecode(event.dest_path))
-        elif src.endswith(".jsonl") and src not in self.own:
+        elif self.tree.is_transcript(src):
             self.syncer.hint(src)
 
 
 class Watcher:
     """One recursive observer over every root; ``mode`` says whether it watches or polls, and why."""
 
-    def __init__(self, roots: list[Path], syncer: Syncer, *, enabled: bool = True, poll_interval_s: float = 2.0,
-                 own: list[Path] | None = None) -> None:
-        self.roots = roots
+    def __init__(self, tree: Tree, syncer: Syncer, *, enabled: bool = True, poll_interval_s: float = 2.0) -> None:
+        self.roots = tree.roots
         self.syncer = syncer
         self.enabled = enabled
         self.poll_interval_s = poll_interval_s
-        self.handler = Hints(syncer, {str(p) for p in own or []})
+        self.handler = Hints(syncer, tree)
         self.observer: BaseObserver | None = None
         self.watched: dict[Path, ObservedWatch] = {}
         self.refused: set[Path] = set()

@@ -2,7 +2,10 @@
 
 Each class carries the exit code a script can rely on; the CLI turns any of them
 into one line on stderr in one place (``csm.client.cli.main``). Messages are
-written for the user: what went wrong and what to do about it.
+written for the user: what went wrong and what to do about it. An error csmd
+answers with travels as ``protocol.Error`` with its class's ``code``; the client
+raises the class of that code again (``from_code``), so the pairing is made here
+and nowhere else.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ class CsmError(Exception):
     """Base of every error csm reports to a user."""
 
     exit_code = 1
+    code: str | None = None
+    """The ``protocol.Error`` code csmd answers this error with; None: never sent."""
 
 
 class PathError(CsmError):
@@ -29,6 +34,7 @@ class ConfigError(CsmError):
     """The config file is invalid."""
 
     exit_code = 78  # EX_CONFIG
+    code = "config"
 
 
 class DaemonNotRunning(CsmError):
@@ -44,9 +50,10 @@ class ServeNotRunning(CsmError):
 
 
 class DaemonError(CsmError):
-    """csmd answered with an error."""
+    """csmd answered with an error; this class itself stands for a failure inside csmd (a bug)."""
 
     exit_code = 1
+    code = "internal"
 
 
 class Unavailable(DaemonError):
@@ -54,18 +61,50 @@ class Unavailable(DaemonError):
     csmd keeps retrying by itself; the same request later may succeed."""
 
     exit_code = 75  # EX_TEMPFAIL
+    code = "unavailable"
 
 
 class QueryError(DaemonError):
     """A query was refused or failed (bad SQL, a write, a limit hit)."""
 
     exit_code = 4
+    code = "query"
 
 
 class NotFound(DaemonError):
     """A session, file or other named thing does not exist."""
 
     exit_code = 5
+    code = "not_found"
+
+
+class BadRequest(DaemonError):
+    """A request csmd cannot read, or one it does not take in this mode (faults outside tests)."""
+
+    code = "bad_request"
+
+
+class Busy(DaemonError):
+    """csmd has as many queries running or waiting as it takes (``query_queue``)."""
+
+    code = "busy"
+
+
+class Forbidden(DaemonError):
+    """A request from another user than csmd's."""
+
+    code = "forbidden"
+
+
+def from_code(code: str) -> type[CsmError]:
+    """The class of an error csmd answered with; an unknown code (a newer csmd's) is a ``DaemonError``."""
+    todo: list[type[CsmError]] = [CsmError]
+    while todo:
+        cls = todo.pop()
+        if cls.code == code:
+            return cls
+        todo.extend(cls.__subclasses__())
+    return DaemonError
 
 
 class Conflict(CsmError):

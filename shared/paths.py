@@ -140,6 +140,14 @@ def claude_config_dirs(roots: list[Path]) -> list[Path]:
     return dirs
 
 
+TRANSCRIPT_SUFFIX = ".jsonl"
+
+
+def is_transcript_name(path: str) -> bool:
+    """Whether a file's name is a transcript's (``x.jsonl``; not ``x.jsonl.bak``, not ``x.json``)."""
+    return path.endswith(TRANSCRIPT_SUFFIX)
+
+
 def serve_url_path() -> Path:
     """Where a running ``csm serve`` keeps its URL (with this run's token, so 0600, in the private
     runtime folder): how ``csm serve --url`` reaches the page a login service started."""

@@ -16,6 +16,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from csm.shared.errors import CsmError, DaemonError
+
 PROTOCOL = 1
 MAX_REQUEST_BYTES = 1 << 20
 
@@ -171,8 +173,14 @@ Request = (
 
 
 class Error(Message, kw_only=True):
+    """An error reply: ``code`` names its class in ``shared/errors.py`` (``errors.from_code``)."""
+
     code: str
     message: str
+
+    @classmethod
+    def of(cls, e: CsmError) -> Error:
+        return cls(code=e.code or DaemonError.code, message=str(e))
 
 
 class Ok(Message, kw_only=True):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,7 +63,7 @@ class Mirror(threading.Thread):
     # --- other threads --------------------------------------------------------------
 
     def committed(self, *args: object) -> None:
-        """An ``Ingestor.on_commit`` hook: new lines, wake up (cheap: sets an event)."""
+        """Called after each commit (``sinks.OnCommit``): new lines, wake up (cheap: sets an event)."""
         self.due.set()
 
     def resync(self) -> None:

@@ -83,11 +83,12 @@ def sessions(pg: psycopg.Connection, project: str | None, since: str | None, unt
 
 def search(pg: psycopg.Connection, text: str, project: str | None, since: str | None, until: str | None,
            limit: int) -> tuple[list[str], list[list[Any]]]:
-    """PostgreSQL's full-text search (``websearch_to_tsquery``: words, "phrases", OR, -not), best first."""
+    """PostgreSQL's full-text search (``websearch_to_tsquery``: words, "phrases", OR, -not), best first.
+    Matches are marked «…» in the snippet, as csmd marks the local search's."""
     where, params = _filters(project, since, until, "at")
     cur = pg.execute(
         "SELECT member, machine, session_id, project, at AS timestamp, role, "
-        "ts_headline('english', text, q, 'MaxFragments=1, MaxWords=30, MinWords=10') AS snippet, "
+        "ts_headline('english', text, q, 'StartSel=«, StopSel=», MaxFragments=1, MaxWords=30, MinWords=10') AS snippet, "
         "ts_rank(tsv, q) AS score FROM csm.messages, websearch_to_tsquery('english', %s) q "
         f"WHERE tsv @@ q AND {where} ORDER BY score DESC, at DESC LIMIT %s", [text, *params, limit])
     columns = [d.name for d in cur.description or []]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from csmtest import Csmd
+from csmtest import Csmd, isolated_env
+from pgcluster import Cluster
+
+if TYPE_CHECKING:
+    from teamtest import Member
 
 
 def pytest_report_header() -> str:
@@ -20,22 +24,12 @@ def pytest_report_header() -> str:
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point every path csm computes into ``tmp_path``; nothing reaches the real home."""
-    home = tmp_path / "home"
-    home.mkdir()
-    # The runtime dir must be short: unix socket paths are limited to ~104 bytes.
-    run = Path(tempfile.mkdtemp(prefix="csm-", dir="/tmp"))
-    run.chmod(0o700)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
-    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "claude"))
+    env = isolated_env(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    monkeypatch.setenv("CSM_RAISE_ERRORS", "")
     yield tmp_path
-    shutil.rmtree(run, ignore_errors=True)
+    shutil.rmtree(env["XDG_RUNTIME_DIR"], ignore_errors=True)
 
 
 @pytest.fixture
@@ -59,3 +53,44 @@ def csmd(tmp_path: Path, projects: Path) -> Iterator[Csmd]:
     if d.alive:
         code = d.stop()
         assert code == 0, f"csmd exited {code} on SIGTERM:\n{d.log()}"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster for the module (team mode's tests)."""
+    c = Cluster()
+    c.start()
+    try:
+        yield c
+    finally:
+        c.destroy()
+
+
+@pytest.fixture
+def teamdb(cluster: Cluster) -> str:
+    from teamtest import new_teamdb
+
+    return new_teamdb(cluster)
+
+
+@pytest.fixture
+def members() -> Iterator[list[Member]]:
+    """The team members a test starts; each stopped (and checked) at the end."""
+    made: list[Member] = []
+    yield made
+    for m in made:
+        m.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium, driven by Playwright, for the module's pages."""
+    from webtest import ARGS, CHROMIUM
+
+    playwright_sync = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()

@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,9 +22,31 @@ from typing import Any, TypeVar
 from csm.shared.errors import DaemonNotRunning
 
 T = TypeVar("T")
+
+
+def isolated_env(base: Path) -> dict[str, str]:
+    """The variables that point every path csm computes into ``base`` (tests, bench and soak alike):
+    HOME, the XDG folders, Claude's config folder, and a runtime folder of its own under /tmp, short
+    because unix socket paths are limited to ~104 bytes (remove it when done)."""
+    (base / "home").mkdir(parents=True, exist_ok=True)
+    run = Path(tempfile.mkdtemp(prefix="csm-", dir="/tmp"))
+    run.chmod(0o700)
+    return {
+        "HOME": str(base / "home"), "XDG_DATA_HOME": str(base / "data"), "XDG_CONFIG_HOME": str(base / "config"),
+        "XDG_STATE_HOME": str(base / "state"), "XDG_CACHE_HOME": str(base / "cache"), "XDG_RUNTIME_DIR": str(run),
+        "CLAUDE_CONFIG_DIR": str(base / "claude"), "CSM_RAISE_ERRORS": "",
+    }
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = FIXTURES / "real"
 SHARED_REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
+
+WITHOUT_COMPRESSED_LINES = (
+    "DROP VIEW lines; ALTER TABLE events DROP COLUMN zraw; ALTER TABLE events DROP COLUMN dict_id; "
+    "DROP TABLE raw_dictionaries; CREATE VIEW lines AS SELECT m.file_path, e.line_offset, e.uuid, "
+    "e.parent_uuid, e.session_id, e.type, e.timestamp, e.raw, e.generation, e.generation = m.generation "
+    "AS current FROM events e JOIN sync_metadata m ON m.file_id = e.file_id;")
+"""SQL that takes migration 9 (compressed lines) back out of a database, for a test that makes one as a
+csm before it left it (the lines view as migration 1 made it)."""
 
 
 def wait_for(cond: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:

@@ -15,13 +15,12 @@ from typing import Any
 
 import pytest
 
+from lines import prompt, record
 from csmtest import Csmd, current_raws, db_rows, run_csm, status, sync_now, wait_for
 
 
 def good(i: int, text: str = "") -> bytes:
-    return json.dumps({"type": "user", "uuid": f"g{i}", "sessionId": "bad",
-                       "message": {"role": "user", "content": f"fine {i} {text}"}},
-                      ensure_ascii=False, separators=(",", ":")).encode()
+    return record(prompt(f"g{i}", "bad", None, f"fine {i} {text}"), ascii=False)
 
 
 RECORD = good(100)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from lines import prompt, record, response
 from csmtest import REAL, Csmd, csm_json, db_rows, run_csm, scalar, sql, wait_for
 
 SUB_PARENT = "29ccd257-68b1-427f-ae5f-6524b7cb6f20"
@@ -36,17 +37,13 @@ def real(csmd: Csmd, projects: Path) -> Path:
     return projects
 
 
-def jline(**obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-
-
 def user(uuid: str, session: str, ts: str, content: Any) -> bytes:
-    return jline(type="user", uuid=uuid, sessionId=session, timestamp=ts, message={"role": "user", "content": content})
+    return record(prompt(uuid, session, ts, content), newline=True)
 
 
 def assistant(uuid: str, session: str, ts: str, mid: str, *blocks: dict[str, Any]) -> bytes:
-    return jline(type="assistant", uuid=uuid, sessionId=session, timestamp=ts, requestId=f"req_{mid}",
-                 message={"id": mid, "role": "assistant", "model": "claude-test-1", "content": list(blocks)})
+    return record(response(uuid, session, ts, {"id": mid, "model": "claude-test-1", "content": list(blocks)},
+                           f"req_{mid}"), newline=True)
 
 
 def append(path: Path, data: bytes) -> None:

@@ -9,20 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from lines import append, line
 from csmtest import REAL, Csmd, csm_json, db_rows, line_count, run_csm, scalar, sql, wait_for
-
-
-def line(i: int, session: str = "s1", **extra: object) -> bytes:
-    obj = {"type": "user", "uuid": f"u{i}", "parentUuid": f"u{i-1}" if i else None, "sessionId": session,
-           "timestamp": f"2026-11-01T10:00:{i % 60:02d}.000Z", "message": {"role": "user", "content": f"hello {i}"}}
-    obj.update(extra)
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-
-
-def append(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as f:
-        f.write(data)
 
 
 def uuids() -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from csmtest import Csmd, current_raws, db_rows, sync_now, wait_for
-from test_end_to_end import append, line
+from lines import append, line
 from test_export import export
 
 QUIET_S = 0.3

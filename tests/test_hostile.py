@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from csm.shared import protocol
 from csmtest import Csmd, csm_json, db_rows, raw_client, run_csm, wait_for
-from test_end_to_end import append, line
+from lines import append, line
 
 
 def rss_kb(pid: int) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from lines import prompt, record
 from csmtest import (
     REAL, Csmd, all_raws, current_raws, db_rows, file_lines, run_csm, status, sync_now, wait_for,
 )
@@ -23,13 +24,8 @@ from csmtest import (
 
 def rec(i: int, session: str = "s1", pad: int = 0, **extra: object) -> str:
     """One transcript line (text, no newline); ``pad`` makes it longer."""
-    obj: dict[str, object] = {
-        "type": "user", "uuid": f"{session}-u{i}", "sessionId": session,
-        "timestamp": f"2026-11-01T10:{i // 60 % 60:02d}:{i % 60:02d}.000Z",
-        "message": {"role": "user", "content": f"hello {i} " + "x" * pad},
-    }
-    obj.update(extra)
-    return json.dumps(obj, separators=(",", ":"))
+    return record(prompt(f"{session}-u{i}", session, f"2026-11-01T10:{i // 60 % 60:02d}:{i % 60:02d}.000Z",
+                         f"hello {i} " + "x" * pad, **extra)).decode()
 
 
 def write(path: Path, lines: list[str], mode: str = "w") -> None:
@@ -511,14 +507,14 @@ class TestSessionIdentity:
         import sqlite3
 
         from csm.daemon import reader
-        from csm.daemon.migrations import MIGRATIONS
+        from csm.daemon.migrations import EARLIER_NAMES, MIGRATIONS
 
         lines = [rec(i, session="s1") for i in range(4)]
         files = [projects / "p1" / "s1.jsonl", projects / "p2" / "s1.jsonl"]
         db.parent.mkdir(parents=True)
         conn = sqlite3.connect(db, isolation_level=None)
         conn.execute("CREATE TABLE _csm_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
-        old = [(name, sql) for name, sql in MIGRATIONS if name in ("m001_initial", "m003_usage", "m004_search")]
+        old = [(name, MIGRATIONS[EARLIER_NAMES[name] - 1][1]) for name in ("m001_initial", "m003_usage", "m004_search")]
         for number, (name, sql) in enumerate(old, 1):
             conn.executescript(f"BEGIN; {sql}; INSERT INTO _csm_migrations VALUES ('{name}', 'then'); "
                                f"PRAGMA user_version = {number}; COMMIT;")
@@ -548,7 +544,7 @@ class TestSessionIdentity:
         assert db_rows(db, "SELECT file_id, file_path, gone_at FROM sync_metadata ORDER BY file_id") == [
             (1, str(files[0]), None), (2, str(files[1]), None)]
         assert all_raws(db) == {x: 2 for x in lines}, "nothing read again"
-        assert "m006_session_identity" in {r[0] for r in db_rows(db, "SELECT name FROM _csm_migrations")}
+        assert db_rows(db, "PRAGMA user_version") == [(len(MIGRATIONS),)]
 
 
 class TestRenameChaos:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from csm.daemon.batch import EventRow
 from csm.daemon.parse import parse
 from csm.daemon.prices import PriceTable, Tokens
 from csm.daemon.store import FileRow, Store, open_writer
@@ -63,6 +64,10 @@ class TestCost:
         assert t.cost("<synthetic>", base) == 0.0
 
 
+def event_row(event_id: int, line: bytes) -> EventRow:
+    return EventRow(event_id, 1, 0, 0, None, None, None, None, None, line.decode())
+
+
 def test_stored_costs_follow_a_new_price_table(tmp_path: Path) -> None:
     """A model priced later (or re-priced) gets its cost on the next start, slots included."""
     store = Store(open_writer(tmp_path / "csm.db"))
@@ -72,7 +77,7 @@ def test_stored_costs_follow_a_new_price_table(tmp_path: Path) -> None:
                        "message": {"id": "m", "model": "claude-new", "usage": {"input_tokens": 100_000}}}).encode()
     old = UsageSink(table())
     old.prepare(store)
-    old.add(1, f, parse(line), line)
+    old.add(event_row(1, line), f, parse(line))
     with store.transaction():
         old.write(store)
     q = store.conn.execute
@@ -139,7 +144,7 @@ def test_slots_always_equal_the_sums_of_the_best_copies(
             line = json.dumps(obj).encode()
             f = FileRow(file_id=1, path=f"/p/{session}.jsonl", root="/p", project="p", session_key=session,
                         parent_session=None, dev=0, inode=0, size=0, mtime_ns=0, offset=0)
-            sink.add(i + 1, f, parse(line), line)
+            sink.add(event_row(i + 1, line), f, parse(line))
             rank = (0 if side else 1, 1 + out + cr)
             best[mid] = max(best.get(mid, rank), rank)
         with store.transaction():

@@ -16,7 +16,7 @@ from csm.shared import protocol
 from csm.shared.errors import QueryError
 
 from csmtest import Csmd, csm_json, db_rows, raw_client, run_csm, sql, wait_for
-from test_end_to_end import append, line
+from lines import append, line
 
 FOREVER = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
 

@@ -21,7 +21,7 @@ import zmq  # noqa: F401 - imported before any fork: the other user may not read
 from csm.shared import protocol
 
 from csmtest import Csmd, csm_json, raw_client, refused_start, run_csm, scalar, wait_for
-from test_end_to_end import append, line
+from lines import append, line
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root to act as a second user")

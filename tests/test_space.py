@@ -7,7 +7,9 @@ import socket
 import sqlite3
 from pathlib import Path
 
-from csmtest import Csmd, db_rows, scalar, wait_for
+from csmtest import WITHOUT_COMPRESSED_LINES, Csmd, db_rows, scalar, wait_for
+
+from csm.daemon.migrations import MIGRATIONS
 
 
 def _line(i: int, size: int = 200) -> bytes:
@@ -51,16 +53,14 @@ def test_many_tiny_commits_keep_the_wal_small(csmd: Csmd, projects: Path, db: Pa
 
 
 def _as_older_csm_left_it(db: Path) -> None:
-    """Make the database what a csm before migration m009 wrote: no auto_vacuum, m009 not recorded."""
-    from csm.daemon.migrations import MIGRATIONS
-
-    number = [name for name, _ in MIGRATIONS].index("m009_incremental_vacuum")
+    """Make the database what a csm before migration 8 (incremental vacuum) wrote: no auto_vacuum, no
+    compressed-lines columns (migration 9), its version the one before."""
+    number = [name for name, _ in MIGRATIONS].index("incremental_vacuum")
     conn = sqlite3.connect(db, isolation_level=None)
     try:
+        conn.executescript(f"BEGIN; {WITHOUT_COMPRESSED_LINES} PRAGMA user_version = {number}; COMMIT;")
         conn.execute("PRAGMA auto_vacuum = NONE")
         conn.execute("VACUUM")
-        conn.execute("DELETE FROM _csm_migrations WHERE name = 'm009_incremental_vacuum'")
-        conn.execute(f"PRAGMA user_version = {number}")
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
     finally:
         conn.close()
@@ -102,11 +102,12 @@ def test_free_pages_come_back_after_the_migration(csmd: Csmd, projects: Path, db
         csmd.start()
         first = supervisor.recv(4096).decode()
         del csmd.env["NOTIFY_SOCKET"]  # the next starts are not supervised
-    assert "migration m009_incremental_vacuum: rewriting database" in csmd.log()
+    assert "migration incremental_vacuum: rewriting database" in csmd.log()
     assert first.startswith("EXTEND_TIMEOUT_USEC="), "systemd's start timeout is extended before the rewrite"
     assert int(first.split("\n")[0].split("=")[1]) >= 60_000_000
     assert _pragma(db, "auto_vacuum") == 2, "the database was converted to incremental vacuum"
-    assert db_rows(db, "SELECT name FROM _csm_migrations WHERE name = 'm009_incremental_vacuum'")
+    assert db_rows(db, "PRAGMA user_version") == [(len(MIGRATIONS),)], "both later migrations recorded"
+    assert db_rows(db, "SELECT count(*) FROM raw_dictionaries") == [(0,)]
     csmd.stop()
 
     _free_pages(db, 8)  # now kept as free pages in the file, until csmd gives them back

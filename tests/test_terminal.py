@@ -14,7 +14,6 @@ import os
 import re
 import select
 import shlex
-import signal
 import struct
 import subprocess
 import sys

@@ -10,6 +10,7 @@ from typing import Any
 
 import ccusage
 import pytest
+from lines import agent_progress, record, response
 from csmtest import REAL, SHARED_REAL, Csmd, csm_json, run_csm, sql, wait_for
 
 OPUS = "claude-opus-4-6"  # $5 / $25 / $6.25 (5-minute writes) / $10 (1-hour writes) / $0.50 per million
@@ -28,25 +29,19 @@ def message(msg_id: str | None, model: str = OPUS, inp: int = 0, out: int = 0, c
 
 def assistant(msg: dict[str, Any], req: str | None, ts: str = "2026-02-10T12:00:00.000Z", session: str = "s1",
               sidechain: bool = False) -> dict[str, Any]:
-    line: dict[str, Any] = {"type": "assistant", "uuid": f"u-{msg.get('id')}-{msg['usage']['output_tokens']}",
-                            "sessionId": session, "timestamp": ts, "isSidechain": sidechain, "message": msg}
-    if req is not None:
-        line["requestId"] = req
-    return line
+    return response(f"u-{msg.get('id')}-{msg['usage']['output_tokens']}", session, ts, msg, req, isSidechain=sidechain)
 
 
 def progress(msg: dict[str, Any], req: str, ts: str = "2026-02-10T12:00:00.000Z", session: str = "s1"
              ) -> dict[str, Any]:
     """A parent's agent_progress line embedding a subagent's response, as Claude Code 2.1 writes it."""
-    return {"type": "progress", "uuid": f"p-{msg.get('id')}", "sessionId": session, "timestamp": ts,
-            "data": {"type": "agent_progress", "agentId": "a1",
-                     "message": {"type": "assistant", "timestamp": ts, "requestId": req, "uuid": "x", "message": msg}}}
+    return agent_progress(f"p-{msg.get('id')}", session, ts, response("x", session, ts, msg, req))
 
 
 def write(path: Path, *lines: dict[str, Any], mode: str = "w") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, mode) as f:
-        f.writelines(json.dumps(obj, separators=(",", ":")) + "\n" for obj in lines)
+        f.writelines(record(obj, newline=True).decode() for obj in lines)
 
 
 def usage_rows() -> list[dict[str, Any]]:

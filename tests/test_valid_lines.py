@@ -20,21 +20,15 @@ from hypothesis import strategies as st
 
 from csmtest import Csmd, csm_json, current_raws, db_rows, run_csm, status, sync_now, wait_for
 from test_browse import Watch
-from test_end_to_end import append, line
+from lines import append, line, record, response
 
 TS = "2026-11-01T10:00:00.000Z"
 
 
-def record(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
 def assistant(msg_id: str, usage: dict[str, Any], session: str = "s", **extra: Any) -> bytes:
-    return record({"type": "assistant", "uuid": f"a-{msg_id}", "sessionId": session, "timestamp": TS,
-                   "requestId": f"r-{msg_id}", "message": {"id": msg_id, "model": "claude-sonnet-4-5",
-                                                           "role": "assistant", "content": [{"type": "text",
-                                                                                             "text": "hi"}],
-                                                           "usage": usage}, **extra})
+    return record(response(f"a-{msg_id}", session, TS, {"id": msg_id, "model": "claude-sonnet-4-5",
+                                                        "content": [{"type": "text", "text": "hi"}], "usage": usage},
+                           f"r-{msg_id}", **extra))
 
 
 def stored_exactly(db: Path, f: Path, lines: list[bytes]) -> None:

@@ -6,7 +6,6 @@ config sets a rescan interval far longer than the test's deadline.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from lines import append, prompt, record
 from csmtest import Csmd, csm_json, db_rows, run_csm, sql, wait_for
 from csm.client.transport import request
 from csm.shared import protocol
@@ -24,15 +24,8 @@ NO_RESCAN = "rescan_interval_s = 3600\n"
 
 
 def line(i: int, session: str = "s1", pad: int = 0) -> bytes:
-    obj = {"type": "user", "uuid": f"{session}-u{i}", "sessionId": session, "timestamp": "2026-11-01T10:00:00.000Z",
-           "message": {"role": "user", "content": f"hello {i}" + "x" * pad}}
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-
-
-def append(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as f:
-        f.write(data)
+    """A prompt with a uuid unique across sessions (``s1-u3``)."""
+    return record(prompt(f"{session}-u{i}", session, "2026-11-01T10:00:00.000Z", f"hello {i}" + "x" * pad), newline=True)
 
 
 def configure(tmp_path: Path, text: str) -> Path:

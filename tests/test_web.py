@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,15 +17,13 @@ from typing import Any
 
 import pytest
 
-from csmtest import REAL, Csmd, run_csm, wait_for
+from lines import prompt, record, response
+from csmtest import REAL, Csmd, run_csm
+from webtest import TIMEOUT_MS, serve, signed_in
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import Browser, Page, expect  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TIMEOUT_MS = 10_000
 SHOT = os.environ.get("CSM_SCREENSHOT")  # where to keep the sessions page's picture: docs/web.png (README's)
 
 
@@ -70,60 +67,34 @@ def site(isolated: Path) -> Iterator[Site]:
     shutil.copytree(REAL, projects)
     (projects / "SOURCES.md").unlink()
     csmd = Csmd(isolated).start()
-    out = isolated / "serve.out"
-    with open(out, "wb") as f:
-        serve = subprocess.Popen([sys.executable, "-m", "csm.client", "serve", "--port", "0"], stdout=f,
-                                 stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
-        url = wait_for(lambda: re.search(r"http://\S+token=\S+", out.read_text()), 20, "csm serve's URL").group(0)
-        m = re.match(r"(http://127\.0\.0\.1:(\d+))/\?token=(\S+)", url)
-        assert m, url
-        yield Site(base=m.group(1), url=url, token=m.group(3), port=int(m.group(2)), env=dict(os.environ),
-                   projects=projects, csmd=csmd, tmp=isolated)
+        with serve(dict(os.environ), isolated / "serve.out") as s:
+            yield Site(base=s.base, url=s.url, token=s.token, port=s.port, env=dict(os.environ),
+                       projects=projects, csmd=csmd, tmp=isolated)
     finally:
-        serve.terminate()
-        serve.wait(10)
         if csmd.alive:
             assert csmd.stop() == 0, csmd.log()
-    assert "Traceback" not in out.read_text(), out.read_text()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
-    with playwright_sync.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture
 def page(site: Site, browser: Browser) -> Iterator[Page]:
-    """A fresh browser context that opened the printed URL once: it holds the token's cookie."""
-    ctx = browser.new_context(viewport={"width": 1100, "height": 800})
-    ctx.set_default_timeout(TIMEOUT_MS)
-    p = ctx.new_page()
-    p.goto(site.url)
-    expect(p).to_have_url(site.base + "/")
-    yield p
-    ctx.close()
+    with signed_in(browser, site.url, site.base) as p:
+        yield p
 
 
 def jline(**obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":")) + "\n"
+    return record(obj, newline=True).decode()
 
 
 def user(session: str, n: int, text: str) -> str:
-    return jline(type="user", uuid=f"u-{session}-{n}", sessionId=session, timestamp=f"2026-03-01T10:00:{n:02d}.000Z",
-                 cwd="/home/me/it's here", message={"role": "user", "content": text})
+    return record(prompt(f"u-{session}-{n}", session, f"2026-03-01T10:00:{n:02d}.000Z", text,
+                         cwd="/home/me/it's here"), newline=True).decode()
 
 
 def assistant(session: str, n: int, text: str) -> str:
-    return jline(type="assistant", uuid=f"a-{session}-{n}", sessionId=session,
-                 timestamp=f"2026-03-01T10:00:{n:02d}.000Z", requestId=f"r-{session}-{n}",
-                 message={"id": f"m-{session}-{n}", "role": "assistant", "model": "claude-test-1",
-                          "content": [{"type": "text", "text": text}]})
+    return record(response(f"a-{session}-{n}", session, f"2026-03-01T10:00:{n:02d}.000Z",
+                           {"id": f"m-{session}-{n}", "model": "claude-test-1", "content": [{"type": "text", "text": text}]},
+                           f"r-{session}-{n}"), newline=True).decode()
 
 
 def png(width: int, height: int) -> str:
@@ -213,6 +184,11 @@ def test_sessions_list_filters_by_project_and_title_words_in_the_url(site: Site,
     rows = page.locator("#sessions tbody tr")
     expect(rows).to_have_count(len(want))
     assert set(rows.locator(".project").all_inner_texts()) == {"spotter"}
+    expect(page.locator("nav.scope")).to_have_count(0)  # no [team]: no Mine | Team switch
+    page.goto(site.base + "/sessions?scope=team")  # a bookmark from a team member's page: one line, why
+    expect(page.locator(".team-down")).to_contain_text("team mode is off")
+    expect(page.locator("nav.scope")).to_have_count(0)
+    page.goto(site.base + "/sessions?project=SPOTTER")
     page.fill('input[name="title"]', "PHX server")
     page.click(".filters button")
     expect(page).to_have_url(re.compile(r"title=PHX\+server"))

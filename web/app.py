@@ -27,8 +27,9 @@ from starlette.staticfiles import StaticFiles
 from csm.client.render import plain
 from csm.client.transport import START_HINT, arequest
 from csm.shared import protocol, timespec
-from csm.shared.errors import ConfigError, CsmError, DaemonNotRunning, NotFound, QueryError
-from csm.web import conversation, views
+from csm.shared.config import Team
+from csm.shared.errors import ConfigError, CsmError, DaemonNotRunning, NotFound, QueryError, TeamUnavailable
+from csm.web import conversation, scope, views
 from csm.web.guard import Guard
 from csm.web.live import Hub
 
@@ -37,6 +38,7 @@ ENTRIES_PAGE = 200
 HITS_PAGE = 20
 USAGE_PAGE = 100
 USAGE_GROUPS = ("day", "week", "month", "model", "project")
+TEAM_USAGE_GROUPS = ("member", "machine", *USAGE_GROUPS)
 
 
 class Web:
@@ -58,6 +60,16 @@ class Web:
 
     def down(self, request: Request, e: CsmError) -> HTMLResponse:
         return self.page(request, "down.html", 503, error=str(e), start="csmd", service="csm service install")
+
+    def team_down(self, request: Request, name: str, team: Team | None, e: TeamUnavailable,
+                  **ctx: Any) -> HTMLResponse:
+        """A team view while the team database cannot answer: the page with its one line (the CLI's), and
+        the switch, whose "mine" side still works."""
+        empty: dict[str, Any] = {"rows": [], "hits": [], "columns": [], "keys": 0, "chart": "", "unpriced": []}
+        for key, value in empty.items():
+            ctx.setdefault(key, value)
+        return self.page(request, name, 503, team_error=str(e), team_on=team is not None, in_team=True, more=False,
+                         **ctx)
 
     async def checked_form(self, request: Request) -> dict[str, str]:
         """A POST's form (urlencoded: the pages send nothing else), after its token (header or field)
@@ -94,6 +106,13 @@ class Web:
             except ValueError as e:
                 return None, None, f"{key}: {e}"
         return out[0], out[1], None
+
+    async def team(self, request: Request) -> tuple[Team | None, bool]:
+        """``[team]`` (the switch is shown only with it), and whether this view asks for the team's answers."""
+        from csm.client.team import of
+
+        cfg, _ = await self._config()
+        return of(cfg), scope.is_team(request)
 
     @staticmethod
     def page_number(request: Request) -> int:
@@ -152,8 +171,18 @@ class Web:
         zone = self.zone(request)
         since, until, bad = self.times(request, zone)
         n = self.page_number(request)
+        team, in_team = await self.team(request)
         rows: list[dict[str, Any]] = []
-        if not bad:
+        if not bad and in_team:
+            from csm.team import read
+
+            try:
+                columns, found = await scope.read(team, read.sessions, q.get("project") or None, since, until,
+                                                  (n + 1) * SESSIONS_PAGE + 1)
+            except TeamUnavailable as e:
+                return self.team_down(request, "sessions.html", team, e, q=q, n=n)
+            rows = [dict(zip(columns, r)) for r in found[n * SESSIONS_PAGE:]]
+        elif not bad:
             req = protocol.Sessions(project=q.get("project") or None, since=since, until=until,
                                     title=q.get("title") or None, limit=SESSIONS_PAGE + 1, offset=n * SESSIONS_PAGE)
             try:
@@ -168,7 +197,7 @@ class Web:
         more = len(rows) > SESSIONS_PAGE
         name = "sessions_rows.html" if q.get("fragment") else "sessions.html"
         return self.page(request, name, 400 if bad else 200, rows=rows[:SESSIONS_PAGE], error=bad, q=q, n=n,
-                         more=more, live="sessions")
+                         more=more, live="sessions", team_on=team is not None, in_team=in_team)
 
     @staticmethod
     def target(request: Request) -> str:
@@ -222,11 +251,11 @@ class Web:
                 await arequest(protocol.Export(target=sid, format="jsonl"), timeout_s=30.0, on_progress=chunk)
                 body, media = b"".join(chunks), "application/jsonl"
             else:
-                from csm.client import transcript
+                from csm.client import layouts
 
                 t = await arequest(protocol.Show(session=sid, full=True), timeout_s=60.0)
                 assert isinstance(t, protocol.Transcript)
-                text = transcript.markdown(t) if fmt == "md" else conversation.page(t.session, t.entries)
+                text = layouts.markdown(t) if fmt == "md" else conversation.page(t.session, t.entries)
                 body, media = text.encode(), "text/markdown" if fmt == "md" else "text/html"
         except NotFound as e:
             return Response(str(e), status_code=404)
@@ -242,8 +271,18 @@ class Web:
         zone = self.zone(request)
         since, until, bad = self.times(request, zone)
         n = self.page_number(request)
+        team, in_team = await self.team(request)
         hits: list[dict[str, Any]] = []
-        if text and not bad:
+        if text and not bad and in_team:
+            from csm.team import read
+
+            try:
+                columns, found = await scope.read(team, read.search, text, q.get("project") or None, since, until,
+                                                  (n + 1) * HITS_PAGE + 1)
+            except TeamUnavailable as e:
+                return self.team_down(request, "search.html", team, e, q=q, n=n, text=text)
+            hits = [dict(zip(columns, r)) for r in found]
+        elif text and not bad:
             req = protocol.Search(text=text, project=q.get("project") or None, since=since, until=until,
                                   include_tools=q.get("tools") == "1", limit=(n + 1) * HITS_PAGE + 1)
             try:
@@ -257,18 +296,27 @@ class Web:
                 hits = [dict(zip(reply.columns, r)) for r in reply.rows]
         more = len(hits) > (n + 1) * HITS_PAGE
         return self.page(request, "search.html", 400 if bad else 200, hits=hits[n * HITS_PAGE: (n + 1) * HITS_PAGE],
-                         error=bad, q=q, text=text, n=n, more=more)
+                         error=bad, q=q, text=text, n=n, more=more, team_on=team is not None, in_team=in_team)
 
     async def usage(self, request: Request) -> Response:
         q = request.query_params
-        by = q.get("by", "day") if q.get("by") in USAGE_GROUPS else "day"
+        team, in_team = await self.team(request)
+        groups = TEAM_USAGE_GROUPS if in_team else USAGE_GROUPS
+        by = q.get("by", "day") if q.get("by") in groups else "day"
         zone = self.zone(request)
         since, until, bad = self.times(request, zone)
         n = self.page_number(request)
         columns: list[str] = []
         rows: list[list[Any]] = []
         unpriced: list[str] = []
-        if not bad:
+        if not bad and in_team:
+            from csm.team import read
+
+            try:
+                columns, rows = await scope.read(team, read.usage, by, since, until, zone, q.get("project") or None)
+            except TeamUnavailable as e:
+                return self.team_down(request, "usage.html", team, e, q=q, n=n, by=by, groups=groups, zone=zone)
+        elif not bad:
             req = protocol.UsageReport(by=by, since=since, until=until, tz=zone, project=q.get("project") or None)
             try:
                 reply = await arequest(req, timeout_s=30.0)
@@ -287,9 +335,9 @@ class Web:
             chart = views.chart([" ".join(str(v) for v in r[:keys]) for r in shown],
                                 [r[at["total_tokens"]] or 0 for r in shown],
                                 [bool(r[at["unpriced_tokens"]]) for r in shown])
-        return self.page(request, "usage.html", 400 if bad else 200, by=by, groups=USAGE_GROUPS, zone=zone,
+        return self.page(request, "usage.html", 400 if bad else 200, by=by, groups=groups, zone=zone,
                          columns=columns, rows=shown, keys=keys, chart=chart, unpriced=unpriced, error=bad, q=q, n=n,
-                         more=len(rows) > (n + 1) * USAGE_PAGE)
+                         more=len(rows) > (n + 1) * USAGE_PAGE, team_on=team is not None, in_team=in_team)
 
     async def settings(self, request: Request) -> Response:
         message = error = None

@@ -29,6 +29,7 @@ def environment() -> jinja2.Environment:
     env.filters.update(markdown=views.markdown, snippet=views.snippet, number=views.number, usd=views.usd,
                        when=views.when)
     env.globals["with_page"] = views.with_page
+    env.globals["with_scope"] = views.with_scope
     return env
 
 

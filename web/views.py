@@ -53,6 +53,14 @@ def with_page(query: Any, page: int) -> str:
     return urlencode([*((k, v) for k, v in query.multi_items() if k not in ("page", "fragment")), ("page", page)])
 
 
+def with_scope(query: Any, team: bool) -> str:
+    """The view's filters on the other side of the Mine | Team switch (from its first page)."""
+    from urllib.parse import urlencode
+
+    kept = [(k, v) for k, v in query.multi_items() if k not in ("page", "fragment", "scope")]
+    return urlencode([*kept, ("scope", "team")] if team else kept)
+
+
 def chart(labels: Sequence[str], values: Sequence[float], unpriced: Sequence[bool], width: int = 720,
           height: int = 220) -> Markup:
     """Bars of ``values`` (tokens) under their labels, drawn here as SVG: no script, no library.

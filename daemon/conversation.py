@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import re
 
-import msgspec
-
-from csm.daemon.content import Block, blocks, decode_any, image, result_images, result_text, strings
-from csm.daemon.parse import BadLine, readable
+from csm.daemon.content import Block, decode_any, image, result_images, strings
+from csm.daemon.parse import BadLine, LineView, is_synthetic, parse
 from csm.shared.protocol import Entry
 
 DETAIL_MAX = 120
@@ -27,39 +25,6 @@ _KEY_FIELD = {
     "NotebookEdit": "notebook_path", "Glob": "pattern", "Grep": "pattern", "Task": "description",
     "Agent": "description", "WebFetch": "url", "WebSearch": "query", "Skill": "skill",
 }
-
-
-class _Message(msgspec.Struct):
-    id: str | None = None
-    model: str | None = None
-    content: msgspec.Raw = msgspec.Raw()
-
-
-class _Line(msgspec.Struct, rename="camel"):
-    type: str | None = None
-    timestamp: str | None = None
-    is_meta: bool | None = None
-    is_compact_summary: bool | None = None
-    is_api_error_message: bool | None = None
-    subtype: str | None = None
-    summary: str | None = None
-    message: _Message | None = None
-    tool_use_result: msgspec.Raw = msgspec.Raw()
-
-
-_line = msgspec.json.Decoder(_Line)
-
-
-def _parse(raw: str | bytes) -> _Line | None:
-    try:
-        return _line.decode(raw)
-    except msgspec.ValidationError:
-        return None
-    except (msgspec.DecodeError, RecursionError):  # a lone surrogate, or deeper than msgspec goes
-        try:
-            return _line.decode(readable(raw.encode() if isinstance(raw, str) else raw))
-        except (msgspec.DecodeError, msgspec.ValidationError, BadLine):
-            return None
 
 
 def one_line(text: str, limit: int = DETAIL_MAX) -> str:
@@ -86,7 +51,7 @@ def _user_text(text: str) -> str:
     return text.strip()
 
 
-def _agent_id(line: _Line) -> str | None:
+def _agent_id(line: LineView) -> str | None:
     value = decode_any(line.tool_use_result)
     agent = value.get("agentId") if isinstance(value, dict) else None
     return agent if isinstance(agent, str) else None
@@ -116,10 +81,15 @@ class Builder:
         self.entries.append(e)
         return e
 
-    def add(self, raw: str | bytes) -> None:
-        line = _parse(raw)
-        if line is None:
-            return
+    def add_raw(self, raw: str | bytes) -> None:
+        """A stored line: decoded here, as the ingest thread decodes a new one (a bad line is left out)."""
+        try:
+            self.add(parse(raw.encode() if isinstance(raw, str) else raw))
+        except BadLine:
+            pass
+
+    def add(self, line: LineView) -> None:
+        """One line's view, as the ingest thread decoded it (``csm watch``) or ``add_raw`` did."""
         ts = line.timestamp
         if line.type == "summary" and line.summary:
             self._entry("summary", ts, text=line.summary)
@@ -132,10 +102,10 @@ class Builder:
         elif line.type == "assistant":
             self._assistant_line(line, ts)
 
-    def _user(self, line: _Line, ts: str | None) -> None:
+    def _user(self, line: LineView, ts: str | None) -> None:
         texts = []
         images = []
-        for b in blocks(line.message.content if line.message else None):
+        for b in line.blocks:
             if b.type == "text" and b.text:
                 texts.append(b.text)
             elif b.type == "tool_result":
@@ -150,28 +120,28 @@ class Builder:
         else:
             self._entry("user", ts, text=_user_text(text), images=images)
 
-    def _result(self, b: Block, line: _Line, ts: str | None) -> None:
+    def _result(self, b: Block, line: LineView, ts: str | None) -> None:
         index, call = self._calls.get(b.tool_use_id or "", (-1, None))
         if call is None:
             e = self._entry("tool_result", ts, is_error=bool(b.is_error))
             if self.full:
-                e.output = result_text(b)
+                e.output = b.output
                 e.images = result_images(b)
             return
         call.is_error = bool(b.is_error)
         if self.full:
-            call.output = result_text(b)
+            call.output = b.output
             call.images = result_images(b)
         agent = _agent_id(line)
         if agent:
             self.spawned.append((index, agent))
 
-    def _assistant_line(self, line: _Line, ts: str | None) -> None:
+    def _assistant_line(self, line: LineView, ts: str | None) -> None:
         msg = line.message
         assert msg is not None
-        model = msg.model if msg.model and not msg.model.startswith("<") else None
+        model = None if is_synthetic(msg.model) else msg.model
         head = self._assistant.get(msg.id) if msg.id else None
-        for b in blocks(msg.content):
+        for b in line.blocks:
             if b.type == "text" and b.text and b.text.strip():
                 if head is None:
                     head = self._head(msg.id, ts, model, bool(line.is_api_error_message))
@@ -182,7 +152,7 @@ class Builder:
                 head.thinking = f"{head.thinking}\n\n{b.thinking.strip()}" if head.thinking else b.thinking.strip()
             elif b.type == "tool_use":
                 name = b.name or "?"
-                value = decode_any(b.input)
+                value = b.value
                 e = self._entry("tool", ts, tool=name, detail=tool_detail(name, value), model=model)
                 if self.full:
                     e.input = json.dumps(value, indent=2, ensure_ascii=False)
