@@ -8,7 +8,7 @@ and usage (``MIX``), ``--think`` seconds apart. It measures, from outside:
 - exactly once: every written line is a row, once (uuids are unique per line);
 - freshness: time from a line's write to its row being visible to a reader
   (a separate process polling every 5 ms, so figures carry up to ~5 ms of polling delay);
-- csmd's peak RSS (``/proc/<pid>/status``), sampled every 0.25 s;
+- csmd's peak RSS (``/proc/<pid>/status``) and the WAL file's peak size, sampled every 0.25 s;
 - client answers: calls, failures, latency (all, and per kind of request).
 
 Targets (issue 7): freshness p99 < 250 ms, RSS < 80 MB, every line once; with 20 clients
@@ -59,6 +59,8 @@ class Result:
     fresh_max_ms: float = 0.0
     rss_start_mb: float = 0.0
     rss_peak_mb: float = 0.0
+    wal_peak_mb: float = 0.0
+    wal_end_mb: float = 0.0
     client_calls: int = 0
     client_failures: int = 0
     client_p99_ms: float = 0.0
@@ -288,8 +290,11 @@ class Soak:
                             daemon=True)
         asker.start()
         peak = r.rss_start_mb
+        wal = Path(f"{self.db}-wal")
+        wal_peak = 0
         while writer.is_alive():
             peak = max(peak, rss_mb(self.proc.pid))
+            wal_peak = max(wal_peak, wal.stat().st_size if wal.exists() else 0)
             writer.join(0.25)
         expected.put(r.written)
         stop_asking.set()
@@ -301,6 +306,8 @@ class Soak:
         self.seen_at = out.get(timeout=60)
         observer.join(10)
         r.rss_peak_mb = round(peak, 1)
+        r.wal_peak_mb = round(wal_peak / 2**20, 1)
+        r.wal_end_mb = round((wal.stat().st_size if wal.exists() else 0) / 2**20, 1)
         conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
         r.rows, r.distinct = conn.execute("SELECT count(*), count(DISTINCT uuid) FROM events").fetchone()
         r.bad_lines = conn.execute("SELECT count(*) FROM sync_errors").fetchone()[0]
@@ -349,6 +356,7 @@ def main() -> int:
         print(f"  rows {r.rows}, distinct {r.distinct}, bad lines {r.bad_lines}")
         print(f"  freshness p50 {r.fresh_p50_ms} ms, p99 {r.fresh_p99_ms} ms, max {r.fresh_max_ms} ms")
         print(f"  csmd RSS {r.rss_start_mb:.1f} MB at start, peak {r.rss_peak_mb} MB")
+        print(f"  WAL peak {r.wal_peak_mb} MB, {r.wal_end_mb} MB at the end")
         print(f"  {r.clients} clients: {r.client_calls} calls, {r.client_failures} failed, p99 {r.client_p99_ms} ms")
         for kind, k in r.client_kinds.items():
             print(f"    {kind:10} {k['calls']:6} calls, p50 {k['p50_ms']} ms, p99 {k['p99_ms']} ms")

@@ -22,8 +22,9 @@ from typing import Any, Literal, NamedTuple
 
 import msgspec
 
-from csm.daemon import browse, export, heap, queries, reports, search, turns
+from csm.daemon import browse, export, heap, queries, reports, search, space, turns
 from csm.daemon.checkpoint import Checkpointer
+from csm.daemon.compress import Compressor
 from csm.daemon.diagnose import diagnose
 from csm.daemon.health import Health
 from csm.daemon.ingest import Ingestor
@@ -114,7 +115,8 @@ class Daemon:
         self.syncer.after_new_dirs.append(self.watcher.verify)
         threading.excepthook = self._thread_died
         self.retention = Retention(self.roots, rescanned=lambda: self.syncer.scans > 0)
-        ing.sinks.append(self.retention)
+        compressor = Compressor(store, self.config.compress_after_days, self.checkpointer.wrote)
+        ing.sinks += [self.retention, compressor, space.Space(self.checkpointer.wrote)]
         self.reader = open_reader(self.db)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query",
                                        initializer=turns.on_query_thread, initargs=(self.syncer.turns.give_way,))

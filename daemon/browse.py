@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from csm.daemon import projects
 from csm.daemon.conversation import Builder
+from csm.daemon.rawtext import RAW
 from csm.daemon.tree import AGENT_PREFIX
 from csm.shared import resume
 from csm.shared.errors import NotFound, QueryError
@@ -162,7 +163,7 @@ def session_info(conn: sqlite3.Connection, file_id: int) -> SessionInfo:
 
 def _lines(conn: sqlite3.Connection, file_id: int) -> Iterator[str]:
     """The session's lines in the order csm stored them (file order; lines a rewrite removed stay)."""
-    for (raw,) in conn.execute("SELECT raw FROM events WHERE file_id = ? ORDER BY id", (file_id,)):
+    for (raw,) in conn.execute(f"SELECT {RAW} FROM events e WHERE e.file_id = ? ORDER BY e.id", (file_id,)):
         yield raw
 
 

@@ -6,17 +6,27 @@ Why: SQLite's automatic checkpoint runs inside the writer's ``COMMIT`` once the 
 time of the initial sync (4.1 s with them, 1.7 s without; the CPU time is the same).
 
 Here the writer's automatic checkpoint is switched off and this thread does the work on a
-connection of its own: after every ``EVERY_BYTES`` of committed lines the ingest thread
-pokes it (``committed``: it is an ingest sink) and it runs a PASSIVE checkpoint,
-which never blocks the writer or readers. sqlite3 releases the GIL while it copies and
-syncs, so the checkpoint overlaps with parsing on the second core.
+connection of its own: after about ``EVERY_FRAMES`` pages written to the WAL the ingest
+thread pokes it (``committed``: it is an ingest sink) and it runs a PASSIVE
+checkpoint, which never blocks the writer or readers. sqlite3 releases the GIL while it
+copies and syncs, so the checkpoint overlaps with parsing on the second core. The WAL's
+growth is estimated per commit (``PAGES_PER_COMMIT`` plus the lines' own pages), not from
+line bytes alone: a commit of one tiny line still rewrites about 16 pages (b-tree edges,
+indexes, the search index, the session figures), so counting bytes poked ~200x too late and
+300 tiny appends grew the WAL to 76 MB.
 
 A passive checkpoint cannot rewind the WAL while the writer keeps appending, so during a
-long backlog the WAL would grow to the size of the backlog. Once it holds more than
-``RESTART_BYTES``, a RESTART checkpoint follows the passive one: it waits for the
+long backlog the WAL would grow to the size of the backlog; and even a complete one rarely
+lets the writer start the WAL again, because a reader that began before it ended still holds
+its snapshot when the next commit begins (300 tiny appends under polling queries: 24 MB of
+WAL). So once it holds more than ``RESTART_BYTES``, or the passive one copied everything, a
+RESTART checkpoint follows the passive one: it waits for the
 writer's current transaction, copies the few frames the passive one missed, and lets the
 next transaction start the WAL from the beginning (``journal_size_limit`` then trims the
-file). Durability is unchanged: when pages reach the database file does not decide whether
+file down to ``store.JOURNAL_LIMIT_BYTES``). Once a burst is over (no commit for ``IDLE_S``) a
+TRUNCATE checkpoint empties the WAL file, so an idle csm takes no more disk than its
+database; it waits at most ``RESTART_WAIT_MS`` for readers and is retried later if one
+is in the way. Durability is unchanged: when pages reach the database file does not decide whether
 a committed transaction survives a crash (the WAL does).
 """
 
@@ -25,6 +35,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,12 +47,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("csm.checkpoint")
 
-EVERY_BYTES = 4 << 20
-"""Committed line bytes between checkpoints (SQLite's default is about 4 MB of pages too)."""
+EVERY_FRAMES = 256
+"""WAL pages between checkpoints (4 MB of 16 KB pages; SQLite's default is about 4 MB too)."""
+PAGES_PER_COMMIT = 16
+"""Pages a commit writes besides its lines' own (measured: 300 one-line commits, 76 MB of WAL)."""
+IDLE_S = 2.0
+"""No commit for this long ends a burst: the WAL file is then truncated to nothing."""
 RESTART_WAIT_MS = 100
 """How long a RESTART may wait for the writer and old readers before it gives up."""
-RESTART_BYTES = 64 << 20
-"""WAL size above which the WAL is rewound (the same as ``journal_size_limit``)."""
+RESTART_BYTES = 16 << 20
+"""WAL size above which the WAL is rewound even while the writer is busy (a backlog)."""
 
 
 class Checkpointer(Sink):
@@ -57,38 +72,74 @@ class Checkpointer(Sink):
         self.conn.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
         self.writer = writer
         self.due = threading.Event()
+        """Wakes the thread: a checkpoint is due, a burst began, or csmd stops."""
+        self.checkpoint_due = False
         self.stopping = False
         self.pending = 0
+        """WAL pages written since the last poke (an estimate, see ``committed``)."""
         self.checkpoints = 0
-        self.restart_frames = RESTART_BYTES // self.conn.execute("PRAGMA page_size").fetchone()[0]
+        self.commits = 0
+        self.truncated_at = 0
+        """``commits`` when the WAL was last emptied: any difference means there is something to truncate."""
+        self.quiet_at = 0.0
+        """When the WAL may be truncated (monotonic): ``IDLE_S`` after the last commit or failed attempt."""
+        self.page_size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        self.restart_frames = RESTART_BYTES // self.page_size
 
     def start(self) -> None:
         self.writer.execute("PRAGMA wal_autocheckpoint = 0")
         self.thread.start()
 
     def committed(self, f: FileRow, batch: Batch) -> None:
-        """On the ingest thread after each commit: count the bytes, poke when enough."""
-        self.pending += sum(len(r.raw) for r in batch.rows)
-        if self.pending >= EVERY_BYTES:
+        """On the ingest thread after each batch's commit: estimate the WAL's growth."""
+        self.wrote(PAGES_PER_COMMIT + sum(len(r.raw) for r in batch.rows) // self.page_size)
+
+    def wrote(self, pages: int) -> None:
+        """On the writer's thread after a commit of about ``pages`` pages: poke when enough, time the quiet."""
+        self.pending += pages
+        self.commits += 1
+        self.quiet_at = time.monotonic() + IDLE_S
+        if self.pending >= EVERY_FRAMES:
             self.pending = 0
+            self.checkpoint_due = True
+            self.due.set()
+        elif self.commits == self.truncated_at + 1:  # the first since the WAL was emptied: time the quiet
             self.due.set()
 
     def run(self) -> None:
         while True:
-            self.due.wait()
+            idle = self.commits != self.truncated_at
+            self.due.wait(max(0.0, self.quiet_at - time.monotonic()) if idle else None)
             self.due.clear()
             if self.stopping:
                 return
             try:
-                self.checkpoint()
+                if self.checkpoint_due:
+                    self.checkpoint_due = False
+                    self.checkpoint()
+                elif idle and time.monotonic() >= self.quiet_at:
+                    self.truncate()
             except sqlite3.Error as e:  # busy or disk trouble: the next poke tries again
                 log.warning("checkpoint failed: %s", e)
+                self.quiet_at = time.monotonic() + IDLE_S
 
     def checkpoint(self) -> None:
-        _, frames, _ = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        _, frames, done = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         self.checkpoints += 1
-        if frames >= self.restart_frames:
+        # All copied (appends trickling in, not a backlog): rewinding costs no copying, only a wait
+        # for the writer's current commit, and keeps the WAL at a few MB instead of RESTART_BYTES.
+        if frames >= self.restart_frames or (frames == done and frames >= EVERY_FRAMES):
             self.conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+
+    def truncate(self) -> None:
+        """After a burst: copy the whole WAL into the database and cut the file to zero bytes."""
+        commits = self.commits
+        busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:  # a reader (or the writer, again busy) kept it from finishing: try after the next quiet spell
+            self.quiet_at = time.monotonic() + IDLE_S
+        else:
+            self.truncated_at = commits
+            self.checkpoints += 1
 
     def stop(self) -> None:
         """Stop the thread and close its connection (before the writer's, so the WAL can go)."""

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from csm.daemon import browse
+from csm.daemon.rawtext import RAW
 from csm.daemon.server import Envelope, Replier, Server
 from csm.shared.errors import NotFound, QueryError
 from csm.shared.protocol import Chunk, Export, ExportDone, ExportFile, Heartbeat, Message
@@ -52,7 +53,7 @@ def _raw_lines(conn: sqlite3.Connection, file_id: int) -> Iterator[tuple[bytes, 
     and whether it is a file's final line stored without a newline (it ends where the checkpoint
     is: a line that had its newline ends one byte before)."""
     cur = conn.execute(
-        "SELECT CAST(e.raw AS BLOB), e.line_offset, m.last_position FROM events e "
+        f"SELECT CAST({RAW} AS BLOB), e.line_offset, m.last_position FROM events e "
         "JOIN sync_metadata m ON m.file_id = e.file_id AND e.generation = m.generation "
         "WHERE m.file_id = ? ORDER BY e.line_offset",
         (file_id,),

@@ -409,6 +409,45 @@ CREATE VIRTUAL TABLE search_text USING fts5(
 INSERT INTO search_text(search_text) VALUES ('rebuild');
 """
 
+M008_INCREMENTAL_VACUUM = """
+-- Free pages can be given back to the file system a few at a time (daemon/space.py), never by
+-- rewriting the whole file while csmd runs. An existing database takes the setting only by being
+-- rewritten once: VACUUM copies every page (through the WAL, with temporary files on disk, not in
+-- memory), about 1 s per 100-200 MB here; store.migrate says so in the log before it starts (and gives
+-- systemd's start timeout that much more, so a large file is not killed mid-rewrite), and a new
+-- database is made incremental from its first page (so this is skipped for it). Not in a
+-- transaction: VACUUM cannot run in one; it is atomic itself, and a kill before the migration is
+-- recorded only means the next start finds the setting in place and records it.
+PRAGMA auto_vacuum = INCREMENTAL;
+VACUUM;
+"""
+
+M009_COMPRESSED_LINES = """
+-- A quiet session's lines stored compressed (daemon/compress.py): raw is then '' and zraw holds the
+-- line compressed with zstd and the dictionary dict_id of raw_dictionaries. Dictionaries are never
+-- changed or deleted, so a row compressed with an old one stays readable after a new one is trained.
+ALTER TABLE events ADD COLUMN zraw BLOB;
+ALTER TABLE events ADD COLUMN dict_id INTEGER REFERENCES raw_dictionaries(id);
+CREATE TABLE raw_dictionaries (
+    id INTEGER PRIMARY KEY,
+    trained_at TEXT NOT NULL,
+    lines INTEGER NOT NULL, -- the archive's rows when it was trained: a new one is due when they have grown
+    dict BLOB NOT NULL
+);
+-- The public lines view shows zraw and dict_id too, so any SQLite tool still reads it (a compressed
+-- line's raw is '' there; README shows how to decompress it). csm's own connections see a temporary
+-- lines view of the same name and columns whose raw is the line's text, compressed or not
+-- (daemon/rawtext.py), so csm query sql reads every line as before.
+DROP VIEW lines;
+CREATE VIEW lines AS
+SELECT m.file_path, e.line_offset, e.uuid, e.parent_uuid, e.session_id, e.type, e.timestamp,
+       e.raw, e.generation, e.generation = m.generation AS current, e.zraw, e.dict_id
+FROM events e JOIN sync_metadata m ON m.file_id = e.file_id;
+"""
+
+OUTSIDE_TRANSACTION = frozenset({"incremental_vacuum"})
+"""Migrations that rewrite the file (VACUUM) and so run outside the transaction that records them."""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("initial", M001_INITIAL),
     ("usage", M002_USAGE),
@@ -417,6 +456,8 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("session_identity", M005_SESSION_IDENTITY),
     ("team_mirror", M006_TEAM_MIRROR),
     ("search_for_datasette", M007_SEARCH_FOR_DATASETTE),
+    ("incremental_vacuum", M008_INCREMENTAL_VACUUM),
+    ("compressed_lines", M009_COMPRESSED_LINES),
 ]
 """(name, SQL) of migration 1, 2, …: its number is its place in the list."""
 

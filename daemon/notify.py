@@ -58,6 +58,11 @@ class Notifier:
     def ready(self) -> None:
         self.send("READY=1")
 
+    def starting_slowly(self, seconds: float, why: str) -> None:
+        """Work before ``ready`` that may take long (a migration rewriting the file): give systemd's start
+        timeout ``seconds`` more, so a large database is not killed, and restarted, mid-rewrite for ever."""
+        self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}", f"STATUS={why}")
+
     def watchdog(self) -> None:
         self.send("WATCHDOG=1")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from csm.daemon import turns
+from csm.daemon.rawtext import RAW
 from csm.daemon.store import open_reader
 from csm.shared.errors import QueryError
 from csm.shared.protocol import Rows
@@ -141,8 +142,8 @@ def list_errors(conn: sqlite3.Connection, max_rows: int) -> Rows:
     cur = conn.execute(
         "SELECT file_path, CASE WHEN line_offset >= 0 THEN line_offset END, length, error, head "
         "FROM sync_errors UNION ALL "
-        "SELECT m.file_path, e.line_offset, length(CAST(e.raw AS BLOB)), "
-        "       le.part || ': ' || le.error || ' (the line is stored)', CAST(substr(e.raw, 1, 200) AS BLOB) "
+        f"SELECT m.file_path, e.line_offset, length(CAST({RAW} AS BLOB)), "
+        f"       le.part || ': ' || le.error || ' (the line is stored)', CAST(substr({RAW}, 1, 200) AS BLOB) "
         "FROM line_errors le JOIN events e ON e.id = le.event_id JOIN sync_metadata m ON m.file_id = e.file_id "
         "ORDER BY 1, 2"
     )

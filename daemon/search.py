@@ -31,6 +31,7 @@ from csm.daemon import heap, projects
 from csm.daemon.batch import EventRow
 from csm.daemon.content import strings
 from csm.daemon.parse import BadLine, LineView, parse
+from csm.daemon.rawtext import RAW
 from csm.daemon.sinks import Sink
 from csm.daemon.store import FileRow, Store
 from csm.shared import resume
@@ -171,7 +172,7 @@ class SearchIndex(Sink):
         done = 0
         while not stop():
             rows = store.conn.execute(
-                "SELECT p.event_id, e.raw FROM search_tools_pending p JOIN events e ON e.id = p.event_id "
+                f"SELECT p.event_id, {RAW} FROM search_tools_pending p JOIN events e ON e.id = p.event_id "
                 "ORDER BY p.event_id DESC LIMIT ?", (BACKFILL_BATCH,))
             batch: list[tuple[int]] = []
             held = 0
@@ -215,7 +216,7 @@ class SearchIndex(Sink):
             if not below:
                 break
             rows = store.conn.execute(
-                "SELECT e.id, e.raw, m.session_key FROM events e JOIN sync_metadata m ON m.file_id = e.file_id "
+                f"SELECT e.id, {RAW}, m.session_key FROM events e JOIN sync_metadata m ON m.file_id = e.file_id "
                 "WHERE e.id < ? ORDER BY e.id DESC LIMIT ?", (below, BACKFILL_BATCH))
             batch = 0
             for event_id, raw, session_id in bounded(rows):
@@ -324,7 +325,7 @@ def _tool_snippets(conn: sqlite3.Connection, rows: list[list[Any]], ids: list[in
     """Fill in each tool hit's snippet, from its tool text indexed in a scratch table."""
     if not rows:
         return
-    raws = dict(conn.execute(f"SELECT id, raw FROM events WHERE id IN ({','.join('?' * len(ids))})", ids))
+    raws = dict(conn.execute(f"SELECT e.id, {RAW} FROM events e WHERE e.id IN ({','.join('?' * len(ids))})", ids))
     scratch = _scratch_conn()
     scratch.execute("DELETE FROM search")
     docs = []

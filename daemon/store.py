@@ -10,6 +10,7 @@ Readers use their own read-only connections (``open_reader``) and never block it
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,12 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from csm.daemon import heap
-from csm.daemon.migrations import EARLIER_NAMES, MIGRATIONS
+from csm.daemon import heap, rawtext
+from csm.daemon.rawtext import RAW
+from csm.daemon.migrations import EARLIER_NAMES, MIGRATIONS, OUTSIDE_TRANSACTION
 from csm.daemon.diagnose import diagnose, unwritable
+from csm.daemon.notify import Notifier
 from csm.daemon.private import private_file
 from csm.shared import paths
 from csm.shared.errors import DatabaseError
+
+log = logging.getLogger("csm.store")
 
 if TYPE_CHECKING:
     from csm.daemon.batch import BadLineRow, Batch, EventRow, LineError, Move
@@ -33,6 +38,9 @@ if TYPE_CHECKING:
 BUSY_TIMEOUT_MS = 5000
 PAGE_SIZE = 16384
 READER_CACHE_KB = 512
+JOURNAL_LIMIT_BYTES = 4 << 20
+"""What is left of the WAL file each time the writer starts it again (``journal_size_limit``): a
+burst's high-water mark is given back at the next reset, not kept for ever."""
 
 
 def now_iso() -> str:
@@ -96,7 +104,14 @@ def migrate(conn: sqlite3.Connection, db: Path) -> None:
     if version > len(MIGRATIONS):
         raise _newer(db, f"schema version {version}")
     for number in range(version + 1, len(MIGRATIONS) + 1):
-        _apply(conn, f"{MIGRATIONS[number - 1][1]}\nPRAGMA user_version = {number};")
+        name, sql = MIGRATIONS[number - 1]
+        if name in OUTSIDE_TRANSACTION:
+            _rewrite(conn, db, name, sql)
+            sql = ""
+        _apply(conn, f"{sql}\nPRAGMA user_version = {number};")
+        # Each migration's pages (a VACUUM's: the whole file) go to the database at once, not kept in
+        # the WAL beside it: the disk holds the schema once, and the first sync starts on an empty WAL.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
 
 
 def _adopt_earlier(conn: sqlite3.Connection, db: Path) -> int:
@@ -132,6 +147,31 @@ def _newer(db: Path, what: str) -> DatabaseError:
     )
 
 
+REWRITE_MB_PER_S = 100
+"""The estimate logged for VACUUM: it rewrote the real fixtures' 38 MB database in 0.17-0.25 s here
+(file cached, loaded machine); half that speed is allowed for a file read from disk."""
+
+
+def _rewrite(conn: sqlite3.Connection, db: Path, name: str, sql: str) -> None:
+    """Run a migration that rewrites the whole file (``OUTSIDE_TRANSACTION``), before the transaction that
+    records its number, saying first what it does and how long it will take. Its temporary copy goes to
+    disk (``temp_store = FILE``): in memory it would cost the database's size in RAM."""
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:  # new database, or done before a kill
+        return
+    mb = (db.stat().st_size if db.exists() else 0) / 2**20
+    log.warning("migration %s: rewriting database %s (%.0f MB) once so free space can be given back "
+                "while csmd runs; about %.0f s, needing up to %.0f MB free on its disk; csmd starts after it",
+                name, db, mb, mb / REWRITE_MB_PER_S, 2 * mb)
+    Notifier().starting_slowly(60 + 3 * mb / REWRITE_MB_PER_S, f"migration {name}: rewriting the database once")
+    started = time.monotonic()
+    conn.execute("PRAGMA temp_store = FILE")
+    try:
+        conn.executescript(sql)
+    finally:
+        conn.execute("PRAGMA temp_store = MEMORY")
+    log.warning("migration %s: done in %.1f s", name, time.monotonic() - started)
+
+
 def open_writer(db: Path) -> sqlite3.Connection:
     """Open (creating and migrating) the database for the one writer."""
     try:
@@ -140,11 +180,15 @@ def open_writer(db: Path) -> sqlite3.Connection:
         if refused := unwritable(db, f"cannot open database {db}"):
             raise refused
         conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False, factory=heap.WriterConnection)
+        rawtext.register(conn, db)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         # Lines average 2 KB and many exceed a 4 KB page: 16 KB pages need fewer overflow
         # pages and b-tree splits (inserting the 100 MB bench corpus: 0.40 -> 0.32 s). Only a
         # new, empty database takes it; an existing one keeps its page size.
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+        # Free pages given back a few at a time (``daemon/space.py``); like the page size, only a new
+        # database takes it here (an existing one is rewritten once by a migration).
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
             raise DatabaseError(f"{db}: cannot switch to WAL mode (is it on a network filesystem?)")
         _private_files(db)
@@ -154,7 +198,7 @@ def open_writer(db: Path) -> sqlite3.Connection:
         # 1 MB batches: peak RSS of a 100 MB sync 48 -> 37 MB, same CPU).
         conn.execute("PRAGMA cache_size = -2048")
         conn.execute("PRAGMA temp_store = MEMORY")
-        conn.execute("PRAGMA journal_size_limit = 67108864")
+        conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_LIMIT_BYTES}")
         migrate(conn, db)
         return conn
     except OSError as e:
@@ -166,7 +210,9 @@ def open_writer(db: Path) -> sqlite3.Connection:
 def open_reader(db: Path) -> sqlite3.Connection:
     """A read-only connection: it can never take the write lock, so it never delays ingestion."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    rawtext.register(conn, db)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    rawtext.shadow_lines(conn)
     conn.execute("PRAGMA query_only = 1")
     # csmd has up to six readers (status, two per query thread, an export): at SQLite's default
     # 2 MB each they held 8-9 MB of csmd's heap under four clients; the OS caches the file anyway.
@@ -290,7 +336,7 @@ class Store:
     def old_generation_rows(self, file_id: int, generation: int) -> Iterator[tuple[int, str]]:
         """(id, raw) of a file's rows from earlier generations, to re-attach on a re-read."""
         return self.conn.execute(
-            "SELECT id, raw FROM events WHERE file_id = ? AND generation < ?", (file_id, generation)
+            f"SELECT e.id, {RAW} FROM events e WHERE e.file_id = ? AND e.generation < ?", (file_id, generation)
         )
 
     def reattach(self, moves: Iterable[Move]) -> None:

@@ -103,6 +103,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     search_defer_tools_bytes: Annotated[int, msgspec.Meta(ge=0)] = 16 * 1024 * 1024
     """A rescan with at least this many bytes to read (an initial sync) indexes tool input and output for
     search just after it rather than line by line: the tool text is most of the bytes."""
+    compress_after_days: Annotated[float, msgspec.Meta(ge=0)] = 3.0
+    """A transcript file unchanged for this many days has its lines stored compressed (in the background, when
+    csmd is idle); a file that changes again gets its new lines uncompressed. 0: every file, at once."""
     web_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8765
     """The TCP port ``csm serve`` listens on without ``--port`` (on 127.0.0.1): a stable address for its login
     service (``csm service install --web``); read by ``csm serve`` when it starts."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from csm.daemon.rawtext import RAW
 from csm.shared.config import Team
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def read(conn: sqlite3.Connection, low: int, team: Team, shared: Projects, archi
         if level >= LEVELS["transcripts"]:
             size = 0
             for row in conn.execute(
-                    "SELECT e.id, e.file_id, e.session_id, m.project, e.type, e.timestamp, e.raw FROM events e "
+                    f"SELECT e.id, e.file_id, e.session_id, m.project, e.type, e.timestamp, {RAW} FROM events e "
                     "JOIN sync_metadata m ON m.file_id = e.file_id WHERE e.id > ? AND e.id <= ? ORDER BY e.id",
                     (low, high)):
                 if shared(row[3]):

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from csm.daemon import rawtext
 from csm.shared.config import Team
 from csm.shared.protocol import TeamStatusReply
 from csm.team import batch
@@ -94,7 +95,7 @@ class Mirror(threading.Thread):
     # --- the thread ------------------------------------------------------------------
 
     def run(self) -> None:
-        reader = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, isolation_level=None)
+        reader = rawtext.register(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, isolation_level=None), self.db)
         writer = sqlite3.connect(self.db, isolation_level=None)
         for c in (reader, writer):
             c.execute("PRAGMA busy_timeout = 10000")

@@ -40,6 +40,14 @@ FIXTURES = Path(__file__).parent / "fixtures"
 REAL = FIXTURES / "real"
 SHARED_REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
 
+WITHOUT_COMPRESSED_LINES = (
+    "DROP VIEW lines; ALTER TABLE events DROP COLUMN zraw; ALTER TABLE events DROP COLUMN dict_id; "
+    "DROP TABLE raw_dictionaries; CREATE VIEW lines AS SELECT m.file_path, e.line_offset, e.uuid, "
+    "e.parent_uuid, e.session_id, e.type, e.timestamp, e.raw, e.generation, e.generation = m.generation "
+    "AS current FROM events e JOIN sync_metadata m ON m.file_id = e.file_id;")
+"""SQL that takes migration 9 (compressed lines) back out of a database, for a test that makes one as a
+csm before it left it (the lines view as migration 1 made it)."""
+
 
 def wait_for(cond: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
     """Poll ``cond`` until it returns something truthy; fail after ``timeout`` seconds."""
@@ -154,9 +162,14 @@ class Csmd:
 
 
 def db_rows(db: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Read the database directly (read-only), for checks the CLI does not expose."""
+    """Read the database directly (read-only), for checks the CLI does not expose; ``lines.raw`` is each line's
+    text as csm reads it (a file older than ``compress_after_days`` may be stored compressed)."""
+    from csm.daemon import rawtext
+
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
+        if conn.execute("SELECT 1 FROM pragma_table_info('events') WHERE name = 'zraw'").fetchone():
+            rawtext.shadow_lines(rawtext.register(conn, db))
         return conn.execute(query, params).fetchall()
     finally:
         conn.close()
@@ -195,7 +208,9 @@ def all_raws(db: Path) -> dict[str, int]:
     """Every row ever stored, of every file and generation, as a multiset of raw lines."""
     from collections import Counter
 
-    return dict(Counter(r[0] for r in db_rows(db, "SELECT raw FROM events")))
+    from csm.daemon.rawtext import RAW
+
+    return dict(Counter(r[0] for r in db_rows(db, f"SELECT {RAW} FROM events e")))
 
 
 def refused_start(csmd: Csmd) -> tuple[int, str]:

@@ -40,7 +40,7 @@ def test_show_asks_the_running_daemon_which_knows_its_flags(csmd: Csmd, tmp_path
     assert set(s) == {"roots", "db", "rescan_interval_s", "batch_lines", "batch_bytes", "max_line_bytes", "watch",
                       "poll_interval_s", "log_level", "query_time_limit_s", "query_max_rows", "query_max_bytes",
                       "query_queue", "search_defer_tools_bytes", "check_interval_s",
-                      "final_line_after_s", "web_port", "team"}
+                      "final_line_after_s", "web_port", "team", "compress_after_days"}
 
     human = run_csm("config", "show")
     assert human.returncode == 0
