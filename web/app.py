@@ -58,6 +58,17 @@ class Web:
         html = self.env.get_template(name).render(request=request, token=self.token, nav=name.split(".")[0], **ctx)
         return HTMLResponse(html, status_code=status)
 
+    @staticmethod
+    async def rows(req: protocol.Request) -> tuple[list[dict[str, Any]], str | None]:
+        """csmd's rows for a list page, one dict a row, or none and the query's own error (a bad filter is
+        the page's 400); csmd itself unreachable raises, for ``down``."""
+        try:
+            reply = await arequest(req, timeout_s=30.0)
+        except QueryError as e:
+            return [], str(e)
+        assert isinstance(reply, protocol.Rows)
+        return [dict(zip(reply.columns, r)) for r in reply.rows], None
+
     def down(self, request: Request, e: CsmError) -> HTMLResponse:
         return self.page(request, "down.html", 503, error=str(e), start="csmd", service="csm service install")
 
@@ -186,14 +197,9 @@ class Web:
             req = protocol.Sessions(project=q.get("project") or None, since=since, until=until,
                                     title=q.get("title") or None, limit=SESSIONS_PAGE + 1, offset=n * SESSIONS_PAGE)
             try:
-                reply = await arequest(req, timeout_s=30.0)
-            except QueryError as e:
-                bad = str(e)
+                rows, bad = await self.rows(req)
             except CsmError as e:
                 return self.down(request, e)
-            else:
-                assert isinstance(reply, protocol.Rows)
-                rows = [dict(zip(reply.columns, r)) for r in reply.rows]
         more = len(rows) > SESSIONS_PAGE
         name = "sessions_rows.html" if q.get("fragment") else "sessions.html"
         return self.page(request, name, 400 if bad else 200, rows=rows[:SESSIONS_PAGE], error=bad, q=q, n=n,
@@ -286,14 +292,9 @@ class Web:
             req = protocol.Search(text=text, project=q.get("project") or None, since=since, until=until,
                                   include_tools=q.get("tools") == "1", limit=(n + 1) * HITS_PAGE + 1)
             try:
-                reply = await arequest(req, timeout_s=30.0)
-            except QueryError as e:
-                bad = str(e)
+                hits, bad = await self.rows(req)
             except CsmError as e:
                 return self.down(request, e)
-            else:
-                assert isinstance(reply, protocol.Rows)
-                hits = [dict(zip(reply.columns, r)) for r in reply.rows]
         more = len(hits) > (n + 1) * HITS_PAGE
         return self.page(request, "search.html", 400 if bad else 200, hits=hits[n * HITS_PAGE: (n + 1) * HITS_PAGE],
                          error=bad, q=q, text=text, n=n, more=more, team_on=team is not None, in_team=in_team)
