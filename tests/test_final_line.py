@@ -36,6 +36,16 @@ def stored_after_syncs(db: Path, f: Path, n: int) -> list[str]:
     return wait_for(enough, 10, f"{n} rows of {f.name}")
 
 
+def final_line_stored(csmd: Csmd, projects: Path, db: Path) -> tuple[Path, bytes]:
+    """A file of one line and a final line without its newline, both stored by a started csmd."""
+    f = projects / "p" / "s.jsonl"
+    last = line(1).rstrip(b"\n")
+    append(f, line(0) + last)
+    csmd.start()
+    stored_after_syncs(db, f, 2)
+    return f, last
+
+
 def raws(*lines: bytes) -> list[str]:
     return [x.rstrip(b"\n").decode() for x in lines]
 
@@ -61,11 +71,7 @@ class TestFinalLine:
 
     def test_a_newline_written_while_csmd_was_stopped_adds_nothing(self, csmd: Csmd, projects: Path,
                                                                    db: Path) -> None:
-        f = projects / "p" / "s.jsonl"
-        last = line(1).rstrip(b"\n")
-        append(f, line(0) + last)
-        csmd.start()
-        stored_after_syncs(db, f, 2)
+        f, last = final_line_stored(csmd, projects, db)
         assert csmd.stop() == 0
         append(f, b"\n" + line(2))
         csmd.start()
@@ -75,11 +81,7 @@ class TestFinalLine:
 
     def test_a_stored_final_line_that_grows_is_read_again_without_doubling(self, csmd: Csmd, projects: Path,
                                                                           db: Path) -> None:
-        f = projects / "p" / "s.jsonl"
-        last = line(1).rstrip(b"\n")
-        append(f, line(0) + last)
-        csmd.start()
-        stored_after_syncs(db, f, 2)
+        f, last = final_line_stored(csmd, projects, db)
         append(f, b"   \n" + line(2))  # the same line went on (trailing blanks): the file was rewritten
         wait_for(lambda: current_raws(db, f) == raws(line(0), last + b"   ", line(2)), 10, "the new generation")
         # line 0 re-attached (one row); the short final line stays as a row of the old generation.
