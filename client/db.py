@@ -161,10 +161,8 @@ def db_backup(dest: Path, db_file: Path | None, fmt: str | None) -> None:
     finally:
         os.umask(umask)
         partial.unlink(missing_ok=True)
-    record = {"source": str(src), "backup": str(dest), "bytes": dest.stat().st_size,
-              "seconds": round(time.monotonic() - started, 3)}
+    size, seconds = dest.stat().st_size, round(time.monotonic() - started, 3)
     if fmt is not None:
-        render.emit_record(record, fmt)
+        render.emit_record({"source": str(src), "backup": str(dest), "bytes": size, "seconds": seconds}, fmt)
     else:
-        click.echo(f"{dest}: {record['bytes'] / 2**20:.1f} MB, a consistent copy of {src} "
-                   f"({record['seconds']:.1f} s)")
+        click.echo(f"{dest}: {size / 2**20:.1f} MB, a consistent copy of {src} ({seconds:.1f} s)")

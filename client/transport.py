@@ -72,7 +72,7 @@ def _sent(msg: Message, sock: Path | None) -> Iterator[tuple[Any, Path]]:
 
     sock = sock or paths.socket_path()
     _check_listening(sock)
-    s = zmq.Context.instance().socket(zmq.DEALER)
+    s: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     s.linger = 0
     s.setsockopt(zmq.IMMEDIATE, 1)
     try:

@@ -179,7 +179,7 @@ class Server:
                 # EHOSTUNREACH: the client went away (ROUTER_MANDATORY); EAGAIN: it stopped reading.
                 log.debug("reply dropped: %s", e)
                 for hook in self.dropped:
-                    hook(envelope, e.errno)
+                    hook(envelope, e.errno or 0)
 
     def stop(self) -> None:
         self.stopping = True
