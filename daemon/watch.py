@@ -129,6 +129,7 @@ class Watchers(Sink):
         if not b.entries:
             return
         for e in b.entries:
+            e.parent = f.parent_session
             if len(e.text) > TEXT_MAX:
                 e.text = one_line(e.text, TEXT_MAX)
         msg = Messages(entries=b.entries)

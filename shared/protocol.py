@@ -336,6 +336,8 @@ class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
     is_error: bool = False
     session_id: str | None = None
     project: str | None = None
+    parent: str | None = None
+    """``watch`` only: the session a subagent's entry belongs to, so a page of that session can follow it."""
     depth: int = 0
     thinking: str | None = None
     images: list[Image] = []

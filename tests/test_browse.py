@@ -372,7 +372,7 @@ def test_watch_streams_new_messages_and_stops_cleanly(csmd: Csmd, projects: Path
     wait_for(lambda: w.out, what="a JSON line")
     assert json.loads(w.out[0]) == {"kind": "user", "timestamp": "2026-11-01T10:00:09.000Z", "text": "as json",
                                     "model": None, "tool": None, "detail": None, "input": None, "output": None,
-                                    "is_error": False, "session_id": "w1", "project": "p", "depth": 0,
+                                    "is_error": False, "session_id": "w1", "project": "p", "parent": None, "depth": 0,
                                     "thinking": None, "images": []}
     csmd.kill()
     assert w.proc.wait(15) == 3 and "stopped answering" in "".join(w.err)

@@ -317,6 +317,14 @@ def test_a_line_appended_while_its_page_is_open_appears_without_a_reload(site: S
     expect(added.locator("strong")).to_have_text("answer")
     assert page.evaluate("window.notReloaded") is True
 
+    # A subagent the session starts while its page is open: its file is new, its key is not the page's.
+    sub = site.projects / "spotter" / "live" / "subagents" / "agent-b7e21.jsonl"
+    write(sub, jline(type="user", uuid="u-live-sub", sessionId="live", isSidechain=True, agentId="b7e21",
+                     timestamp="2026-03-01T10:00:03.000Z",
+                     message={"role": "user", "content": "the subagent's own task, started later"}))
+    expect(page.locator("#entries")).to_contain_text("the subagent's own task, started later")
+    assert page.evaluate("window.notReloaded") is True
+
     page.goto(site.base + "/sessions?project=spotter")
     expect(page.locator('tr[data-session="brand-new"]')).to_have_count(0)
     write(site.projects / "spotter" / "brand-new.jsonl", user("brand-new", 1, "a session started just now"))

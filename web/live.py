@@ -41,8 +41,8 @@ class Client:
         self.queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE)
         self.dropped = False
 
-    def offer(self, event: Event, session: str | None) -> None:
-        if session is not None and self.sessions is not None and session not in self.sessions:
+    def offer(self, event: Event, sessions: tuple[str, ...]) -> None:
+        if sessions and self.sessions is not None and self.sessions.isdisjoint(sessions):
             return
         try:
             self.queue.put_nowait(event)
@@ -53,17 +53,19 @@ class Client:
 class Hub:
     def __init__(self) -> None:
         self.seq = 0
-        self.recent: deque[tuple[Event, str | None]] = deque(maxlen=KEEP)
+        self.recent: deque[tuple[Event, tuple[str, ...]]] = deque(maxlen=KEEP)
         self.clients: set[Client] = set()
         self.up: bool | None = None
         self.task: asyncio.Task[None] | None = None
 
-    def publish(self, name: str, data: Any, session: str | None = None) -> None:
+    def publish(self, name: str, data: Any, sessions: tuple[str, ...] = ()) -> None:
+        """``sessions``: the sessions the event is about (a subagent's entry is its parent's too);
+        none: every page's."""
         self.seq += 1
         event = (self.seq, name, json.dumps(data, ensure_ascii=False))
-        self.recent.append((event, session))
+        self.recent.append((event, sessions))
         for c in list(self.clients):
-            c.offer(event, session)
+            c.offer(event, sessions)
 
     def start(self) -> None:
         if self.task is None:
@@ -87,7 +89,8 @@ class Hub:
                     elif isinstance(reply, Messages):
                         for e in reply.entries:  # a signal: pages fetch what they show in full
                             self.publish("entry", {"session": e.session_id, "project": e.project, "kind": e.kind,
-                                                   "timestamp": e.timestamp, "text": e.text}, e.session_id)
+                                                   "timestamp": e.timestamp, "text": e.text},
+                                             tuple(s for s in (e.session_id, e.parent) if s))
                     elif isinstance(reply, Heartbeat) and reply.missed:
                         self.publish("dropped", {"missed": reply.missed})
             except CsmError as e:
@@ -115,9 +118,9 @@ class Hub:
                 if last_id > self.seq or last_id + 1 < oldest:
                     yield _format((self.seq, "dropped", json.dumps({"missed": "unknown"})))
                     return
-                for event, session in list(self.recent):
+                for event, sessions in list(self.recent):
                     if event[0] > last_id:
-                        client.offer(event, session)
+                        client.offer(event, sessions)
             elif self.up is not None:
                 yield _format((self.seq, "csmd", json.dumps({"up": self.up})))
             loop = asyncio.get_running_loop()
