@@ -41,6 +41,19 @@ class LazyGroup(click.Group):
             self.add_command(getattr(importlib.import_module(module), attr), name)
         return super().get_command(ctx, name)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str],
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """``csm search`` says that it is ``csm query search`` (a subcommand of a group already imported)."""
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError:
+            name = args[0] if args else ""
+            for group_name, group in self.commands.items():
+                if isinstance(group, click.Group) and name in group.list_commands(ctx):
+                    raise click.UsageError(f"No such command '{name}'; it is 'csm {group_name} {name}'.", ctx) from None
+            raise
+
 
 @click.group(cls=LazyGroup, context_settings=CONTEXT, lazy={
     "service": "csm.client.service:service", "db": "csm.client.db:db", "watch": "csm.client.browse:watch",

@@ -46,3 +46,13 @@ def test_help_lists_every_command() -> None:
     query = CliRunner().invoke(cli, ["query", "--help"]).output
     for name in ("errors", "search", "sessions", "show", "sql", "usage"):
         assert f"  {name} " in query, name
+
+
+def test_a_query_command_typed_at_the_top_is_named_in_full() -> None:
+    from csm.client.cli import cli
+
+    for name in ("search", "sessions", "usage"):
+        r = CliRunner().invoke(cli, [name, "x"])
+        assert r.exit_code == 2 and f"No such command '{name}'; it is 'csm query {name}'." in r.output, r.output
+    r = CliRunner().invoke(cli, ["serch"])
+    assert r.exit_code == 2 and "No such command 'serch'." in r.output and "csm query" not in r.output
