@@ -224,8 +224,8 @@ class Syncer(threading.Thread):
                 ing.visit(p)
         if rescan:
             self._rescan(waiters)
-        ing.idle(lambda: ing.stopping.is_set() or self.busy())  # deferred work, until new work waits
-        self.state = "idle"
+        self.state = "idle"  # ingestion is done: deferred work below stops at the next hint
+        ing.idle(lambda: ing.stopping.is_set() or self.busy())
 
     def _rescan(self, waiters: list[Reply]) -> None:
         for check in self.before_rescan:
