@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from csmtest import Csmd, current_raws, db_rows, status, wait_for
+from csmtest import Csmd, csm_json, current_raws, db_rows, status, wait_for
 from lines import append, line, record, response
 from test_browse import Watch
 
@@ -120,3 +120,35 @@ def test_one_hostile_file_in_a_round_stops_no_other_file(csmd: Csmd, projects: P
     log = csmd.log()
     assert "storing them one by one" in log
     assert "Traceback" not in log
+
+
+def test_a_round_the_database_refuses_is_rolled_back_whole_and_retried(csmd: Csmd, projects: Path, db: Path) -> None:
+    """A write lock held by another program: the round (old files appended, new files created) fails at its
+    first write, nothing of it is kept in memory, and once the lock goes every line is stored once."""
+    old = [projects / "p" / f"old{i}.jsonl" for i in range(10)]
+    for i, f in enumerate(old):
+        append(f, line(0, f"old{i}"))
+    csmd.start()
+    wait_for(lambda: stored(db) == 10, 20, "the first lines")
+    other = sqlite3.connect(db, isolation_level=None)  # a user's sqlite3 shell
+    other.execute("BEGIN EXCLUSIVE")
+    new = [projects / "q" / f"new{i}.jsonl" for i in range(10)]
+    try:
+        for i, (f, g) in enumerate(zip(old, new)):
+            append(f, line(1, f"old{i}") + line(2, f"old{i}"))
+            append(g, line(0, f"new{i}"))
+        s = wait_for(lambda: (s := csm_json("status")).get("last_error") and s, 20, "the lock to be reported")
+        assert "locked" in s["last_error"]
+        assert stored(db) == 10
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    wait_for(lambda: stored(db) == 10 + 20 + 10, 30, "every line once the lock is gone")
+    wait_for(lambda: status()["last_error"] is None, 10, "the error to clear")
+    checkpoints_at_the_end(db, [*old, *new])
+    for i, (f, g) in enumerate(zip(old, new)):
+        assert current_raws(db, f) == [line(n, f"old{i}").rstrip(b"\n").decode() for n in range(3)]
+        assert current_raws(db, g) == [line(0, f"new{i}").rstrip(b"\n").decode()]
+    assert db_rows(db, "SELECT count(*), count(DISTINCT file_path) FROM sync_metadata") == [(20, 20)]
+    assert db_rows(db, "SELECT sum(lines) FROM session_stats") == [(40,)]
+    assert "Traceback" not in csmd.log()
