@@ -3,7 +3,8 @@
 A visit asks ``identity`` which checkpoint the file continues (and whether it must be read again),
 reads the complete lines after the checkpoint (``reader``), makes each batch of them with
 ``batch.collect`` (the one decode of each line), lets the sinks derive their data from the views,
-and writes the batch with its checkpoint in one transaction (``Store.write_batch``). A re-read (a
+and writes the batch with its checkpoint in one transaction (``Store.write_batch``; the files of a
+round of watcher hints share one: ``visit_together``). A re-read (a
 truncated or replaced file) re-attaches each unchanged line to its existing row instead of inserting
 it again, so it adds nothing twice and loses nothing: lines that vanished from the file keep their
 rows under the old generation.
