@@ -9,7 +9,11 @@ and usage (``MIX``), ``--think`` seconds apart. It measures, from outside:
 - freshness: time from a line's write to its row being visible to a reader
   (a separate process polling every 5 ms, so figures carry up to ~5 ms of polling delay);
 - csmd's peak RSS (``/proc/<pid>/status``) and the WAL file's peak size, sampled every 0.25 s;
-- client answers: calls, failures, latency (all, and per kind of request).
+- client answers: calls, failures, latency (all, and per kind of request);
+- while the lines are written, figures the machine's load does not move: csmd's CPU and the ingest
+  thread's per 1,000 lines (``/proc``; the thread found with ``py-spy dump`` when it is installed),
+  the ingest thread's writes (the WAL: MB/s and write calls, about one per page) and the checkpoint
+  thread's (the database file), and the transactions committed per second (``csm status``).
 
 Targets (issue 7): freshness p99 < 250 ms, RSS < 80 MB, every line once; with 20 clients
 (issue 10) freshness p99 ≤ 250 ms still, and p50 ≤ 20 ms.
@@ -66,6 +70,13 @@ class Result:
     client_p99_ms: float = 0.0
     clients: int = 0
     client_kinds: dict[str, dict[str, float]] = field(default_factory=dict)
+    load_avg: float = 0.0
+    csmd_cpu_ms_per_1k: float = 0.0
+    ingest_cpu_ms_per_1k: float | None = None
+    wal_write_mb_s: float | None = None
+    wal_writes_per_s: float | None = None
+    db_write_mb_s: float | None = None
+    commits_per_s: float | None = None
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -85,6 +96,57 @@ def rss_mb(pid: int) -> float:
         if row.startswith("VmRSS:"):
             return int(row.split()[1]) / 1024
     return 0.0
+
+
+def threads(pid: int) -> dict[str, int]:
+    """csmd's threads by name (``csm-ingest``: tid), from ``py-spy dump``; empty without py-spy."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    try:
+        out = subprocess.run([exe, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    found = {}
+    for row in out.splitlines():
+        if row.startswith("Thread ") and '"' in row:
+            found[row.split('"')[1]] = int(row.split()[1])
+    return found
+
+
+def cpu_s(path: str) -> float:
+    """utime + stime of a process or thread (``/proc/<pid>[/task/<tid>]/stat``), in seconds."""
+    fields = Path(path, "stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def io(path: str) -> dict[str, int]:
+    """``/proc/<pid>/task/<tid>/io``: wchar (bytes written), syscw (write calls), …"""
+    return {k: int(v) for k, v in (row.split(": ") for row in Path(path, "io").read_text().splitlines())}
+
+
+class Counters:
+    """The load-insensitive figures, read when the writing starts and when it ends."""
+
+    def __init__(self, pid: int, tids: dict[str, int], commits: int | None) -> None:
+        self.at = time.monotonic()
+        self.cpu = cpu_s(f"/proc/{pid}")
+        self.ingest = tids.get("csm-ingest")
+        self.checkpoint = tids.get("csm-checkpoint")
+        self.ingest_cpu = cpu_s(f"/proc/{pid}/task/{self.ingest}") if self.ingest else 0.0
+        self.wal = io(f"/proc/{pid}/task/{self.ingest}") if self.ingest else {}
+        self.db = io(f"/proc/{pid}/task/{self.checkpoint}") if self.checkpoint else {}
+        self.commits = commits
+
+    def into(self, r: Result, start: Counters) -> None:
+        secs, per_1k = self.at - start.at, 1000 / max(r.written, 1)
+        r.csmd_cpu_ms_per_1k = round((self.cpu - start.cpu) * 1000 * per_1k, 2)
+        if self.ingest:
+            r.ingest_cpu_ms_per_1k = round((self.ingest_cpu - start.ingest_cpu) * 1000 * per_1k, 2)
+            r.wal_write_mb_s = round((self.wal["wchar"] - start.wal["wchar"]) / 2**20 / secs, 1)
+            r.wal_writes_per_s = round((self.wal["syscw"] - start.wal["syscw"]) / secs)
+        if self.checkpoint:
+            r.db_write_mb_s = round((self.db["wchar"] - start.db["wchar"]) / 2**20 / secs, 1)
+        if self.commits is not None and start.commits is not None:
+            r.commits_per_s = round((self.commits - start.commits) / secs, 1)
 
 
 def transcript_line(session: str, seq: int) -> bytes:
@@ -228,6 +290,12 @@ class Soak:
     def proc(self) -> subprocess.Popen[bytes] | None:
         return self.csmd.proc
 
+    def commits(self) -> int | None:
+        """``commits`` from ``csm status`` (None from a csmd without it)."""
+        r = subprocess.run([sys.executable, "-m", "csm.client", "status", "--json"], env=self.env,
+                           capture_output=True, text=True)
+        return json.loads(r.stdout).get("commits") if r.returncode == 0 else None
+
     def stop(self) -> None:
         if self.csmd.alive:
             self.csmd.stop(timeout=30)
@@ -278,7 +346,9 @@ class Soak:
         observer.start()
         if not ready.wait(30):
             raise SystemExit("the observer process did not start")
+        tids = threads(self.proc.pid)
         writer = threading.Thread(target=self.writer, daemon=True)
+        start = Counters(self.proc.pid, tids, self.commits())
         writer.start()
         self.writing.wait(10)
         stop_asking = ctx.Event()
@@ -296,6 +366,8 @@ class Soak:
             peak = max(peak, rss_mb(self.proc.pid))
             wal_peak = max(wal_peak, wal.stat().st_size if wal.exists() else 0)
             writer.join(0.25)
+        Counters(self.proc.pid, tids, self.commits()).into(r, start)
+        r.load_avg = os.getloadavg()[0]
         expected.put(r.written)
         stop_asking.set()
         latencies, failures = answers.get(timeout=60)
@@ -357,6 +429,9 @@ def main() -> int:
         print(f"  freshness p50 {r.fresh_p50_ms} ms, p99 {r.fresh_p99_ms} ms, max {r.fresh_max_ms} ms")
         print(f"  csmd RSS {r.rss_start_mb:.1f} MB at start, peak {r.rss_peak_mb} MB")
         print(f"  WAL peak {r.wal_peak_mb} MB, {r.wal_end_mb} MB at the end")
+        print(f"  csmd CPU {r.csmd_cpu_ms_per_1k} ms per 1,000 lines, the ingest thread's {r.ingest_cpu_ms_per_1k}; "
+              f"WAL written {r.wal_write_mb_s} MB/s in {r.wal_writes_per_s} writes/s, database {r.db_write_mb_s} MB/s; "
+              f"{r.commits_per_s} commits/s; load average {r.load_avg:.1f}")
         print(f"  {r.clients} clients: {r.client_calls} calls, {r.client_failures} failed, p99 {r.client_p99_ms} ms")
         for kind, k in r.client_kinds.items():
             print(f"    {kind:10} {k['calls']:6} calls, p50 {k['p50_ms']} ms, p99 {k['p99_ms']} ms")

@@ -308,6 +308,7 @@ class Daemon:
             cleanup_period_days=days,
             cleanup_period_source=days_from,
             lost_before_csm=self.retention.lost,
+            commits=self.ingestor.store.commits,
         )
 
     def _stuck(self) -> str | None:

@@ -10,10 +10,13 @@ connection of its own: after about ``EVERY_FRAMES`` pages written to the WAL the
 thread pokes it (``committed``: it is an ingest sink) and it runs a PASSIVE
 checkpoint, which never blocks the writer or readers. sqlite3 releases the GIL while it
 copies and syncs, so the checkpoint overlaps with parsing on the second core. The WAL's
-growth is estimated per commit (``PAGES_PER_COMMIT`` plus the lines' own pages), not from
-line bytes alone: a commit of one tiny line still rewrites about 16 pages (b-tree edges,
+growth is counted after each commit, in pages (SQLite's own count: ``heap.pages_written``), not
+from line bytes: a commit of one tiny line still rewrites about 16 pages (b-tree edges,
 indexes, the search index, the session figures), so counting bytes poked ~200x too late and
-300 tiny appends grew the WAL to 76 MB.
+300 tiny appends grew the WAL to 76 MB; and a commit of a round of 50 files' lines writes
+about 150, so a fixed estimate per commit poked ~7x too late again (WAL peaks of 80-230 MB
+under ``bench/soak.py``). Where the count cannot be read, ``PAGES_PER_COMMIT`` plus the lines'
+own pages is the estimate.
 
 A passive checkpoint cannot rewind the WAL while the writer keeps appending, so during a
 long backlog the WAL would grow to the size of the backlog; and even a complete one rarely
@@ -36,9 +39,11 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from csm.daemon import heap
 from csm.daemon.sinks import Sink
 from csm.daemon.store import FileRow
 
@@ -90,13 +95,15 @@ class Checkpointer(Sink):
         self.writer.execute("PRAGMA wal_autocheckpoint = 0")
         self.thread.start()
 
-    def committed(self, f: FileRow, batch: Batch) -> None:
-        """On the ingest thread after each batch's commit: estimate the WAL's growth."""
-        self.wrote(PAGES_PER_COMMIT + sum(len(r.raw) for r in batch.rows) // self.page_size)
+    def committed(self, batches: Sequence[tuple[FileRow, Batch]]) -> None:
+        """On the ingest thread after each commit: count the WAL's growth."""
+        self.wrote(PAGES_PER_COMMIT + sum(len(r.raw) for _, b in batches for r in b.rows) // self.page_size)
 
     def wrote(self, pages: int) -> None:
-        """On the writer's thread after a commit of about ``pages`` pages: poke when enough, time the quiet."""
-        self.pending += pages
+        """On the writer's thread after a commit of about ``pages`` pages (the estimate, used when SQLite's
+        own count cannot be read): poke when enough, time the quiet."""
+        written = heap.pages_written(self.writer)
+        self.pending += pages if written is None else written
         self.commits += 1
         self.quiet_at = time.monotonic() + IDLE_S
         if self.pending >= EVERY_FRAMES:

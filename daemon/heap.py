@@ -50,6 +50,8 @@ def _sqlite_library() -> ctypes.CDLL | None:
         lib.sqlite3_hard_heap_limit64.restype = ctypes.c_int64
         lib.sqlite3_hard_heap_limit64.argtypes = [ctypes.c_int64]
         lib.sqlite3_memory_used.restype = ctypes.c_int64
+        lib.sqlite3_db_status.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int),
+                                          ctypes.POINTER(ctypes.c_int), ctypes.c_int]
         return lib
     except (ImportError, OSError, AttributeError):
         return None
@@ -109,6 +111,25 @@ def clear_bindings(conn: sqlite3.Connection) -> None:
             if not _SQLITE.sqlite3_stmt_busy(stmt):  # type: ignore[union-attr]
                 _SQLITE.sqlite3_clear_bindings(stmt)  # type: ignore[union-attr]
             stmt = _SQLITE.sqlite3_next_stmt(db, stmt)  # type: ignore[union-attr]
+
+
+SQLITE_DBSTATUS_CACHE_WRITE = 9
+
+
+def pages_written(conn: sqlite3.Connection) -> int | None:
+    """Pages ``conn`` wrote to the WAL since the last call (``sqlite3_db_status``, CACHE_WRITE, reset
+    each time), for the checkpoint thread's pokes; None where SQLite cannot be reached."""
+    try:
+        db = _handle(conn)
+    except OSError:
+        db = None
+    if db is None:
+        return None
+    current, highest = ctypes.c_int(), ctypes.c_int()
+    if _SQLITE.sqlite3_db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, ctypes.byref(current),  # type: ignore[union-attr]
+                                 ctypes.byref(highest), 1):
+        return None
+    return current.value
 
 
 class WriterConnection(sqlite3.Connection):

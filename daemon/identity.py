@@ -56,6 +56,19 @@ class Checkpoints:
         file may hold by now, so gone ones are found by file id, inode or path in the database."""
         self.next_id = store.next_file_id()
 
+    def reload(self) -> None:
+        """Back to what ``sync_metadata`` holds, after a transaction whose changes were adopted early was
+        rolled back (``Ingestor.visit_together``); each file keeps its one ``FileRow`` object."""
+        rows = {f.file_id: f for f in self.store.files()}
+        for file_id in self.by_id.keys() - rows.keys():
+            del self.by_id[file_id]
+        for file_id, g in rows.items():
+            f = self.by_id.setdefault(file_id, g)
+            if f is not g:
+                adopt(f, g)
+        self.live = {f.path: f for f in self.by_id.values() if not f.gone_at}
+        self.next_id = self.store.next_file_id()
+
     def new(self, path: str, root: Path, st: os.stat_result) -> FileRow:
         project, key, parent = describe(root, Path(path))
         f = FileRow(

@@ -3,7 +3,8 @@
 A visit asks ``identity`` which checkpoint the file continues (and whether it must be read again),
 reads the complete lines after the checkpoint (``reader``), makes each batch of them with
 ``batch.collect`` (the one decode of each line), lets the sinks derive their data from the views,
-and writes the batch with its checkpoint in one transaction (``Store.write_batch``). A re-read (a
+and writes the batch with its checkpoint in one transaction (``Store.write_batch``; the files of a
+round of watcher hints share one: ``visit_together``). A re-read (a
 truncated or replaced file) re-attaches each unchanged line to its existing row instead of inserting
 it again, so it adds nothing twice and loses nothing: lines that vanished from the file keep their
 rows under the old generation.
@@ -18,7 +19,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -36,6 +37,14 @@ from csm.shared.config import Config
 from csm.shared.protocol import Backlog
 
 log = logging.getLogger("csm.ingest")
+
+ROUND_S = 0.1
+"""The longest the lines of a round of hints wait for their commit (``visit_together``); besides this,
+a round commits once it holds ``batch_lines`` lines or ``ROUND_BYTES`` (at most ``batch_bytes``)."""
+ROUND_BYTES = 256 << 10
+"""Line bytes a round holds before it commits: its batches (with their views, for the hooks) and the
+sinks' data wait for the commit, and at 1 MB that cost csmd 2-3 MB more at its peak under 20 clients
+(47-49 MB against 45-46 MB); 256 KB is still ~400 lines of the soak's per commit, not 1-20."""
 
 _TROUBLE = frozenset({
     sqlite3.SQLITE_PERM, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_READONLY,
@@ -81,6 +90,10 @@ class Ingestor:
         (None: looked at, not a complete record); see ``final_lines``."""
         self.final_due: dict[int, tuple[int, int]] = {}
         """The file ``final_lines`` is visiting, and the (size, mtime) its final line may be stored at."""
+        self.round: Round | None = None
+        """The batches stored in the transaction ``visit_together`` holds open, not yet committed."""
+        self.stale = False
+        """A round was rolled back and memory could not be read again from the database yet."""
 
     @property
     def backlog(self) -> Backlog | None:
@@ -108,6 +121,8 @@ class Ingestor:
         """A rename seen by the watcher. The destination is visited like any path (its identity finds
         the checkpoint, even if ``src`` was itself the end of an earlier rename); a move out of sight
         (``x.jsonl.bak``) takes the checkpoint along, so the file is the same one when it comes back."""
+        if self.stale:
+            self._reload()
         ids = self.checkpoints
         if not self.tree.is_transcript(dest):
             ids.moved_out_of_sight(src, dest)
@@ -135,7 +150,84 @@ class Ingestor:
         self.stuck.pop(path, None)
         return totals
 
+    def visit_together(self, paths: Collection[str]) -> Totals:
+        """Visit ``paths`` (a round of watcher hints) storing their batches in one transaction.
+
+        Why: a round of appends to 50 files was 50 commits of a few lines each, every one rewriting
+        about 15 pages (b-tree edges, indexes, the search index, session figures, the checkpoint) and
+        paying the full-text index's cost per transaction: under 2,000 lines/s csmd wrote 117-232 MB/s
+        of WAL for 1.2 MB/s of lines (bench/RESULTS.md, "One transaction per round"). Each file's
+        checkpoint still moves in the transaction that holds its rows; the sinks write what they
+        derived once per commit, and their ``committed`` hooks run after it. A round commits early once
+        it holds ``batch_lines`` lines or ``ROUND_BYTES`` or is ``ROUND_S`` old, so a large catch-up is still
+        stored in bounded transactions and fresh lines are not kept waiting.
+
+        A database error rolls back what is not committed and propagates (the syncer backs off and
+        retries the round); any other failure, which one file's content may cause, rolls it back and
+        the round is stored again file by file (``visit``), where it is confined to its file, its batch
+        and in the end its line.
+        """
+        try:
+            return self._round(paths)
+        except Exception as e:
+            if _database_trouble(e):
+                raise
+            log.warning("a round of %d files failed (%s: %s); storing them one by one", len(paths),
+                        type(e).__name__, e)
+        totals = Totals()
+        for path in paths:
+            totals += self.visit(path)
+        return totals
+
+    def _round(self, paths: Collection[str]) -> Totals:
+        totals = Totals()
+        self.round = Round(self.events, self.next_event_id)
+        try:
+            with self.store.together():
+                for path in paths:
+                    totals += self._visit(path)
+                    self.stuck.pop(path, None)
+                self._commit_round()
+        except BaseException:
+            self._forget_round()
+            raise
+        finally:
+            self.round = None
+            self._clear_sinks()
+        return totals
+
+    def _commit_round(self) -> None:
+        """Commit the round so far (the sinks' data of all its batches first), then run the hooks."""
+        r = self.round
+        assert r is not None
+        if r.batches:
+            with self.store.transaction():
+                for sink in self.sinks:
+                    sink.write(self.store)
+        self.store.commit()
+        self._clear_sinks()
+        self.round = Round(self.events, self.next_event_id)
+        self._committed(r.batches)
+
+    def _forget_round(self) -> None:
+        """After a round was rolled back: memory as the database says, so nothing adopted from its
+        uncommitted batches (checkpoints, counters, known prompts, unreadable files) remains. If the
+        database cannot be read now, the next visit reads it first (``stale``)."""
+        r = self.round
+        assert r is not None
+        self.events, self.next_event_id = r.events, r.next_event_id
+        self.stale = True
+        self._reload()
+
+    def _reload(self) -> None:
+        self.checkpoints.reload()
+        self.have_prompt = self.store.files_with_prompt()
+        self.unreadable = self.store.unreadable_files()
+        self.stale = False
+
     def _visit(self, path: str) -> Totals:
+        if self.stale:
+            self._reload()
         totals = Totals(files_scanned=1)
         if path in self.tree.exclude or not self._storable(path):
             return totals
@@ -334,16 +426,24 @@ class Ingestor:
                     long_line=self.config.batch_bytes,
                     reattach=reattach, want_prompt=f.file_id not in self.have_prompt, too_long=too_long,
                     unterminated=unterminated, failed=failed)
-        # The new checkpoint is built aside and adopted only once it is committed, so a
-        # failed transaction (disk full, locked) leaves memory and database agreeing.
+        # The new checkpoint is built aside and adopted only once it is committed (in a round: once its
+        # rows are written, and forgotten if the round rolls back), so a failed transaction (disk
+        # full, locked) leaves memory and database agreeing.
         g = msgspec.structs.replace(f, offset=b.end, size=b.end if seen is None else seen, mtime_ns=st.st_mtime_ns,
                                     tail_hash=reader.tail(fd, b.end), parent_session=b.parent_session)
         if g.head_len < reader.HEAD_LEN:
             g.head_len, g.head_hash = reader.head(fd, g.size)
+        r = self.round
         try:
             self._derive(f, b)
-            self.store.write_batch(b, g, iso_mtime(st.st_mtime_ns), self.sinks)
+            if r is None:
+                self.store.write_batch(b, g, iso_mtime(st.st_mtime_ns), self.sinks)
+            else:  # the sinks write at the round's commit
+                with self.store.transaction():
+                    self.store.write_rows(b, g, iso_mtime(st.st_mtime_ns))
         except Exception as e:
+            if r is not None:
+                raise  # the round is rolled back whole and stored again file by file
             b.give_back()
             if _database_trouble(e) or failed is not None:
                 raise
@@ -356,7 +456,8 @@ class Ingestor:
             log.warning("%s: the line at offset %d is stored without its derived data: %s", f.path, start, why)
             return self._commit(f, fd, st, start, lines, reattach, totals, seen, too_long, unterminated, why)
         finally:
-            self._clear_sinks()
+            if r is None:
+                self._clear_sinks()
         self.next_event_id += len(b.rows)
         adopt(f, g)
         if b.agg is not None and b.agg.first_prompt:
@@ -364,12 +465,19 @@ class Ingestor:
         self.events += len(b.rows)
         totals.lines += len(b.rows)
         totals.errors += len(b.errors)
+        if r is None:
+            self._committed([(f, b)])
+        elif r.add(f, b, self.config) or time.monotonic() - r.started >= ROUND_S:
+            self._commit_round()
+        return b.end
+
+    def _committed(self, batches: list[tuple[FileRow, Batch]]) -> None:
         for sink in self.sinks:
             try:
-                sink.committed(f, b)
+                sink.committed(batches)
             except Exception:  # after the commit: a hook (csm watch) can fail only itself
-                log.exception("the %s sink failed after a commit of %s", sink.name, f.path)
-        return b.end
+                log.exception("the %s sink failed after a commit of %s", sink.name,
+                              ", ".join(dict.fromkeys(f.path for f, _ in batches)))
 
     def _clear_sinks(self) -> None:
         for sink in self.sinks:
@@ -391,3 +499,23 @@ class Ingestor:
                     if not isinstance(e, ValueError):  # a sink's own refusal is expected; anything else is a bug
                         log.warning("%s: the %s of line %d failed: %s: %s", f.path, sink.name, row.id,
                                     type(e).__name__, e)
+
+
+class Round:
+    """What ``visit_together`` stored since its last commit: the batches (for the hooks after the commit),
+    their size (to bound the transaction), and the counters as they were at that commit."""
+
+    def __init__(self, events: int, next_event_id: int) -> None:
+        self.events = events
+        self.next_event_id = next_event_id
+        self.batches: list[tuple[FileRow, Batch]] = []
+        self.lines = 0
+        self.bytes = 0
+        self.started = time.monotonic()
+
+    def add(self, f: FileRow, b: Batch, config: Config) -> bool:
+        """One more batch; whether the round now holds enough to commit."""
+        self.batches.append((f, b))
+        self.lines += len(b.rows) + len(b.errors)
+        self.bytes += b.end - b.start
+        return self.lines >= config.batch_lines or self.bytes >= min(ROUND_BYTES, config.batch_bytes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,11 +122,12 @@ class Rescan(Sink):
                 ids.mark_gone(f)
         return totals
 
-    def committed(self, f: FileRow, batch: Batch) -> None:
-        """Move the backlog by one committed batch, within the current file's share of the total."""
+    def committed(self, batches: Sequence[tuple[FileRow, Batch]]) -> None:
+        """Move the backlog by the committed batches, within the current file's share of the total."""
         b = self.backlog
         if b is not None and not b.counting:
-            b.bytes_done = min(b.bytes_done + batch.end - batch.start, self.file_end)
+            done = sum(batch.end - batch.start for _, batch in batches)
+            b.bytes_done = min(b.bytes_done + done, self.file_end)
             self._tick()
 
     def _tick(self) -> None:

@@ -7,10 +7,11 @@ A sink is told, on the ingest thread:
 - ``add(row, f, view)``: each newly inserted line, with the view the ingest thread decoded (the only
   decode of that line); ``add`` takes the whole line or raises having taken none of it, and the line
   is then stored without this sink's data, the error recorded against it as ``name`` (``line_errors``);
-- ``write(store)``: inside the batch's transaction; ``clear()``: after every batch, whether it
-  committed, rolled back or never began, so nothing a sink holds outlives its batch;
-- ``committed(f, batch)``: after the commit (``csm watch``, the WAL checkpoint, a rescan's progress);
-  it can fail only itself;
+- ``write(store)``: once per transaction, inside it, for every batch it holds (one file's batch, or a
+  round of hinted files' batches: ``Ingestor.visit_together``); ``clear()``: after every transaction,
+  whether it committed, rolled back or never began, so nothing a sink holds outlives it;
+- ``committed(batches)``: after the commit, once, with each (file, batch) it held (``csm watch``, the
+  WAL checkpoint, a rescan's progress, the team mirror's wake); it can fail only itself;
 - ``idle(store, stop)``: after each round of work, for work left for later; it returns as soon as
   ``stop()`` says new work waits.
 
@@ -19,7 +20,7 @@ Re-attached lines (a re-read of an unchanged line) are not added again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class Sink:
     def clear(self) -> None:
         pass
 
-    def committed(self, f: FileRow, batch: Batch) -> None:
+    def committed(self, batches: Sequence[tuple[FileRow, Batch]]) -> None:
         pass
 
     def idle(self, store: Store, stop: Callable[[], bool]) -> None:
@@ -59,5 +60,5 @@ class OnCommit(Sink):
         self.name = name
         self.wake = wake
 
-    def committed(self, f: FileRow, batch: Batch) -> None:
+    def committed(self, batches: Sequence[tuple[FileRow, Batch]]) -> None:
         self.wake()

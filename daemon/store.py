@@ -225,6 +225,11 @@ class Store:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self.commits = 0
+        """Write transactions committed since csmd started (``csm status``): a round of appends to many
+        files is one (``together``), not one per file."""
+        self.holding = False
+        """Inside ``together``: every ``transaction`` joins one open transaction, ended by ``commit``."""
 
     def close(self) -> None:
         try:
@@ -235,18 +240,49 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` … ``COMMIT``; on any failure (the COMMIT included: disk full,
-        busy) the transaction is rolled back, so the connection is clean for the retry."""
+        busy) the transaction is rolled back, so the connection is clean for the retry.
+
+        Inside ``together`` it joins the transaction held open there (begun by the first write), and
+        a failure propagates to ``together``, which rolls back everything since its last ``commit``."""
+        if self.holding:
+            if not self.conn.in_transaction:
+                self.conn.execute("BEGIN IMMEDIATE")
+            yield self.conn
+            return
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
-            self.conn.execute("COMMIT")
+            self.commit()
         except BaseException:
-            if self.conn.in_transaction:
-                try:
-                    self.conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass  # SQLite already rolled it back; the original error is the one to report
+            self._rollback()
             raise
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """Hold one transaction open for every ``transaction`` inside, until ``commit``; on any failure
+        roll back what is not committed yet. The caller commits (it writes what it kept for the commit
+        first), at the latest before leaving."""
+        self.holding = True
+        try:
+            yield
+        except BaseException:
+            self._rollback()
+            raise
+        finally:
+            self.holding = False
+
+    def commit(self) -> None:
+        """Commit the open transaction, if one is open (inside ``together`` nothing may have been written)."""
+        if self.conn.in_transaction:
+            self.conn.execute("COMMIT")
+            self.commits += 1
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite already rolled it back; the original error is the one to report
 
     # --- files ---------------------------------------------------------------------
 
@@ -294,27 +330,32 @@ class Store:
         """One transaction: a batch's rows, what derives from them (session figures, the sinks' data, line
         errors) and the checkpoint past them."""
         with self.transaction():
-            if b.rows:
-                self.insert_events(b.rows)
-            if b.moves:
-                self.reattach(b.moves)
-            if b.errors:
-                self.insert_errors(b.errors)
-            if b.error_moves:
-                self.reattach_errors(b.error_moves)
-            if (a := b.agg) is not None:
-                f = checkpoint
-                self.upsert_sessions([(
-                    f.file_id, f.session_key, a.project, a.parent or f.parent_session, int(a.is_subagent), a.cwd,
-                    a.first_ts, a.last_ts, a.lines, a.messages, a.custom_title, a.ai_title, a.summary,
-                    a.first_prompt,
-                )])
-                self.add_models([(f.file_id, m) for m in a.models])
+            self.write_rows(b, checkpoint, mtime_iso)
             for sink in sinks:
                 sink.write(self)
-            if b.line_errors:
-                self.insert_line_errors(b.line_errors)
-            self.save_file(checkpoint, mtime_iso)
+
+    def write_rows(self, b: Batch, checkpoint: FileRow, mtime_iso: str) -> None:
+        """A batch's rows, session figures, bad lines, line errors and the checkpoint past them (call inside a
+        transaction; the sinks' data is written once per transaction, by the caller)."""
+        if b.rows:
+            self.insert_events(b.rows)
+        if b.moves:
+            self.reattach(b.moves)
+        if b.errors:
+            self.insert_errors(b.errors)
+        if b.error_moves:
+            self.reattach_errors(b.error_moves)
+        if (a := b.agg) is not None:
+            f = checkpoint
+            self.upsert_sessions([(
+                f.file_id, f.session_key, a.project, a.parent or f.parent_session, int(a.is_subagent), a.cwd,
+                a.first_ts, a.last_ts, a.lines, a.messages, a.custom_title, a.ai_title, a.summary,
+                a.first_prompt,
+            )])
+            self.add_models([(f.file_id, m) for m in a.models])
+        if b.line_errors:
+            self.insert_line_errors(b.line_errors)
+        self.save_file(checkpoint, mtime_iso)
 
     def insert_events(self, rows: Iterable[EventRow]) -> None:
         """Ids are assigned by the writer (``max_event_id`` + 1, …) so that derived tables filled in

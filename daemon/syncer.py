@@ -3,11 +3,12 @@
 Other threads only ever *hint* (``hint``, ``hint_dir``, ``hint_move``, ``request_sync``,
 ``request_rescan``): they add to a coalescing set under a condition variable and return
 at once, so a watchdog handler can never block or raise. This thread drains the set,
-visits each path once however many events it got, and runs a reconciliation rescan on
+visits each path once however many events it got (the paths drained together are stored in one
+transaction, ``Ingestor.visit_together``), and runs a reconciliation rescan on
 start, every ``rescan_interval_s`` (``poll_s`` while the watcher cannot watch) and on
 ``csm sync``. It blocks on the condition between jobs, so an idle daemon uses no CPU.
 
-A database error (disk full, locked by another program) rolls its batch back; the
+A database error (disk full, locked by another program) rolls its transaction back; the
 paths go back into the set and the thread retries with capped exponential backoff,
 resuming by itself when the cause goes away; sync requests waiting meanwhile are
 answered at once with the error (``unavailable``), not left to time out. Any other
@@ -220,8 +221,7 @@ class Syncer(threading.Thread):
             for hook in self.after_new_dirs:
                 hook()
         with self.turns.appending():
-            for p in paths:
-                ing.visit(p)
+            ing.visit_together(paths)
         if rescan:
             self._rescan(waiters)
         self.state = "idle"  # ingestion is done: deferred work below stops at the next hint

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from csm.daemon import projects
@@ -111,10 +112,15 @@ class Watchers(Sink):
             if sub is not None:
                 sub.ack(seq)
 
-    def committed(self, f: FileRow, batch: Batch) -> None:
-        """After each commit (ingest thread): push the batch's messages to whoever wants them."""
-        if not self.subs or not batch.rows:
-            return
+    def committed(self, batches: Sequence[tuple[FileRow, Batch]]) -> None:
+        """After each commit (ingest thread): push each batch's messages to whoever wants them."""
+        for f, batch in batches:
+            if not self.subs:
+                return
+            if batch.rows:
+                self._push(f, batch)
+
+    def _push(self, f: FileRow, batch: Batch) -> None:
         with self.lock:
             targets = [s for s in self.subs.values() if s.wants(f)]
         if not targets:

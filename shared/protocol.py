@@ -244,6 +244,8 @@ class StatusReply(Message, kw_only=True):
     """The settings.json that sets it, or "default"."""
     lost_before_csm: LostBefore | None = None
     """Found once, after csmd's first rescan (daemon/retention.py); None until then, 0 prompts when nothing was lost."""
+    commits: int = 0
+    """Write transactions the ingest thread committed since csmd started (a round of appends to many files is one)."""
 
 
 class Progress(Message, kw_only=True):
