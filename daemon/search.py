@@ -146,6 +146,11 @@ class SearchIndex(Sink):
             self.tools.append((event_id, tool))
 
     def write(self, store: Store) -> None:
+        # FTS5 flushes its pending terms whenever a rowid is not above the last one, making a segment per
+        # row: the catch-up and the backfill, which read newest first, are inserted in ascending order
+        # (200 MB of tool text: 3.5 times less CPU).
+        self.texts.sort()
+        self.tools.sort()
         conn = store.conn
         if self.texts:
             conn.executemany("INSERT INTO message_text (event_id, session_id, timestamp, role, message_id, text) "
