@@ -166,7 +166,8 @@ class Daemon:
     def _large_backlog(self) -> bool:
         """A rescan with much to read (an initial sync): the search index leaves tool text for after it."""
         backlog = self.ingestor.backlog
-        return backlog is not None and backlog.bytes_total >= self.config.search_defer_tools_bytes
+        return (backlog is not None and not self.ingestor.live
+                and backlog.bytes_total >= self.config.search_defer_tools_bytes)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.watchers.stop()
