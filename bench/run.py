@@ -311,12 +311,19 @@ QUERIES = {
 }
 
 
+def pending_sql(conn: sqlite3.Connection) -> str:
+    """How many lines search has still to index (the prose table only where it exists: an older csm)."""
+    tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE name IN "
+                                         "('search_tools_pending', 'search_text_pending')")]
+    return "SELECT " + " + ".join(f"(SELECT count(*) FROM {t})" for t in tables)
+
+
 def wait_tools_indexed(home: Home, d: Csmd, timeout: float = 1200.0) -> float:
     """Until csmd has indexed the tool text it deferred during the initial sync; seconds waited."""
     conn = sqlite3.connect(f"file:{home.db}?mode=ro", uri=True)
     t = time.perf_counter()
     try:
-        while conn.execute("SELECT EXISTS (SELECT 1 FROM search_tools_pending)").fetchone()[0]:
+        while conn.execute(pending_sql(conn)).fetchone()[0]:
             d.check()
             if time.perf_counter() - t > timeout:
                 raise SystemExit("csmd did not index the deferred tool text in time")

@@ -75,8 +75,12 @@ def test_search_finds_every_line_once_the_backlog_is_indexed(csmd: Csmd, project
     assert db_rows(db, "SELECT count(*) FROM message_text")[0][0] == lines
     tools = db_rows(db, "SELECT count(*) FROM search_tools WHERE search_tools MATCH 'bash'")[0][0]
     assert tools == lines // 2
+    assert db_rows(db, "SELECT count(*) FROM search_text_pending")[0][0] == 0
+    assert f"indexed the prose of {lines} lines" in csmd.log(), "the prose was indexed with its rows, not after"
     hits = json.loads(csmd_search("toolword7x301"))
     assert [h["session_id"] for h in hits] == ["b7"]
+    found = db_rows(db, "SELECT rowid FROM search_text WHERE search_text MATCH 'backlogword' ORDER BY rowid")
+    assert found == db_rows(db, "SELECT event_id FROM message_text ORDER BY event_id"), "each line's prose once"
 
 
 def csmd_search(text: str) -> str:
