@@ -337,7 +337,9 @@ def phase_queries(c: Ctx, home: Home, d: Csmd) -> None:
     from csm.client.transport import request
     from csm.shared import protocol
 
+    cpu = d.cpu_s()
     c.out["tools_indexed_after_s"] = round(wait_tools_indexed(home, d), 1)
+    c.out["tools_indexed_cpu_s"] = round(d.cpu_s() - cpu, 2)
     wait_scanned(home, d)
     sock = Path(home.env["XDG_RUNTIME_DIR"]) / "csm" / "csmd.sock"
     n = c.args.repeat * 3
