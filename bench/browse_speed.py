@@ -67,7 +67,7 @@ def ingest(root: Path) -> None:
         tmp = Path(tempfile.mkdtemp())
         store = Store(open_writer(tmp / "csm.db"))
         ing = Ingestor(store, [root / "projects"], Config())
-        index = search.SearchIndex(defer_tools=lambda: mode == "deferred")
+        index = search.SearchIndex(defer=lambda: mode == "deferred")
         if mode != "off":
             ing.sinks.append(index)
         t, cpu = time.perf_counter(), time.process_time()

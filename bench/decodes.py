@@ -53,7 +53,7 @@ def run(root: Path, watch: bool) -> tuple[int, int, float]:
     with tempfile.TemporaryDirectory() as t:
         store = Store(open_writer(Path(t) / "csm.db"))
         ing = Ingestor(store, [root], Config())
-        sinks = [UsageSink(PriceTable.shipped()), search.SearchIndex(defer_tools=lambda: True)]
+        sinks = [UsageSink(PriceTable.shipped()), search.SearchIndex(defer=lambda: True)]
         watchers = Watchers(_Server())  # type: ignore[arg-type]
         if watch:
             (watchers.subscribe if hasattr(watchers, "subscribe") else watchers.add)((b"peer",), None, None)

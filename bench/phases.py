@@ -5,8 +5,8 @@
 Phases, each csmd's peak ``VmRSS`` (sampled every 20 ms) and its RSS at the phase's end:
 
 - ``sync``: from start until every line of the corpus is a row (``bench/corpus.py`` makes DIR);
-- ``catch-up``: until the tool text deferred by the initial sync is indexed (``search_tools_pending``
-  empty);
+- ``catch-up``: until the search text deferred by the initial sync is indexed (``search_text_pending``
+  and ``search_tools_pending`` empty);
 - ``idle``: ``--idle-s`` seconds of nothing to do afterwards (the RSS at its end is "idle after");
 - ``restart`` (``--restart``): a second csmd on the same database and corpus, until it is watching.
 
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import Csmd, Home, csm_cmd, wait_db  # noqa: E402
+from run import Csmd, Home, csm_cmd, pending_sql, wait_db  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -136,7 +136,7 @@ class Serve:
 def pending(db: Path) -> int:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return conn.execute("SELECT count(*) FROM search_tools_pending").fetchone()[0]
+        return conn.execute(pending_sql(conn)).fetchone()[0]
     except sqlite3.Error:
         return -1
     finally:

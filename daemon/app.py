@@ -104,7 +104,7 @@ class Daemon:
         ing = self.ingestor
         self.prices = PriceTable.shipped()
         self.checkpointer = Checkpointer(self.db, store.conn)
-        self.search_index = search.SearchIndex(defer_tools=self._large_backlog, stopping=ing.stopping)
+        self.search_index = search.SearchIndex(defer=self._large_backlog, stopping=ing.stopping)
         ing.sinks += [UsageSink(self.prices), self.search_index, self.checkpointer]
         self.syncer = Syncer(self.ingestor, self.config.rescan_interval_s, db=self.db)
         self.health = Health(self.db, self.config.check_interval_s)
@@ -164,9 +164,11 @@ class Daemon:
         return 0
 
     def _large_backlog(self) -> bool:
-        """A rescan with much to read (an initial sync): the search index leaves tool text for after it."""
+        """A rescan with much to read (an initial sync): the search index is built just after its rows.
+        Hints stored meanwhile (``Ingestor.live``) are live lines, indexed with their rows."""
         backlog = self.ingestor.backlog
-        return backlog is not None and backlog.bytes_total >= self.config.search_defer_tools_bytes
+        return (backlog is not None and not self.ingestor.live
+                and backlog.bytes_total >= self.config.search_defer_tools_bytes)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.watchers.stop()

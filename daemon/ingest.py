@@ -94,6 +94,12 @@ class Ingestor:
         """The batches stored in the transaction ``visit_together`` holds open, not yet committed."""
         self.stale = False
         """A round was rolled back and memory could not be read again from the database yet."""
+        self.live_first: Callable[[str | None], None] = lambda visiting: None
+        """Called by a rescan between its files and between the batches of a file (with the file it is
+        visiting): the syncer stores the lines of hinted files there, so a backlog never starves a live
+        session (``Syncer.live_first``)."""
+        self.live = False
+        """Set while the syncer stores the lines of hints: they are live, never part of a backlog."""
 
     @property
     def backlog(self) -> Backlog | None:
@@ -322,6 +328,8 @@ class Ingestor:
                 for i in range(0, len(lines), self.config.batch_lines):
                     chunk = lines[i : i + self.config.batch_lines]
                     start = self._commit(f, fd, st, start, chunk, reattach, totals)
+            if self.rescans.backlog is not None:
+                self.live_first(f.path)
             if self.stopping.is_set():
                 return changed
         if f.offset < st.st_size and self.final_due.pop(f.file_id, None) == (st.st_size, st.st_mtime_ns):

@@ -445,6 +445,13 @@ SELECT m.file_path, e.line_offset, e.uuid, e.parent_uuid, e.session_id, e.type, 
 FROM events e JOIN sync_metadata m ON m.file_id = e.file_id;
 """
 
+M010_SEARCH_TEXT_PENDING = """
+-- Lines whose prose is in message_text but not yet in search_text: a large rescan (a first sync) stores
+-- each line's prose with it and indexes it just after the rows, in bulk (daemon/search.py), as it
+-- already does the tool text (search_tools_pending).
+CREATE TABLE search_text_pending (event_id INTEGER PRIMARY KEY);
+"""
+
 OUTSIDE_TRANSACTION = frozenset({"incremental_vacuum"})
 """Migrations that rewrite the file (VACUUM) and so run outside the transaction that records them."""
 
@@ -458,6 +465,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("search_for_datasette", M007_SEARCH_FOR_DATASETTE),
     ("incremental_vacuum", M008_INCREMENTAL_VACUUM),
     ("compressed_lines", M009_COMPRESSED_LINES),
+    ("search_text_pending", M010_SEARCH_TEXT_PENDING),
 ]
 """(name, SQL) of migration 1, 2, …: its number is its place in the list."""
 

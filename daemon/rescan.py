@@ -53,6 +53,8 @@ class Rescan(Sink):
         self.progress: Callable[[], None] | None = None
         self.started = 0.0
         self.file_end = 0
+        self.visiting: str | None = None
+        """The file the rescan is visiting: only its batches move the backlog (not a hint's, stored meanwhile)."""
 
     def run(self, progress: Callable[[], None] | None = None, top: Path | None = None) -> Totals:
         """Compare every file under the roots (or ``top``) with its checkpoint and catch up.
@@ -98,9 +100,11 @@ class Rescan(Sink):
             b.counting = False
             self.started = time.monotonic()
             for path, size in todo:
+                ing.live_first(None)
                 if ing.stopping.is_set():
                     break
                 self.file_end = b.bytes_done + size
+                self.visiting = path
                 visited = ing.visit(path)
                 visited.files_scanned = 0  # counted above
                 totals += visited
@@ -108,7 +112,7 @@ class Rescan(Sink):
                 b.bytes_done = self.file_end
                 self._tick()
         finally:
-            self.backlog = self.progress = None
+            self.backlog = self.progress = self.visiting = None
         # Files not seen are gone when they no longer exist — under a root deleted whole too — and, after
         # a full rescan, when no configured root holds them any more: csm no longer follows those.
         prefixes = [str(t) + os.sep for t in (ing.tree.roots if top is None else tops)]
@@ -126,7 +130,7 @@ class Rescan(Sink):
         """Move the backlog by the committed batches, within the current file's share of the total."""
         b = self.backlog
         if b is not None and not b.counting:
-            done = sum(batch.end - batch.start for _, batch in batches)
+            done = sum(batch.end - batch.start for f, batch in batches if f.path == self.visiting)
             b.bytes_done = min(b.bytes_done + done, self.file_end)
             self._tick()
 

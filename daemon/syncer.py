@@ -67,6 +67,7 @@ class Syncer(threading.Thread):
         self.scans = 0
         self.turns = Turns()
         """Queries step aside while this thread stores the lines of hints (``daemon/turns.py``)."""
+        ingestor.live_first = self.live_first
 
     # --- called from other threads -------------------------------------------------
 
@@ -226,6 +227,33 @@ class Syncer(threading.Thread):
             self._rescan(waiters)
         self.state = "idle"  # ingestion is done: deferred work below stops at the next hint
         ing.idle(lambda: ing.stopping.is_set() or self.busy())
+
+    def live_first(self, visiting: str | None) -> None:
+        """Between the files and batches of a rescan: store the lines of the files hinted meanwhile.
+
+        A rescan with a large backlog (a first sync of a long history) takes minutes; without this a
+        line appended to a live session waited for all of it. The file the rescan is visiting is left
+        hinted: that visit reads it to its end anyway. On a database error the hints go back into the
+        set, for the retry."""
+        ing = self.ingestor
+        if not self.paths or ing.live:
+            return
+        with self.cond:
+            paths, self.paths = self.paths, {}
+            if visiting in paths:
+                self.paths[visiting] = paths.pop(visiting)
+        ing.live = True
+        try:
+            with self.turns.appending():
+                ing.visit_together(list(paths))
+                paths.clear()
+        except BaseException:
+            with self.cond:
+                for p in paths:
+                    self.paths.setdefault(p)
+            raise
+        finally:
+            ing.live = False
 
     def _rescan(self, waiters: list[Reply]) -> None:
         for check in self.before_rescan:

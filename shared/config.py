@@ -101,8 +101,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     query_queue: Annotated[int, msgspec.Meta(ge=1)] = 32
     """Queries running or waiting at once; more are answered "busy" at once."""
     search_defer_tools_bytes: Annotated[int, msgspec.Meta(ge=0)] = 16 * 1024 * 1024
-    """A rescan with at least this many bytes to read (an initial sync) indexes tool input and output for
-    search just after it rather than line by line: the tool text is most of the bytes."""
+    """A rescan with at least this many bytes to read (an initial sync) indexes its lines for search just
+    after its rows, in bulk, rather than line by line (the name is older: the prose is deferred too)."""
     compress_after_days: Annotated[float, msgspec.Meta(ge=0)] = 3.0
     """A transcript file unchanged for this many days has its lines stored compressed (in the background, when
     csmd is idle); a file that changes again gets its new lines uncompressed. 0: every file, at once."""

@@ -269,8 +269,10 @@ def test_tool_text_of_a_large_backlog_is_indexed_after_it(csmd: Csmd, projects: 
     (tmp_path / "config" / "csm" / "config.toml").write_text("search_defer_tools_bytes = 0\n")
     shutil.copytree(REAL / "spotter", projects / "spotter")
     csmd.start()
-    assert csm_json("query", "search", "phoenix")[0]["snippet"] == "start «phoenix» in background"
     wait_for(lambda: db_rows(db, "SELECT count(*) FROM search_tools_pending") == [(0,)], what="the tool text pass")
+    assert db_rows(db, "SELECT count(*) FROM search_text_pending") == [(0,)], "the prose is indexed first"
+    assert csm_json("query", "search", "phoenix")[0]["snippet"] == "start «phoenix» in background"
+    assert "indexed the prose of" in csmd.log()
     assert "indexed the tool text of" in csmd.log()
     hits = csm_json("query", "search", "elixirforum", "--include-tools")
     assert hits and hits[0]["role"] == "tool" and "«elixirforum»" in hits[0]["snippet"]
