@@ -225,6 +225,11 @@ class Syncer(threading.Thread):
         if rescan:
             self._rescan(waiters)
         ing.idle(lambda: ing.stopping.is_set() or self.busy())  # deferred work, until new work waits
+        if rescan:
+            # The rescan's buffers go back, and the writer's page cache that it and the idle work filled
+            # (2 MB of SQLite's heap at idle, even after a rescan that changed nothing); not after a live
+            # append's round, which the next append would fill again.
+            heap.release(ing.store.conn)
         self.state = "idle"
 
     def _rescan(self, waiters: list[Reply]) -> None:
@@ -239,7 +244,6 @@ class Syncer(threading.Thread):
         self.last_sync_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         seconds = time.monotonic() - started
         if totals.files_changed:
-            heap.release(self.ingestor.store.conn)  # a large rescan's buffers go back; cheap for a small one
             log.info("rescan: %d files, %d changed, %d lines, %d bad lines in %.2f s", totals.files_scanned,
                      totals.files_changed, totals.lines, totals.errors, seconds)
         for reply in waiters:
