@@ -162,7 +162,7 @@ def start(home: Home, breakdown: Path | None) -> Csmd:
     if breakdown is None:
         return d.start()
     env = dict(home.env, PROBE_OUT=str(breakdown))
-    with open(d.log, "ab") as log:
+    with open(d.log_path, "ab") as log:
         d.started = time.perf_counter()
         d.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("probe.py"))], stdout=log, stderr=log,
                                   env=env)

@@ -8,12 +8,13 @@ know has no price: its responses keep their tokens and get ``None`` as cost, sho
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
 
 import msgspec
+
+from csm.daemon.reader import digest
 
 LONG_CONTEXT = 200_000
 """Above this many input tokens (uncached + cache writes + cache reads) a request is billed at
@@ -67,7 +68,7 @@ class PriceTable:
         table = msgspec.json.decode(data, type=PriceFile)
         self.updated = table.updated
         self.models = table.models
-        self.fingerprint = f"{table.updated} {hashlib.sha256(data).hexdigest()[:16]}"
+        self.fingerprint = f"{table.updated} {digest(data).hex()[:16]}"
         self._resolved: dict[str | None, Price | None] = {}
 
     @classmethod

@@ -7,8 +7,12 @@ is renamed, truncated or replaced while it is being read is still read consisten
 
 from __future__ import annotations
 
-import hashlib
 import os
+
+try:  # hashlib's own blake2b; importing hashlib would load OpenSSL's libcrypto (3.3 MB of csmd's RSS)
+    from _blake2 import blake2b
+except ImportError:  # a Python built without its own blake2
+    from hashlib import blake2b
 
 HEAD_LEN = 1024
 """Bytes hashed to recognise a file by its beginning (a replacement changes them)."""
@@ -18,7 +22,8 @@ READ_STEP = 1 << 20
 
 
 def digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
+    """A 16-byte fingerprint: of a file's head or tail here, of the price table (``prices``)."""
+    return blake2b(data, digest_size=16).digest()
 
 
 def head(fd: int, size: int) -> tuple[int, bytes]:

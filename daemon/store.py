@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,8 +52,9 @@ def iso_mtime(mtime_ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime_ns / 1e9))
 
 
-class FileRow(msgspec.Struct, kw_only=True):
-    """A file's checkpoint row (``sync_metadata``)."""
+class FileRow(msgspec.Struct, kw_only=True, gc=False):
+    """A file's checkpoint row (``sync_metadata``). csmd keeps one per file; it holds only strings,
+    numbers and bytes, so the garbage collector need not track it (``gc=False``)."""
 
     file_id: int
     path: str
@@ -70,6 +72,12 @@ class FileRow(msgspec.Struct, kw_only=True):
     head_hash: bytes | None = None
     tail_hash: bytes | None = None
     gone_at: str | None = None
+
+    def __post_init__(self) -> None:
+        """One copy of each root and project, not one per file: csmd keeps every file's row (3,000
+        on a 1 GB history), and these two repeat across them."""
+        self.root = sys.intern(self.root)
+        self.project = sys.intern(self.project)
 
 
 _FILE_FIELDS = {  # FileRow field: its sync_metadata column

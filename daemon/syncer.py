@@ -227,6 +227,11 @@ class Syncer(threading.Thread):
             self._rescan(waiters)
         self.state = "idle"  # ingestion is done: deferred work below stops at the next hint
         ing.idle(lambda: ing.stopping.is_set() or self.busy())
+        if rescan:
+            # The rescan's buffers go back, and the writer's page cache that it and the idle work filled
+            # (2 MB of SQLite's heap at idle, even after a rescan that changed nothing); not after a live
+            # append's round, which the next append would fill again.
+            heap.release(ing.store.conn)
 
     def live_first(self, visiting: str | None) -> None:
         """Between the files and batches of a rescan: store the lines of the files hinted meanwhile.
@@ -267,7 +272,6 @@ class Syncer(threading.Thread):
         self.last_sync_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         seconds = time.monotonic() - started
         if totals.files_changed:
-            heap.release(self.ingestor.store.conn)  # a large rescan's buffers go back; cheap for a small one
             log.info("rescan: %d files, %d changed, %d lines, %d bad lines in %.2f s", totals.files_scanned,
                      totals.files_changed, totals.lines, totals.errors, seconds)
         for reply in waiters:

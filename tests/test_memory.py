@@ -193,3 +193,39 @@ def test_deferred_tool_text_is_indexed_in_bounded_batches_and_the_heap_given_bac
     assert hits.returncode == 0 and json.loads(hits.stdout), hits.stderr
     assert vm(pid(csmd), "VmHWM") < 75, "the catch-up held its lines all at once"
     assert vm(pid(csmd), "VmRSS") < 50, "the catch-up's heap was not given back"
+
+
+def test_csmd_does_not_load_openssl(csmd: Csmd, projects: Path) -> None:
+    """``import hashlib`` loads OpenSSL's libcrypto, 3.3 MB of csmd's RSS for a blake2b that Python
+    has built in: after ingesting a file (head and tail hashes), pricing its usage and answering
+    queries, csmd has not mapped it."""
+    f = projects / "p" / "s.jsonl"
+    f.parent.mkdir()
+    f.write_bytes(b"".join(user("s", f"hello {i}", i) for i in range(3)))
+    csmd.start()
+    wait_for(lambda: scalar("SELECT count(*) FROM events") == 3, 20, "the rows")
+    for args in (("query", "usage", "--by", "day"), ("query", "sessions"), ("query", "search", "hello")):
+        assert run_csm(*args).returncode == 0
+    maps = Path(f"/proc/{pid(csmd)}/maps").read_text()
+    assert "libcrypto" not in maps and "libssl" not in maps
+
+
+def test_every_checkpoint_row_shares_one_root_and_project_string(db: Path) -> None:
+    """csmd keeps every file's checkpoint row (3,000 on a 1 GB history): their roots and projects,
+    each one of a few values, are one string each, not one per row."""
+    from csm.daemon.store import FileRow, Store, open_writer
+
+    store = Store(open_writer(db))
+    try:
+        with store.transaction():
+            for i in range(1, 4):
+                root, project = "".join(["/home/u/.claude/", "projects"]), "".join(["-home-u-", "src"])
+                store.save_file(FileRow(file_id=i, path=f"{root}/{project}/{i}.jsonl", root=root, project=project,
+                                        session_key=str(i), parent_session=None, dev=1, inode=i, size=0,
+                                        mtime_ns=0, offset=0), "2026-12-02T00:00:00Z")
+        rows = store.files()
+    finally:
+        store.close()
+    assert len(rows) == 3
+    assert rows[0].root is rows[1].root is rows[2].root
+    assert rows[0].project is rows[1].project is rows[2].project
