@@ -13,7 +13,7 @@ import click
 
 from csm.client import render
 from csm.client.options import project_option, session_argument, time_options
-from csm.client.transport import request, subscribe
+from csm.client.transport import conversation, request, subscribe
 from csm.shared import protocol, timespec
 
 MARKS = ("\u00ab", "\u00bb")
@@ -89,8 +89,7 @@ def show(session: str, full: bool, fmt: str | None) -> None:
 
     from csm.client.export import target_arg
 
-    reply = request(protocol.Show(session=target_arg(session), full=full), timeout_s=30.0)
-    assert isinstance(reply, protocol.Transcript)
+    reply = conversation(protocol.Show(session=target_arg(session), full=full))
     if fmt == "json":
         render.emit_json(render.plain(reply))
         return

@@ -23,7 +23,7 @@ import click
 from csm.client import render
 from csm.client.options import session_argument
 from csm.client.redact import Redactor, summary
-from csm.client.transport import request
+from csm.client.transport import conversation, request
 from csm.shared import paths, protocol
 from csm.shared.errors import DaemonError
 
@@ -161,8 +161,7 @@ def export(target: str, fmt: str, raw: bool, output: str | None, redact: bool) -
         if output and output != "-":
             click.echo(f"wrote {done.lines} lines ({done.bytes} bytes) to {output}", err=True)
     else:
-        reply = request(protocol.Show(session=target_arg(target), full=True), timeout_s=60.0)
-        assert isinstance(reply, protocol.Transcript)
+        reply = conversation(protocol.Show(session=target_arg(target), full=True), timeout_s=60.0)
         if redactor is not None:
             reply = redactor.struct(reply)
         with render.paged(output in (None, "-")), _opened(output) as out:

@@ -17,8 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from csm.shared import paths, protocol
-from csm.shared.errors import DaemonNotRunning, from_code
+from csm.shared.errors import DaemonError, DaemonNotRunning, from_code
 from csm.shared.protocol import Error, Message, Ok, Watching
 
 START_HINT = "start it with 'csmd' (or 'csm service install' to run it at login)"
@@ -119,6 +121,45 @@ def request(
             if isinstance(reply, Error):
                 raise from_code(reply.code)(reply.message)
             return reply
+
+
+class _Gathered:
+    """A streamed conversation's ``Messages``, checked for a lost one, then put into the ``Transcript`` that ends it."""
+
+    def __init__(self) -> None:
+        self.entries: list[protocol.Entry] = []
+        self.seq = 0
+
+    def __call__(self, msg: Message) -> None:
+        if isinstance(msg, protocol.Messages):
+            if msg.seq != self.seq:
+                raise DaemonError(f"the conversation was interrupted: piece {self.seq} was lost; run it again")
+            self.entries += msg.entries
+            self.seq += 1
+
+    def transcript(self, reply: Message) -> protocol.Transcript:
+        assert isinstance(reply, protocol.Transcript)
+        if reply.entries:  # an older csmd sends them all in this one reply
+            return reply
+        if len(self.entries) != reply.total:
+            raise DaemonError(f"the conversation is incomplete: got {len(self.entries)} of {reply.total} entries; "
+                              "run it again")
+        reply.entries = self.entries
+        return reply
+
+
+def conversation(show: protocol.Show, *, timeout_s: float = 30.0) -> protocol.Transcript:
+    """A whole conversation (``show`` without a limit): csmd streams its entries, acknowledged as they come."""
+    gathered = _Gathered()
+    return gathered.transcript(request(msgspec.structs.replace(show, stream=True), timeout_s=timeout_s,
+                                       on_progress=gathered))
+
+
+async def aconversation(show: protocol.Show, *, timeout_s: float = 30.0) -> protocol.Transcript:
+    """``conversation`` for asyncio (``csm serve``'s exports)."""
+    gathered = _Gathered()
+    return gathered.transcript(await arequest(msgspec.structs.replace(show, stream=True), timeout_s=timeout_s,
+                                              on_progress=gathered))
 
 
 def subscribe(msg: Message, *, timeout_s: float = 10.0, sock: Path | None = None) -> Iterator[Message]:

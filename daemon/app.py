@@ -208,7 +208,7 @@ class Daemon:
 
     def dispatch(self, request: Request, reply: Reply) -> None:
         """Answer ``request`` where its route says (``ROUTES``)."""
-        route = ROUTES[type(request)]
+        route = STREAMED_SHOW if isinstance(request, Show) and request.limit is None else ROUTES[type(request)]
         if route.where in ("pool", "thread"):
             self._submit(route, request, reply)
             return
@@ -428,3 +428,7 @@ ROUTES: dict[type[Request], Route] = {
     TeamStatus: Route("pool", Daemon.team_status, _report),
     TeamResync: Route("inline", Daemon.team_resync),
 }
+STREAMED_SHOW = Route("thread", lambda d, req, reply, conn: d.exports.serve(
+    reply, lambda flow: browse.stream(conn, req, reply, flow), f"show of {req.session}"))
+"""A whole conversation (a ``Show`` without a limit) streams under an export's flow control: it waits for
+its client, so it has a thread of its own and no time limit."""

@@ -1,14 +1,15 @@
 """Reports for browsing the archive: the sessions list and one session's conversation.
 
-These run on the query pool's read-only connections, under the time limit ``app.ROUTES`` gives them.
+These run on the query pool's read-only connections, under the time limit ``app.ROUTES`` gives them,
+but a whole conversation, which streams to its client under flow control on a thread of its own.
 Tokens and cost come from the public ``usage`` view (the usage sink keeps it).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from csm.daemon import projects
 from csm.daemon.conversation import Builder
@@ -16,7 +17,10 @@ from csm.daemon.rawtext import RAW
 from csm.daemon.tree import AGENT_PREFIX
 from csm.shared import resume
 from csm.shared.errors import NotFound, QueryError
-from csm.shared.protocol import Entry, Rows, SessionInfo, Sessions, Show, Transcript
+from csm.shared.protocol import Entry, Heartbeat, Message, Messages, Rows, SessionInfo, Sessions, Show, Transcript
+
+if TYPE_CHECKING:
+    from csm.daemon.export import Flow
 
 CANDIDATES_SHOWN = 10
 
@@ -171,65 +175,119 @@ Children = dict[str, tuple[int, str | None]]
 """A session's subagents: session id -> (file id, title)."""
 
 
-SLACK_LINES = 100
-"""Lines read past a page's last entry when the rest of a session is not needed: enough for the
-results of the page's tool calls (written just after them) to reach their calls."""
+PAGE_SLACK = 100
+"""Entries read past a page that does not need the rest of the session: one that ends within them is
+``complete`` (its total known) and the web page says so; one that goes on is left unread."""
+MESSAGE_BYTES = 128 << 10
+"""About what one ``Messages`` of a streamed conversation carries (an entry bigger than that goes alone)."""
 
 
 def _entries(conn: sqlite3.Connection, file_id: int, full: bool, depth: int, children: Children,
-             seen: set[str], enough: int | None = None) -> tuple[list[Entry], bool]:
-    """A session's entries, each subagent it spawned nested right after the call that spawned it; and
-    whether they are all of them. With ``enough``, reading stops ``SLACK_LINES`` after that many
-    entries: a session's first pages cost what they show, not what the session holds."""
+             seen: set[str]) -> Iterator[Entry]:
+    """A session's entries as they settle (``conversation.Builder``), each subagent it spawned nested right
+    after the call that spawned it (the first call that names it): a conversation holds only its open
+    entries, whatever its length."""
     b = Builder(full, depth)
-    complete, slack = True, SLACK_LINES
+
+    def settled() -> Iterator[Entry]:
+        for e, agent in b.settled():
+            yield e
+            key = AGENT_PREFIX + agent if agent else ""
+            if key in children and key not in seen:
+                seen.add(key)
+                child, title = children[key]
+                yield Entry(kind="subagent", session_id=key, text=title or "", depth=depth)
+                yield from _entries(conn, child, full, depth + 1, children, seen)
+
     for raw in _lines(conn, file_id):
         b.add_raw(raw)
-        if enough is not None and len(b.entries) >= enough:
-            slack -= 1
-            if slack < 0:
-                complete = False
-                break
-    out = list(b.entries)
-    for index, agent in sorted(b.spawned, reverse=True):
-        key = AGENT_PREFIX + agent
-        if key in children and key not in seen:
-            seen.add(key)
-            child, title = children[key]
-            nested, whole = _entries(conn, child, full, depth + 1, children, seen, enough)
-            complete = complete and whole  # a cut subagent already holds more than the page needs
-            out[index + 1 : index + 1] = [Entry(kind="subagent", session_id=key, text=title or "",
-                                                depth=depth), *nested]
-    return out, complete
+        yield from settled()
+    b.finish()
+    yield from settled()
 
 
-def show(conn: sqlite3.Connection, req: Show) -> Transcript:
-    """The conversation, or one page of it. A page with no ``at`` is built only as far as it reaches
-    (``complete`` false when the session goes on), so a long session's first screen comes fast."""
-    enough = req.offset + req.limit if req.limit is not None and req.at is None else None
-    p = place(conn, resolve(conn, req.session))
-    info = session_info(conn, p.file_id)
+def conversation(conn: sqlite3.Connection, p: Place, full: bool) -> Iterator[Entry]:
+    """The whole conversation of the session at ``p``, in order: its entries with their subagents nested,
+    then the subagents no call in it names, each after a header."""
     children: Children = {r[0]: (r[1], r[2]) for r in conn.execute(
         "SELECT c.session_id, c.file_id, COALESCE(c.custom_title, c.ai_title, c.summary, c.first_prompt) "
         f"{_CHILDREN} ORDER BY c.first_ts", (p.session_id, p.project, p.root))}
     seen: set[str] = set()
-    entries, complete = _entries(conn, p.file_id, req.full, 0, children, seen, enough)
-    for key, (child, title) in children.items():  # subagents no call in the parent names
-        if key not in seen and complete:
-            entries.append(Entry(kind="subagent", session_id=key, text=title or "", depth=0))
-            entries += _entries(conn, child, req.full, 1, children, seen | {key})[0]
-    offset = req.offset
-    at = _hit(entries, req.at) if req.at else None
-    if req.limit is not None and at is not None:
-        offset = at - at % req.limit
-    elif req.limit is not None and entries and offset >= len(entries):  # past the end: the last page
-        offset = (len(entries) - 1) - (len(entries) - 1) % req.limit
-    end = len(entries) if req.limit is None else offset + req.limit
-    return Transcript(session=info, entries=entries[offset:end], offset=offset, total=len(entries), hit=at,
-                      complete=complete)
+    yield from _entries(conn, p.file_id, full, 0, children, seen)
+    for key, (child, title) in children.items():
+        if key not in seen:
+            seen.add(key)
+            yield Entry(kind="subagent", session_id=key, text=title or "", depth=0)
+            yield from _entries(conn, child, full, 1, children, seen)
 
 
-def _hit(entries: list[Entry], at: str) -> int | None:
-    """The entry a search hit at time ``at`` opens: a prompt or answer of that time, else any entry of it."""
-    found = next((i for i, e in enumerate(entries) if e.timestamp == at and e.kind in ("user", "assistant")), None)
-    return found if found is not None else next((i for i, e in enumerate(entries) if e.timestamp == at), None)
+def _preferred(e: Entry) -> bool:
+    """A search hit opens on a prompt or answer of its time rather than any other entry of it."""
+    return e.kind in ("user", "assistant")
+
+
+def show(conn: sqlite3.Connection, req: Show) -> Transcript:
+    """One page of the conversation: ``req.limit`` entries from ``req.offset``, or the page holding the
+    entry ``req.at`` names, or (an offset past the end) the last page. Only the pages that may be the
+    answer are kept (the one at ``offset``, the page being read, the hit's), never the conversation.
+    A page with no ``at`` is read only ``PAGE_SLACK`` entries past its end (``complete`` false when the
+    session goes on), so a long session's first screen comes fast; otherwise all are counted."""
+    assert req.limit is not None, "a Show without a limit streams (app.STREAMED_SHOW)"
+    limit, offset = req.limit, req.offset
+    p = place(conn, resolve(conn, req.session))
+    info = session_info(conn, p.file_id)
+    window: list[Entry] = []  # the entries from ``offset``
+    page: list[Entry] = []  # the page being read (the last one, at the end)
+    found: tuple[int, list[Entry]] | None = None  # the hit so far (an entry of its time) and its page
+    total, complete = 0, True
+    for i, e in enumerate(conversation(conn, p, req.full)):
+        if i % limit == 0:
+            page = []
+        page.append(e)
+        if offset <= i < offset + limit:
+            window.append(e)
+        if req.at is not None and e.timestamp == req.at and (found is None or _preferred(e) and not
+                                                             _preferred(found[1][found[0] % limit])):
+            found = (i, page)
+        total = i + 1
+        if req.at is None and total > offset + limit + PAGE_SLACK:
+            complete = False
+            break
+    hit = found[0] if found else None
+    if found is not None:
+        offset, window = found[0] - found[0] % limit, found[1]
+    elif total and offset >= total:  # past the end: the last page
+        offset, window = (total - 1) - (total - 1) % limit, page
+    return Transcript(session=info, entries=window, offset=offset, total=total, hit=hit, complete=complete)
+
+
+def _size(e: Entry) -> int:
+    """About what ``e`` weighs in a message: its texts and pictures."""
+    texts = (e.text, e.input, e.output, e.thinking, e.detail)
+    return 200 + sum(len(t) for t in texts if t) + sum(len(i.data) for i in e.images)
+
+
+def stream(conn: sqlite3.Connection, req: Show, reply: Callable[[Message], None], flow: Flow) -> Transcript:
+    """The whole conversation (``Show.stream``) as ``Messages`` of about ``MESSAGE_BYTES`` each, sent as
+    ``flow`` allows (an export's flow control: a client that stops reading holds up its stream, not
+    csmd's memory), then the ``Transcript`` that ends it: the session and the count, no entries. An older
+    csm, which asks for it all in one reply, is told to upgrade: that reply is what took csmd's memory."""
+    if not req.stream:
+        raise QueryError("this csm is older than csmd: a whole conversation now comes as a stream; upgrade csm "
+                         "(or restart csmd, if it is the older one)")
+    p = place(conn, resolve(conn, req.session))
+    info = session_info(conn, p.file_id)
+    batch: list[Entry] = []
+    size = seq = total = 0
+    for e in conversation(conn, p, req.full):
+        batch.append(e)
+        size += _size(e)
+        total += 1
+        if size >= MESSAGE_BYTES:
+            flow.wait(seq, lambda: reply(Heartbeat()))
+            reply(Messages(entries=batch, seq=seq))
+            batch, size, seq = [], 0, seq + 1
+    if batch:
+        flow.wait(seq, lambda: reply(Heartbeat()))
+        reply(Messages(entries=batch, seq=seq))
+    return Transcript(session=info, entries=[], total=total)

@@ -16,6 +16,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from csm.daemon import browse
 from csm.daemon.rawtext import RAW
@@ -24,6 +25,7 @@ from csm.shared.errors import NotFound, QueryError
 from csm.shared.protocol import Chunk, Export, ExportDone, ExportFile, Heartbeat, Message
 
 log = logging.getLogger("csm.export")
+M = TypeVar("M", bound=Message)
 
 CHUNK_BYTES = 1 << 20
 WINDOW = 4
@@ -131,13 +133,18 @@ class Exports:
 
     def run(self, conn: sqlite3.Connection, request: Export, reply: Replier) -> ExportDone | None:
         """Stream the export to ``reply``'s client; None (nothing to reply) if it went away."""
+        return self.serve(reply, lambda flow: run(conn, request, reply, flow), f"export of {request.target}")
+
+    def serve(self, reply: Replier, work: Callable[[Flow], M], what: str) -> M | None:
+        """Run ``work``, a stream to ``reply``'s client, with the ``Flow`` its acknowledgements reach (an
+        export, a whole conversation); None (nothing to reply) if the client went away."""
         flow = Flow()
         with self.lock:
             self.flows[reply.envelope[0]] = flow
         try:
-            return run(conn, request, reply, flow)
+            return work(flow)
         except ClientGone:
-            log.info("export of %s: the client went away", request.target)
+            log.info("%s: the client went away", what)
             return None
         finally:
             with self.lock:

@@ -92,16 +92,18 @@ class Sessions(Message, kw_only=True):
 class Show(Message, kw_only=True):
     """One session's conversation; ``session`` may be a unique prefix of its id.
 
-    ``limit`` entries from ``offset`` (all by default), so a page of a long session does not carry
-    the rest over the socket; with ``at`` (an entry's timestamp) and a ``limit``, the page of
-    ``limit`` entries that holds that entry, whatever ``offset`` says; an ``offset`` past the end
-    with a ``limit`` gives the last page."""
+    ``limit`` entries from ``offset``, so a page of a long session does not carry the rest over the
+    socket; with ``at`` (an entry's timestamp), the page of ``limit`` entries that holds that entry,
+    whatever ``offset`` says; an ``offset`` past the end gives the last page. Without a ``limit``,
+    the whole conversation, which needs ``stream``: its entries come in ``Messages`` (acknowledged
+    with ``Ack``, as an export's chunks are) before the ``Transcript`` that ends it, which holds none."""
 
     session: str
     full: bool = False
     offset: Annotated[int, msgspec.Meta(ge=0)] = 0
     limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
     at: str | None = None
+    stream: bool = False
 
 
 class Search(Message, kw_only=True):
@@ -142,7 +144,7 @@ class Export(Message, kw_only=True):
 
 
 class Ack(Message, kw_only=True):
-    """Sent by a client streaming an ``Export`` or a ``Watch`` on the same socket: it has written out
+    """Sent by a client streaming an ``Export``, a ``Watch`` or a ``Show`` on the same socket: it has written out
     the ``Chunk`` or ``Messages`` numbered ``seq``. csmd sends only a few pieces ahead of the last
     one acknowledged, so a client that stops reading (Ctrl-Z) cannot make it queue the whole stream.
     No reply."""
@@ -362,7 +364,8 @@ class Transcript(Message, kw_only=True):
     """``entries`` are the conversation's from ``offset`` on (``Show.limit`` of them at most), of ``total``;
     ``hit`` is the index (in the whole conversation) of the entry ``Show.at`` named, if any. A page
     that did not need the rest of the session is ``complete=False``: ``total`` then counts only the
-    entries read, and more follow."""
+    entries read, and more follow. A streamed conversation's (``Show.stream``) came before it in
+    ``Messages``: it holds none of them, and ``total`` counts them."""
 
     session: SessionInfo
     entries: list[Entry]
@@ -380,9 +383,11 @@ class Watching(Message, kw_only=True):
 
 
 class Messages(Message, kw_only=True):
+    """Entries of a ``Watch`` or of a streamed ``Show``."""
+
     entries: list[Entry]
     seq: int = 0
-    """Numbers the ``Messages`` of one subscription, for the client's ``Ack``."""
+    """Numbers the ``Messages`` of one subscription or stream from 0, for the client's ``Ack``."""
 
 
 class Heartbeat(Message, kw_only=True):

@@ -149,7 +149,7 @@ def test_show_prefix_merging_nesting_and_full(real: Path) -> None:
 def test_show_sends_a_page_read_only_as_far_as_it_reaches_and_equal_to_the_whole(csmd: Csmd, projects: Path) -> None:
     """``Show(offset, limit)``: the same entries as the whole conversation's slice (calls with their results),
     the first pages read without the rest (``complete`` false); ``at`` opens the page holding the hit."""
-    from csm.client.transport import request
+    from csm.client.transport import conversation, request
     from csm.shared import protocol
 
     lines = b""
@@ -169,7 +169,7 @@ def test_show_sends_a_page_read_only_as_far_as_it_reaches_and_equal_to_the_whole
         assert isinstance(t, protocol.Transcript)
         return t
 
-    whole = show()
+    whole = conversation(protocol.Show(session="paged", full=True))
     assert (whole.total, whole.complete, len(whole.entries)) == (450, True, 450)
     for offset, limit, complete in ((0, 10, False), (0, 200, False), (30, 40, False), (200, 200, True),
                                     (400, 200, True), (449, 1, True)):
@@ -182,6 +182,35 @@ def test_show_sends_a_page_read_only_as_far_as_it_reaches_and_equal_to_the_whole
     assert (last.offset, last.entries) == (400, whole.entries[400:])
     hit = show(offset=0, limit=100, at="2026-11-02T10:02:00.000Z")
     assert (hit.hit, hit.offset, hit.entries[hit.hit - hit.offset].text) == (360, 300, "prompt 120")
+
+
+def test_a_call_whose_result_comes_too_late_is_settled_alike_on_every_path(csmd: Csmd, projects: Path) -> None:
+    """A call open for ``SETTLE_LINES`` conversation lines is handed out without its result, which is then an
+    entry of its own; progress lines do not count. The whole conversation, a page and the last page agree."""
+    from csm.client.transport import conversation, request
+    from csm.daemon.conversation import SETTLE_LINES
+    from csm.shared import protocol
+
+    ts = "2026-11-02T10:00:00.000Z"
+    late = (assistant("a0", "late", ts, "m0", {"type": "tool_use", "id": "t0", "name": "Bash",
+                                                "input": {"command": "sleep 1000"}})
+            + assistant("a1", "late", ts, "m1", {"type": "tool_use", "id": "t1", "name": "Bash",
+                                                  "input": {"command": "make"}})
+            + b"".join(record({"type": "progress", "uuid": f"p{n}", "sessionId": "late", "timestamp": ts,
+                               "data": {"type": "bash_progress"}}, newline=True) for n in range(300))
+            + user("r1", "late", ts, [{"type": "tool_result", "tool_use_id": "t1", "content": "made"}])
+            + b"".join(user(f"u{n}", "late", ts, f"prompt {n}") for n in range(SETTLE_LINES))
+            + user("r0", "late", ts, [{"type": "tool_result", "tool_use_id": "t0", "content": "slept"}]))
+    append(projects / "p" / "late.jsonl", late)
+    csmd.start()
+    assert run_csm("sync", "--now").returncode == 0
+    whole = conversation(protocol.Show(session="late", full=True)).entries
+    assert [(e.kind, e.output) for e in whole[:2]] == [("tool", None), ("tool", "made")], "progress lines are no clock"
+    assert len(whole) == 3 + SETTLE_LINES and (whole[-1].kind, whole[-1].output) == ("tool_result", "slept")
+    for offset in (0, 50, 10**6):
+        page = request(protocol.Show(session="late", full=True, offset=offset, limit=40), timeout_s=30)
+        assert isinstance(page, protocol.Transcript)
+        assert page.entries == whole[page.offset:page.offset + 40], offset
 
 
 def test_split_response_merged_in_file_order_and_messages_view(csmd: Csmd, projects: Path) -> None:

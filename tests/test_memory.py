@@ -13,9 +13,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from csmtest import Csmd, run_csm, scalar, sync_now, wait_for
+from lines import prompt, record, response
+
+T = TypeVar("T")
 
 
 def vm(pid: int, key: str) -> float:
@@ -229,3 +234,64 @@ def test_every_checkpoint_row_shares_one_root_and_project_string(db: Path) -> No
     assert len(rows) == 3
     assert rows[0].root is rows[1].root is rows[2].root
     assert rows[0].project is rows[1].project is rows[2].project
+
+
+def long_session(f: Path, calls: int, output_bytes: int) -> None:
+    """``calls`` turns of a prompt, a Bash call whose result is ``output_bytes`` long, and an answer."""
+    lines = []
+    for i in range(calls):
+        ts = f"2026-11-02T10:{i // 60:02d}:{i % 60:02d}.000Z"
+        lines += [
+            record(prompt(f"u{i}", "long", ts, f"prompt {i}")),
+            record(response(f"a{i}", "long", ts, {"id": f"m{i}", "content": [
+                {"type": "tool_use", "id": f"t{i}", "name": "Bash", "input": {"command": f"cat part{i}"}}]})),
+            record(prompt(f"r{i}", "long", ts, [{"type": "tool_result", "tool_use_id": f"t{i}",
+                                                 "content": f"{i:06d}" + "x" * output_bytes}])),
+            record(response(f"b{i}", "long", ts, {"id": f"n{i}", "content": [{"type": "text", "text": f"answer {i}"}]})),
+        ]
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_bytes(b"\n".join(lines) + b"\n")
+
+
+def peak_during(d: Csmd, work: Callable[[], T]) -> tuple[T, float]:
+    """``work``'s result and csmd's peak RSS while it ran, over its RSS before (the peak reset first)."""
+    Path(f"/proc/{pid(d)}/clear_refs").write_text("5")
+    base = vm(pid(d), "VmRSS")
+    result = work()
+    return result, vm(pid(d), "VmHWM") - base
+
+
+def test_a_whole_long_session_and_its_last_page_cost_csmd_a_bounded_memory(csmd: Csmd, projects: Path) -> None:
+    """``csm query show --full --json`` of a 50 MB session took csmd from 41 MB to 146 MB (and left it at
+    80): every entry was built into one list and sent as one reply, and the web page past the end built
+    them all too. Entries now leave as they settle, in acknowledged messages, and a page keeps a page:
+    30 MB of tool output cost csmd a few MB, and everything still arrives, in order."""
+    import msgspec
+
+    from csm.client.transport import request
+    from csm.shared import protocol
+
+    calls, size = 800, 36_000
+    long_session(projects / "p" / "long.jsonl", calls, size)
+    csmd.start()
+    sync_now()
+    shown, peak = peak_during(csmd, lambda: run_csm("query", "show", "long", "--full", "--json", timeout=120))
+    assert shown.returncode == 0, shown.stderr
+    t = json.loads(shown.stdout)
+    entries = t["entries"]
+    assert (len(entries), t["total"], t["complete"]) == (3 * calls, 3 * calls, True)
+    assert [(e["kind"], e.get("text")) for e in entries[:3]] == [("user", "prompt 0"), ("tool", ""),
+                                                                  ("assistant", "answer 0")]
+    assert entries[-1]["text"] == f"answer {calls - 1}"
+    assert all(e["output"] == f"{i:06d}" + "x" * size for i, e in enumerate(entries[1::3])), "each call its result"
+    assert peak < 20, f"csmd grew {peak:.0f} MB to show a {len(shown.stdout) >> 20} MB conversation"
+
+    def last_page() -> protocol.Message:
+        return request(protocol.Show(session="long", full=True, offset=10**6, limit=200), timeout_s=60)
+
+    page, peak = peak_during(csmd, last_page)
+    assert isinstance(page, protocol.Transcript)
+    assert (page.offset, page.total, len(page.entries), page.complete) == (2200, 3 * calls, 200, True)
+    assert (page.entries[0].output, page.entries[-1].text) == ("000733" + "x" * size, f"answer {calls - 1}")
+    assert page.entries == msgspec.convert(entries[2200:], list[protocol.Entry]), "the whole conversation's last 200"
+    assert peak < 20, f"csmd grew {peak:.0f} MB to show the last page"

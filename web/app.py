@@ -25,7 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from csm.client.render import plain
-from csm.client.transport import START_HINT, arequest
+from csm.client.transport import START_HINT, aconversation, arequest
 from csm.shared import protocol, timespec
 from csm.shared.config import Team
 from csm.shared.errors import ConfigError, CsmError, DaemonNotRunning, NotFound, QueryError, TeamUnavailable
@@ -259,8 +259,7 @@ class Web:
             else:
                 from csm.client import layouts
 
-                t = await arequest(protocol.Show(session=sid, full=True), timeout_s=60.0)
-                assert isinstance(t, protocol.Transcript)
+                t = await aconversation(protocol.Show(session=sid, full=True), timeout_s=60.0)
                 text = layouts.markdown(t) if fmt == "md" else conversation.page(t.session, t.entries)
                 body, media = text.encode(), "text/markdown" if fmt == "md" else "text/html"
         except NotFound as e:
