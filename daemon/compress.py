@@ -11,15 +11,20 @@ with an old one stay readable when a newer one is trained (``RETRAIN_FACTOR``).
 Reading is ``daemon/rawtext.py``'s: every reader takes a row's text through ``rawtext.RAW``.
 
 Writing: ``Compressor`` is an ingest sink whose ``idle`` step does it between the ingest thread's jobs: bounded
-transactions of ``BATCH_ROWS`` rows, stopping as soon as a hint waits; a row is rewritten in place
-(same id, offset and generation), so appends, re-reads and every derived table are untouched, and a
-kill leaves each row either plain or compressed, never both or neither.
+transactions of ``BATCH_ROWS`` rows and ``BATCH_BYTES`` of lines, stopping as soon as a hint waits. A batch's
+rows are deleted and inserted again compressed (same id, offset and generation, so appends, re-reads and every
+derived table are untouched): rewritten in place, each row would leave its b-tree page two-thirds empty, and
+only wholly free pages go back to the file system (``daemon/space.py``); deleted, their pages are merged and
+freed, and the compressed rows are packed into few. A kill leaves each row either plain or compressed, never
+both or neither. Rows an earlier csm compressed in place are rewritten the same way once (``compress_rewrite``,
+migration 10), newest first.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -32,7 +37,11 @@ from csm.daemon.store import PAGE_SIZE, Store, now_iso
 log = logging.getLogger("csm.compress")
 
 BATCH_ROWS = 256
-"""Rows per transaction: about 0.5 MB of lines, a few ms of the writer."""
+"""Rows per transaction at most: about 0.5 MB of lines, a few ms of the writer."""
+BATCH_BYTES = 1 << 20
+"""Lines read for one transaction at most (each is held compressed until the commit)."""
+COLUMNS = "id, file_id, generation, line_offset, session_id, uuid, parent_uuid, type, timestamp"
+"""The columns a rewritten row keeps as they were (``raw``, ``zraw`` and ``dict_id`` are set)."""
 MAX_LINE_BYTES = 1 << 20
 """Longer lines stay plain: reading one back would hold it twice in csmd's memory."""
 DICT_BYTES = 112_640
@@ -77,29 +86,69 @@ class Compressor(Sink):
         self.run(stop)
 
     def run(self, busy: Callable[[], bool]) -> int:
-        """Compress quiet files' plain rows until none is left or ``busy()``; the rows compressed."""
+        """Compress quiet files' plain rows until none is left or ``busy()``, after rewriting those compressed in
+        place; the rows compressed."""
+        self._rewrite_earlier(busy)
         done = 0
         quiet_before = time.time_ns() - int(self.after_days * 86400e9)
         files = [r[0] for r in self.store.conn.execute(
             "SELECT file_id FROM sync_metadata WHERE mtime_ns <= ?", (quiet_before,))]
         for file_id in files:
             while not busy():
-                rows = self.store.conn.execute(
-                    "SELECT id, CAST(raw AS BLOB) FROM events WHERE file_id = ? AND zraw IS NULL "
-                    "AND length(CAST(raw AS BLOB)) <= ? LIMIT ?", (file_id, MAX_LINE_BYTES, BATCH_ROWS)).fetchall()
+                cur = self.store.conn.execute(
+                    f"SELECT {COLUMNS}, CAST(raw AS BLOB) FROM events WHERE file_id = ? AND zraw IS NULL "
+                    "AND length(CAST(raw AS BLOB)) <= ? ORDER BY id LIMIT ?", (file_id, MAX_LINE_BYTES, BATCH_ROWS))
+                rows, read = self._compressed(cur)
                 if not rows:
                     break
-                self._maybe_train()
-                with self.store.transaction() as conn:
-                    conn.executemany("UPDATE events SET raw = '', zraw = ?, dict_id = ? WHERE id = ? AND zraw IS NULL",
-                                     [(self.compressor.compress(raw), self.dict_id, i) for i, raw in rows])
-                self.wrote(PAGES_PER_BATCH + sum(len(raw) for _, raw in rows) // PAGE_SIZE)
+                self._replace(rows, read)
                 done += len(rows)
             if busy():
                 break
         if done:
             log.info("compressed %d lines of quiet sessions", done)
         return done
+
+    def _rewrite_earlier(self, busy: Callable[[], bool]) -> None:
+        """Rewrite the rows an earlier csm compressed in place into fresh pages, newest first, a batch per
+        transaction, the progress (``compress_rewrite.below``) committed with each batch."""
+        q = self.store.conn.execute
+        done = 0
+        while not busy() and (below := q("SELECT below FROM compress_rewrite").fetchone()[0]):
+            rows = q(f"SELECT {COLUMNS}, zraw, dict_id FROM events WHERE id < ? AND zraw IS NOT NULL "
+                     "ORDER BY id DESC LIMIT ?", (below, BATCH_ROWS)).fetchall()
+            self._replace(rows, sum(len(r[-2]) for r in rows), below=rows[-1][0] if rows else 0)
+            done += len(rows)
+        if done:
+            log.info("rewrote %d lines compressed by an earlier csm into fresh pages", done)
+
+    def _compressed(self, cur: sqlite3.Cursor) -> tuple[list[tuple[object, ...]], int]:
+        """The rows of ``cur`` (``COLUMNS`` and the line) compressed, read until ``BATCH_BYTES`` of lines; the
+        line bytes read."""
+        rows: list[tuple[object, ...]] = []
+        read = 0
+        try:
+            for *cols, raw in cur:
+                if not rows:
+                    self._maybe_train()
+                rows.append((*cols, self.compressor.compress(raw), self.dict_id))
+                read += len(raw)
+                if read >= BATCH_BYTES:
+                    break
+        finally:
+            cur.close()
+        return rows, read
+
+    def _replace(self, rows: list[tuple[object, ...]], read: int, below: int | None = None) -> None:
+        """One transaction: ``rows`` (``COLUMNS``, zraw, dict_id) deleted and inserted again, compressed (and
+        the earlier rows' rewrite moved to ``below``)."""
+        with self.store.transaction() as conn:
+            conn.executemany("DELETE FROM events WHERE id = ?", [(r[0],) for r in rows])
+            conn.executemany(f"INSERT INTO events ({COLUMNS}, raw, zraw, dict_id) VALUES "
+                             "(?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?, ?)", rows)
+            if below is not None:
+                conn.execute("UPDATE compress_rewrite SET below = ?", (below,))
+        self.wrote(PAGES_PER_BATCH + 2 * read // PAGE_SIZE)
 
     def _maybe_train(self) -> None:
         """Train the first dictionary, or a new one once the archive has grown ``RETRAIN_FACTOR`` times."""

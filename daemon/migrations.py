@@ -445,6 +445,17 @@ SELECT m.file_path, e.line_offset, e.uuid, e.parent_uuid, e.session_id, e.type, 
 FROM events e JOIN sync_metadata m ON m.file_id = e.file_id;
 """
 
+M010_COMPRESSED_ROWS_REWRITTEN = """
+-- A row compressed in place left its b-tree page two-thirds empty, and only wholly free pages go back to
+-- the file system, so compression barely shrank the file. csmd now deletes a batch of rows and inserts
+-- them again compressed (same ids), which packs them into few pages (daemon/compress.py), and rewrites
+-- the rows compressed in place before this migration the same way, newest first, as idle work: ids below
+-- compress_rewrite.below are still to do; 0 when done. The migration itself only records where to start
+-- (instant); the rewrite runs at csmd's pace later, in bounded transactions.
+CREATE TABLE compress_rewrite (below INTEGER NOT NULL);
+INSERT INTO compress_rewrite SELECT COALESCE(max(id) + 1, 0) FROM events WHERE zraw IS NOT NULL;
+"""
+
 OUTSIDE_TRANSACTION = frozenset({"incremental_vacuum"})
 """Migrations that rewrite the file (VACUUM) and so run outside the transaction that records them."""
 
@@ -458,6 +469,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("search_for_datasette", M007_SEARCH_FOR_DATASETTE),
     ("incremental_vacuum", M008_INCREMENTAL_VACUUM),
     ("compressed_lines", M009_COMPRESSED_LINES),
+    ("compressed_rows_rewritten", M010_COMPRESSED_ROWS_REWRITTEN),
 ]
 """(name, SQL) of migration 1, 2, …: its number is its place in the list."""
 
