@@ -17,7 +17,8 @@ derived table are untouched): rewritten in place, each row would leave its b-tre
 only wholly free pages go back to the file system (``daemon/space.py``); deleted, their pages are merged and
 freed, and the compressed rows are packed into few. A kill leaves each row either plain or compressed, never
 both or neither. Rows an earlier csm compressed in place are rewritten the same way once (``compress_rewrite``,
-migration 10), newest first.
+migration 10), newest first. A dictionary is trained on a thread of its own (0.5-3 s here, the GIL released)
+while the ingest thread keeps answering hints.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import logging
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 
@@ -55,6 +57,8 @@ MIN_SAMPLES = 100
 RETRAIN_FACTOR = 4
 """A new dictionary is trained once the archive holds this many times the lines the last one saw."""
 LEVEL = 3
+WAIT_S = 0.01
+"""How often the ingest thread, waiting for a dictionary, looks for hints."""
 PAGES_PER_BATCH = 16
 """Pages a batch rewrites besides its lines' own (b-tree interior pages, the free list)."""
 
@@ -73,6 +77,9 @@ class Compressor(Sink):
         self.dict_id: int | None = None
         self.compressor = zstandard.ZstdCompressor(level=LEVEL)
         self.trained_on = 0
+        self.training: threading.Thread | None = None
+        self.trained: tuple[int, int, bytes] | None = None
+        """(lines, samples, dictionary) from the training thread, to store and use."""
         row = store.conn.execute(
             "SELECT id, dict, lines FROM raw_dictionaries ORDER BY id DESC LIMIT 1").fetchone()
         if row is not None:
@@ -98,6 +105,9 @@ class Compressor(Sink):
                 cur = self.store.conn.execute(
                     f"SELECT {COLUMNS}, CAST(raw AS BLOB) FROM events WHERE file_id = ? AND zraw IS NULL "
                     "AND length(CAST(raw AS BLOB)) <= ? ORDER BY id LIMIT ?", (file_id, MAX_LINE_BYTES, BATCH_ROWS))
+                if not self._dictionary_ready(busy):
+                    cur.close()
+                    return done
                 rows, read = self._compressed(cur)
                 if not rows:
                     break
@@ -129,8 +139,6 @@ class Compressor(Sink):
         read = 0
         try:
             for *cols, raw in cur:
-                if not rows:
-                    self._maybe_train()
                 rows.append((*cols, self.compressor.compress(raw), self.dict_id))
                 read += len(raw)
                 if read >= BATCH_BYTES:
@@ -150,8 +158,28 @@ class Compressor(Sink):
                 conn.execute("UPDATE compress_rewrite SET below = ?", (below,))
         self.wrote(PAGES_PER_BATCH + 2 * read // PAGE_SIZE)
 
-    def _maybe_train(self) -> None:
-        """Train the first dictionary, or a new one once the archive has grown ``RETRAIN_FACTOR`` times."""
+    def _dictionary_ready(self, busy: Callable[[], bool]) -> bool:
+        """Whether the dictionary to compress with is settled: none due, or the one due trained and stored.
+
+        Training takes 0.5-3 s here and releases the GIL, so it runs on a thread of its own while the ingest
+        thread waits for it in steps of ``WAIT_S``, going back to its hints as soon as one waits (False: the
+        next idle round waits on)."""
+        if self.training is None:
+            self._start_training()
+        if self.training is not None:
+            while self.training.is_alive():
+                if busy():
+                    return False
+                self.training.join(WAIT_S)
+            self.training = None
+            if self.trained is not None:
+                self._store(*self.trained)
+                self.trained = None
+        return True
+
+    def _start_training(self) -> None:
+        """Start training the first dictionary, or a new one once the archive has grown ``RETRAIN_FACTOR``
+        times, from ``SAMPLES`` lines picked at random."""
         q = self.store.conn.execute
         lines = q("SELECT max(id) FROM events").fetchone()[0] or 0
         if lines < MIN_SAMPLES or lines < RETRAIN_FACTOR * self.trained_on:
@@ -163,14 +191,20 @@ class Compressor(Sink):
             f"AND length(CAST(COALESCE(e.zraw, e.raw) AS BLOB)) < {SAMPLE_MAX_BYTES}", (str(ids).replace(" ", ""),))]
         if len(samples) < MIN_SAMPLES:
             return
+        self.training = threading.Thread(target=self._train, args=(lines, samples), name="csm-train", daemon=True)
+        self.training.start()
+
+    def _train(self, lines: int, samples: list[bytes]) -> None:
+        """On the training thread: the dictionary's bytes into ``trained``, or nothing if zstd cannot make one."""
         try:
-            data = zstandard.train_dictionary(DICT_BYTES, samples).as_bytes()
+            self.trained = (lines, len(samples), zstandard.train_dictionary(DICT_BYTES, samples).as_bytes())
         except zstandard.ZstdError as e:  # too few distinct samples: keep the dictionary in use
             log.info("no new compression dictionary: %s", e)
-            return
+
+    def _store(self, lines: int, samples: int, data: bytes) -> None:
         with self.store.transaction() as conn:
             dict_id = conn.execute("INSERT INTO raw_dictionaries (trained_at, lines, dict) VALUES (?, ?, ?)",
                                    (now_iso(), lines, data)).lastrowid
         assert dict_id is not None
         self._use(dict_id, data, lines)
-        log.info("trained compression dictionary %d on %d lines (%d KB)", dict_id, len(samples), len(data) >> 10)
+        log.info("trained compression dictionary %d on %d lines (%d KB)", dict_id, samples, len(data) >> 10)

@@ -118,7 +118,8 @@ def test_sigkill_during_compression_keeps_every_line_once(tmp_path: Path, projec
         f.parent.mkdir(exist_ok=True)
         f.write_bytes(b"".join(_line(i, f"s{s:02d}") for i in range(1000)))
         files.append(f)
-    d = Csmd(tmp_path, ["--config", str(_config(tmp_path, 1000))]).start()
+    d = Csmd(tmp_path, ["--config", str(_config(tmp_path, 1000))]).start(wait=False)
+    d.wait_ready(120)  # 40,000 lines: a first scan of some 20-80 s on a loaded machine
     assert d.stop() == 0
     d = Csmd(tmp_path, ["--config", str(_config(tmp_path, 0))])
     d.start()
