@@ -38,9 +38,10 @@ from csm.daemon.store import PAGE_SIZE, Store, now_iso
 
 log = logging.getLogger("csm.compress")
 
-BATCH_ROWS = 256
-"""Rows per transaction at most: about 0.5 MB of lines, a few ms of the writer."""
-BATCH_BYTES = 1 << 20
+BATCH_ROWS = 64
+"""Rows per transaction at most: a hint waits for at most one batch (at 256 rows and 1 MB, freshness p99
+while compressing was 632 ms against 175 ms without, at load 20)."""
+BATCH_BYTES = 256 << 10
 """Lines read for one transaction at most (each is held compressed until the commit)."""
 COLUMNS = "id, file_id, generation, line_offset, session_id, uuid, parent_uuid, type, timestamp"
 """The columns a rewritten row keeps as they were (``raw``, ``zraw`` and ``dict_id`` are set)."""
@@ -98,13 +99,17 @@ class Compressor(Sink):
         self._rewrite_earlier(busy)
         done = 0
         quiet_before = time.time_ns() - int(self.after_days * 86400e9)
+        # Through events_plain (migration 10): only plain rows are read, never a file's compressed ones.
         files = [r[0] for r in self.store.conn.execute(
-            "SELECT file_id FROM sync_metadata WHERE mtime_ns <= ?", (quiet_before,))]
+            "SELECT m.file_id FROM sync_metadata m WHERE m.mtime_ns <= ? AND EXISTS (SELECT 1 FROM events e "
+            "INDEXED BY events_plain WHERE e.file_id = m.file_id AND e.zraw IS NULL)", (quiet_before,))]
         for file_id in files:
+            after = 0
             while not busy():
                 cur = self.store.conn.execute(
-                    f"SELECT {COLUMNS}, CAST(raw AS BLOB) FROM events WHERE file_id = ? AND zraw IS NULL "
-                    "AND length(CAST(raw AS BLOB)) <= ? ORDER BY id LIMIT ?", (file_id, MAX_LINE_BYTES, BATCH_ROWS))
+                    f"SELECT {COLUMNS}, CAST(raw AS BLOB) FROM events INDEXED BY events_plain WHERE file_id = ? "
+                    "AND zraw IS NULL AND id > ? AND length(CAST(raw AS BLOB)) <= ? ORDER BY id LIMIT ?",
+                    (file_id, after, MAX_LINE_BYTES, BATCH_ROWS))
                 if not self._dictionary_ready(busy):
                     cur.close()
                     return done
@@ -112,6 +117,7 @@ class Compressor(Sink):
                 if not rows:
                     break
                 self._replace(rows, read)
+                after = rows[-1][0]  # past the lines too long to compress, which stay plain
                 done += len(rows)
             if busy():
                 break

@@ -41,12 +41,12 @@ REAL = FIXTURES / "real"
 SHARED_REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
 
 WITHOUT_COMPRESSED_LINES = (
-    "DROP VIEW lines; ALTER TABLE events DROP COLUMN zraw; ALTER TABLE events DROP COLUMN dict_id; "
+    "DROP INDEX events_plain; DROP TABLE compress_rewrite; DROP VIEW lines; ALTER TABLE events DROP COLUMN zraw; ALTER TABLE events DROP COLUMN dict_id; "
     "DROP TABLE raw_dictionaries; CREATE VIEW lines AS SELECT m.file_path, e.line_offset, e.uuid, "
     "e.parent_uuid, e.session_id, e.type, e.timestamp, e.raw, e.generation, e.generation = m.generation "
     "AS current FROM events e JOIN sync_metadata m ON m.file_id = e.file_id;")
-"""SQL that takes migration 9 (compressed lines) back out of a database, for a test that makes one as a
-csm before it left it (the lines view as migration 1 made it)."""
+"""SQL that takes migrations 9 and 10 (compressed lines, their rewrite and index) back out of a database, for a
+test that makes one as a csm before them left it (the lines view as migration 1 made it)."""
 
 
 def wait_for(cond: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:

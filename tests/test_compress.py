@@ -228,7 +228,7 @@ def test_rows_an_earlier_csm_compressed_in_place_are_rewritten(tmp_path: Path, p
     z = zstandard.ZstdCompressor()
     conn.executemany("UPDATE events SET raw = '', zraw = ? WHERE id = ?",
                      [(z.compress(raw), i) for i, raw in conn.execute("SELECT id, CAST(raw AS BLOB) FROM events")])
-    conn.executescript("DROP TABLE compress_rewrite; PRAGMA user_version = 9;")
+    conn.executescript("DROP TABLE compress_rewrite; DROP INDEX events_plain; PRAGMA user_version = 9;")
     conn.commit()
     conn.close()
     events = _events_bytes(db)
