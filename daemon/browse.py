@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from csm.daemon import projects
 from csm.daemon.conversation import Builder
-from csm.daemon.rawtext import RAW
+from csm.daemon.rawtext import RAW_BYTES
 from csm.daemon.tree import AGENT_PREFIX
 from csm.shared import resume
 from csm.shared.errors import NotFound, QueryError
@@ -165,9 +165,10 @@ def session_info(conn: sqlite3.Connection, file_id: int) -> SessionInfo:
                        file_present=bool(present), resume=resume.command(parent or session_id, cwd))
 
 
-def _lines(conn: sqlite3.Connection, file_id: int) -> Iterator[str]:
-    """The session's lines in the order csm stored them (file order; lines a rewrite removed stay)."""
-    for (raw,) in conn.execute(f"SELECT {RAW} FROM events e WHERE e.file_id = ? ORDER BY e.id", (file_id,)):
+def _lines(conn: sqlite3.Connection, file_id: int) -> Iterator[bytes]:
+    """The session's lines in the order csm stored them (file order; lines a rewrite removed stay), as the
+    bytes the decoder takes (``RAW_BYTES``: a compressed line is not made a str and encoded back)."""
+    for (raw,) in conn.execute(f"SELECT {RAW_BYTES} FROM events e WHERE e.file_id = ? ORDER BY e.id", (file_id,)):
         yield raw
 
 

@@ -452,6 +452,22 @@ M010_SEARCH_TEXT_PENDING = """
 CREATE TABLE search_text_pending (event_id INTEGER PRIMARY KEY);
 """
 
+M011_COMPRESSED_ROWS_REWRITTEN = """
+-- A row compressed in place left its b-tree page two-thirds empty, and only wholly free pages go back to
+-- the file system, so compression barely shrank the file. csmd now deletes a batch of rows and inserts
+-- them again compressed (same ids), which packs them into few pages (daemon/compress.py), and rewrites
+-- the rows compressed in place before this migration the same way, newest first, as idle work: ids below
+-- compress_rewrite.below are still to do; 0 when done. The migration itself only records where to start
+-- (instant); the rewrite runs at csmd's pace later, in bounded transactions.
+CREATE TABLE compress_rewrite (below INTEGER NOT NULL);
+INSERT INTO compress_rewrite SELECT COALESCE(max(id) + 1, 0) FROM events WHERE zraw IS NOT NULL;
+-- The rows still plain, by file: the compressor finds a quiet file's next batch, and that a file has none
+-- left, without reading the file's compressed rows (it read every row of every quiet file at each idle
+-- round). Only plain rows are in it: once the archive is compressed it holds the live sessions' lines.
+-- Building it reads the events table once (a few seconds per GB of transcripts).
+CREATE INDEX events_plain ON events(file_id) WHERE zraw IS NULL;
+"""
+
 OUTSIDE_TRANSACTION = frozenset({"incremental_vacuum"})
 """Migrations that rewrite the file (VACUUM) and so run outside the transaction that records them."""
 
@@ -466,6 +482,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("incremental_vacuum", M008_INCREMENTAL_VACUUM),
     ("compressed_lines", M009_COMPRESSED_LINES),
     ("search_text_pending", M010_SEARCH_TEXT_PENDING),
+    ("compressed_rows_rewritten", M011_COMPRESSED_ROWS_REWRITTEN),
 ]
 """(name, SQL) of migration 1, 2, …: its number is its place in the list."""
 

@@ -33,8 +33,10 @@ def give_back(store: Store, busy: Callable[[], bool], wrote: Callable[[int], Non
         return 0
     while free and not busy():
         with store.transaction():
-            # Each row of the pragma is one page moved: it runs to the end only if stepped to the end.
-            q(f"PRAGMA incremental_vacuum({STEP_PAGES})").fetchall()
+            # The pragma moves one page per step, and Python's sqlite3 steps it once (it declares no
+            # columns, so it is not read as a query): one call per page (was one page a transaction).
+            for _ in range(min(free, STEP_PAGES)):
+                q("PRAGMA incremental_vacuum(1)")
         left = q("PRAGMA freelist_count").fetchone()[0]
         wrote(2 * (free - left))  # each page moved is written, and its pointer-map page
         freed += free - left

@@ -41,12 +41,14 @@ REAL = FIXTURES / "real"
 SHARED_REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
 
 WITHOUT_COMPRESSED_LINES = (
-    "DROP TABLE search_text_pending; DROP VIEW lines; ALTER TABLE events DROP COLUMN zraw; ALTER TABLE events DROP COLUMN dict_id; "
+    "DROP TABLE search_text_pending; DROP INDEX events_plain; DROP TABLE compress_rewrite; DROP VIEW lines; "
+    "ALTER TABLE events DROP COLUMN zraw; ALTER TABLE events DROP COLUMN dict_id; "
     "DROP TABLE raw_dictionaries; CREATE VIEW lines AS SELECT m.file_path, e.line_offset, e.uuid, "
     "e.parent_uuid, e.session_id, e.type, e.timestamp, e.raw, e.generation, e.generation = m.generation "
     "AS current FROM events e JOIN sync_metadata m ON m.file_id = e.file_id;")
-"""SQL that takes migrations 9 (compressed lines) and 10 (the backlog's search text) back out of a database,
-for a test that makes one as a csm before them left it (the lines view as migration 1 made it)."""
+"""SQL that takes migrations 9 (compressed lines), 10 (the backlog's search text) and 11 (compressed rows
+rewritten, their index) back out of a database, for a test that makes one as a csm before them left it (the
+lines view as migration 1 made it)."""
 
 
 def wait_for(cond: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:

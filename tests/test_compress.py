@@ -118,7 +118,8 @@ def test_sigkill_during_compression_keeps_every_line_once(tmp_path: Path, projec
         f.parent.mkdir(exist_ok=True)
         f.write_bytes(b"".join(_line(i, f"s{s:02d}") for i in range(1000)))
         files.append(f)
-    d = Csmd(tmp_path, ["--config", str(_config(tmp_path, 1000))]).start()
+    d = Csmd(tmp_path, ["--config", str(_config(tmp_path, 1000))]).start(wait=False)
+    d.wait_ready(120)  # 40,000 lines: a first scan of some 20-80 s on a loaded machine
     assert d.stop() == 0
     d = Csmd(tmp_path, ["--config", str(_config(tmp_path, 0))])
     d.start()
@@ -127,7 +128,8 @@ def test_sigkill_during_compression_keeps_every_line_once(tmp_path: Path, projec
     killed_at = _plain(db)
     d.start()
     wait_for(lambda: _all_compressed(db), 60, "compression to finish after the restart")
-    assert db_rows(db, "SELECT count(*), count(DISTINCT uuid) FROM events") == [(total, total)]
+    assert db_rows(db, "SELECT count(*), count(DISTINCT uuid), min(id), max(id) FROM events") == \
+        [(total, total, 1, total)], "every line once, each under the id it was stored with"
     assert db_rows(db, "SELECT count(*) FROM events WHERE raw != '' OR zraw IS NULL") == [(0,)]
     for f in files:
         assert run_csm("export", "--raw", str(f)).stdout.encode() == f.read_bytes(), f
@@ -166,5 +168,77 @@ def test_the_wal_compression_filled_is_emptied_once_idle(tmp_path: Path, project
         wait_for(lambda: _all_compressed(db), 30, "the lines to be compressed")
         wal = Path(f"{db}-wal")
         wait_for(lambda: not wal.exists() or wal.stat().st_size == 0, 15, "the WAL to be emptied after compression")
+    finally:
+        assert d.stop() == 0
+
+
+def _tool_line(i: int, session: str) -> bytes:
+    """A line of ~2 KB of tool output (in the contentless tool index, not in message_text): its row is most of
+    what the line costs in the file."""
+    words = [f"{w}{(i * 7 + k) % 97}" for k, w in enumerate(["src/module", "def", "return", "self.value", "import",
+                                                              "assert", "pytest", "passed"] * 30)]
+    obj = {"type": "user", "uuid": f"{session}-t{i}", "sessionId": session, "timestamp": "2026-01-01T00:00:00Z",
+           "message": {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_{i}",
+                                                    "content": " ".join(words)}]}}
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def _events_bytes(db: Path) -> int:
+    return db_rows(db, "SELECT sum(pgsize) FROM dbstat WHERE name = 'events'")[0][0]
+
+
+def _idle(db: Path) -> bool:
+    wal = Path(f"{db}-wal")
+    return db_rows(db, "PRAGMA freelist_count")[0][0] < 64 and (not wal.exists() or wal.stat().st_size == 0)
+
+
+def test_compressed_rows_give_their_pages_back(tmp_path: Path, projects: Path, db: Path) -> None:
+    """Compressed rows are packed into fresh pages and the freed ones go back: the events table and the file
+    shrink with the lines (rewritten in place, each row left its page two-thirds empty and the file as big)."""
+    f = projects / "p" / "s-tools.jsonl"
+    f.parent.mkdir()
+    f.write_bytes(b"".join(_tool_line(i, "s-tools") for i in range(4000)))
+    d = Csmd(tmp_path, ["--config", str(_config(tmp_path, 1000))]).start()
+    assert d.stop() == 0
+    events, size = _events_bytes(db), db.stat().st_size
+    d = Csmd(tmp_path, ["--config", str(_config(tmp_path, 0))]).start()
+    try:
+        wait_for(lambda: _all_compressed(db), 30, "the lines to be compressed")
+        wait_for(lambda: _idle(db), 30, "the free pages to be given back and the WAL emptied")
+        assert _events_bytes(db) < 0.5 * events, f"events: {events >> 10} -> {_events_bytes(db) >> 10} KB"
+        assert db.stat().st_size < size - 0.8 * (events - _events_bytes(db)), "the file shrank as much"
+        assert run_csm("export", "--raw", str(f)).stdout.encode() == f.read_bytes()
+    finally:
+        assert d.stop() == 0
+
+
+def test_rows_an_earlier_csm_compressed_in_place_are_rewritten(tmp_path: Path, projects: Path, db: Path) -> None:
+    """A database where rows were compressed in place (csm before migration 11) has them rewritten into fresh
+    pages once, as idle work: the pages come back, every line reads the same."""
+    import sqlite3
+
+    import zstandard
+
+    f = projects / "p" / "s-old.jsonl"
+    f.parent.mkdir()
+    f.write_bytes(b"".join(_tool_line(i, "s-old") for i in range(4000)))
+    d = Csmd(tmp_path, ["--config", str(_config(tmp_path, 1000))]).start()
+    assert d.stop() == 0
+    conn = sqlite3.connect(db)  # what the earlier compressor did: an UPDATE of each row (no dictionary here)
+    z = zstandard.ZstdCompressor()
+    conn.executemany("UPDATE events SET raw = '', zraw = ? WHERE id = ?",
+                     [(z.compress(raw), i) for i, raw in conn.execute("SELECT id, CAST(raw AS BLOB) FROM events")])
+    conn.executescript("DROP TABLE compress_rewrite; DROP INDEX events_plain; PRAGMA user_version = 10;")
+    conn.commit()
+    conn.close()
+    events = _events_bytes(db)
+    d = Csmd(tmp_path, ["--config", str(_config(tmp_path, 1000))]).start()
+    try:
+        wait_for(lambda: db_rows(db, "SELECT below FROM compress_rewrite") == [(0,)], 30, "the rewrite to end")
+        wait_for(lambda: _idle(db), 30, "the free pages to be given back")
+        assert _events_bytes(db) < 0.5 * events, f"events: {events >> 10} -> {_events_bytes(db) >> 10} KB"
+        assert "rewrote 4000 lines compressed by an earlier csm" in d.log()
+        assert db_rows(db, "SELECT count(*), min(id), max(id), count(zraw) FROM events") == [(4000, 1, 4000, 4000)]
+        assert run_csm("export", "--raw", str(f)).stdout.encode() == f.read_bytes()
     finally:
         assert d.stop() == 0

@@ -122,3 +122,25 @@ def test_free_pages_come_back_after_the_migration(csmd: Csmd, projects: Path, db
     wait_for(lambda: db.stat().st_size <= before - (6 << 20), 20, "the file to shrink")
     assert db_rows(db, "SELECT count(*) FROM events") == [(500,)]
     assert db_rows(db, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_each_step_gives_back_a_whole_step_of_pages(tmp_path: Path) -> None:
+    """``incremental_vacuum`` moves one page per step of its statement, and Python's sqlite3 steps it once (it
+    declares no columns): each transaction gave back one page, not ``STEP_PAGES`` (8 MB took 512 of them)."""
+    from csm.daemon import space
+    from csm.daemon.store import Store, open_writer
+
+    store = Store(open_writer(tmp_path / "csm.db"))
+    try:
+        store.conn.execute("CREATE TABLE filler (x BLOB)")
+        store.conn.executemany("INSERT INTO filler VALUES (randomblob(16000))", [()] * 300)
+        store.conn.execute("DELETE FROM filler")
+        free = store.conn.execute("PRAGMA freelist_count").fetchone()[0]
+        assert free >= 2 * space.STEP_PAGES
+        steps: list[int] = []
+        assert space.give_back(store, lambda: len(steps) >= 1, steps.append) == space.STEP_PAGES
+        assert store.conn.execute("PRAGMA freelist_count").fetchone()[0] == free - space.STEP_PAGES
+        assert space.give_back(store, lambda: False, steps.append) == free - space.STEP_PAGES
+        assert store.conn.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    finally:
+        store.close()
