@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from csm.daemon import projects
+from csm.daemon import attach, projects
 from csm.daemon.conversation import Builder
 from csm.daemon.rawtext import RAW
 from csm.daemon.tree import AGENT_PREFIX
@@ -163,6 +163,7 @@ def session_info(conn: sqlite3.Connection, file_id: int) -> SessionInfo:
 
 def _lines(conn: sqlite3.Connection, file_id: int) -> Iterator[str]:
     """The session's lines in the order csm stored them (file order; lines a rewrite removed stay)."""
+    attach.readable(conn, file_id)
     for (raw,) in conn.execute(f"SELECT {RAW} FROM events e WHERE e.file_id = ? ORDER BY e.id", (file_id,)):
         yield raw
 

@@ -17,7 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 
-from csm.daemon import browse
+from csm.daemon import attach, browse
 from csm.daemon.rawtext import RAW
 from csm.daemon.server import Envelope, Replier, Server
 from csm.shared.errors import NotFound, QueryError
@@ -52,11 +52,13 @@ def _raw_lines(conn: sqlite3.Connection, file_id: int) -> Iterator[tuple[bytes, 
     """Each row's bytes, straight from SQLite (no str made and encoded again: lines reach 10 MB),
     and whether it is a file's final line stored without a newline (it ends where the checkpoint
     is: a line that had its newline ends one byte before)."""
+    attach.readable(conn, file_id)
+    # e.file_id too: SQLite then seeks each file of ``events`` (main and archives) and merges them in order
     cur = conn.execute(
         f"SELECT CAST({RAW} AS BLOB), e.line_offset, m.last_position FROM events e "
         "JOIN sync_metadata m ON m.file_id = e.file_id AND e.generation = m.generation "
-        "WHERE m.file_id = ? ORDER BY e.line_offset",
-        (file_id,),
+        "WHERE m.file_id = ? AND e.file_id = ? ORDER BY e.line_offset",
+        (file_id, file_id),
     )
     for data, offset, end in cur:
         yield data, offset + len(data) == end
