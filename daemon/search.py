@@ -269,6 +269,11 @@ def _filters(req: Search) -> tuple[str, list[Any]]:
 _COLUMNS = ["session_id", "project", "timestamp", "role", "snippet", "resume", "cwd", "score"]
 # CROSS JOIN keeps the FTS table the outer loop: the planner must never scan events first.
 _JOIN = "CROSS JOIN events e ON e.id = s.rowid CROSS JOIN sync_metadata m ON m.file_id = e.file_id"
+# A chosen hit's line and file, looked up by its id apart from its FTS query: with archives attached
+# (``daemon/attach.py``) ``events`` is then probed by id in each file, not the FTS query run once per file.
+_PLACE = ("SELECT m.session_key, m.project, e.timestamp, COALESCE(m.parent_session, m.session_key), "
+          "(SELECT cwd FROM session_stats st WHERE st.file_id = m.file_id) "
+          "FROM events e JOIN sync_metadata m ON m.file_id = e.file_id WHERE e.id = ?")
 
 
 def _candidates(conn: sqlite3.Connection, table: str, req: Search) -> list[tuple[int, float]]:
@@ -297,11 +302,12 @@ def _rows(conn: sqlite3.Connection, table: str, req: Search, best: list[tuple[in
     else:
         role, snippet = "'tool'", "''"  # contentless: the snippet is made by _tool_snippets
     # One statement per hit: FTS5 seeks straight to a rowid given with '=', not with IN.
-    sql = (f"SELECT m.session_key, m.project, e.timestamp, {role}, {snippet}, "
-           "COALESCE(m.parent_session, m.session_key), "
-           "(SELECT cwd FROM session_stats st WHERE st.file_id = m.file_id) "
-           f"FROM {table} s {_JOIN} WHERE {table} MATCH ? AND s.rowid = ?")
-    found = {i: conn.execute(sql, (req.text, i)).fetchone() for i, _ in best}
+    sql = f"SELECT {role}, {snippet} FROM {table} s WHERE {table} MATCH ? AND s.rowid = ?"
+    found = {}
+    for i, _ in best:
+        place = conn.execute(_PLACE, (i,)).fetchone()
+        hit = conn.execute(sql, (req.text, i)).fetchone() if place else None
+        found[i] = (*place[:3], *hit, *place[3:]) if place and hit else None
     rows = [[*found[i], score] for i, score in best if found[i]]
     for r in rows:  # the resume line, from the session to resume and its cwd
         r[5] = resume.command(r[5], r[6])
