@@ -51,7 +51,7 @@ from csm.daemon.server import Reply
 from csm.daemon.sinks import Sink
 from csm.daemon.store import PAGE_SIZE, Store, now_iso
 from csm.shared import timespec
-from csm.shared.errors import CsmError, DaemonError, DatabaseError, Unavailable
+from csm.shared.errors import CsmError, DaemonError, Unavailable
 from csm.shared.paths import archive_path
 from csm.shared.protocol import ArchiveReply, Backlog, Error, Progress
 
@@ -135,7 +135,9 @@ class Archiver(Sink):
                     reply: ArchiveReply | Error = self._done(job)
                 except (sqlite3.Error, OSError, CsmError) as e:
                     log.error("archive: %s", e)
-                    reply = Error.of(e if isinstance(e, CsmError) else DatabaseError(f"archive stopped: {e}"))
+                    reply = Error.of(e if isinstance(e, CsmError) else Unavailable(
+                        f"archive stopped after {job.sessions} sessions: {e}; what moved stays moved, the rest "
+                        "stays in the main database; run it again"))
                 except Exception as e:  # a bug: this request fails, the ingest thread goes on
                     log.exception("archive failed")
                     reply = Error.of(DaemonError(f"archive stopped: {type(e).__name__}: {e}"))
@@ -256,7 +258,7 @@ class Archiver(Sink):
             missing = q("SELECT count(*) FROM main.events e WHERE e.file_id = ? AND NOT EXISTS "
                         "(SELECT 1 FROM arc.events a WHERE a.id = e.id)", (file_id,)).fetchone()[0]
             if missing:
-                raise DatabaseError(f"{missing} lines of file {file_id} are not in {archive_path(self.db, name)} "
+                raise DaemonError(f"{missing} lines of file {file_id} are not in {archive_path(self.db, name)} "
                                     "after copying them: they stay in the main database")
             q("DELETE FROM main.events WHERE file_id = ?", (file_id,))
             q("INSERT INTO archived_files VALUES (?, ?, ?, ?) ON CONFLICT(file_id) DO UPDATE SET "
