@@ -107,6 +107,13 @@ def test_real_fixtures_round_trip_after_archival(tmp_path: Path, db: Path) -> No
         stored = sum(Path(a["file"]).stat().st_size for a in listed)
         assert stored < sum(len(complete(f)) for f in root.rglob("*.jsonl")), "archives are compressed"
         assert _archive()["sessions"] == 0, "nothing left to move"
+        backup = tmp_path / "backup" / "b.db"
+        backup.parent.mkdir()
+        r = run_csm("db", "backup", str(backup), "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["archives"] == [str(archive_path(backup, n)) for n in ("2025", "2026")]
+        r = run_csm("db", "check", "--db", str(backup), "--json")
+        assert r.returncode == 0 and [a["ok"] for a in json.loads(r.stdout)["archives"]] == [True, True], r.stderr
     finally:
         assert d.stop() == 0
     d.start()  # a restart reads the archives again, and keeps its ids above the archived ones
