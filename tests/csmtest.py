@@ -46,7 +46,10 @@ WITHOUT_COMPRESSED_LINES = (
     "e.parent_uuid, e.session_id, e.type, e.timestamp, e.raw, e.generation, e.generation = m.generation "
     "AS current FROM events e JOIN sync_metadata m ON m.file_id = e.file_id;")
 """SQL that takes migration 9 (compressed lines) back out of a database, for a test that makes one as a
-csm before it left it (the lines view as migration 1 made it)."""
+csm before it left it (the lines view as migration 1 made it); with ``WITHOUT_ARCHIVES`` first."""
+
+WITHOUT_ARCHIVES = "DROP TABLE archive_journal; DROP TABLE archived_files; DROP TABLE archives;"
+"""SQL that takes migration 10 (archives) back out of a database."""
 
 
 def wait_for(cond: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
