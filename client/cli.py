@@ -58,7 +58,7 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings=CONTEXT, lazy={
     "service": "csm.client.service:service", "db": "csm.client.db:db", "watch": "csm.client.browse:watch",
     "export": "csm.client.export:export", "restore": "csm.client.restore:restore", "serve": "csm.web.command:serve",
-    "team": "csm.client.team:team",
+    "team": "csm.client.team:team", "archive": "csm.client.archive:archive",
 })
 @click.version_option(__version__, prog_name="csm")
 def cli() -> None:
@@ -151,6 +151,8 @@ def status(fmt: str | None) -> None:
         ("sessions", f"{reply.sessions}" + (f" ({reply.sessions_gone} with source file gone)"
                                             if reply.sessions_gone else "")),
         ("lines", reply.events),
+        *([("archived", f"{reply.archived_sessions} sessions, {reply.archived_lines} lines in archive files "
+                        "(csm archive list)")] if reply.archived_sessions else []),
         ("bad lines", f"{reply.errors}" + (" (csm query errors)" if reply.errors else "")),
         *([("derived", f"{reply.line_errors} stored lines failed: usage, search text or figures "
                        "(csm query errors)")] if reply.line_errors else []),

@@ -61,7 +61,8 @@ def session_argument(name: str = "session", required: bool = True) -> Callable[[
     return click.argument(name, required=required, shell_complete=complete_session)
 
 
-def _read(value: str, flag: str, zone: tzinfo | None, end: bool = False) -> datetime:
+def read_time(value: str, flag: str, zone: tzinfo | None = None, end: bool = False) -> datetime:
+    """A WHEN given to ``flag``, in the one time grammar; a bad one is that option's error."""
     from csm.shared import timespec
 
     try:
@@ -87,8 +88,8 @@ def time_options(zone_option: bool = False) -> Callable[[F], F]:
                     zone = timespec.zone(kwargs["tz"])
                 except ValueError as e:
                     raise click.BadParameter(str(e), param_hint="'--tz'") from None
-            lo = None if since is None else _read(since, "--since", zone)
-            hi = None if until is None else _read(until, "--until", zone, end=True)
+            lo = None if since is None else read_time(since, "--since", zone)
+            hi = None if until is None else read_time(until, "--until", zone, end=True)
             if lo and hi and hi < lo:
                 raise click.BadParameter(f"{until!r} ends before --since {since!r} begins", param_hint="'--until'")
             return fn(*args, since=lo and timespec.wire(lo), until=hi and timespec.wire(hi), **kwargs)

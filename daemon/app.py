@@ -22,7 +22,8 @@ from typing import Any, Literal, NamedTuple
 
 import msgspec
 
-from csm.daemon import browse, export, heap, queries, reports, search, space, turns
+from csm.daemon import attach, browse, export, heap, queries, reports, search, space, turns
+from csm.daemon.archive import Archiver
 from csm.daemon.checkpoint import Checkpointer
 from csm.daemon.compress import Compressor
 from csm.daemon.diagnose import diagnose
@@ -39,12 +40,15 @@ from csm.daemon.syncer import Syncer
 from csm.daemon.usage import UsageSink
 from csm.daemon.watch import Watchers
 from csm.daemon.watcher import Watcher
-from csm.shared import __version__, paths
+from csm.shared import __version__, paths, timespec
 from csm.shared import config as config_mod
 from csm.shared.config import Config, Resolved
 from csm.shared.errors import BadRequest, Busy, ConfigError, CsmError, DaemonError
 from csm.shared.protocol import (
     Ack,
+    Archive,
+    ArchiveList,
+    ArchiveReply,
     ConfigReply,
     Error,
     Export,
@@ -116,7 +120,11 @@ class Daemon:
         threading.excepthook = self._thread_died
         self.retention = Retention(self.roots, rescanned=lambda: self.syncer.scans > 0)
         compressor = Compressor(store, self.config.compress_after_days, self.checkpointer.wrote)
-        ing.sinks += [self.retention, compressor, space.Space(self.checkpointer.wrote)]
+        self.archiver = Archiver(store, self.db, self.checkpointer.wrote, team=self.config.team is not None,
+                                 listing=lambda: self._own_answer(self.archive_list))
+        self.archiver.recover()  # before any reader attaches an archive
+        ing.events += attach.figures(store.conn)[1]
+        ing.sinks += [self.retention, self.archiver, compressor, space.Space(self.checkpointer.wrote)]
         self.reader = open_reader(self.db)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="csm-query",
                                        initializer=turns.on_query_thread, initargs=(self.syncer.turns.give_way,))
@@ -151,6 +159,7 @@ class Daemon:
             self.notifier.stopping()
             self.syncer.stop()
             self.syncer.join()
+            self.archiver.abandon()
             if self.mirror is not None:
                 self.mirror.stop()
                 self.mirror.join(15)
@@ -221,6 +230,25 @@ class Daemon:
         self.syncer.request_sync(reply if request.wait else lambda msg: None)
         return None if request.wait else Ok(message="sync requested")
 
+    def archive(self, request: Archive, reply: Reply, conn: None) -> Message | None:
+        """Hand a move to the ingest thread (the one writer), woken by a rescan; it answers when done."""
+        try:
+            timespec.from_wire(request.before)
+        except ValueError as e:
+            return Error.of(BadRequest(str(e)))
+        self.archiver.request(request.before, reply)
+        self.syncer.request_rescan()
+        return None
+
+    def archive_list(self, request: ArchiveList | None, reply: Reply | None, conn: sqlite3.Connection) -> ArchiveReply:
+        return ArchiveReply(archives=attach.listing(conn))
+
+    def _own_answer(self, run: Callable[[Any, Any, sqlite3.Connection], ArchiveReply]) -> ArchiveReply:
+        """Run a read on this thread's own reader (the ingest thread's, for the archives after a move)."""
+        conn = self._own_connection()
+        attach.refresh(conn)
+        return run(None, None, conn)
+
     def config_reply(self, request: GetConfig, reply: Reply, conn: None) -> ConfigReply:
         s = self.settings
         return ConfigReply(pid=os.getpid(), config_file=s.file, config_file_exists=s.file_exists,
@@ -278,7 +306,10 @@ class Daemon:
     def status(self) -> StatusReply:
         db_problem = self.health.problem()
         try:
+            attach.refresh(self.reader)
             f = self.figures = figures(self.reader)
+            f["archived_sessions"], f["archived_lines"] = attach.figures(self.reader)
+            db_problem = db_problem or attach.problem(self.reader)
         except sqlite3.Error as e:  # the file deleted or damaged under csmd: the last figures, and why
             f = self.figures
             db_problem = db_problem or f"cannot read {self.db}: {e}"
@@ -300,6 +331,8 @@ class Daemon:
             sessions_gone=f["sessions_gone"],
             errors=f["errors"],
             line_errors=f["line_errors"],
+            archived_sessions=f.get("archived_sessions", 0),
+            archived_lines=f.get("archived_lines", 0),
             last_sync_at=self.syncer.last_sync_at,
             watch_mode=self.watcher.mode,
             watcher_restarts=self.watcher.restarts,
@@ -355,6 +388,7 @@ class Daemon:
         try:
             turns.give_way()  # a query does not start while fresh lines wait for their turn
             conn = self._connection() if route.users_sql else self._own_connection()
+            attach.refresh(conn)  # archives added or changed since this connection last looked
             limit = route.limit(self.config) if route.limit else None
             with queries.time_limit(conn, *limit) if limit else nullcontext():
                 result = route.run(self, request, reply, conn)
@@ -427,6 +461,8 @@ ROUTES: dict[type[Request], Route] = {
     Ack: Route("inline", Daemon.ack),
     TeamStatus: Route("pool", Daemon.team_status, _report),
     TeamResync: Route("inline", Daemon.team_resync),
+    Archive: Route("ingest", Daemon.archive),
+    ArchiveList: Route("pool", Daemon.archive_list, _report),
 }
 STREAMED_SHOW = Route("thread", lambda d, req, reply, conn: d.exports.serve(
     reply, lambda flow: browse.stream(conn, req, reply, flow), f"show of {req.session}"))

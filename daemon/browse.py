@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from csm.daemon import projects
+from csm.daemon import attach, projects
 from csm.daemon.conversation import Builder
 from csm.daemon.rawtext import RAW_BYTES
 from csm.daemon.tree import AGENT_PREFIX
@@ -168,6 +168,7 @@ def session_info(conn: sqlite3.Connection, file_id: int) -> SessionInfo:
 def _lines(conn: sqlite3.Connection, file_id: int) -> Iterator[bytes]:
     """The session's lines in the order csm stored them (file order; lines a rewrite removed stay), as the
     bytes the decoder takes (``RAW_BYTES``: a compressed line is not made a str and encoded back)."""
+    attach.readable(conn, file_id)
     for (raw,) in conn.execute(f"SELECT {RAW_BYTES} FROM events e WHERE e.file_id = ? ORDER BY e.id", (file_id,)):
         yield raw
 

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from csm.daemon import browse
+from csm.daemon import attach, browse
 from csm.daemon.rawtext import RAW_BYTES
 from csm.daemon.server import Envelope, Replier, Server
 from csm.shared.errors import NotFound, QueryError
@@ -60,11 +60,13 @@ def _pieces(conn: sqlite3.Connection, file_id: int) -> Iterator[tuple[bytes, int
     piece at a time, so the Python work per line is a list item (per-line appends to a buffer were a third
     of an export's CPU). Held: a piece and the line that ends it."""
     end = conn.execute("SELECT last_position FROM sync_metadata WHERE file_id = ?", (file_id,)).fetchone()[0]
+    attach.readable(conn, file_id)
+    # e.file_id too: SQLite then seeks each file of ``events`` (main and archives) and merges them in order
     cur = conn.execute(
         f"SELECT {RAW_BYTES}, e.line_offset FROM events e "
         "JOIN sync_metadata m ON m.file_id = e.file_id AND e.generation = m.generation "
-        "WHERE m.file_id = ? ORDER BY e.line_offset",
-        (file_id,),
+        "WHERE m.file_id = ? AND e.file_id = ? ORDER BY e.line_offset",
+        (file_id, file_id),
     )
     lines: list[bytes] = []
     held = 0

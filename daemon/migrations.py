@@ -468,6 +468,32 @@ INSERT INTO compress_rewrite SELECT COALESCE(max(id) + 1, 0) FROM events WHERE z
 CREATE INDEX events_plain ON events(file_id) WHERE zraw IS NULL;
 """
 
+M012_ARCHIVES = """
+-- Archival (daemon/archive.py): whole quiet sessions' lines moved into archive files beside this one,
+-- one per year of the session's end (<this file's stem>-archive-<name><suffix>), read-only once written;
+-- csmd's readers attach them and read main and archives as one (daemon/attach.py). Everything derived
+-- (session figures, usage, search index, checkpoints) stays here.
+CREATE TABLE archives (
+    name TEXT PRIMARY KEY,      -- the year, e.g. 2025: file csm-archive-2025.db, attached as archive_2025
+    max_id INTEGER NOT NULL     -- the highest events.id ever moved there: this file never gives it out again
+);
+-- One row per session (file) whose lines are in an archive; lines appended to it later stay here
+-- until it is archived again (into the same archive).
+CREATE TABLE archived_files (
+    file_id INTEGER PRIMARY KEY,
+    archive TEXT NOT NULL REFERENCES archives(name),
+    lines INTEGER NOT NULL,
+    moved_at TEXT NOT NULL
+);
+-- A move in progress: written before the lines are copied into the archive, deleted in the transaction
+-- that deletes them here. csmd finds one only after a kill, and undoes it on start (the copies go).
+CREATE TABLE archive_journal (
+    file_id INTEGER PRIMARY KEY,
+    archive TEXT NOT NULL,
+    started_at TEXT NOT NULL
+);
+"""
+
 OUTSIDE_TRANSACTION = frozenset({"incremental_vacuum"})
 """Migrations that rewrite the file (VACUUM) and so run outside the transaction that records them."""
 
@@ -483,6 +509,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("compressed_lines", M009_COMPRESSED_LINES),
     ("search_text_pending", M010_SEARCH_TEXT_PENDING),
     ("compressed_rows_rewritten", M011_COMPRESSED_ROWS_REWRITTEN),
+    ("archives", M012_ARCHIVES),
 ]
 """(name, SQL) of migration 1, 2, …: its number is its place in the list."""
 

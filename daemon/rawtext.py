@@ -6,7 +6,8 @@ long uncompressed line never passes through Python), else ``csm_raw(zraw, dict_i
 
 The public ``lines`` view (any SQLite tool) shows ``raw`` as stored ('' for a compressed line) beside
 ``zraw`` and ``dict_id``; ``shadow_lines`` gives a reader connection a temporary view of the same name
-whose ``raw`` is the text, so ``csm query sql`` reads every line as before and outside tools still work.
+whose ``raw`` is the text, so ``csm query sql`` reads every line as before and outside tools still work;
+its ``events`` are the reader's own (main and the archives, ``daemon/attach.py``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ LINES = f"""
 CREATE TEMP VIEW IF NOT EXISTS lines AS
 SELECT m.file_path, e.line_offset, e.uuid, e.parent_uuid, e.session_id, e.type, e.timestamp,
        {RAW} AS raw, e.generation, e.generation = m.generation AS current, e.zraw, e.dict_id
-FROM main.events e JOIN main.sync_metadata m ON m.file_id = e.file_id
+FROM events e JOIN main.sync_metadata m ON m.file_id = e.file_id
 """
 
 

@@ -299,16 +299,17 @@ def _scratch_conn() -> sqlite3.Connection:
     return conn
 
 
-def _filters(req: Search) -> tuple[str, list[Any]]:
+def _filters(req: Search, line: str = "e") -> tuple[str, list[Any]]:
+    """The filters' SQL on the line's timestamp (``line``: its ``events`` or ``message_text`` row) and file."""
     sql, params = "", []
     if req.project:
         sql += " AND " + projects.sql("m.project")
         params.append(req.project)
     if req.since:
-        sql += " AND e.timestamp >= ?"
+        sql += f" AND {line}.timestamp >= ?"
         params.append(req.since)
     if req.until:
-        sql += " AND e.timestamp < ?"
+        sql += f" AND {line}.timestamp < ?"
         params.append(req.until)
     return sql, params
 
@@ -316,6 +317,14 @@ def _filters(req: Search) -> tuple[str, list[Any]]:
 _COLUMNS = ["session_id", "project", "timestamp", "role", "snippet", "resume", "cwd", "score"]
 # CROSS JOIN keeps the FTS table the outer loop: the planner must never scan events first.
 _JOIN = "CROSS JOIN events e ON e.id = s.rowid CROSS JOIN sync_metadata m ON m.file_id = e.file_id"
+# A prose hit filtered by time alone needs only its message_text row (the line's timestamp, in the main
+# file): no line lookup, which with archives attached would run the FTS query once per file.
+_PROSE_JOIN = "CROSS JOIN message_text t ON t.event_id = s.rowid"
+# A chosen hit's line and file, looked up by its id apart from its FTS query: with archives attached
+# (``daemon/attach.py``) ``events`` is then probed by id in each file, not the FTS query run once per file.
+_PLACE = ("SELECT m.session_key, m.project, e.timestamp, COALESCE(m.parent_session, m.session_key), "
+          "(SELECT cwd FROM session_stats st WHERE st.file_id = m.file_id) "
+          "FROM events e JOIN sync_metadata m ON m.file_id = e.file_id WHERE e.id = ?")
 
 
 def _candidates(conn: sqlite3.Connection, table: str, req: Search) -> list[tuple[int, float]]:
@@ -325,8 +334,10 @@ def _candidates(conn: sqlite3.Connection, table: str, req: Search) -> list[tuple
     large archive would take seconds; the most recent matches are ranked instead, which is
     exact whenever a query matches fewer lines than that, and otherwise favours recent work.
     """
-    where, params = _filters(req)
-    sql = (f"SELECT s.rowid, bm25({table}) FROM {table} s {_JOIN if where else ''} "
+    by_time = table == "search_text" and not req.project
+    where, params = _filters(req, "t" if by_time else "e")
+    join = "" if not where else _PROSE_JOIN if by_time else _JOIN
+    sql = (f"SELECT s.rowid, bm25({table}) FROM {table} s {join} "
            f"WHERE {table} MATCH ?{where} ORDER BY s.rowid DESC LIMIT ?")
     try:
         return conn.execute(sql, [req.text, *params, CANDIDATES]).fetchall()
@@ -344,11 +355,12 @@ def _rows(conn: sqlite3.Connection, table: str, req: Search, best: list[tuple[in
     else:
         role, snippet = "'tool'", "''"  # contentless: the snippet is made by _tool_snippets
     # One statement per hit: FTS5 seeks straight to a rowid given with '=', not with IN.
-    sql = (f"SELECT m.session_key, m.project, e.timestamp, {role}, {snippet}, "
-           "COALESCE(m.parent_session, m.session_key), "
-           "(SELECT cwd FROM session_stats st WHERE st.file_id = m.file_id) "
-           f"FROM {table} s {_JOIN} WHERE {table} MATCH ? AND s.rowid = ?")
-    found = {i: conn.execute(sql, (req.text, i)).fetchone() for i, _ in best}
+    sql = f"SELECT {role}, {snippet} FROM {table} s WHERE {table} MATCH ? AND s.rowid = ?"
+    found = {}
+    for i, _ in best:
+        place = conn.execute(_PLACE, (i,)).fetchone()
+        hit = conn.execute(sql, (req.text, i)).fetchone() if place else None
+        found[i] = (*place[:3], *hit, *place[3:]) if place and hit else None
     rows = [[*found[i], score] for i, score in best if found[i]]
     for r in rows:  # the resume line, from the session to resume and its cwd
         r[5] = resume.command(r[5], r[6])

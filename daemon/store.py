@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from csm.daemon import heap, rawtext
+from csm.daemon import attach, heap, rawtext
 from csm.daemon.rawtext import RAW
 from csm.daemon.migrations import EARLIER_NAMES, MIGRATIONS, OUTSIDE_TRANSACTION
 from csm.daemon.diagnose import diagnose, unwritable
@@ -217,11 +217,13 @@ def open_writer(db: Path) -> sqlite3.Connection:
 
 def open_reader(db: Path) -> sqlite3.Connection:
     """A read-only connection: it can never take the write lock, so it never delays ingestion."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None, check_same_thread=False,
+                           factory=attach.Reader)
     rawtext.register(conn, db)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     rawtext.shadow_lines(conn)
     conn.execute("PRAGMA query_only = 1")
+    attach.refresh(conn)
     # csmd has up to six readers (status, two per query thread, an export): at SQLite's default
     # 2 MB each they held 8-9 MB of csmd's heap under four clients; the OS caches the file anyway.
     conn.execute(f"PRAGMA cache_size = -{READER_CACHE_KB}")
@@ -380,7 +382,9 @@ class Store:
         )
 
     def max_event_id(self) -> int:
-        return self.conn.execute("SELECT COALESCE(max(id), 0) FROM events").fetchone()[0]
+        """The highest id given out, archived lines' included (``archives.max_id``): an id is never reused."""
+        return self.conn.execute("SELECT max((SELECT COALESCE(max(id), 0) FROM events), "
+                                 "(SELECT COALESCE(max(max_id), 0) FROM archives))").fetchone()[0]
 
     def old_generation_rows(self, file_id: int, generation: int) -> Iterator[tuple[int, str]]:
         """(id, raw) of a file's rows from earlier generations, to re-attach on a re-read."""

@@ -96,6 +96,13 @@ class Forbidden(DaemonError):
     code = "forbidden"
 
 
+class ArchiveUnreadable(DaemonError):
+    """An archive file (``csm archive``) is missing or damaged: the sessions in it cannot be read, the rest can."""
+
+    exit_code = 6
+    code = "archive"
+
+
 def from_code(code: str) -> type[CsmError]:
     """The class of an error csmd answered with; an unknown code (a newer csmd's) is a ``DaemonError``."""
     todo: list[type[CsmError]] = [CsmError]

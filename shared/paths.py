@@ -51,6 +51,11 @@ def db_files(db: Path) -> list[tuple[Path, str]]:
             (db.with_name(db.name + "-shm"), "database shared-memory file")]
 
 
+def archive_path(db: Path, name: str) -> Path:
+    """The archive file ``name`` (a year) of the database ``db``: beside it, ``csm-archive-2025.db`` (``csm archive``)."""
+    return db.with_name(f"{db.stem}-archive-{name}{db.suffix}")
+
+
 def own_files(db: Path) -> list[Path]:
     """Files csmd itself writes, which it must never read as transcripts, wherever they sit.
 

@@ -165,9 +165,20 @@ class ReloadConfig(Message, kw_only=True):
     the reply names what was applied and what waits for a restart."""
 
 
+class Archive(Message, kw_only=True):
+    """Move the lines of whole sessions that ended before ``before`` (a UTC wire instant) into archive files;
+    replies when done (``ArchiveReply``)."""
+
+    before: str
+
+
+class ArchiveList(Message, kw_only=True):
+    """Each archive file, with its sessions (``ArchiveReply.archives``)."""
+
+
 Request = (
     Status | Sync | Query | UsageReport | GetConfig | Fault | Sessions | Show | Search | Watch | ListErrors | Export
-    | Ack | TeamStatus | TeamResync | ReloadConfig
+    | Ack | TeamStatus | TeamResync | ReloadConfig | Archive | ArchiveList
 )
 
 
@@ -244,10 +255,40 @@ class StatusReply(Message, kw_only=True):
     """Claude Code's ``cleanupPeriodDays``: transcripts idle this long are deleted (sessions_gone: kept only here)."""
     cleanup_period_source: str = "default"
     """The settings.json that sets it, or "default"."""
+    archived_sessions: int = 0
+    """Sessions whose lines are in archive files (``csm archive``); counted in ``sessions`` too."""
+    archived_lines: int = 0
+    """Lines in archive files; counted in ``events`` too."""
     lost_before_csm: LostBefore | None = None
     """Found once, after csmd's first rescan (daemon/retention.py); None until then, 0 prompts when nothing was lost."""
     commits: int = 0
     """Write transactions the ingest thread committed since csmd started (a round of appends to many files is one)."""
+
+
+class ArchiveInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One archive file: its sessions, their lines as moved, the time they span, its size, and why it cannot be
+    read (None: it can)."""
+
+    name: str
+    file: str
+    sessions: int = 0
+    lines: int = 0
+    first: str | None = None
+    last: str | None = None
+    bytes: int = 0
+    problem: str | None = None
+
+
+class ArchiveReply(Message, kw_only=True):
+    """What ``Archive`` moved (sessions, lines; sessions left for later and why), and the archives after it;
+    to ``ArchiveList``, the archives alone."""
+
+    sessions: int = 0
+    lines: int = 0
+    skipped: int = 0
+    skipped_why: str = ""
+    seconds: float = 0.0
+    archives: list[ArchiveInfo] = []
 
 
 class Progress(Message, kw_only=True):
@@ -441,11 +482,11 @@ class TeamStatusReply(Message, kw_only=True):
 
 Reply = (
     Error | Ok | StatusReply | Progress | SyncReply | Rows | UsageRows | ConfigReply | Transcript | Watching | Messages
-    | Heartbeat | Chunk | ExportFile | ExportDone | TeamStatusReply
+    | Heartbeat | Chunk | ExportFile | ExportDone | TeamStatusReply | ArchiveReply
 )
 
 FINAL_REPLIES = (Error, Ok, StatusReply, SyncReply, Rows, UsageRows, ConfigReply, Transcript, ExportDone,
-                 TeamStatusReply)
+                 TeamStatusReply, ArchiveReply)
 """Every other reply is streamed (``Progress``, ``Chunk``, …): more follow until a final one."""
 
 _encoder = msgspec.msgpack.Encoder()

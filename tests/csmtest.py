@@ -50,6 +50,9 @@ WITHOUT_COMPRESSED_LINES = (
 rewritten, their index) back out of a database, for a test that makes one as a csm before them left it (the
 lines view as migration 1 made it)."""
 
+WITHOUT_ARCHIVES = "DROP TABLE archive_journal; DROP TABLE archived_files; DROP TABLE archives;"
+"""SQL that takes migration 12 (archives) back out of a database; before ``WITHOUT_COMPRESSED_LINES``."""
+
 
 def wait_for(cond: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
     """Poll ``cond`` until it returns something truthy; fail after ``timeout`` seconds."""

@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from csmtest import WITHOUT_COMPRESSED_LINES, Csmd, run_csm, wait_for
+from csmtest import WITHOUT_ARCHIVES, WITHOUT_COMPRESSED_LINES, Csmd, run_csm, wait_for
 
 from csm.daemon.migrations import MIGRATIONS
 
@@ -66,7 +66,7 @@ def test_an_m004_database_is_migrated_and_keeps_its_index(csmd: Csmd, projects: 
     before = [name for name, _ in MIGRATIONS].index("search_for_datasette")
     conn = sqlite3.connect(db, isolation_level=None)
     conn.executescript(
-        f"BEGIN; {WITHOUT_COMPRESSED_LINES} DROP TABLE search_text; CREATE VIRTUAL TABLE search_text USING fts5(text, "
+        f"BEGIN; {WITHOUT_ARCHIVES} {WITHOUT_COMPRESSED_LINES} DROP TABLE search_text; CREATE VIRTUAL TABLE search_text USING fts5(text, "
         "content='message_text', content_rowid='event_id', tokenize='porter unicode61 remove_diacritics 2'); "
         "INSERT INTO search_text(search_text) VALUES ('rebuild'); "
         f"PRAGMA user_version = {before}; COMMIT;")

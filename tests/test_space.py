@@ -7,7 +7,7 @@ import socket
 import sqlite3
 from pathlib import Path
 
-from csmtest import WITHOUT_COMPRESSED_LINES, Csmd, db_rows, scalar, wait_for
+from csmtest import WITHOUT_ARCHIVES, WITHOUT_COMPRESSED_LINES, Csmd, db_rows, scalar, wait_for
 
 from csm.daemon.checkpoint import RESTART_BYTES
 from csm.daemon.migrations import MIGRATIONS
@@ -58,11 +58,12 @@ def test_many_tiny_commits_keep_the_wal_small(csmd: Csmd, projects: Path, db: Pa
 
 def _as_older_csm_left_it(db: Path) -> None:
     """Make the database what a csm before migration 8 (incremental vacuum) wrote: no auto_vacuum, no
-    compressed-lines columns (migration 9), its version the one before."""
+    compressed-lines columns (migration 9) nor archives (10), its version the one before."""
     number = [name for name, _ in MIGRATIONS].index("incremental_vacuum")
     conn = sqlite3.connect(db, isolation_level=None)
     try:
-        conn.executescript(f"BEGIN; {WITHOUT_COMPRESSED_LINES} PRAGMA user_version = {number}; COMMIT;")
+        conn.executescript(
+            f"BEGIN; {WITHOUT_ARCHIVES} {WITHOUT_COMPRESSED_LINES} PRAGMA user_version = {number}; COMMIT;")
         conn.execute("PRAGMA auto_vacuum = NONE")
         conn.execute("VACUUM")
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
