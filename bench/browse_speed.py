@@ -2,7 +2,7 @@
 
     python bench/browse_speed.py corpus DIR MB      # DIR/projects: real fixtures copied to MB megabytes
     python bench/browse_speed.py ingest DIR         # initial sync of DIR/projects, with and without search
-    python bench/browse_speed.py queries DB         # sessions and search inside the daemon's code, warm
+    python bench/browse_speed.py queries DB         # sessions, search and show inside the daemon's code, warm
 
 The corpus copies tests/fixtures/real under fresh session ids until it reaches the size
 asked for (a quick stand-in until bench/corpus.py exists). Everything runs in-process with
@@ -39,7 +39,7 @@ from csm.daemon import browse, search
 from csm.daemon.ingest import Ingestor
 from csm.daemon.store import Store, open_reader, open_writer
 from csm.shared.config import Config
-from csm.shared.protocol import Search, Sessions
+from csm.shared.protocol import Search, Sessions, Show
 
 REAL = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "real"
 
@@ -100,11 +100,17 @@ def queries(db: Path) -> None:
     print(f"{db}: {lines} lines")
     print("sessions              ", _time(lambda: browse.sessions(conn, Sessions())))
     print("sessions --project    ", _time(lambda: browse.sessions(conn, Sessions(project="proj3"))))
-    for q in ("phoenix", "xylophone", "the", "mix phx.server", "pydantic OR zeromq"):
+    for q in ("phoenix", "xylophone", "the", "mix phx.server", "pydantic OR zeromq", "daemon", "async config"):
         print(f"search {q!r:22}", _time(lambda: search.search(conn, Search(text=q))))
-    for q in ("phoenix", "elixirforum", "the"):
+    for q in ("phoenix", "elixirforum", "the", "daemon"):
         print(f"search {q!r:13} +tools", _time(lambda: search.search(conn, Search(text=q, include_tools=True))))
     print("search 'the' -p proj3 ", _time(lambda: search.search(conn, Search(text="the", project="proj3"))))
+    # show reads every line of the session through RAW (decompressed when the session is stored compressed)
+    for which, order in (("longest", "DESC"), ("median", "")):
+        n = conn.execute("SELECT count(*) FROM session_stats").fetchone()[0]
+        sid, lines = conn.execute(f"SELECT session_id, lines FROM session_stats ORDER BY lines {order} LIMIT 1 "
+                                  "OFFSET ?", (0 if order else n // 2,)).fetchone()
+        print(f"show {which} ({lines} lines)".ljust(22), _time(lambda: browse.show(conn, Show(session=sid)), 5))
 
 
 if __name__ == "__main__":

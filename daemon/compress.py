@@ -29,6 +29,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import zstandard
 
@@ -138,10 +139,10 @@ class Compressor(Sink):
         if done:
             log.info("rewrote %d lines compressed by an earlier csm into fresh pages", done)
 
-    def _compressed(self, cur: sqlite3.Cursor) -> tuple[list[tuple[object, ...]], int]:
+    def _compressed(self, cur: sqlite3.Cursor) -> tuple[list[tuple[Any, ...]], int]:
         """The rows of ``cur`` (``COLUMNS`` and the line) compressed, read until ``BATCH_BYTES`` of lines; the
         line bytes read."""
-        rows: list[tuple[object, ...]] = []
+        rows: list[tuple[Any, ...]] = []
         read = 0
         try:
             for *cols, raw in cur:
@@ -153,7 +154,7 @@ class Compressor(Sink):
             cur.close()
         return rows, read
 
-    def _replace(self, rows: list[tuple[object, ...]], read: int, below: int | None = None) -> None:
+    def _replace(self, rows: list[tuple[Any, ...]], read: int, below: int | None = None) -> None:
         """One transaction: ``rows`` (``COLUMNS``, zraw, dict_id) deleted and inserted again, compressed (and
         the earlier rows' rewrite moved to ``below``)."""
         with self.store.transaction() as conn:
