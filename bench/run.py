@@ -244,7 +244,9 @@ def phase_sync(c: Ctx, home: Home, corpus_lines: int, corpus_bytes: int) -> Csmd
         done = w.wait_id(corpus_lines, timeout=600)
         if done is None:
             d.check()
-            raise SystemExit(f"initial sync did not finish in 600 s ({w.max_id()} of {corpus_lines} rows)")
+            rows = w.max_id()
+            d.stop()  # not returned to main's cleanup
+            raise SystemExit(f"initial sync did not finish in 600 s ({rows} of {corpus_lines} rows)")
         walls.append(done - d.started)
         starts.append(t_db - d.started)
         rss.append(d.peak_rss_mb())

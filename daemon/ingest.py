@@ -100,6 +100,9 @@ class Ingestor:
         session (``Syncer.live_first``)."""
         self.live = False
         """Set while the syncer stores the lines of hints: they are live, never part of a backlog."""
+        self.reading: set[int] = set()
+        """Files being caught up; a hint served meanwhile (``live_first``) that turns out to be one of them
+        (renamed while read) is left to that read, which goes on to the file's end."""
 
     @property
     def backlog(self) -> Backlog | None:
@@ -252,14 +255,18 @@ class Ingestor:
             if not stat.S_ISREG(st.st_mode):
                 return totals
             f = self.checkpoints.identify(path, fd, st)
-            if f is None:
+            if f is None or f.file_id in self.reading:
                 return totals
             if f.file_id in self.unreadable:
                 with self.store.transaction():
                     self.store.clear_unreadable(f.file_id)
                 self.unreadable.discard(f.file_id)
                 log.info("%s can be read again", path)
-            changed = self._catch_up(f, fd, st, totals)
+            self.reading.add(f.file_id)
+            try:
+                changed = self._catch_up(f, fd, st, totals)
+            finally:
+                self.reading.discard(f.file_id)
             totals.files_changed += int(changed)
         finally:
             os.close(fd)
