@@ -28,7 +28,13 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    made = len(Csmd.made)
     yield tmp_path
+    # A test that failed half-way leaves its csmd running: kill it, or it outlives the whole run.
+    for d in Csmd.made[made:]:
+        if d.alive:
+            d.kill()
+    del Csmd.made[made:]
     shutil.rmtree(env["XDG_RUNTIME_DIR"], ignore_errors=True)
 
 

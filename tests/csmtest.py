@@ -112,6 +112,9 @@ def scalar(query: str) -> Any:
 class Csmd:
     """A real csmd subprocess with the test's environment."""
 
+    made: list[Csmd] = []
+    """Every Csmd, in order: those a test made and left running are killed after it (``conftest.isolated``)."""
+
     def __init__(self, tmp: Path, args: list[str] | None = None, prefix: list[str] | None = None,
                  env: dict[str, str] | None = None) -> None:
         """``prefix`` runs csmd under another command (``unshare …``); ``env`` adds to the environment."""
@@ -122,6 +125,7 @@ class Csmd:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = tmp / "csmd.log"
         self.starts = 0
+        Csmd.made.append(self)
 
     def start(self, wait: bool = True, extra: list[str] | None = None) -> Csmd:
         self.starts += 1
