@@ -108,7 +108,8 @@ class Daemon:
         ing = self.ingestor
         self.prices = PriceTable.shipped()
         self.checkpointer = Checkpointer(self.db, store.conn)
-        self.search_index = search.SearchIndex(defer=self._large_backlog, stopping=ing.stopping)
+        self.search_index = search.SearchIndex(defer=self._large_backlog, stopping=ing.stopping,
+                                               wrote=self.checkpointer.wrote)
         ing.sinks += [UsageSink(self.prices), self.search_index, self.checkpointer]
         self.syncer = Syncer(self.ingestor, self.config.rescan_interval_s, db=self.db)
         self.health = Health(self.db, self.config.check_interval_s)

@@ -50,6 +50,10 @@ TOOL_TEXT_MAX = 16 * 1024
 BACKFILL_BATCH = 2000
 PROSE_BATCH = 4000
 """Lines of prose indexed per transaction of the catch-up (about 2 MB of text: a hint waits at most one)."""
+IDLE_PAGES = 16
+"""WAL pages an idle transaction of the index writes besides its text (an estimate for the checkpoint
+thread, used only when SQLite's own count cannot be read)."""
+PAGE_BYTES = 16384
 CATCH_UP_BYTES = 8 << 20
 """Line bytes read for one transaction of deferred indexing (``bounded``). Lines are read one at a time,
 so what is held is their tool text (≤ this). Smaller costs CPU: FTS5 pays per transaction (the 100 MB
@@ -130,9 +134,12 @@ class SearchIndex(Sink):
     name = "search"
 
     def __init__(self, defer: Callable[[], bool] = lambda: False,
-                 stopping: threading.Event | None = None) -> None:
+                 stopping: threading.Event | None = None, wrote: Callable[[int], None] = lambda pages: None) -> None:
         self.defer = defer
         self.stopping = stopping or threading.Event()
+        self.wrote = wrote
+        """Counts the idle work's commits to the checkpoint thread, as compression's are: a 1 GB catch-up
+        committed for minutes unseen, and the WAL grew to 476 MB before anything was checkpointed."""
         self.texts: list[Text] = []
         """Prose to store and index now."""
         self.texts_later: list[Text] = []
@@ -224,6 +231,7 @@ class SearchIndex(Sink):
                     store.conn.executemany("DELETE FROM search_tools_pending WHERE event_id = ?", batch)
             finally:
                 self.clear()
+            self.wrote(IDLE_PAGES + 3 * held // PAGE_BYTES)  # the index grows about 3 times the text held
             done += len(batch)
         if done:
             log.info("search index: indexed the tool text of %d lines", done)
@@ -247,6 +255,7 @@ class SearchIndex(Sink):
                     "JOIN message_text t ON t.event_id = p.event_id WHERE p.event_id >= ? ORDER BY p.event_id",
                     (low,)).rowcount
                 conn.execute("DELETE FROM search_text_pending WHERE event_id >= ?", (low,))
+            self.wrote(IDLE_PAGES + PROSE_BATCH // 8)
         if done:
             log.info("search index: indexed the prose of %d lines", done)
         return finished

@@ -81,6 +81,9 @@ def test_search_finds_every_line_once_the_backlog_is_indexed(csmd: Csmd, project
     assert [h["session_id"] for h in hits] == ["b7"]
     found = db_rows(db, "SELECT rowid FROM search_text WHERE search_text MATCH 'backlogword' ORDER BY rowid")
     assert found == db_rows(db, "SELECT event_id FROM message_text ORDER BY event_id"), "each line's prose once"
+    # The catch-up's commits reach the checkpoint thread like any others: once idle, the WAL is emptied.
+    wal = db.with_name(db.name + "-wal")
+    wait_for(lambda: not wal.exists() or wal.stat().st_size == 0, 30, "the WAL the catch-up filled to be emptied")
 
 
 def csmd_search(text: str) -> str:

@@ -7,7 +7,7 @@ import shutil
 import signal
 from pathlib import Path
 
-from csmtest import REAL, Csmd, db_rows, run_csm, scalar, sql, sync_now, wait_for
+from csmtest import REAL, WITHOUT_ARCHIVES, Csmd, db_rows, run_csm, scalar, sql, sync_now, wait_for
 from test_export import check_every_file, complete
 
 
@@ -228,7 +228,8 @@ def test_rows_an_earlier_csm_compressed_in_place_are_rewritten(tmp_path: Path, p
     z = zstandard.ZstdCompressor()
     conn.executemany("UPDATE events SET raw = '', zraw = ? WHERE id = ?",
                      [(z.compress(raw), i) for i, raw in conn.execute("SELECT id, CAST(raw AS BLOB) FROM events")])
-    conn.executescript("DROP TABLE compress_rewrite; DROP INDEX events_plain; PRAGMA user_version = 10;")
+    conn.executescript(f"{WITHOUT_ARCHIVES} DROP TABLE compress_rewrite; DROP INDEX events_plain; "
+                       "PRAGMA user_version = 10;")
     conn.commit()
     conn.close()
     events = _events_bytes(db)
