@@ -52,7 +52,7 @@ def archive(ctx: click.Context, before: str | None, fmt: str | None) -> None:
     click.echo(f"moved {reply.sessions} sessions ({reply.lines} lines) that ended before {instant} UTC "
                f"in {reply.seconds:.1f} s")
     if reply.skipped:
-        click.echo(f"left for later: {reply.skipped_why}; run it again once csmd is idle")
+        click.echo(f"left for later: {reply.skipped_why}")
     _table(reply.archives)
 
 

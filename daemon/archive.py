@@ -181,26 +181,29 @@ class Archiver(Sink):
         backfill = q("SELECT COALESCE(max(pending_below), 0) FROM search_backfill").fetchone()[0]
         mirrored = q("SELECT position FROM team_mirror").fetchone()[0] if self.team else None
         due, skipped = [], job.skipped
-        for file_id, name, low, high, pending in q(
+        for file_id, name, low, high, pending, touched in q(
                 "SELECT s.file_id, COALESCE(x.archive, CASE WHEN s.last_ts GLOB '[0-9][0-9][0-9][0-9]-*' "
                 "THEN substr(s.last_ts, 1, 4) ELSE substr(m.last_modified, 1, 4) END), "
                 "(SELECT min(id) FROM events e WHERE e.file_id = s.file_id), "
                 "(SELECT max(id) FROM events e WHERE e.file_id = s.file_id), "
                 "EXISTS (SELECT 1 FROM search_tools_pending p JOIN events e ON e.id = p.event_id "
-                "        WHERE e.file_id = s.file_id) "
+                "        WHERE e.file_id = s.file_id), m.mtime_ns >= ? "
                 "FROM session_stats s JOIN sync_metadata m ON m.file_id = s.file_id "
                 "LEFT JOIN archived_files x ON x.file_id = s.file_id "
-                "WHERE COALESCE(s.last_ts, m.last_modified) < ? AND m.mtime_ns < ? "
+                "WHERE COALESCE(s.last_ts, m.last_modified) < ? "
                 "AND s.file_id NOT IN (SELECT file_id FROM archive_journal) ORDER BY s.file_id",
-                (job.before, before_ns)).fetchall():
+                (before_ns, job.before)).fetchall():
             if low is None:
                 continue  # nothing left in the main file
-            if pending or low < backfill:
-                skipped["waiting for their tool text to be indexed"] = skipped.get(
-                    "waiting for their tool text to be indexed", 0) + 1
+            if touched:  # a copied or restored file, or one written to since: said, so "moved 0" is explained
+                skipped["whose transcript file changed after that date (they move once it is older)"] = skipped.get(
+                    "whose transcript file changed after that date (they move once it is older)", 0) + 1
+            elif pending or low < backfill:
+                skipped["waiting for their tool text to be indexed (run it again once csmd is idle)"] = skipped.get(
+                    "waiting for their tool text to be indexed (run it again once csmd is idle)", 0) + 1
             elif mirrored is not None and high > mirrored:
-                skipped["not yet mirrored to the team database"] = skipped.get(
-                    "not yet mirrored to the team database", 0) + 1
+                skipped["not yet mirrored to the team database (run it again once the mirror caught up)"] = skipped.get(
+                    "not yet mirrored to the team database (run it again once the mirror caught up)", 0) + 1
             else:
                 due.append((file_id, name))
         return due

@@ -268,3 +268,27 @@ def test_decompress_writes_a_plain_copy_for_outside_tools(tmp_path: Path, db: Pa
         conn.close()
     assert got == lines
     assert os.stat(out).st_mode & 0o077 == 0, "private"
+
+
+def test_a_session_whose_file_changed_after_the_date_stays_and_is_counted(tmp_path: Path, db: Path) -> None:
+    """A transcript copied or restored today ended long ago by its lines, but its file is new: it stays (it may
+    still be written to), and the reply says how many stayed and why instead of a bare "moved 0"."""
+    root = tmp_path / "real"
+    shutil.copytree(REAL, root)
+    old = 1767225600  # 2026-01-01: before the cut, like every session's last line
+    for f in root.rglob("*.jsonl"):
+        os.utime(f, (old, old))
+    fresh = root / "spotter" / "tool_heavy.jsonl"
+    os.utime(fresh)  # copied just now
+    d = Csmd(tmp_path, ["--root", str(root)]).start()
+    try:
+        r = run_csm("archive", "--before", "1d")
+        assert r.returncode == 0, r.stderr
+        assert "left for later: 1 whose transcript file changed after that date (they move once it is older)" \
+            in r.stdout, r.stdout
+        file_id = sql("SELECT file_id FROM sync_metadata WHERE file_path = ?", str(fresh))[0]["file_id"]
+        assert db_rows(db, "SELECT count(*) > 0 FROM main.events WHERE file_id = ?", file_id) == [(1,)]
+        assert sql("SELECT count(*) n FROM archived_files WHERE file_id = ?", file_id)[0]["n"] == 0
+        assert sql("SELECT count(*) n FROM archived_files")[0]["n"] > 0, "the others moved"
+    finally:
+        assert d.stop() == 0
