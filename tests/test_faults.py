@@ -42,14 +42,22 @@ needs_permissions = pytest.mark.skipif(ROOT and not shutil.which("setpriv"),
                                        reason="root needs setpriv to be bound by file permissions")
 
 
-def scribble(db: Path, page: int = 4096) -> None:
-    """Overwrite four pages in the middle of the file (not the header): damage only a full read finds."""
-    pages = db.stat().st_size // page
-    assert pages > 10
+def scribble(db: Path) -> None:
+    """Overwrite two of the stored lines' pages in the middle of the ``events`` table (not the header, not a
+    table every start reads: the middle of the file was once lines' pages, and is ``search_backfill`` now):
+    damage only a full read finds."""
+    conn = sqlite3.connect(db)
+    try:
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        leaves = [n for (n,) in conn.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' ORDER BY pageno")]
+    finally:
+        conn.close()
+    assert len(leaves) > 6, leaves
     with open(db, "r+b") as fh:
-        for n in range(pages // 2, pages // 2 + 4):
-            fh.seek(n * page)
-            fh.write(b"\xa5" * page)
+        for n in leaves[len(leaves) // 2 : len(leaves) // 2 + 2]:
+            fh.seek((n - 1) * size)
+            fh.write(b"\xa5" * size)
 
 
 def fill(folder: Path) -> None:
