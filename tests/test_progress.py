@@ -88,7 +88,7 @@ def test_first_sync_of_a_large_file_shows_its_backlog_batch_by_batch(csmd: Csmd,
         time.sleep(0.005)  # sampling the figures as fast as they can move; the deadline bounds the loop
     sync.join(timeout=30)
 
-    working = [s for s in samples if s.backlog is not None and not s.backlog.counting]
+    working = [s for s in samples if s.backlog is not None and not s.backlog.counting and s.last_sync_at is None]
     assert working, f"no backlog seen in {len(samples)} status samples"
     assert {s.state for s in working} == {"initial sync"}
     for s in working:
@@ -100,7 +100,9 @@ def test_first_sync_of_a_large_file_shows_its_backlog_batch_by_batch(csmd: Csmd,
     done = [s.backlog.bytes_done for s in working if s.backlog]
     assert done == sorted(done), "bytes done went backwards"
     assert any(s.backlog and s.backlog.rate_bps > 0 and s.backlog.eta_s is not None for s in working)
-    assert samples[-1].backlog is None and samples[-1].state == "watching"
+    # The sync sent meanwhile rescans once more right after (a sample may catch its start): then all is done.
+    last = wait_for(lambda: (s := request(protocol.Status(), timeout_s=10)).backlog is None and s, 10, "the end")
+    assert isinstance(last, protocol.StatusReply) and last.state == "watching" and last.last_sync_at is not None
 
     assert final and isinstance(final[0], protocol.SyncReply), final
     assert progress, "a sync waiting behind the first sync got none of its progress"
