@@ -107,11 +107,12 @@ class Daemon:
                                  heap_cap=heap.SqliteCap(store.conn, self.config.query_max_bytes))
         ing = self.ingestor
         self.prices = PriceTable.shipped()
-        self.checkpointer = Checkpointer(self.db, store.conn)
+        query_turns = turns.Turns()
+        self.checkpointer = Checkpointer(self.db, store.conn, query_turns)
         self.search_index = search.SearchIndex(defer=self._large_backlog, stopping=ing.stopping,
                                                wrote=self.checkpointer.wrote)
         ing.sinks += [UsageSink(self.prices), self.search_index, self.checkpointer]
-        self.syncer = Syncer(self.ingestor, self.config.rescan_interval_s, db=self.db)
+        self.syncer = Syncer(self.ingestor, self.config.rescan_interval_s, db=self.db, turns=query_turns)
         self.health = Health(self.db, self.config.check_interval_s)
         self.syncer.before_rescan.append(self.health.problem)
         self.watcher = Watcher(ing.tree, self.syncer, enabled=self.config.watch,
@@ -389,10 +390,11 @@ class Daemon:
         try:
             turns.give_way()  # a query does not start while fresh lines wait for their turn
             conn = self._connection() if route.users_sql else self._own_connection()
-            attach.refresh(conn)  # archives added or changed since this connection last looked
             limit = route.limit(self.config) if route.limit else None
-            with queries.time_limit(conn, *limit) if limit else nullcontext():
-                result = route.run(self, request, reply, conn)
+            with self.syncer.turns.reading():
+                attach.refresh(conn)  # archives added or changed since this connection last looked
+                with queries.time_limit(conn, *limit) if limit else nullcontext():
+                    result = route.run(self, request, reply, conn)
             if result is not None:
                 reply(result)
         except CsmError as e:

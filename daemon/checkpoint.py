@@ -28,8 +28,11 @@ writer's current transaction, copies the few frames the passive one missed, and 
 next transaction start the WAL from the beginning (``journal_size_limit`` then trims the
 file down to ``store.JOURNAL_LIMIT_BYTES``). Once a burst is over (no commit for ``IDLE_S``) a
 TRUNCATE checkpoint empties the WAL file, so an idle csm takes no more disk than its
-database; it waits at most ``RESTART_WAIT_MS`` for readers and is retried later if one
-is in the way. Durability is unchanged: when pages reach the database file does not decide whether
+database. Both hold the write lock until no reader is on an older snapshot, so csmd's own
+queries are drained first (``Turns.between_reads``: new ones wait, running ones end, at most
+``READERS_WAIT_S``) and the ingest thread waits only for the copy; a reader outside csmd
+(sqlite3, datasette) is waited for at most ``RESTART_WAIT_MS``, and the rewind is retried later
+if one is in the way. Durability is unchanged: when pages reach the database file does not decide whether
 a committed transaction survives a crash (the WAL does).
 """
 
@@ -46,6 +49,7 @@ from typing import TYPE_CHECKING
 from csm.daemon import heap
 from csm.daemon.sinks import Sink
 from csm.daemon.store import FileRow
+from csm.daemon.turns import Turns
 
 if TYPE_CHECKING:
     from csm.daemon.batch import Batch
@@ -60,6 +64,8 @@ IDLE_S = 2.0
 """No commit for this long ends a burst: the WAL file is then truncated to nothing."""
 RESTART_WAIT_MS = 100
 """How long a RESTART may wait for the writer and old readers before it gives up."""
+READERS_WAIT_S = 0.1
+"""How long a rewind waits for csmd's running queries before it gives up until the next poke."""
 RESTART_BYTES = 16 << 20
 """WAL size above which the WAL is rewound even while the writer is busy (a backlog)."""
 
@@ -69,13 +75,15 @@ class Checkpointer(Sink):
 
     name = "checkpoint"
 
-    def __init__(self, db: Path, writer: sqlite3.Connection) -> None:
+    def __init__(self, db: Path, writer: sqlite3.Connection, turns: Turns) -> None:
         self.thread = threading.Thread(target=self.run, name="csm-checkpoint", daemon=True)
         self.conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
         # Short: a pending RESTART blocks new write transactions while it waits for old readers
         # (a long ``csm query sql``), so it gives up quickly and is simply tried again later.
         self.conn.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
         self.writer = writer
+        self.turns = turns
+        self.readers_wait_s = READERS_WAIT_S
         self.due = threading.Event()
         """Wakes the thread: a checkpoint is due, a burst began, or csmd stops."""
         self.checkpoint_due = False
@@ -134,14 +142,23 @@ class Checkpointer(Sink):
         _, frames, done = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         self.checkpoints += 1
         # All copied (appends trickling in, not a backlog): rewinding costs no copying, only a wait
-        # for the writer's current commit, and keeps the WAL at a few MB instead of RESTART_BYTES.
-        if frames >= self.restart_frames or (frames == done and frames >= EVERY_FRAMES):
-            self.conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        # for the writer's current commit, and keeps the WAL at a few MB instead of RESTART_BYTES;
+        # but not at the price of holding queries back: only if none is running.
+        if frames >= self.restart_frames:
+            wait_s = self.readers_wait_s
+        elif frames == done and frames >= EVERY_FRAMES:
+            wait_s = 0.0
+        else:
+            return
+        with self.turns.between_reads(wait_s) as drained:
+            if drained:
+                self.conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
 
     def truncate(self) -> None:
         """After a burst: copy the whole WAL into the database and cut the file to zero bytes."""
         commits = self.commits
-        busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        with self.turns.between_reads(self.readers_wait_s) as drained:
+            busy = not drained or self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
         if busy:  # a reader (or the writer, again busy) kept it from finishing: try after the next quiet spell
             self.quiet_at = time.monotonic() + IDLE_S
         else:

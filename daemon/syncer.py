@@ -43,7 +43,7 @@ BACKOFF_MAX_S = 60.0
 
 
 class Syncer(threading.Thread):
-    def __init__(self, ingestor: Ingestor, rescan_interval_s: float, db: Path) -> None:
+    def __init__(self, ingestor: Ingestor, rescan_interval_s: float, db: Path, turns: Turns) -> None:
         super().__init__(name="csm-ingest", daemon=True)
         self.ingestor = ingestor
         self.db = db
@@ -65,7 +65,7 @@ class Syncer(threading.Thread):
         self.before_rescan: list[Callable[[], None]] = []
         self.after_new_dirs: list[Callable[[], None]] = []
         self.scans = 0
-        self.turns = Turns()
+        self.turns = turns
         """Queries step aside while this thread stores the lines of hints (``daemon/turns.py``)."""
         ingestor.live_first = self.live_first
 
