@@ -241,12 +241,12 @@ def phase_sync(c: Ctx, home: Home, corpus_lines: int, corpus_bytes: int) -> Csmd
         d = Csmd(home).start()
         w = wait_db(d)
         t_db = time.perf_counter()
-        done = w.wait_id(corpus_lines, timeout=600)
+        done = w.wait_id(corpus_lines, timeout=c.args.timeout_s)
         if done is None:
             d.check()
             rows = w.max_id()
             d.stop()  # not returned to main's cleanup
-            raise SystemExit(f"initial sync did not finish in 600 s ({rows} of {corpus_lines} rows)")
+            raise SystemExit(f"initial sync did not finish in {c.args.timeout_s:g} s ({rows} of {corpus_lines} rows)")
         walls.append(done - d.started)
         starts.append(t_db - d.started)
         rss.append(d.peak_rss_mb())
@@ -552,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                     help="a config.toml line for csmd (TOML value), e.g. check_interval_s=0.01; repeatable")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder (corpus, database, logs)")
+    ap.add_argument("--timeout-s", type=float, default=600.0, help="give up on an initial sync after this long "
+                    "(a 4 GB history: 3600)")
     ap.add_argument("--corpus", type=Path, help="reuse a corpus folder written by bench/corpus.py (the fresh phase appends to it; "
                     "use it with --only sync)")
     a = ap.parse_args(argv)
