@@ -28,11 +28,13 @@ writer's current transaction, copies the few frames the passive one missed, and 
 next transaction start the WAL from the beginning (``journal_size_limit`` then trims the
 file down to ``store.JOURNAL_LIMIT_BYTES``). Once a burst is over (no commit for ``IDLE_S``) a
 TRUNCATE checkpoint empties the WAL file, so an idle csm takes no more disk than its
-database. Both hold the write lock until no reader is on an older snapshot, so csmd's own
-queries are drained first (``Turns.between_reads``: new ones wait, running ones end, at most
-``READERS_WAIT_S``) and the ingest thread waits only for the copy; a reader outside csmd
-(sqlite3, datasette) is waited for at most ``RESTART_WAIT_MS``, and the rewind is retried later
-if one is in the way. Durability is unchanged: when pages reach the database file does not decide whether
+database. A RESTART holds the write lock until no reader is on an older snapshot, so while
+appends arrive csmd's own queries are drained first (``Turns.between_reads``: new ones wait,
+running ones end, at most ``READERS_WAIT_S``) and the ingest thread waits only for the copy; a
+reader outside csmd (sqlite3, datasette) is waited for at most ``RESTART_WAIT_MS``, and the
+rewind is retried later if one is in the way. The TRUNCATE comes when no commit has come for
+``IDLE_S``: it waits for readers as it is (at most ``RESTART_WAIT_MS``), without holding queries
+back, which a burst of requests would meet as "busy". Durability is unchanged: when pages reach the database file does not decide whether
 a committed transaction survives a crash (the WAL does).
 """
 
@@ -157,8 +159,7 @@ class Checkpointer(Sink):
     def truncate(self) -> None:
         """After a burst: copy the whole WAL into the database and cut the file to zero bytes."""
         commits = self.commits
-        with self.turns.between_reads(self.readers_wait_s) as drained:
-            busy = not drained or self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         if busy:  # a reader (or the writer, again busy) kept it from finishing: try after the next quiet spell
             self.quiet_at = time.monotonic() + IDLE_S
         else:
