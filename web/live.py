@@ -118,9 +118,9 @@ class Hub:
                 if last_id > self.seq or last_id + 1 < oldest:
                     yield _format((self.seq, "dropped", json.dumps({"missed": "unknown"})))
                     return
-                for event, sessions in list(self.recent):
+                for event, scope in list(self.recent):
                     if event[0] > last_id:
-                        client.offer(event, sessions)
+                        client.offer(event, scope)
             elif self.up is not None:
                 yield _format((self.seq, "csmd", json.dumps({"up": self.up})))
             loop = asyncio.get_running_loop()
