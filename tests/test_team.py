@@ -127,6 +127,27 @@ def test_csmd_killed_mid_mirror_every_row_once_after_restart(
     exactly_once(cluster, teamdb, alice)
 
 
+def test_mirroring_csmd_has_not_loaded_pythons_ssl(
+        cluster: Cluster, teamdb: str, tmp_path: Path, members: list[Member]) -> None:
+    """psycopg imports asyncio, which imports ``ssl``: the system's libssl and libcrypto, 4.2 MB of
+    csmd's RSS that nothing uses (libpq does its own TLS). csmd mirrors with neither mapped
+    (``team.driver``); only psycopg's own libraries are."""
+    if psycopg.pq.__impl__ not in ("binary", "c"):
+        pytest.skip("psycopg's ctypes implementation imports ssl itself")
+    alice = Member(tmp_path, cluster, teamdb, "alice", "a1")
+    members.append(alice)
+    generate(alice.projects / "p" / "s.jsonl", 20, "tls")
+    alice.start()
+    alice.caught_up()
+    exactly_once(cluster, teamdb, alice)
+    assert alice.csmd.proc is not None
+    libs = {row.split()[-1] for row in Path(f"/proc/{alice.csmd.proc.pid}/maps").read_text().splitlines()
+            if "/" in row}
+    assert any("libpq" in lib for lib in libs)
+    assert [lib for lib in libs if "/_ssl." in lib] == []
+    assert [lib for lib in libs if ("libcrypto" in lib or "libssl" in lib) and "psycopg" not in lib] == []
+
+
 def test_a_member_cannot_write_another_members_rows(
         cluster: Cluster, teamdb: str, tmp_path: Path, members: list[Member]) -> None:
     bob = Member(tmp_path, cluster, teamdb, "bob", "b1", share="sessions")
