@@ -145,6 +145,10 @@ class Mirror(threading.Thread):
                        (b.high, datetime.now(UTC).isoformat(timespec="seconds"), position))
         self.rows_sent += b.rows
         self.last_sent_at = datetime.now(UTC).isoformat(timespec="seconds")
+        if b.longest > batch.LONG_VALUE:
+            # libpq grows its output buffer to the largest message sent and never shrinks it (a 10 MB
+            # prompt, its line and its prose: 26 MB held): closing frees it; the next step reconnects.
+            pg.close()
         return True
 
     def _failed(self, e: Exception, backoff: float) -> None:
