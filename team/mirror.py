@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from csm.daemon import rawtext
+from csm.daemon import heap, rawtext
 from csm.shared.config import Team
 from csm.shared.protocol import TeamStatusReply
 from csm.team import batch, driver
@@ -116,6 +116,10 @@ class Mirror(threading.Thread):
                         writer.execute("UPDATE team_mirror SET position = 0")
                         log.info("team: re-sending the whole history")
                     sent = self._step(reader, writer, pg)
+                    if sent:
+                        # The batch's copies of its text (SQLite's, the strs, psycopg's bytes) are freed now,
+                        # into glibc's heaps, which would keep the pages: 1.6 MB of csmd's RSS while mirroring.
+                        heap.trim()
                     self.last_error, backoff = None, 1.0  # a batch went through (or there was none): all is well
                     if not sent:
                         self.due.wait(IDLE_CHECK_S)
