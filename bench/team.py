@@ -6,6 +6,11 @@ a long history). Rows are PostgreSQL rows (lines + messages + usage + sessions).
 throwaway one (tests/pgcluster.py: fsync off, a unix socket), so the figures are csmd's side.
 
     python bench/team.py --size-mb 100
+    python bench/team.py --size-mb 100 --control-s 36 --breakdown /tmp/b.jsonl [--tracemalloc]
+
+``--breakdown`` runs the mirroring csmd under ``bench/probe.py`` (SQLite's heap, glibc's, Python's blocks
+every 0.2 s into the file) and prints where its RSS was at the peak (``bench/smaps.py``: each library,
+the main heap, glibc's per-thread arenas); ``--tracemalloc`` adds Python's blocks by file (and their cost).
 """
 
 from __future__ import annotations
@@ -26,12 +31,29 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from corpus import write_corpus  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
 from soak import rss_mb  # noqa: E402
+import smaps  # noqa: E402
+
+
+def hwm_mb(pid: int) -> float:
+    """The process's peak RSS so far (``VmHWM``): a short peak between two samples counts too."""
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if row.startswith("VmHWM:"):
+            return int(row.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_s(pid: int) -> float:
+    """The process's CPU seconds so far, user and system (``/proc/<pid>/stat``): what load does not move."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mb", type=float, default=100)
     ap.add_argument("--control-s", type=float, default=30, help="how long to sample csmd restarted without [team]")
+    ap.add_argument("--breakdown", type=Path, help="run the mirroring csmd under bench/probe.py, logging here")
+    ap.add_argument("--tracemalloc", action="store_true", help="with --breakdown: Python's blocks by file too")
     args = ap.parse_args()
 
     import psycopg
@@ -54,7 +76,11 @@ def main() -> None:
             schema.migrate(conn)
             schema.add_member(conn, "bench")
 
-        def csmd() -> subprocess.Popen[bytes]:
+        def csmd(probe: bool = False) -> subprocess.Popen[bytes]:
+            if probe and args.breakdown:
+                penv = dict(env, PROBE_OUT=str(args.breakdown), **({"PROBE_TRACEMALLOC": "1"} if args.tracemalloc else {}))
+                return subprocess.Popen([sys.executable, str(HERE / "probe.py")], env=penv,
+                                        stderr=open(work / "csmd.log", "ab"))
             return subprocess.Popen([sys.executable, "-m", "csm.daemon"], env=env, stderr=open(work / "csmd.log", "ab"))
 
         def csm(*a: str) -> dict:  # type: ignore[type-arg]
@@ -67,6 +93,7 @@ def main() -> None:
         while not csm("status").get("last_sync_at"):
             local_peak = max(local_peak, rss_mb(p.pid))
             time.sleep(0.2)
+        local_peak = max(local_peak, hwm_mb(p.pid))
         p.terminate()
         p.wait()
         # Control: the same restart without [team] (a restart finishes work the first run left, such as
@@ -76,6 +103,7 @@ def main() -> None:
         while time.monotonic() - t0 < args.control_s:
             control_peak = max(control_peak, rss_mb(p.pid))
             time.sleep(0.1)
+        control_peak = max(control_peak, hwm_mb(p.pid))
         p.terminate()
         p.wait()
         events = sqlite3.connect(db).execute("SELECT count(*), sum(length(raw)) FROM events").fetchone()
@@ -83,17 +111,21 @@ def main() -> None:
         cfg = work / "config" / "csm" / "config.toml"
         cfg.parent.mkdir(parents=True, exist_ok=True)
         cfg.write_text(f'[team]\ndsn = "{cluster.dsn(user="bench")}"\nmember = "bench"\nshare = "transcripts"\n')
-        p = csmd()
+        p = csmd(probe=True)
         t0 = time.monotonic()
-        peak = 0.0
+        peak, at_peak = 0.0, {}
         while True:
-            peak = max(peak, rss_mb(p.pid))
+            rss = rss_mb(p.pid)
+            if rss > peak and args.breakdown:
+                at_peak = smaps.summary(smaps.read(p.pid))
+            peak = max(peak, rss)
             s = csm("team", "status")
             if s.get("head") and s["position"] == s["head"]:
                 break
             time.sleep(0.1)
         seconds = time.monotonic() - t0
-        peak = max(peak, rss_mb(p.pid))
+        peak = max(peak, rss_mb(p.pid), hwm_mb(p.pid))
+        cpu = cpu_s(p.pid)
         p.terminate()
         p.wait()
         with psycopg.connect(cluster.dsn()) as conn:
@@ -103,11 +135,16 @@ def main() -> None:
         mb = events[1] / 1e6
         print(json.dumps({
             "corpus_mb": args.size_mb, "lines": events[0], "line_mb": round(mb, 1), "pg_rows": rows,
-            "seconds": round(seconds, 1), "rows_per_s": round(rows / seconds), "line_mb_per_s": round(mb / seconds, 1),
+            "seconds": round(seconds, 1), "csmd_cpu_s": round(cpu, 2), "rows_per_s": round(rows / seconds), "line_mb_per_s": round(mb / seconds, 1),
             "gb_history_s": round(seconds * 1000 / mb), "pg_db_mb": round(size / 1e6), "csmd_peak_rss_mb": round(peak, 1),
             "csmd_peak_rss_mb_archiving_alone": round(local_peak, 1),
             "csmd_peak_rss_mb_restart_without_team": round(control_peak, 1),
         }))
+        if at_peak:
+            print("at the peak, resident MB:")
+            for k, v in sorted(at_peak.items(), key=lambda kv: -kv[1]):
+                if v >= 0.1:
+                    print(f"{v:8.2f}  {k}")
     finally:
         cluster.destroy()
         subprocess.run(["rm", "-rf", str(work), str(run)])

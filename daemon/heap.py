@@ -151,6 +151,12 @@ def release(conn: sqlite3.Connection) -> None:
     unused cache pages, and glibc's free heap memory."""
     clear_bindings(conn)
     conn.execute("PRAGMA shrink_memory")
+    trim()
+
+
+def trim() -> None:
+    """glibc's free memory back to the system: free pages inside its heaps too, not only at their top
+    (about 0.02 ms when there is nothing to give back)."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 

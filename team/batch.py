@@ -14,6 +14,7 @@ what PostgreSQL kept.
 from __future__ import annotations
 
 import fnmatch
+import re
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 
 MAX_BATCH_BYTES = 256 * 1024
 """Line text per batch (share = transcripts): bounds csmd's memory whatever ``batch_rows`` says."""
+LONG_VALUE = MAX_BATCH_BYTES
+"""A line or prose longer than a whole batch's text: after sending it, the mirror starts a new connection
+(libpq's buffers stay as large as the largest message ever sent on one: ``Mirror._step``)."""
 
 LEVELS = {"usage": 0, "sessions": 1, "transcripts": 2}
 
@@ -39,6 +43,8 @@ class Batch:
     sessions: list[tuple[Any, ...]] = field(default_factory=list)
     lines: list[tuple[Any, ...]] = field(default_factory=list)
     messages: list[tuple[Any, ...]] = field(default_factory=list)
+    longest: int = 0
+    """The longest line or prose text in the batch, in characters."""
 
     @property
     def rows(self) -> int:
@@ -62,15 +68,18 @@ class Projects:
         return ok
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _text(s: str | None) -> str | None:
-    """Text PostgreSQL accepts: no NUL, valid UTF-8 (a JSON string may hold a lone surrogate)."""
+    """Text PostgreSQL accepts: no NUL, valid UTF-8 (a JSON string may hold a lone surrogate, the one
+    thing UTF-8 cannot encode). Checked without encoding: a copy of each line only to look at it was
+    a line's worth of csmd's peak."""
     if s is None:
         return None
     if "\x00" in s:
         s = s.replace("\x00", "\ufffd")
-    try:
-        s.encode()
-    except UnicodeEncodeError:
+    if not s.isascii() and _SURROGATE.search(s):
         s = s.encode("utf-8", "replace").decode()
     return s
 
@@ -105,6 +114,7 @@ def read(conn: sqlite3.Connection, low: int, team: Team, shared: Projects, archi
                 if shared(row[3]):
                     b.lines.append((archive, row[0], row[1], row[2], row[3], row[4], _at(row[5]), _text(row[6])))
                     size += len(row[6])
+                    b.longest = max(b.longest, len(row[6]))
                 if size >= MAX_BATCH_BYTES:
                     b.high = high = row[0]
                     break
@@ -115,6 +125,7 @@ def read(conn: sqlite3.Connection, low: int, team: Team, shared: Projects, archi
                     "JOIN events e ON e.id = t.event_id JOIN sync_metadata m ON m.file_id = e.file_id "
                     "WHERE t.event_id > ? AND t.event_id <= ?", (low, high))
                 if shared(r[2])]
+            b.longest = max([b.longest, *(len(m[6] or "") for m in b.messages)])
         b.usage = [
             (r[0], r[1], r[2], datetime.fromtimestamp(r[3] / 1000, tz=UTC), *r[4:15], bool(r[15]))
             for r in conn.execute(

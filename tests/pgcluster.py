@@ -58,7 +58,31 @@ class Cluster:
 
     def start(self) -> None:
         opts = f"-c listen_addresses='' -c unix_socket_directories={self.sock} -c fsync=off -c max_connections=50"
+        if self.tls_port:
+            opts += (f" -c listen_addresses=127.0.0.1 -c port={self.tls_port} -c ssl=on"
+                     f" -c ssl_cert_file={self.dir / 'server.crt'} -c ssl_key_file={self.dir / 'server.key'}")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), "-o", opts, "-w", "start")
+
+    tls_port = 0
+
+    def enable_tls(self) -> None:
+        """Also listen on loopback TCP, TLS only (a self-signed certificate made by the openssl tool), from
+        the next ``start``: the unix socket stays as it is. The server's port is ``tls_port``."""
+        import socket
+
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=localhost", "-keyout", str(self.dir / "server.key"), "-out", str(self.dir / "server.crt")],
+                       check=True, capture_output=True, timeout=60)
+        for f in ("server.key", "server.crt"):
+            if self.user:
+                pw = pwd.getpwnam(self.user)
+                os.chown(self.dir / f, pw.pw_uid, pw.pw_gid)
+            (self.dir / f).chmod(0o600)
+        with (self.data / "pg_hba.conf").open("a") as f:
+            f.write("hostssl all all 127.0.0.1/32 trust\n")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.tls_port = s.getsockname()[1]
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")

@@ -127,6 +127,60 @@ def test_csmd_killed_mid_mirror_every_row_once_after_restart(
     exactly_once(cluster, teamdb, alice)
 
 
+def test_mirroring_csmd_has_not_loaded_pythons_ssl(
+        cluster: Cluster, teamdb: str, tmp_path: Path, members: list[Member]) -> None:
+    """psycopg imports asyncio, which imports ``ssl``: the system's libssl and libcrypto, 4.2 MB of
+    csmd's RSS that nothing uses (libpq does its own TLS). csmd mirrors with neither mapped
+    (``team.driver``); only psycopg's own libraries are."""
+    if psycopg.pq.__impl__ not in ("binary", "c"):
+        pytest.skip("psycopg's ctypes implementation imports ssl itself")
+    alice = Member(tmp_path, cluster, teamdb, "alice", "a1")
+    members.append(alice)
+    generate(alice.projects / "p" / "s.jsonl", 20, "tls")
+    alice.start()
+    alice.caught_up()
+    exactly_once(cluster, teamdb, alice)
+    assert alice.csmd.proc is not None
+    libs = {row.split()[-1] for row in Path(f"/proc/{alice.csmd.proc.pid}/maps").read_text().splitlines()
+            if "/" in row}
+    assert any("libpq" in lib for lib in libs)
+    assert [lib for lib in libs if "/_ssl." in lib] == []
+    assert [lib for lib in libs if ("libcrypto" in lib or "libssl" in lib) and "psycopg" not in lib] == []
+
+
+def rss_mb(m: Member) -> float:
+    assert m.csmd.proc is not None
+    for row in Path(f"/proc/{m.csmd.proc.pid}/status").read_text().splitlines():
+        if row.startswith("VmRSS:"):
+            return int(row.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_long_line_mirrored_then_its_memory_given_back(
+        cluster: Cluster, teamdb: str, tmp_path: Path, members: list[Member]) -> None:
+    """libpq keeps its output buffer as large as the largest message it ever sent on a connection: a
+    10 MB prompt (its line and its prose) held ~26 MB in csmd for as long as the connection lasted.
+    After a batch with a long value the mirror opens a new connection; csmd returns to its size."""
+    alice = Member(tmp_path, cluster, teamdb, "alice", "a1")
+    members.append(alice)
+    f = alice.projects / "p" / "s.jsonl"
+    generate(f, 5, "short")
+    alice.start()
+    alice.caught_up()
+    base = rss_mb(alice)
+    words = "zebras and giraffes " * ((10 << 20) // 20)
+    with open(f, "a") as out:
+        out.write(json.dumps({"type": "user", "uuid": "long", "sessionId": "s", "timestamp": "2026-03-01T00:00:00Z",
+                              "message": {"role": "user", "content": words}}) + "\n")
+    wait_for(lambda: pg(cluster, teamdb, "SELECT count(*) FROM csm.lines WHERE event_id = "
+                                         "(SELECT max(event_id) FROM csm.lines) AND length(raw) > 10000000")[0][0],
+             60, "the long line in PostgreSQL")
+    alice.caught_up()
+    assert alice.team_status()["last_error"] is None
+    wait_for(lambda: rss_mb(alice) < base + 8, 30, f"csmd back near its {base:.1f} MB after mirroring the long line")
+    exactly_once(cluster, teamdb, alice)
+
+
 def test_a_member_cannot_write_another_members_rows(
         cluster: Cluster, teamdb: str, tmp_path: Path, members: list[Member]) -> None:
     bob = Member(tmp_path, cluster, teamdb, "bob", "b1", share="sessions")
