@@ -95,6 +95,10 @@ def test_tool_text_matches_words_as_written_and_prose_by_stem(csmd: Csmd, projec
     assert roles("run") == [], "no stem of running in tool text"
     hits = csm_json("query", "search", '"running-parsers"', "--include-tools")
     assert [h["role"] for h in hits] == ["tool"] and "«running-parsers»" in hits[0]["snippet"], hits
+    # Merges of 16 segments (a third less CPU for a large catch-up), a whole level at once only past 64 (each
+    # commit stays short): the table's own settings, so everyday appends keep them.
+    assert dict(db_rows(csmd.tmp / "data" / "csm" / "csm.db", "SELECT k, v FROM search_tools_config WHERE k LIKE "
+                        "'%merge'")) == {"automerge": 16, "crisismerge": 64}
 
 
 def test_an_earlier_database_has_its_tool_text_rebuilt_unstemmed(tmp_path: Path, projects: Path, db: Path) -> None:
