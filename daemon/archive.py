@@ -179,6 +179,9 @@ class Archiver(Sink):
         q = self.store.conn.execute
         before_ns = int(timespec.from_wire(job.before).timestamp()) * 10**9
         backfill = q("SELECT COALESCE(max(pending_below), 0) FROM search_backfill").fetchone()[0]
+        # Migration 13 rebuilds each archive's tool text below a mark: a line moved into it meanwhile would be
+        # indexed twice.
+        rebuilding = {r[0] for r in q("SELECT archive FROM search_tools_archived")}
         mirrored = q("SELECT position FROM team_mirror").fetchone()[0] if self.team else None
         due, skipped = [], job.skipped
         for file_id, name, low, high, pending, touched in q(
@@ -198,7 +201,7 @@ class Archiver(Sink):
             if touched:  # a copied or restored file, or one written to since: said, so "moved 0" is explained
                 skipped["whose transcript file changed after that date (they move once it is older)"] = skipped.get(
                     "whose transcript file changed after that date (they move once it is older)", 0) + 1
-            elif pending or low < backfill:
+            elif pending or low < backfill or name in rebuilding:
                 skipped["waiting for their tool text to be indexed (run it again once csmd is idle)"] = skipped.get(
                     "waiting for their tool text to be indexed (run it again once csmd is idle)", 0) + 1
             elif mirrored is not None and high > mirrored:

@@ -494,6 +494,32 @@ CREATE TABLE archive_journal (
 );
 """
 
+M013_TOOL_TEXT_UNSTEMMED = """
+-- Tool text (code, paths, commands, logs) is indexed as it is written, without stemming: a word is found
+-- as written (case and diacritics aside), and a prefix query (parser*) finds its longer forms. Prose keeps
+-- stemming (search_text). search_tools is contentless, so it is rebuilt from the stored lines: the
+-- migration only lists them (each message line in the main file, already indexed by the backfill if
+-- search_backfill says so; and each archive, with the id below which its lines are to do), and csmd
+-- re-indexes them as idle work after its start's rescan, newest first, in bounded transactions that give
+-- way to new lines (daemon/search.py: the same catch-up as after a first sync). Until then
+-- search --include-tools finds the lines rebuilt so far.
+DROP TABLE search_tools;
+CREATE VIRTUAL TABLE search_tools USING fts5(text, content='', tokenize='unicode61 remove_diacritics 2');
+-- FTS5 merges 16 segments of a level at once instead of 4: a third less CPU for a large catch-up (a first
+-- sync, this rebuild), and queries measured no slower for the extra segments (bench/RESULTS.md). A level
+-- merged whole at once (crisismerge) only past 64 segments, not at 16: such merges made single commits of
+-- the catch-up take 230-270 ms, where a hint may wait; incremental merging keeps them under 100 ms.
+INSERT INTO search_tools(search_tools, rank) VALUES ('automerge', 16);
+INSERT INTO search_tools(search_tools, rank) VALUES ('crisismerge', 64);
+INSERT OR IGNORE INTO search_tools_pending SELECT id FROM events
+    WHERE type IN ('user', 'assistant') AND id >= (SELECT COALESCE(max(pending_below), 0) FROM search_backfill);
+CREATE TABLE search_tools_archived (archive TEXT PRIMARY KEY, below INTEGER NOT NULL);
+INSERT INTO search_tools_archived SELECT name, max_id + 1 FROM archives;
+-- Used by no query of csm's (bench/RESULTS.md, "Tool text"), and 4 % of the file: a session's lines are
+-- found by file (events_position), through sync_metadata.
+DROP INDEX idx_session_timestamp;
+"""
+
 OUTSIDE_TRANSACTION = frozenset({"incremental_vacuum"})
 """Migrations that rewrite the file (VACUUM) and so run outside the transaction that records them."""
 
@@ -510,6 +536,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("search_text_pending", M010_SEARCH_TEXT_PENDING),
     ("compressed_rows_rewritten", M011_COMPRESSED_ROWS_REWRITTEN),
     ("archives", M012_ARCHIVES),
+    ("tool_text_unstemmed", M013_TOOL_TEXT_UNSTEMMED),
 ]
 """(name, SQL) of migration 1, 2, …: its number is its place in the list."""
 

@@ -11,6 +11,9 @@ Two FTS5 tables (migration 3, ``M003_SEARCH``), both keyed by ``events.id``:
   a scratch in-memory FTS5 table and running the same MATCH there, so the highlighting is
   exactly FTS5's. Each line's tool text is capped at ``TOOL_TEXT_MAX`` characters.
 
+The prose is stemmed (porter), the tool text is not (``TOOLS_TOKENIZE``, migration 13): the same query
+finds ``running`` for ``run`` in prose, and in tool text only the word as written (or ``run*``).
+
 The sink does its work in the batch's transaction (``Ingestor.sinks``): a line and its
 index entries are committed together, so search never misses or doubles a stored line.
 During a large backlog (a first sync) it stores each line's prose in ``message_text`` with the
@@ -27,25 +30,30 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from functools import partial
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgspec
 
-from csm.daemon import heap, projects
+from csm.daemon import attach, heap, projects
 from csm.daemon.batch import EventRow
 from csm.daemon.content import strings
 from csm.daemon.parse import BadLine, LineView, parse
 from csm.daemon.rawtext import RAW
 from csm.daemon.sinks import Sink
-from csm.daemon.store import FileRow, Store
+from csm.daemon.store import FileRow, Store, open_reader
 from csm.shared import resume
 from csm.shared.errors import QueryError
 from csm.shared.protocol import Rows, Search
 
 log = logging.getLogger("csm.search")
 
-TOKENIZE = "porter unicode61 remove_diacritics 2"
+TOOLS_TOKENIZE = "unicode61 remove_diacritics 2"
+"""Tool text is code, paths, commands and logs, where a word is looked for as it is written (``parser`` does
+not find ``parsers``, ``parser*`` finds both), not stemmed (migration 13; stemming also cost 7-8 % of the
+tool-text catch-up's CPU). The scratch table of tool snippets tokenizes the same way."""
 TOOL_TEXT_MAX = 16 * 1024
 BACKFILL_BATCH = 2000
 PROSE_BATCH = 4000
@@ -146,6 +154,8 @@ class SearchIndex(Sink):
         """Prose to store now and index in ``idle``."""
         self.tools: list[tuple[int, str]] = []
         self.pending: list[tuple[int]] = []
+        self.unreadable: set[str] = set()
+        """Archives whose lines ``_reindex_archived`` could not read: tried again at the next start."""
 
     def add(self, row: EventRow, f: FileRow, view: LineView) -> None:
         later = self.defer()
@@ -193,7 +203,8 @@ class SearchIndex(Sink):
 
     def idle(self, store: Store, stop: Callable[[], bool]) -> None:
         """Index what a large backlog left for later, newest first, a batch per transaction, until ``stop``:
-        the prose first (``_index_prose``), then the tool text.
+        the prose first (``_index_prose``), then the tool text (``search_tools_pending``), then the tool text
+        of archived lines that migration 13 left to rebuild (``_reindex_archived``).
 
         Runs on the ingest thread between jobs; it yields as soon as new work waits, and the
         next round goes on where it stopped. A batch of tool text is at most ``BACKFILL_BATCH`` lines and
@@ -202,17 +213,33 @@ class SearchIndex(Sink):
         """
         if not self._index_prose(store, stop):
             return
-        done = 0
+        done, finished = self._index_tools(store, stop, lambda: store.conn.execute(
+            f"SELECT p.event_id, {RAW} FROM search_tools_pending p JOIN events e ON e.id = p.event_id "
+            "ORDER BY p.event_id DESC LIMIT ?", (BACKFILL_BATCH,)),
+            lambda ids: store.conn.executemany("DELETE FROM search_tools_pending WHERE event_id = ?",
+                                               [(i,) for i in ids]))
+        if finished:
+            done += self._reindex_archived(store, stop)
+        if done:
+            log.info("search index: indexed the tool text of %d lines", done)
+            if not stop():
+                heap.release(store.conn)
+
+    def _index_tools(self, store: Store, stop: Callable[[], bool], read: Callable[[], Iterable[tuple[Any, ...]]],
+                     done: Callable[[list[int]], object]) -> tuple[int, bool]:
+        """Index the tool text of the lines ``read`` gives ((id, text or None), newest first), a batch per
+        transaction in which ``done`` records them; (lines read, whether ``read`` ran dry) once it does
+        or ``stop``."""
+        total = 0
         while not stop():
-            rows = store.conn.execute(
-                f"SELECT p.event_id, {RAW} FROM search_tools_pending p JOIN events e ON e.id = p.event_id "
-                "ORDER BY p.event_id DESC LIMIT ?", (BACKFILL_BATCH,))
-            batch: list[tuple[int]] = []
+            ids: list[int] = []
             held = 0
-            for event_id, raw in bounded(rows):
+            for event_id, raw in bounded(read()):
                 if held >= CATCH_UP_TEXT:
                     break
-                batch.append((event_id,))
+                ids.append(event_id)
+                if raw is None:  # not a message: no tool text
+                    continue
                 try:
                     text = extract(parse(raw.encode()))[2]
                 except BadLine:
@@ -223,20 +250,64 @@ class SearchIndex(Sink):
                 if text and text.strip():
                     self.tools.append((event_id, text))
                     held += len(text)
-            if not batch:
-                break
+            if not ids:
+                return total, True
             try:
                 with store.transaction():
                     self.write(store)
-                    store.conn.executemany("DELETE FROM search_tools_pending WHERE event_id = ?", batch)
+                    done(ids)
             finally:
                 self.clear()
             self.wrote(IDLE_PAGES + 3 * held // PAGE_BYTES)  # the index grows about 3 times the text held
-            done += len(batch)
-        if done:
-            log.info("search index: indexed the tool text of %d lines", done)
-            if not stop():
-                heap.release(store.conn)
+            total += len(ids)
+        return total, False
+
+    def _reindex_archived(self, store: Store, stop: Callable[[], bool]) -> int:
+        """The tool text of the lines in archive files (``daemon/archive.py``), for migration 13's rebuild:
+        ``search_tools_archived`` lists each archive with the id below which its lines are still to do.
+
+        The writer does not see archived lines; they are read through a reader connection, which attaches
+        the archives. An archive that cannot be read is named and left for the next start."""
+        todo = [name for (name,) in store.conn.execute("SELECT archive FROM search_tools_archived ORDER BY archive")
+                if name not in self.unreadable]
+        if not todo:
+            return 0
+        reader = open_reader(Path(store.conn.execute("PRAGMA main.database_list").fetchone()[2]))
+        total = 0
+        try:
+            for name in todo:
+                schema = attach.SCHEMA_PREFIX + name
+                if not any(r[1] == schema for r in reader.execute("PRAGMA database_list")):
+                    self.unreadable.add(name)
+                    log.error("search index: archive %s cannot be read (%s): the tool text of its lines is "
+                              "indexed once it can, at a later start", name, getattr(reader, "broken", {}).get(name))
+                    continue
+                n, finished = self._index_tools(
+                    store, stop, partial(self._archived_rows, store, reader, name),
+                    partial(self._archived_done, store, name))
+                total += n
+                if not finished:
+                    break
+                with store.transaction():
+                    store.conn.execute("DELETE FROM search_tools_archived WHERE archive = ?", (name,))
+        finally:
+            reader.close()
+        return total
+
+    @staticmethod
+    def _archived_rows(store: Store, reader: sqlite3.Connection, name: str) -> sqlite3.Cursor:
+        """(id, text of a message or None) of archive ``name``'s next lines below its mark, newest first; a line
+        also in the main file (a move undone at start) is the main file's, rebuilt from ``search_tools_pending``."""
+        below = store.conn.execute("SELECT below FROM search_tools_archived WHERE archive = ?", (name,)).fetchone()[0]
+        return reader.execute(
+            f"SELECT e.id, CASE WHEN e.type IN ('user', 'assistant') THEN {RAW} END "
+            f"FROM {attach.SCHEMA_PREFIX}{name}.events e "
+            "WHERE e.id < ? AND NOT EXISTS (SELECT 1 FROM main.events x WHERE x.id = e.id) "
+            "ORDER BY e.id DESC LIMIT ?", (below, BACKFILL_BATCH))
+
+    @staticmethod
+    def _archived_done(store: Store, name: str, ids: list[int]) -> None:
+        store.conn.execute("UPDATE search_tools_archived SET below = ? WHERE archive = ?", (min(ids), name))
 
     def _index_prose(self, store: Store, stop: Callable[[], bool]) -> bool:
         """Index the prose a large backlog stored without indexing it, ``PROSE_BATCH`` lines per transaction,
@@ -304,7 +375,7 @@ def _scratch_conn() -> sqlite3.Connection:
     conn = getattr(_scratch, "conn", None)
     if conn is None:
         conn = _scratch.conn = sqlite3.connect(":memory:", check_same_thread=False)
-        conn.execute(f"CREATE VIRTUAL TABLE search USING fts5(text, tokenize='{TOKENIZE}')")
+        conn.execute(f"CREATE VIRTUAL TABLE search USING fts5(text, tokenize='{TOOLS_TOKENIZE}')")
     return conn
 
 

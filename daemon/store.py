@@ -117,9 +117,28 @@ def migrate(conn: sqlite3.Connection, db: Path) -> None:
             _rewrite(conn, db, name, sql)
             sql = ""
         _apply(conn, f"{sql}\nPRAGMA user_version = {number};")
+        if name == "tool_text_unstemmed":
+            _rebuild_notice(conn, name)
         # Each migration's pages (a VACUUM's: the whole file) go to the database at once, not kept in
         # the WAL beside it: the disk holds the schema once, and the first sync starts on an empty WAL.
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+
+
+REBUILD_LINES_PER_S = 15_000
+"""The estimate logged for migration 13's rebuild of the tool-text index: the catch-up indexed the 1 GB bench
+corpus's 203k messages in 8-9 s of CPU at load 6 (bench/RESULTS.md, "Tool text"); a loaded machine is slower."""
+
+
+def _rebuild_notice(conn: sqlite3.Connection, name: str) -> None:
+    """Say what migration 13 left csmd to do, and for how long search misses tool text (none on a new database)."""
+    main, archived = conn.execute("SELECT (SELECT count(*) FROM search_tools_pending), "
+                                  "(SELECT COALESCE(sum(lines), 0) FROM archived_files)").fetchone()
+    if main or archived:
+        log.warning("migration %s: the tool-text search index is rebuilt without stemming from the stored lines: "
+                    "%d messages%s, newest first, as idle work after this start's rescan (bounded transactions that "
+                    "give way to new lines; about %.0f s of CPU); until then search --include-tools finds the lines "
+                    "rebuilt so far", name, main, f" and {archived} archived lines" if archived else "",
+                    (main + archived) / REBUILD_LINES_PER_S)
 
 
 def _adopt_earlier(conn: sqlite3.Connection, db: Path) -> int:

@@ -50,8 +50,15 @@ WITHOUT_COMPRESSED_LINES = (
 rewritten, their index) back out of a database, for a test that makes one as a csm before them left it (the
 lines view as migration 1 made it)."""
 
-WITHOUT_ARCHIVES = "DROP TABLE archive_journal; DROP TABLE archived_files; DROP TABLE archives;"
-"""SQL that takes migration 12 (archives) back out of a database; before ``WITHOUT_COMPRESSED_LINES``."""
+WITHOUT_TOOL_TEXT_UNSTEMMED = (
+    "DROP TABLE search_tools_archived; DROP TABLE search_tools; CREATE VIRTUAL TABLE search_tools USING fts5(text, "
+    "content='', tokenize='porter unicode61 remove_diacritics 2'); "
+    "CREATE INDEX idx_session_timestamp ON events(session_id, timestamp);")
+"""SQL that takes migration 13 (the tool text unstemmed) back out of a database: its tool-text index is then
+the earlier one, stemmed, and empty; before ``WITHOUT_ARCHIVES``."""
+WITHOUT_ARCHIVES = WITHOUT_TOOL_TEXT_UNSTEMMED + (
+    " DROP TABLE archive_journal; DROP TABLE archived_files; DROP TABLE archives;")
+"""SQL that takes migrations 13 and 12 (archives) back out of a database; before ``WITHOUT_COMPRESSED_LINES``."""
 
 
 def wait_for(cond: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
