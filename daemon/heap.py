@@ -28,6 +28,8 @@ import logging
 import os
 import sqlite3
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -198,3 +200,55 @@ class SqliteCap:
             # cleared), so that nothing fails for want of memory already taken.
             used = _SQLITE.sqlite3_memory_used() if _SQLITE is not None else 0
             self._set(max(self.base, used + self.SLACK))
+
+
+class Trimmer:
+    """glibc's free heap pages given back while csmd works, not only when a phase ends.
+
+    What a batch, a catch-up transaction or a query's reply freed stays in glibc's heap, resident,
+    until ``malloc_trim`` (glibc returns only the top of the heap by itself): under four clients during
+    a 1 GB sync, 2-5 MB of csmd's RSS was such free memory, and it stayed after the clients stopped.
+    ``malloc_trim`` walks every free chunk (≈ 0.1 ms per MB of heap: 1-2 ms for csmd's), so it runs at
+    most once every ``EVERY_S``: ``soon`` trims now if the last trim is that old, else owes one, which
+    ``tick`` (the main loop, after every wake-up) pays when it is due.
+    """
+
+    EVERY_S = 1.0
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.owed = False
+        self.trims = 0
+        self.lock = threading.Lock()
+
+    def soon(self) -> None:
+        """Something large was freed: trim now, or once ``EVERY_S`` has passed since the last trim."""
+        with self.lock:
+            if time.monotonic() - self.last < self.EVERY_S:
+                self.owed = True
+                return
+            self.last = time.monotonic()
+            self.owed = False
+        self._trim()
+
+    def tick(self) -> float | None:
+        """Pay an owed trim if it is due; the seconds until it is, or None if none is owed."""
+        with self.lock:
+            if not self.owed:
+                return None
+            wait = self.last + self.EVERY_S - time.monotonic()
+            if wait > 0:
+                return wait
+            self.last = time.monotonic()
+            self.owed = False
+        self._trim()
+        return None
+
+    def _trim(self) -> None:
+        self.trims += 1
+        if _LIBC is not None:
+            _LIBC.malloc_trim(0)
+
+
+TRIM = Trimmer()
+"""csmd's one trimmer: the writer after its commits, the query threads when they go idle, the main loop."""
