@@ -132,6 +132,7 @@ class Daemon:
         self.query_slots = threading.BoundedSemaphore(self.config.query_queue)
         self.server = Server(self.sock)
         self.server.bind()
+        heap.TRIM.wake = self.server.wake
         self.watchers = Watchers(self.server)
         self.exports = export.Exports(self.server)
         ing.sinks.append(self.watchers)
@@ -167,6 +168,7 @@ class Daemon:
             self.watcher.stop()
             self.health.stop()
             self.pool.shutdown(wait=True, cancel_futures=True)
+            heap.TRIM.wake = None  # its pipe closes with the server
             self.server.close()
             self.reader.close()
             self.checkpointer.stop()
@@ -385,6 +387,17 @@ class Daemon:
             self.pool.submit(self._answer, route, request, reply)
 
     def _answer(self, route: Route, request: Request, reply: Reply) -> None:
+        """Answer a read-only request (``_respond``), then give back what it used: its thread's readers'
+        page caches, and (soon) the heap its reply took, once the reply is freed."""
+        try:
+            self._respond(route, request, reply)
+        finally:
+            self.query_slots.release()
+            for conn in (getattr(self.local, "conn", None), getattr(self.local, "own", None)):
+                _forget_pages(conn)
+            heap.TRIM.soon()
+
+    def _respond(self, route: Route, request: Request, reply: Reply) -> None:
         """Run a read-only request on this pool thread's connection, under its route's time limit, and
         reply with its result (if any). A user's SQL gets the connection with the authorizer
         (``_connection``); csm's own, one without it (``_own_connection``)."""
@@ -402,11 +415,6 @@ class Daemon:
         except Exception as e:
             log.exception("query failed")
             reply(Error.of(DaemonError(f"{type(e).__name__}: {e}")))
-        finally:
-            self.query_slots.release()
-            for conn in (getattr(self.local, "conn", None), getattr(self.local, "own", None)):
-                _forget_pages(conn)
-            heap.TRIM.soon()  # the reply's buffers, the statement's rows
 
     def _watch(self, request: Watch, reply: Reply, conn: sqlite3.Connection) -> None:
         """Subscribe this client (a session prefix is resolved once, here)."""
