@@ -218,7 +218,6 @@ class Trimmer:
     def __init__(self) -> None:
         self.last = 0.0
         self.owed = False
-        self.trims = 0
         self.lock = threading.Lock()
         self.wake: Callable[[], None] | None = None
         """Wakes the main loop (``Server.wake``), so that it asks ``tick`` when the trim is due."""
@@ -242,7 +241,6 @@ class Trimmer:
                 return wait
             self.last = time.monotonic()
             self.owed = False
-        self.trims += 1
         if _LIBC is not None:
             _LIBC.malloc_trim(0)
         return None

@@ -158,6 +158,26 @@ def test_a_large_reply_is_given_back_once_it_is_answered(csmd: Csmd, projects: P
     wait_for(lambda: vm(pid(csmd), "VmRSS") < base + 5, 10, f"csmd back near its {base:.1f} MB before the replies")
 
 
+def test_the_heap_is_trimmed_at_most_once_a_second_however_often_it_is_owed() -> None:
+    """Trimming walks the whole heap (1-2 ms for csmd's), so a burst of answers or commits owes one trim,
+    wakes the main loop once, and the next trim waits until ``EVERY_S`` after the last."""
+    from csm.daemon.heap import Trimmer
+
+    t = Trimmer()
+    wakes: list[None] = []
+    t.wake = lambda: wakes.append(None)
+    for _ in range(100):
+        t.soon()
+    assert len(wakes) == 1 and t.owed
+    assert t.tick() is None and not t.owed  # the first is due at once
+    t.soon()
+    wait = t.tick()
+    assert wait is not None and 0 < wait <= Trimmer.EVERY_S and t.owed  # the next one waits its turn
+    assert len(wakes) == 2
+    wait_for(lambda: t.tick() is None and not t.owed, 2 * Trimmer.EVERY_S, "the owed trim paid once due")
+    assert t.tick() is None  # nothing owed: the main loop sleeps
+
+
 BIG_VALUES = [
     ("SELECT length(randomblob(900000000))", "makes a value over"),
     ("SELECT zeroblob(900000000)", "makes a value over"),
