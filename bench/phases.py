@@ -2,7 +2,8 @@
 
     pip install -e . && python bench/phases.py --corpus DIR [--clients 4] [--serve] [--idle-s 20] [--restart]
 
-Phases, each csmd's peak ``VmRSS`` (sampled every 20 ms) and its RSS at the phase's end:
+Phases, each csmd's peak ``VmRSS`` (sampled every 20 ms), its RSS at the phase's end and the CPU seconds
+csmd spent in it:
 
 - ``sync``: from start until every line of the corpus is a row (``bench/corpus.py`` makes DIR);
 - ``catch-up``: until the search text deferred by the initial sync is indexed (``search_text_pending``
@@ -45,13 +46,16 @@ def rss_mb(pid: int) -> float:
 class Sampler(threading.Thread):
     """csmd's RSS every 20 ms; ``mark(name)`` closes a phase and records its peak and last value."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, d: Csmd) -> None:
         super().__init__(daemon=True)
-        self.pid = pid
+        self.pid = d.pid
+        self.cpu_s = d.cpu_s
+        """csmd's CPU seconds so far: what a phase cost, whatever the load beside it."""
         self.peak = 0.0
         self.last = 0.0
         self.phases: dict[str, dict[str, float]] = {}
         self.started = time.monotonic()
+        self.cpu = self.cpu_s()
         self.done = False
 
     def run(self) -> None:
@@ -66,9 +70,10 @@ class Sampler(threading.Thread):
     def mark(self, name: str) -> None:
         now = time.monotonic()
         self.last = rss_mb(self.pid)
+        cpu = self.cpu_s()
         self.phases[name] = {"peak_mb": round(max(self.peak, self.last), 1), "end_mb": round(self.last, 1),
-                             "seconds": round(now - self.started, 1)}
-        self.peak, self.started = self.last, now
+                             "seconds": round(now - self.started, 1), "cpu_s": round(cpu - self.cpu, 2)}
+        self.peak, self.started, self.cpu = self.last, now, cpu
 
 
 class Clients:
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = None
     try:
         w = wait_db(d)
-        s = Sampler(d.pid)
+        s = Sampler(d)
         s.start()
         with Clients(home, a.clients):
             if a.serve:
@@ -215,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.restart:
             d.stop()
             d = start(home, None)
-            s = Sampler(d.pid)
+            s = Sampler(d)
             s.start()
             until(lambda: state(home) == "watching", d, 600, "the restart's scan")
             time.sleep(2)

@@ -28,7 +28,9 @@ import logging
 import os
 import sqlite3
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -204,3 +206,51 @@ class SqliteCap:
             # cleared), so that nothing fails for want of memory already taken.
             used = _SQLITE.sqlite3_memory_used() if _SQLITE is not None else 0
             self._set(max(self.base, used + self.SLACK))
+
+
+class Trimmer:
+    """glibc's free heap pages given back while csmd works, not only when a phase ends.
+
+    What a batch, a catch-up transaction or a query's reply freed stays in glibc's heap, resident,
+    until ``malloc_trim`` (glibc returns only the top of the heap by itself): a 20 MB reply left csmd
+    14 MB larger for good, and under four clients during a 1 GB sync 2-5 MB of csmd's RSS was such free
+    memory. ``malloc_trim`` walks every free chunk (≈ 0.1 ms per MB of heap: 1-2 ms for csmd's), so it
+    runs at most once every ``EVERY_S``, on the main loop: ``soon`` (any thread, once what it freed is
+    freed) owes a trim and wakes the loop (``wake``), whose ``tick`` pays it when it is due.
+    """
+
+    EVERY_S = 1.0
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.owed = False
+        self.lock = threading.Lock()
+        self.wake: Callable[[], None] | None = None
+        """Wakes the main loop (``Server.wake``), so that it asks ``tick`` when the trim is due."""
+
+    def soon(self) -> None:
+        """Something large was freed: owe a trim (one wake-up however often it is asked)."""
+        with self.lock:
+            if self.owed:
+                return
+            self.owed = True
+        if self.wake is not None:
+            self.wake()
+
+    def tick(self) -> float | None:
+        """Pay an owed trim if it is due; the seconds until it is, or None if none is owed."""
+        with self.lock:
+            if not self.owed:
+                return None
+            wait = self.last + self.EVERY_S - time.monotonic()
+            if wait > 0:
+                return wait
+            self.last = time.monotonic()
+            self.owed = False
+        if _LIBC is not None:
+            _LIBC.malloc_trim(0)
+        return None
+
+
+TRIM = Trimmer()
+"""csmd's one trimmer: owed by the writer's commits and answered requests, paid by the main loop."""

@@ -96,6 +96,9 @@ class Rescan(Sink):
         for path, st in strangers:
             if not ing.stopping.is_set() and ing.store.with_inode(st.st_dev, st.st_ino):
                 ids.claim_at(path)
+        # A first sync lists every file as a stranger: 3,000 stat results were 1.9 MB of Python objects
+        # (47k) kept through the whole sync, and their freed blocks left Python's heap larger for good.
+        strangers.clear()
         try:
             b.counting = False
             self.started = time.monotonic()

@@ -305,6 +305,7 @@ class Store:
         if self.conn.in_transaction:
             self.conn.execute("COMMIT")
             self.commits += 1
+            heap.TRIM.soon()  # what the transaction's rows and batches took is free now
 
     def _rollback(self) -> None:
         if self.conn.in_transaction:

@@ -139,6 +139,45 @@ def test_a_long_line_is_stored_and_its_memory_given_back(csmd: Csmd, projects: P
     assert peak < 6 * len(line) / 2**20, f"{peak:.0f} MB over the baseline for a {len(line) >> 20} MB line"
 
 
+def test_a_large_reply_is_given_back_once_it_is_answered(csmd: Csmd, projects: Path) -> None:
+    """A reply is built whole (``query_max_bytes``): 4,000 values of 5 KB, three times over, left csmd
+    14 MB larger for good, in free heap glibc kept. Once answered, what a request used goes back (its
+    readers' caches, the heap trimmed soon after), so csmd returns to its size before the queries."""
+    f = projects / "p" / "s.jsonl"
+    f.parent.mkdir()
+    f.write_bytes(b"".join(user("s", f"hello {i}", i) for i in range(3)))
+    csmd.start()
+    assert run_csm("query", "sql", "SELECT 1").returncode == 0  # the query thread and its reader exist
+    base = vm(pid(csmd), "VmRSS")
+    sql = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000) "
+           "SELECT printf('%.*c', 5000, 'x') || i FROM n")
+    for _ in range(3):
+        r = run_csm("query", "sql", sql, "--json")
+        assert r.returncode == 0, r.stderr
+        assert len(json.loads(r.stdout)) == 4000
+    wait_for(lambda: vm(pid(csmd), "VmRSS") < base + 5, 10, f"csmd back near its {base:.1f} MB before the replies")
+
+
+def test_the_heap_is_trimmed_at_most_once_a_second_however_often_it_is_owed() -> None:
+    """Trimming walks the whole heap (1-2 ms for csmd's), so a burst of answers or commits owes one trim,
+    wakes the main loop once, and the next trim waits until ``EVERY_S`` after the last."""
+    from csm.daemon.heap import Trimmer
+
+    t = Trimmer()
+    wakes: list[None] = []
+    t.wake = lambda: wakes.append(None)
+    for _ in range(100):
+        t.soon()
+    assert len(wakes) == 1 and t.owed
+    assert t.tick() is None and not t.owed  # the first is due at once
+    t.soon()
+    wait = t.tick()
+    assert wait is not None and 0 < wait <= Trimmer.EVERY_S and t.owed  # the next one waits its turn
+    assert len(wakes) == 2
+    wait_for(lambda: t.tick() is None and not t.owed, 2 * Trimmer.EVERY_S, "the owed trim paid once due")
+    assert t.tick() is None  # nothing owed: the main loop sleeps
+
+
 BIG_VALUES = [
     ("SELECT length(randomblob(900000000))", "makes a value over"),
     ("SELECT zeroblob(900000000)", "makes a value over"),
