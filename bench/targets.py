@@ -27,7 +27,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE.parents[1] / "shared" / "fixtures" / "real"
-"""The real transcripts beside the project (the issues' "real fixtures")."""
+"""The real transcripts beside the project (the issues' "real fixtures"); ``--fixtures`` for a clone elsewhere."""
 
 Figures = dict[str, Any]
 
@@ -53,7 +53,7 @@ class Target:
     unit: str = ""
 
 
-def runs(c: Path) -> list[Run]:
+def runs(c: Path, fixtures: Path = FIXTURES) -> list[Run]:
     py = [sys.executable]
     return [
         Run("sync100", [*py, "bench/run.py", "--corpus", f"{c}/c100", "--only", "sync,queries", "--repeat", "3", "--json"]),
@@ -66,7 +66,7 @@ def runs(c: Path) -> list[Run]:
         Run("phases_clients", [*py, "bench/phases.py", "--corpus", f"{c}/c1000", "--clients", "4", "--serve",
                                "--idle-s", "20"]),
         Run("soak", [*py, "bench/soak.py", "--clients", "20", "--seconds", "20", "--json"], repeat=3),
-        Run("size_fixtures", [*py, "bench/space.py", "--corpus", str(FIXTURES), "--compress", "--idle-s", "300",
+        Run("size_fixtures", [*py, "bench/space.py", "--corpus", str(fixtures), "--compress", "--idle-s", "300",
                               "--export-mb", "50", "--backups", "1"]),
         Run("size1000", [*py, "bench/space.py", "--corpus", f"{c}/c1000", "--compress", "--idle-s", "1800",
                          "--backups", "1"]),
@@ -162,12 +162,13 @@ def table(out: Path, by_key: dict[str, Run]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpora", type=Path, default=Path("/tmp/corpus"), help="where c100, c1000, c4000 are (or go)")
+    ap.add_argument("--fixtures", type=Path, default=FIXTURES, help="the real transcripts (../shared/fixtures/real)")
     ap.add_argument("--out", type=Path, required=True, help="a folder for each measurement's JSON")
     ap.add_argument("--only", help="comma-separated measurements: " + ", ".join(r.key for r in runs(Path("."))))
     ap.add_argument("--table", action="store_true", help="only print the table of what --out holds")
     a = ap.parse_args(argv)
     corpora = a.corpora.resolve()
-    all_runs = runs(corpora)
+    all_runs = runs(corpora, a.fixtures.resolve())
     by_key = {r.key: r for r in all_runs}
     chosen = [by_key[k] for k in a.only.split(",")] if a.only else all_runs
     a.out.mkdir(parents=True, exist_ok=True)
