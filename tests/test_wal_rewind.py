@@ -75,7 +75,7 @@ def test_a_rewind_waits_for_running_queries_without_the_write_lock_then_rewinds(
     turns = Turns()
     ck = Checkpointer(db, writer, turns)
     ck.readers_wait_s = 30.0  # the query below ends when the test says so
-    ck.restart_frames = 8
+    ck.restart_frames = ck.queried_restart_frames = 8
     grow(writer, 20)
 
     query = Query(db, turns).running()
@@ -120,7 +120,7 @@ def test_a_rewind_gives_up_on_a_query_that_runs_on(wal: tuple[Path, sqlite3.Conn
     turns = Turns()
     ck = Checkpointer(db, writer, turns)
     ck.readers_wait_s = 0.2
-    ck.restart_frames = 8
+    ck.restart_frames = ck.queried_restart_frames = 8
     grow(writer, 20)
     query = Query(db, turns).running()
     grow(writer, 20)
