@@ -228,6 +228,7 @@ def collect(
                       f"record after them is kept at offset {offset + cut})", b, reattach)
             line = rest
             offset += cut
+            derive_line, view_error = derive, None
         except Exception as e:  # a bug reading a line that is UTF-8: kept, with nothing derived from it
             log.exception("%s: cannot read the line at offset %d", f.path, offset)
             v, derive_line, view_error = LineView(), False, e

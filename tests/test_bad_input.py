@@ -152,6 +152,26 @@ class TestBadLines:
             (offsets[2], len(huge), huge[:200])]
         assert all("over the 300000-byte limit (max_line_bytes)" in e for _, _, e, _ in stored)
 
+    def test_a_record_after_nuls_first_in_its_batch_is_kept_and_stalls_nothing(self, csmd: Csmd, projects: Path,
+                                                                                db: Path) -> None:
+        """Found by test_hostile's generated junk: when the line with NULs before a record came first in a
+        batch (appended alone), storing it raised and the file's checkpoint never moved again."""
+        f = projects / "p" / "nuls.jsonl"
+        f.parent.mkdir(parents=True)
+        f.write_bytes(good(0) + b"\n")
+        csmd.start()
+        wait_for(lambda: current_raws(db, f) == [good(0).decode()], 10, "the first line")
+        with open(f, "ab") as out:
+            out.write(b"\0" * 8 + good(1) + b"\n")
+        wait_for(lambda: len(current_raws(db, f)) == 2, 10, "the record after the NULs")
+        with open(f, "ab") as out:
+            out.write(good(2) + b"\n")
+        wait_for(lambda: len(current_raws(db, f)) == 3, 10, "the line after it")
+        assert current_raws(db, f) == [good(0).decode(), good(1).decode(), good(2).decode()]
+        assert db_rows(db, "SELECT length, error FROM sync_errors WHERE file_path = ?", str(f)) == [
+            (8, f"8 NUL bytes before a record (the record after them is kept at offset {len(good(0)) + 9})")]
+        assert "UnboundLocalError" not in csmd.log()
+
     def test_empty_file_then_lines(self, csmd: Csmd, projects: Path, db: Path) -> None:
         f = projects / "p" / "empty.jsonl"
         f.parent.mkdir(parents=True)
