@@ -247,8 +247,7 @@ class Trimmer:
                 return wait
             self.last = time.monotonic()
             self.owed = False
-        if _LIBC is not None:
-            _LIBC.malloc_trim(0)
+        trim()
         return None
 
 

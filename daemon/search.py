@@ -43,7 +43,7 @@ from csm.daemon.content import strings
 from csm.daemon.parse import BadLine, LineView, parse
 from csm.daemon.rawtext import RAW
 from csm.daemon.sinks import Sink
-from csm.daemon.store import FileRow, Store, open_reader
+from csm.daemon.store import PAGE_SIZE, FileRow, Store, open_reader
 from csm.shared import resume
 from csm.shared.errors import QueryError
 from csm.shared.protocol import Rows, Search
@@ -61,7 +61,6 @@ PROSE_BATCH = 4000
 IDLE_PAGES = 16
 """WAL pages an idle transaction of the index writes besides its text (an estimate for the checkpoint
 thread, used only when SQLite's own count cannot be read)."""
-PAGE_BYTES = 16384
 CATCH_UP_BYTES = 8 << 20
 """Line bytes read for one transaction of deferred indexing (``bounded``). Lines are read one at a time,
 so what is held is their tool text (≤ this). Smaller costs CPU: FTS5 pays per transaction (the 100 MB
@@ -258,7 +257,7 @@ class SearchIndex(Sink):
                     done(ids)
             finally:
                 self.clear()
-            self.wrote(IDLE_PAGES + 3 * held // PAGE_BYTES)  # the index grows about 3 times the text held
+            self.wrote(IDLE_PAGES + 3 * held // PAGE_SIZE)  # the index grows about 3 times the text held
             total += len(ids)
         return total, False
 

@@ -119,7 +119,7 @@ class Mirror(threading.Thread):
                     if sent:
                         # The batch's copies of its text (SQLite's, the strs, psycopg's bytes) are freed now,
                         # into glibc's heaps, which would keep the pages: 1.6 MB of csmd's RSS while mirroring.
-                        heap.trim()
+                        heap.TRIM.soon()
                     self.last_error, backoff = None, 1.0  # a batch went through (or there was none): all is well
                     if not sent:
                         self.due.wait(IDLE_CHECK_S)
